@@ -1,0 +1,38 @@
+# One command each, from a fresh clone (each does its own set-up into .venv):
+#   make pipeline   run probe -> throughput -> scaling -> select -> baseline -> report (dvc repro)
+#   make test       run the test suite
+# Override TORCH to pick another build, e.g. a CUDA one (see README "GPU machines").
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup pipeline snakemake test bench clean-reports
+
+setup: $(VENV)/.installed
+
+# torch first, on its own: the project's range is then already satisfied and pip fetches no other build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_INSTALL_FLAGS) "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+pipeline: setup
+	$(BIN)/python -m stages.config
+	$(BIN)/dvc repro
+
+snakemake: setup
+	$(BIN)/snakemake -c2
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean-reports:
+	rm -rf reports/probe reports/throughput reports/scaling reports/select reports/baseline reports/REPORT.md

@@ -1,0 +1,44 @@
+# kickoff's Snakemake workflow. Its rules are built from stages/pipeline.py -- the same declaration
+# dvc.yaml is rendered from -- so the two tools always agree on stages, commands, inputs, params and
+# outputs (tests/test_pipeline_declaration.py checks it through both tools).
+#
+#   snakemake -c2                                   # run everything locally on 2 cores
+#   snakemake -n                                    # what would run, and why
+#   snakemake --profile profiles/slurm              # fan the scaling trials out on a SLURM cluster
+#
+# Each rule's `params:` holds the values of the params keys its stage reads, so Snakemake reruns
+# it exactly when one of them changes; its inputs include its code and the workload's sources.
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from stages import pipeline
+from stages.config import ConfigError, validate
+
+configfile: "params.yaml"
+
+try:  # the same validation the stages run, on the values Snakemake's YAML 1.1 loader produced
+    PARAMS = validate(config, "params.yaml (as read by Snakemake)", check_environment=False)
+except ConfigError as e:
+    raise WorkflowError(str(e)) from None
+
+wildcard_constraints:
+    batch_size=r"\d+",
+
+
+for _s in pipeline.STAGES:
+
+    rule:
+        name: _s.name
+        input: pipeline.snakemake_inputs(_s, config)
+        output: [o.path for o in _s.outputs]
+        params: **pipeline.tracked_params(_s, config)
+        log: pipeline.snakemake_log(_s)
+        threads: PARAMS.runtime.threads if _s.uses_workload else 1
+        resources: **_s.resources
+        shell: pipeline.snakemake_shell(_s)
+
+
+rule all:
+    default_target: True
+    input: [o.path for s in pipeline.STAGES if not s.foreach for o in s.outputs]
