@@ -328,8 +328,25 @@ def check_environment_of(p: Params, root: Path | None = None) -> None:
     for i, src in enumerate(p.workload.sources):
         if not (root / src).exists():
             raise ConfigError(f"workload.sources[{i}]: received {src!r}, which does not exist; allowed: paths (files or folders) relative to {root}")
+    _check_dvc_yaml_tracks(p.workload.sources, root / "dvc.yaml")
     make_workload(p.workload.name, p.workload.kwargs)
     resolve_device(p.runtime.device)
+
+
+def _check_dvc_yaml_tracks(sources: list[str], dvc_yaml: Path) -> None:
+    """dvc.yaml lists workload.sources literally (DVC cannot interpolate a list of deps), so after
+    editing them the declaration must be re-rendered -- otherwise DVC would silently not track them."""
+    if not sources or not dvc_yaml.exists():
+        return
+    declared = yaml.safe_load(dvc_yaml.read_text()) or {}
+    deps = set()
+    for body in (declared.get("stages") or {}).values():
+        body = body.get("do", body)
+        deps.update(d for d in body.get("deps") or [] if isinstance(d, str))
+    missing = [s for s in sources if s not in deps]
+    if missing:
+        raise ConfigError(f"workload.sources: {missing} are not tracked by {dvc_yaml.name}; "
+                          f"run `python -m stages.pipeline` to re-render it from params.yaml")
 
 
 def load_params(path: str | Path = PARAMS_FILE, *, check_environment: bool = True) -> Params:
