@@ -145,3 +145,31 @@ def test_user_workload_by_import_path_goes_through_the_same_registry():
     workload = make_workload("tests.test_workloads:make_tiny", {})
     assert isinstance(workload, _Tiny)
     assert not better_than_chance(workload), "a target equal to chance is not 'clearly better than chance'"
+
+
+def test_the_readme_example_workload_works_as_documented(tmp_path, monkeypatch):
+    """The README's own-model example, copied verbatim, plugs in by import path and trains to its target."""
+    import re
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("<!-- section:own-model -->", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    params = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "my_project").mkdir()
+    (tmp_path / "my_project" / "__init__.py").write_text("")
+    (tmp_path / "my_project" / "workload.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import yaml
+
+    from stages.config import validate
+
+    monkeypatch.chdir(tmp_path)
+    p = validate({"workload": yaml.safe_load(params)["workload"]})
+    workload = p.make_workload()
+    assert workload.num_train_examples == 455 and better_than_chance(workload)
+    result = train_to_target(workload, SGD, 0.1, 32, 0, CPU, max_steps=500)
+    assert result.outcome == "reached", result.reason
+    sys.modules.pop("my_project.workload", None)
+    sys.modules.pop("my_project", None)

@@ -1,0 +1,222 @@
+"""One pipeline declaration, two tools: DVC and Snakemake must see the same stages, commands, inputs,
+outputs and params, and mark the same stages stale when a param or a source file changes.
+
+Everything here goes through the real `dvc` and `snakemake` commands in a temporary git repository.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import pipeline
+from tests.conftest import ROOT, make_project, run, write_params
+
+pytestmark = pytest.mark.e2e
+
+# A user workload plugged in through params.yaml (the README's recipe): a small noisy quadratic.
+USER_WORKLOAD = '''\
+from stages.workloads.nqm import NoisyQuadratic
+
+
+def make(dim: int = 8, target: float = 0.5):
+    return NoisyQuadratic(dim=dim, target=target)
+'''
+
+TINY = {
+    "workload": {"name": "userwl.model:make", "kwargs": {"dim": 8, "target": 0.5}, "sources": ["userwl/model.py"]},
+    "runtime": {"device": "cpu", "seed": 0, "threads": 1},
+    "probe": {"min_batch_size": 4, "max_batch_size": 32, "steps": 1},
+    "throughput": {"warmup_steps": 1, "window_steps": 2, "min_windows": 2, "max_seconds_per_size": 0.3},
+    "scaling": {"batch_sizes": [4, 8, 16], "lr_min": 0.01, "lr_max": 0.3, "lr_points": 2, "max_steps": 200,
+                "seeds": 0, "bootstrap": 20},
+}
+
+FANOUT = [f"scaling_trials@{b}" for b in TINY["scaling"]["batch_sizes"]]
+USES_WORKLOAD = {"probe", "throughput", *FANOUT, "scaling", "select", "baseline"}
+DOWNSTREAM_OF_THROUGHPUT = {"throughput", *FANOUT, "scaling", "select", "baseline", "report"}
+
+
+def dvc_view(root: Path) -> dict[str, dict]:
+    """Stages as DVC's own loader resolves dvc.yaml (foreach expanded, ${} interpolated)."""
+    script = (
+        "import json\n"
+        "from dvc.repo import Repo\n"
+        "from dvc.dependency.param import ParamsDependency\n"
+        "out = {}\n"
+        "for s in Repo('.').index.stages:\n"
+        "    params = [d for d in s.deps if isinstance(d, ParamsDependency)]\n"
+        "    out[s.addressing.split(':')[-1]] = {\n"
+        "        'cmd': s.cmd,\n"
+        "        'deps': sorted(d.def_path for d in s.deps if not isinstance(d, ParamsDependency)),\n"
+        "        'params': sorted(k for d in params for k in d.params),\n"
+        "        'outs': sorted(o.def_path for o in s.outs)}\n"
+        "print(json.dumps(out))\n")
+    return json.loads(run([sys.executable, "-c", script], root).stdout)
+
+
+def snakemake_jobs(root: Path, *args: str) -> dict[str, dict]:
+    """Jobs of a Snakemake dry run: name (fan-out as name@wildcard) -> input, output, shell, reason."""
+    text = run([sys.executable, "-m", "snakemake", "-n", "-p", *args], root).stdout
+    jobs: dict[str, dict] = {}
+    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", text):
+        m = re.search(r"^(?:local)?rule (\w+):$", block, re.M)
+        if not m:
+            continue
+        fields = dict(re.findall(r"^    (\w+): (.*)$", block, re.M))
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        name = m.group(1)
+        if "wildcards" in fields:
+            name += "@" + fields["wildcards"].split("=", 1)[1]
+        jobs[name] = {"input": sorted(filter(None, fields.get("input", "").split(", "))),
+                      "output": sorted(filter(None, fields.get("output", "").split(", "))),
+                      "shell": shell.group(1) if shell else None, "reason": fields.get("reason", "")}
+    jobs.pop("all", None)
+    return jobs
+
+
+def dvc_stale(root: Path) -> set[str]:
+    status = json.loads(run(["dvc", "status", "--json"], root).stdout or "{}")
+    return {name.split(":")[-1] for name in status}
+
+
+def edited(root: Path, path: str, new_text: str):
+    """Context manager: write new_text into path, restore it afterwards."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def cm():
+        file = root / path
+        old = file.read_text()
+        file.write_text(new_text)
+        try:
+            yield
+        finally:
+            file.write_text(old)
+
+    return cm()
+
+
+@pytest.fixture(scope="module")
+def ran_project(tmp_path_factory) -> Path:
+    """A temporary project with a user workload, run once by Snakemake; DVC records the same run."""
+    root = tmp_path_factory.mktemp("decl")
+    (root / "userwl").mkdir()
+    (root / "userwl" / "__init__.py").write_text("")
+    (root / "userwl" / "model.py").write_text(USER_WORKLOAD)
+    make_project(root, TINY)
+    run([sys.executable, "-m", "snakemake", "-c2"], root, timeout=900)
+    run(["dvc", "commit", "--force", "--quiet"], root)  # DVC: record this run's deps/params/outs in dvc.lock
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "ran"], root)
+    return root
+
+
+def test_dvc_yaml_is_up_to_date_with_the_declaration():
+    proc = run([sys.executable, "-m", "stages.pipeline", "--check"], ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_both_tools_see_the_same_stages_commands_inputs_and_outputs(ran_project):
+    dvc = dvc_view(ran_project)
+    snake = snakemake_jobs(ran_project, "--forceall")
+    assert set(dvc) == set(snake) == {s.name for s in pipeline.STAGES if not s.foreach} | set(FANOUT)
+    for name, d in dvc.items():
+        s = snake[name]
+        assert s["shell"].split(" 2> ")[0] == d["cmd"], name
+        assert s["output"] == d["outs"], name
+        assert d["params"] == sorted(pipeline.stage(name.split("@")[0]).params), name
+        # DVC lists a fan-out's per-item files as their folder; every Snakemake input must be covered.
+        for path in s["input"]:
+            assert any(path == dep or path.startswith(dep + "/") for dep in d["deps"]), (name, path)
+        for dep in d["deps"]:
+            assert any(path == dep or path.startswith(dep + "/") for path in s["input"]), (name, dep)
+        assert "userwl/model.py" in d["deps"] if name in USES_WORKLOAD else "userwl/model.py" not in d["deps"]
+
+
+def test_after_one_run_both_tools_agree_nothing_is_stale(ran_project):
+    assert dvc_stale(ran_project) == set()
+    assert snakemake_jobs(ran_project) == {}
+
+
+def params_changed(jobs: dict) -> set[str]:
+    return {name for name, job in jobs.items() if "Params have changed" in job["reason"]}
+
+
+# (params key, new value): every distinct key the stages read
+PARAM_CHANGES = [
+    ("workload.kwargs", {"dim": 8, "target": 0.4}),
+    ("optimizer.name", "adam"),
+    ("optimizer.momentum", 0.8),
+    ("runtime.seed", 1),
+    ("probe.steps", 2),
+    ("throughput.window_steps", 3),
+    ("scaling.lr_points", 3),
+    ("scaling.bootstrap", 30),
+    ("select.objective", "resource"),
+    ("baseline.eval_every", 5),
+]
+
+
+@pytest.mark.parametrize("key, value", PARAM_CHANGES, ids=[k for k, _ in PARAM_CHANGES])
+def test_a_param_change_marks_the_same_stages_stale_in_both_tools(ran_project, key, value):
+    section, name = key.split(".")
+    readers = {f"{s.name}@{b}" if s.foreach else s.name for s in pipeline.STAGES
+               for b in (TINY["scaling"]["batch_sizes"] if s.foreach else [None])
+               if any(p in (section, key) for p in s.params)}
+    original = (ran_project / "params.yaml").read_text()
+    try:
+        write_params(ran_project, {section: {name: value}})
+        assert dvc_stale(ran_project) == readers
+        assert params_changed(snakemake_jobs(ran_project)) == readers
+    finally:
+        (ran_project / "params.yaml").write_text(original)
+
+
+def test_an_optimizer_value_marks_exactly_the_stages_that_read_it(ran_project):
+    original = (ran_project / "params.yaml").read_text()
+    try:
+        write_params(ran_project, {"optimizer": {"momentum": 0.8}})
+        stale = dvc_stale(ran_project)
+        assert stale == {*FANOUT, "scaling", "select", "baseline"}, "probe/throughput read only optimizer.name"
+        assert set(snakemake_jobs(ran_project)) == stale | {"report"}
+    finally:
+        (ran_project / "params.yaml").write_text(original)
+
+
+def test_a_stage_only_setting_marks_only_that_stage_and_those_downstream(ran_project):
+    original = (ran_project / "params.yaml").read_text()
+    try:
+        write_params(ran_project, {"throughput": {"window_steps": 3}})
+        assert dvc_stale(ran_project) == {"throughput"}
+        jobs = snakemake_jobs(ran_project)
+        assert params_changed(jobs) == {"throughput"}
+        assert set(jobs) == DOWNSTREAM_OF_THROUGHPUT
+    finally:
+        (ran_project / "params.yaml").write_text(original)
+
+
+def test_editing_the_user_workload_source_marks_the_stages_that_use_it(ran_project):
+    with edited(ran_project, "userwl/model.py", USER_WORKLOAD + "\n# a tweak to the model\n"):
+        assert dvc_stale(ran_project) == USES_WORKLOAD
+        jobs = snakemake_jobs(ran_project)
+        assert {n for n, j in jobs.items() if "userwl/model.py" in j["reason"]} == USES_WORKLOAD
+        assert set(jobs) == USES_WORKLOAD | {"report"}
+
+
+def test_editing_a_shared_module_marks_the_stages_that_import_it(ran_project):
+    """stages/optim.py is imported by every training stage, never by report: both tools agree."""
+    path = "stages/optim.py"
+    original = (ran_project / path).read_text()
+    importers = {f"{s.name}@{b}" if s.foreach else s.name for s in pipeline.STAGES
+                 for b in (TINY["scaling"]["batch_sizes"] if s.foreach else [None])
+                 if path in pipeline.code_deps(s.module)}
+    assert "report" not in importers and "probe" in importers
+    with edited(ran_project, path, original + "\n# comment\n"):
+        assert dvc_stale(ran_project) == importers
+        jobs = snakemake_jobs(ran_project)
+        assert {n for n, j in jobs.items() if path in j["reason"]} == importers
