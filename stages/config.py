@@ -149,9 +149,9 @@ class ScalingSettings:
 class SelectSettings:
     objective: Literal["time", "resource"] = setting("time", "minimise training time or resource use (device-hours x cost)")
     max_devices: int = setting(1, "devices data parallelism may use for batches above the per-device maximum", min=1)
-    scaling_efficiency: float = setting(0.9, "throughput per device kept when adding data-parallel devices", min=0.0, max=1.0, min_exclusive=True)
+    scaling_efficiency: float = setting(0.9, "fraction of per-device throughput kept on each device when data-parallel", min=0.0, max=1.0, min_exclusive=True)
     device_cost_per_hour: float = setting(1.0, "cost of one device for one hour (any currency)", min=0.0)
-    step_budget_margin: float = setting(1.2, "step budget = steps to target x this, rounded", min=1.0)
+    step_budget_margin: float = setting(1.2, "step budget = steps to target x this, rounded up to two significant digits", min=1.0)
 
 
 @dataclass(frozen=True)

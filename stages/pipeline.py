@@ -133,9 +133,11 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="select",
         cmd="python -m stages.select",
-        params=("workload", "optimizer", "select"),
-        inputs=(f"{PROBE}/metrics.json", f"{THROUGHPUT}/throughput.csv", f"{THROUGHPUT}/metrics.json",
-                f"{SCALING}/steps_to_target.csv", f"{SCALING}/metrics.json"),
+        params=("workload", "optimizer", "runtime.seed", "select", "scaling.max_steps", "scaling.lr_min",
+                "scaling.lr_max"),  # the scaling keys only name what to change when nothing reached the target
+        inputs=(f"{PROBE}/probe.csv", f"{PROBE}/metrics.json", f"{THROUGHPUT}/throughput.csv",
+                f"{THROUGHPUT}/metrics.json", f"{SCALING}/steps_to_target.csv", f"{SCALING}/trials.csv",
+                f"{SCALING}/metrics.json"),
         outputs=(_out(f"{SELECT}/initial_config.yaml"), _out(f"{SELECT}/decision.csv"),
                  _out(f"{SELECT}/metrics.json", "metrics"), _out(f"{SELECT}/reasoning.md"),
                  _out(f"{SELECT}/training_time.png", "image"), _out(f"{SELECT}/resource_use.png", "image")),
