@@ -36,6 +36,7 @@ for _s in pipeline.STAGES:
         log: pipeline.snakemake_log(_s)
         threads: PARAMS.runtime.threads if _s.uses_workload else 1
         resources: **_s.resources
+        conda: "envs/kickoff.yaml"  # used with --software-deployment-method conda (clusters); `snakemake --lint` wants one
         shell: pipeline.snakemake_shell(_s)
 
 

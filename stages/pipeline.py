@@ -61,7 +61,9 @@ class Stage:
     plots: tuple[Plot, ...] = ()
     uses_workload: bool = True
     foreach: tuple[str, str] | None = None  # (wildcard, params key of the list), e.g. ("batch_size", "scaling.batch_sizes")
-    resources: dict = field(default_factory=lambda: {"mem_mb": 4000, "runtime": 30, "gpu": 0})
+    # Snakemake resources (runtime in minutes). CPU-only stages carry no `gpu` key at all: the Kubernetes
+    # executor requests a GPU node for any job that has one, even `gpu: 0`.
+    resources: dict = field(default_factory=lambda: {"mem_mb": 4000, "runtime": 30})
 
     @property
     def module(self) -> str:
@@ -167,7 +169,7 @@ STAGES: tuple[Stage, ...] = (
                 f"{SELECT}/reasoning.md", f"{BASELINE}/metrics.json"),
         outputs=(_out("reports/REPORT.md"),),
         uses_workload=False,
-        resources={"mem_mb": 1000, "runtime": 5, "gpu": 0},
+        resources={"mem_mb": 1000, "runtime": 5},
     ),
 )
 
