@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from matplotlib.ticker import FuncFormatter
 
 from stages import log, plotting
 from stages.config import PARAMS_FILE, ConfigError, load_params, run_main
@@ -95,6 +96,7 @@ def initial_config(sel: Selection, params, target: Target) -> dict:
 
 def plot(table: pd.DataFrame, column: str, title: str, ylabel: str, path: Path) -> None:
     fig, ax = plotting.figure(title, "batch size", ylabel, logx=True, logy=True)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 256, not 2^8
     data = table[table[column].notna() & (table[column] > 0)].copy()
     data["kind"] = ["chosen" if ch else "considered" if co else "interpolated" if ip else "not considered"
                     for ch, co, ip in zip(data["chosen"], data["considered"], data["interpolated"])]

@@ -147,8 +147,15 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
               if not pd.isna(r)} if "regime" in m.throughput else {}
     studied = {int(b): (float(s) if _finite(s) else math.nan, float(lr) if _finite(lr) else math.nan)
                for b, s, lr in zip(m.steps["batch_size"], m.steps["steps_to_target"], m.steps["best_learning_rate"])}
+    n = len(m.steps)
+    scaling_status = dict(zip(m.steps["batch_size"].astype(int), m.steps["status"] if "status" in m.steps else [""] * n))
+    scaling_reason = {int(b): str(r) for b, r in zip(m.steps["batch_size"], m.steps["reason"] if "reason" in m.steps else [""] * n)
+                      if isinstance(r, str) and r}
+    scaling_regime = {int(b): str(r) for b, r in zip(m.steps["batch_size"], m.steps["regime"] if "regime" in m.steps else [""] * n)
+                      if isinstance(r, str) and r}
+    skipped = {**m.skipped, **{b: scaling_reason.get(b, "skipped") for b, st in scaling_status.items() if st in ("skipped", "missing")}}
     reached = sorted(b for b, (s, _) in studied.items() if math.isfinite(s))
-    fit = _finite(m.s_min) and _finite(m.critical_batch_size)
+    fit = _finite(m.s_min) and _finite(m.critical_batch_size) and m.critical_batch_size_kind == "estimate"
     sizes = sorted(set(probe) | set(tps) | set(studied))
     rows = []
     for b in sizes:
@@ -165,7 +172,7 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
         if devices and devices > 1:
             time_s /= settings.scaling_efficiency  # each device keeps only this fraction of its throughput
         steps, lr = studied.get(b, (math.nan, math.nan))
-        steps_source = "measured" if math.isfinite(steps) else ("not reached" if b in studied and b not in m.skipped else "not studied")
+        steps_source = "measured" if math.isfinite(steps) else ("not reached" if b in studied and b not in skipped else "not studied")
         if not math.isfinite(steps) and reached and reached[0] < b < reached[-1] and steps_source != "not reached":
             if fit:
                 steps, steps_source = fitted_steps(b, m.s_min, m.critical_batch_size), "fitted curve"
@@ -192,11 +199,12 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
         elif time_source == "missing":
             why = f"no throughput measurement at {shard}"
         elif steps_source == "not reached":
-            why = f"never reached the target within scaling.max_steps ({study.max_steps}) at any learning rate tried"
+            why = (f"never reached the target within scaling.max_steps ({study.max_steps}) at any learning rate tried"
+                   + (f" ({scaling_reason[b]})" if b in scaling_reason else ""))
         elif steps_source in ("fitted curve", "interpolated"):
             why = f"steps {'from the fitted curve' if steps_source == 'fitted curve' else 'interpolated'} (not studied), so no tuned learning rate: not a candidate"
         elif steps_source == "not studied":
-            why = (f"skipped by the scaling study: {m.skipped[b]}" if b in m.skipped else "not in the scaling study")
+            why = (f"skipped by the scaling study: {skipped[b]}" if b in skipped else "not in the scaling study")
         elif not math.isfinite(lr):
             why = "no tuned learning rate recorded"
         rows.append({
@@ -204,6 +212,7 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
             "feasible": devices is not None, "devices": devices if devices else math.nan,
             "throughput_regime": regime.get(shard, ""), "time_per_step_s": time_s,
             "time_per_step_source": time_source, "steps_to_target": steps, "steps_source": steps_source,
+            "scaling_regime": scaling_regime.get(b, ""),
             "interpolated": steps_source in ("fitted curve", "interpolated") or time_source == "interpolated",
             "best_learning_rate": lr, "training_time_s": training_time, "device_hours": device_hours,
             "resource_cost": device_hours * settings.device_cost_per_hour,
@@ -355,6 +364,10 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
         line += (" From one studied size to the next the steps change by " + ", ".join(f"{a}->{n} x{r:.2f}" for a, n, r in pairs)
                  + " (x0.5 per doubling is perfect scaling).")
     out.append(line + "\n")
+    perfect = t[t["scaling_regime"] == "perfect_scaling"]["batch_size"]
+    if len(perfect):
+        out.append(f"The scaling study places sizes up to {int(perfect.max())} in the perfect-scaling regime "
+                   f"(doubling the batch nearly halves the steps).\n")
     if _finite(m.critical_batch_size):
         lo, hi = m.critical_batch_size_ci
         ci = f" (95% CI {lo:.3g}-{hi:.3g})" if _finite(lo) and _finite(hi) else ""

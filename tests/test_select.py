@@ -121,6 +121,25 @@ def test_unstudied_sizes_use_the_fitted_curve_and_are_never_chosen():
     assert chosen(sel) == 512
 
 
+def test_without_a_b_crit_estimate_unstudied_sizes_interpolate_between_neighbours():
+    m = synthetic(lambda b: 0.01, curve(50, 100), studied=[8, 32], s_min=50, b_crit=30)
+    m = Measurements(**{**m.__dict__, "critical_batch_size_kind": "lower_bound"})
+    t = decision_table(m, SelectSettings(), STUDY).set_index("batch_size")
+    assert t.loc[16, "steps_source"] == "interpolated"
+    assert t.loc[16, "steps_to_target"] == pytest.approx(math.sqrt(50 * (1 + 100 / 8) * 50 * (1 + 100 / 32)))
+
+
+def test_sizes_the_scaling_study_skipped_say_why():
+    m = synthetic(lambda b: 0.01, curve(50, 100), max_fit=1024)
+    steps = m.steps.copy()
+    steps["status"] = ["reached"] * 7 + ["skipped"]
+    steps["reason"] = [""] * 7 + ["beyond the largest useful batch size"]
+    steps.loc[7, "steps_to_target"] = math.nan
+    t = decision_table(Measurements(**{**m.__dict__, "steps": steps}), SelectSettings(), STUDY).set_index("batch_size")
+    assert t.loc[1024, "why"] == "skipped by the scaling study: beyond the largest useful batch size"
+    assert not t.loc[1024, "considered"]
+
+
 def test_step_budget_is_readable_and_covers_the_margin():
     assert readable_steps(164.4) == 170
     assert readable_steps(1234) == 1300
@@ -140,9 +159,12 @@ def test_target_not_better_than_chance_stops():
 
 def test_target_never_reached_stops():
     m = synthetic(lambda b: 0.01, lambda b: math.nan)
+    m.steps["status"], m.steps["reason"] = "not_reached", "no learning rate reached the target (diverged 3, not_reached 5)"
     with pytest.raises(NotReasonable, match=r"no batch size reached the target.*scaling.max_steps=2000.*scaling.lr_min"):
         select(m, SelectSettings(), TARGET, STUDY)
-    assert (decision_table(m, SelectSettings(), STUDY)["steps_source"] == "not reached").all()
+    table = decision_table(m, SelectSettings(), STUDY)
+    assert (table["steps_source"] == "not reached").all()
+    assert table["why"].str.endswith("(no learning rate reached the target (diverged 3, not_reached 5))").all()
 
 
 # ---------------------------------------------------------------------------- the stage command
@@ -160,7 +182,11 @@ def digits_fixture(root: Path, *, steps: dict[int, float] | None = None) -> None
     steps = steps or {8: 400, 16: 210, 32: 120, 64: 80, 128: 70, 256: 66, 512: 64, 1024: math.nan}
     lrs = {8: 0.03, 16: 0.1, 32: 0.1, 64: 0.3, 128: 0.3, 256: 1.0, 512: 1.0, 1024: math.nan}
     stt = pd.DataFrame({"batch_size": SIZES, "best_learning_rate": [lrs[b] for b in SIZES],
-                        "steps_to_target": [steps[b] for b in SIZES]})
+                        "steps_to_target": [steps[b] for b in SIZES],
+                        "status": ["reached" if steps[b] == steps[b] else "not_reached" for b in SIZES],
+                        "reason": ["" if steps[b] == steps[b] else "no learning rate reached the target (not_reached 8)"
+                                   for b in SIZES],
+                        "regime": ["perfect_scaling"] * 2 + ["diminishing_returns"] * 4 + ["no_further_gain"] * 2})
     trials = pd.DataFrame({"batch_size": SIZES, "learning_rate": [0.1] * 8, "outcome": ["reached"] * 8, "reason": [""] * 8})
     files = {
         "probe/probe.csv": probe, "throughput/throughput.csv": throughput,
@@ -209,6 +235,8 @@ def test_select_stage_writes_the_initial_configuration(tmp_path):
     assert "64 minimises training time: 0.262 s vs 0.317 s for 32" in reasoning
     assert "1024 fits but throughput stops rising after 512" in reasoning
     assert "B_crit is about 60 (95% CI 40-90)" in reasoning
+    assert "sizes up to 16 in the perfect-scaling regime" in reasoning
+    assert table.loc[64, "scaling_regime"] == "diminishing_returns"
     for png in ("training_time.png", "resource_use.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
