@@ -113,13 +113,13 @@ class RuntimeSettings:
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    min_batch_size: int = setting(1, "smallest power-of-two candidate", min=1)
-    max_batch_size: int = setting(4096, "largest power-of-two candidate", min=1)
-    batch_sizes: list[int] | None = setting(None, "explicit candidate list instead of powers of two (optional)", check=_check_pow2_list)
-    steps: int = setting(3, "full training steps per trial (forward, backward, optimizer step)", min=1)
-    memory_budget: str = setting("auto", "'auto' (device capacity) or a size such as '6GiB'", check=_check_budget)
-    safety_margin: float = setting(0.1, "fraction of the budget kept free", min=0.0, max=1.0, max_exclusive=True)
-    bisect: bool = setting(False, "bisect between the last fitting and the first failing size")
+    min_batch_size: int = setting(1, "smallest power-of-two candidate", min=1, check=lambda v: None if v & (v - 1) == 0 else "a power of two (1, 2, 4, ...); list other sizes in probe.batch_sizes")
+    max_batch_size: int = setting(4096, "largest power-of-two candidate (sizes above the training-set size are capped, never run)", min=1, check=lambda v: None if v & (v - 1) == 0 else "a power of two (1, 2, 4, ...); list other sizes in probe.batch_sizes")
+    batch_sizes: list[int] | None = setting(None, "explicit candidate list instead of powers of two (optional; tried in increasing order)", check=_check_pow2_list)
+    steps: int = setting(3, "full training steps per trial (forward, backward, optimizer step), then one evaluation forward", min=1)
+    memory_budget: str = setting("auto", "'auto' (device capacity; CPU: physical RAM or the cgroup limit) or a size such as '6GiB'", check=_check_budget)
+    safety_margin: float = setting(0.1, "fraction of the budget kept free: a size fits if its peak is at most budget x (1 - margin)", min=0.0, max=1.0, max_exclusive=True)
+    bisect: bool = setting(False, "bisect between the last fitting and the first failing size (down to a gap of 1)")
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="probe",
         cmd="python -m stages.probe",
-        params=("workload", "optimizer.name", "runtime", "probe"),
+        params=("workload", "optimizer.name", "optimizer.momentum", "runtime", "probe"),  # name, momentum: optimizer state size
         outputs=(_out(f"{PROBE}/probe.csv"), _out(f"{PROBE}/metrics.json", "metrics"),
                  _out(f"{PROBE}/memory.png", "image")),
         plots=(Plot(f"{PROBE}/probe.csv", "batch_size", "peak_memory_bytes", "Peak memory by batch size",

@@ -1,0 +1,256 @@
+"""The probe stage: search order, OOM classification, isolation, zero-step failures, caps, the
+CPU memory budget against real measured peaks, and a smoke run of `python -m stages.probe`."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stages import memory
+from stages.config import ConfigError, validate
+from stages.probe import TrialError, plan_candidates, record_from_report, run_probe
+from stages.probe_trials import TrialRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = "tests.probe_fakes:factory"
+CPU = torch.device("cpu")
+CSV_COLUMNS = ["batch_size", "status", "reason", "rule", "peak_memory_bytes", "peak_reserved_bytes",
+               "steps_run", "examples_run", "seconds"]
+METRIC_KEYS = ["max_batch_size", "memory_budget_bytes", "memory_fixed_bytes", "memory_per_example_bytes",
+               "predicted_max_batch_size", "device", "has_batch_norm", "capped_at", "threads"]
+
+
+def params(probe: dict | None = None, **fake_kwargs):
+    raw = {"workload": {"name": FAKE, "kwargs": fake_kwargs}, "runtime": {"device": "cpu", "threads": 1},
+           "probe": {"memory_budget": "1TiB", **(probe or {})}}
+    return validate(raw)
+
+
+@pytest.fixture(scope="module")
+def runner():
+    """One trial server for the module (each probe loads its own workload into it), as the stage uses one."""
+    with TrialRunner() as r:
+        yield r
+
+
+def probe_fake(runner, probe: dict | None = None, **fake_kwargs):
+    p = params(probe, **fake_kwargs)
+    return run_probe(p, CPU, p.make_workload().num_train_examples, runner)
+
+
+def run_stage(cwd: Path, raw_params: dict) -> subprocess.CompletedProcess:
+    (cwd / "params.yaml").write_text(yaml.safe_dump(raw_params, sort_keys=False))
+    env = {"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent)}
+    return subprocess.run([sys.executable, "-m", "stages.probe"], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+# ---------------------------------------------------------------------------- pure pieces
+
+POWERS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+@pytest.mark.parametrize("bisect, tried, best", [
+    (False, [1, 2, 4, 8, 16, 32, 64], 32),
+    (True, [1, 2, 4, 8, 16, 32, 64, 48, 40, 44, 42, 41], 40),
+])
+def test_search_stops_at_first_failure_and_bisects(bisect, tried, best):
+    calls = []
+
+    def fits(b):
+        calls.append(b)
+        return b <= 40  # a fake OOM above 40
+
+    assert memory.search(POWERS, fits, bisect) == (tried, best)
+    assert calls == tried
+
+
+def test_search_when_nothing_fits_or_everything_fits():
+    assert memory.search(POWERS, lambda b: False, True) == ([1], None)
+    assert memory.search([4, 16], lambda b: True, True) == ([4, 16], 16)
+
+
+def test_candidates_are_capped_at_the_dataset_size():
+    assert memory.candidate_batch_sizes(4, 64) == [4, 8, 16, 32, 64]
+    assert memory.candidate_batch_sizes(1, 4096, [48, 16, 128]) == [16, 48, 128]
+    assert memory.cap_candidates([256, 512, 1024, 2048, 4096], 1438) == ([256, 512, 1024], [2048, 4096])
+    assert memory.cap_candidates([1, 2], None) == ([1, 2], [])
+    p = params({"min_batch_size": 2048, "max_batch_size": 4096})
+    with pytest.raises(ConfigError, match="exceeds the workload's 1438 training examples"):
+        plan_candidates(p.probe, 1438)
+
+
+OOM_EXAMPLES = {  # rule -> a real message of that kind
+    "message:cuda": "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.2 GiB is free.",
+    "message:cuda_runtime": "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call",
+    "message:cublas": "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    "message:cudnn": "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "message:hip": "HIP out of memory. Tried to allocate 1024.00 MiB. GPU 0 has a total capacity of 63.98 GiB",
+    "message:hip_runtime": "HIP error: out of memory",
+    "message:xpu": "XPU out of memory. Tried to allocate 512.00 MiB",
+    "message:mps": "MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.2 GB, max allowed: 18.13 GB).",
+    "message:cpu": "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000 bytes.",
+}
+
+
+def test_every_table_rule_has_an_example():
+    assert sorted(OOM_EXAMPLES) == sorted(rule for rule, _, _ in memory.OOM_MESSAGES)
+
+
+@pytest.mark.parametrize("rule", sorted(OOM_EXAMPLES))
+def test_oom_message_table(rule):
+    assert memory.classify_exception(RuntimeError(OOM_EXAMPLES[rule])) == rule
+    try:  # a wrapper that hides the OOM in its cause
+        try:
+            raise RuntimeError(OOM_EXAMPLES[rule])
+        except RuntimeError as inner:
+            raise ValueError("forward failed") from inner
+    except ValueError as outer:
+        assert memory.classify_exception(outer) == rule
+
+
+def test_oom_by_type_first_and_other_errors_are_not_oom():
+    assert memory.classify_exception(torch.OutOfMemoryError("CUDA out of memory")) == "exception:torch.OutOfMemoryError"
+    assert memory.classify_exception(MemoryError()) == "exception:MemoryError"
+    assert memory.classify_exception(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)")) is None
+    assert memory.classify_exception(ValueError("out of range")) is None
+    assert memory.classify_signal(signal.SIGKILL)[0] == "signal:SIGKILL"
+    assert "out-of-memory killer" in memory.classify_signal(signal.SIGKILL)[1]
+
+
+def test_memory_model_fit_and_prediction():
+    sizes = [1, 2, 4, 8, 16]
+    model = memory.fit_memory_model(sizes, [100 + 10 * b for b in sizes])
+    assert model.fixed_bytes == pytest.approx(100) and model.per_example_bytes == pytest.approx(10)
+    assert model.r2 == pytest.approx(1.0)
+    assert memory.predicted_max_batch_size(model, 1000) == 90
+    assert memory.predicted_max_batch_size(memory.fit_memory_model([4], [100]), 1000) is None
+    assert memory.predicted_max_batch_size(memory.fit_memory_model([1, 2], [100, 90]), 1000) is None
+
+
+def test_budget_resolution():
+    assert memory.resolve_budget("auto", 12345) == 12345
+    assert memory.resolve_budget("1GiB", 12345) == 2**30
+    assert memory.memory_limit(1000, 0.1) == 900
+    capacity, source = memory.device_capacity_bytes(CPU)
+    assert capacity > 2**28 and source
+
+
+def test_cpu_peak_meter_sees_a_large_allocation():
+    meter = memory.PeakMeter(CPU)
+    meter.start()
+    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    peak = meter.read()
+    del x
+    assert peak.peak_memory_bytes - peak.baseline_memory_bytes >= 60 * 2**20
+
+
+def test_zero_steps_or_examples_is_a_failure_not_a_fit():
+    ok = {"kind": "ok", "steps_run": 0, "examples_run": 0, "train_seconds": 0.0, "peak_memory_bytes": 1,
+          "peak_reserved_bytes": None, "baseline_memory_bytes": 1, "method": ""}
+    with pytest.raises(TrialError, match="ran 0 steps"):
+        record_from_report(8, {"result": ok, "signal": None, "exitcode": 0, "seconds": 0.1}, 10**9, 1)
+    with pytest.raises(TrialError, match="without reporting a result, so 0 steps"):
+        record_from_report(8, {"result": None, "signal": None, "exitcode": 0, "seconds": 0.1}, 10**9, 1)
+
+
+def test_bad_probe_settings_give_a_clear_error():
+    for bad, match in [({"min_batch_size": 3}, r"probe.min_batch_size: received 3; allowed: a power of two"),
+                       ({"memory_budget": "lots"}, r"probe.memory_budget: received 'lots'; allowed: 'auto' or a size"),
+                       ({"min_batch_size": 64, "max_batch_size": 8}, r"probe.min_batch_size: received 64; allowed: at most"),
+                       ({"safety_margin": 1.0}, r"probe.safety_margin: received 1.0"),
+                       ({"steps": 0}, r"probe.steps: received 0")]:
+        with pytest.raises(ConfigError, match=match):
+            params(bad)
+
+
+# ---------------------------------------------------------------------------- real trial processes
+
+@pytest.mark.parametrize("bisect, tried", [
+    (False, [1, 2, 4, 8, 16, 32, 64]),
+    (True, [1, 2, 4, 8, 16, 32, 64, 48, 40, 44, 42, 41]),
+])
+def test_fake_oom_above_a_threshold(runner, bisect, tried):
+    out = probe_fake(runner, {"max_batch_size": 1024, "bisect": bisect}, oom_above=40)
+    assert out.tried == tried
+    assert out.max_batch_size == (40 if bisect else 32)
+    by_size = {r.batch_size: r for r in out.records}
+    assert [r.batch_size for r in out.records] == tried
+    assert by_size[64].status == "oom" and by_size[64].rule == "exception:torch.OutOfMemoryError"
+    assert all(by_size[b].status == "fits" and by_size[b].steps_run == 3 and by_size[b].examples_run == 3 * b
+               for b in tried if b <= 40)
+    assert out.metrics["max_batch_size"] == out.max_batch_size and out.metrics["isolation"] == "fork_server"
+
+
+def test_device_message_oom_and_kill_by_signal_in_a_child(runner):
+    out = probe_fake(runner, {"max_batch_size": 16}, oom_above=2, message="CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert [(r.batch_size, r.status, r.rule) for r in out.records] == [(1, "fits", ""), (2, "fits", ""), (4, "oom", "message:cuda")]
+    out = probe_fake(runner, {"max_batch_size": 16}, kill_at=4)
+    assert [(r.batch_size, r.status) for r in out.records] == [(1, "fits"), (2, "fits"), (4, "killed")]
+    assert out.records[-1].rule == "signal:SIGKILL" and out.max_batch_size == 2
+    assert out.metrics["first_failure"]["status"] == "killed"
+
+
+def test_trial_that_runs_no_steps_stops_the_probe(runner):
+    with pytest.raises(TrialError, match="without reporting a result, so 0 steps were counted"):
+        probe_fake(runner, {"max_batch_size": 8}, exit_at=2)
+    with pytest.raises(TrialError, match="returned a batch of 0 examples"):
+        probe_fake(runner, {"max_batch_size": 8}, short_batch=True)
+
+
+def test_budget_is_honoured_on_cpu_with_real_peaks(runner):
+    sizes = [64, 128, 256, 512]
+    first = probe_fake(runner, {"batch_sizes": sizes, "safety_margin": 0.0}, wide=True)
+    peak = {r.batch_size: r.peak_memory_bytes for r in first.records}
+    assert [r.status for r in first.records] == ["fits"] * 4
+    # ~0.5 MiB of activations per example: the peak really grows with the batch size
+    assert peak[512] - peak[64] > 64 * 2**20 and peak[64] < peak[128] < peak[256] < peak[512]
+    assert first.metrics["memory_per_example_bytes"] > 128 * 2**10
+    limit = (peak[256] + peak[512]) // 2
+    second = probe_fake(runner, {"batch_sizes": sizes, "safety_margin": 0.0, "memory_budget": f"{limit}B"}, wide=True)
+    assert [(r.batch_size, r.status) for r in second.records] == [(64, "fits"), (128, "fits"), (256, "fits"), (512, "over_budget")]
+    assert second.max_batch_size == 256 and second.metrics["memory_limit_bytes"] == limit
+    assert second.records[-1].peak_memory_bytes > limit
+
+
+# ---------------------------------------------------------------------------- the stage command
+
+def test_stage_smoke_on_the_default_workload(tmp_path):
+    proc = run_stage(tmp_path, {"workload": {"name": "digits_mlp"}, "runtime": {"device": "cpu", "threads": 1},
+                                "probe": {"min_batch_size": 256, "max_batch_size": 4096}})
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "reports/probe"
+    frame = pd.read_csv(out / "probe.csv")
+    assert list(frame.columns[:len(CSV_COLUMNS)]) == CSV_COLUMNS or set(CSV_COLUMNS) <= set(frame.columns)
+    assert list(zip(frame.batch_size, frame.status)) == [(256, "fits"), (512, "fits"), (1024, "fits"),
+                                                          (2048, "capped"), (4096, "capped")]
+    assert (frame[frame.status == "fits"].peak_memory_bytes > 0).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics)
+    assert metrics["max_batch_size"] == 1024 and metrics["capped_at"] == 1438 and metrics["has_batch_norm"] is False
+    assert (out / "memory.png").stat().st_size > 10_000
+    assert proc.stderr.count("batch size") >= 3  # one progress line per trial
+
+
+def test_stage_stops_on_a_non_oom_error_with_its_traceback(tmp_path):
+    proc = run_stage(tmp_path, {"workload": {"name": FAKE, "kwargs": {"error_at": 4}},
+                                "runtime": {"device": "cpu", "threads": 1}, "probe": {"max_batch_size": 16}})
+    assert proc.returncode == 1
+    assert "not out-of-memory" in proc.stderr and "Traceback" in proc.stderr
+    assert "ValueError: fake model bug at batch size 4" in proc.stderr
+    assert not (tmp_path / "reports/probe/probe.csv").exists()
+
+
+def test_stage_rejects_bad_settings_in_one_line(tmp_path):
+    proc = run_stage(tmp_path, {"probe": {"max_batch_size": 1000}})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "kickoff: error: params.yaml: probe.max_batch_size: received 1000; allowed: a power of two (1, 2, 4, ...); "
+        "list other sizes in probe.batch_sizes"]
