@@ -95,15 +95,18 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="throughput",
         cmd="python -m stages.throughput",
-        params=("workload", "optimizer.name", "runtime", "throughput"),
+        params=("workload", "optimizer", "runtime", "throughput"),  # all of optimizer: momentum, nesterov, weight decay change a step's work
         inputs=(f"{PROBE}/probe.csv", f"{PROBE}/metrics.json"),
-        outputs=(_out(f"{THROUGHPUT}/throughput.csv"), _out(f"{THROUGHPUT}/metrics.json", "metrics"),
+        outputs=(_out(f"{THROUGHPUT}/throughput.csv"), _out(f"{THROUGHPUT}/windows.csv"),
+                 _out(f"{THROUGHPUT}/metrics.json", "metrics"),
                  _out(f"{THROUGHPUT}/examples_per_s.png", "image"), _out(f"{THROUGHPUT}/time_per_step.png", "image"),
                  _out(f"{THROUGHPUT}/time_split.png", "image")),
-        plots=(Plot(f"{THROUGHPUT}/throughput.csv", "batch_size", "examples_per_s", "Throughput by batch size",
-                    "loglog", "batch size", "examples / s"),
+        plots=(Plot(f"{THROUGHPUT}/throughput.csv", "batch_size", ["examples_per_s", "on_device_examples_per_s"],
+                    "Throughput by batch size", "loglog", "batch size", "examples / s"),
                Plot(f"{THROUGHPUT}/throughput.csv", "batch_size", "time_per_step_s", "Time per step by batch size",
-                    "loglog", "batch size", "seconds / step")),
+                    "loglog", "batch size", "seconds / step"),
+               Plot(f"{THROUGHPUT}/throughput.csv", "batch_size", ["data_wait_s", "copy_s", "compute_s"],
+                    "Time per step split by batch size", "loglog", "batch size", "seconds / step")),
         resources=GPU_JOB,
     ),
     Stage(
