@@ -86,8 +86,8 @@ class Inputs:
 # ---------------------------------------------------------------------------- formatting
 
 def _number(v: float) -> str:
-    if float(v).is_integer() and abs(v) < 1e7:
-        return str(int(v))
+    if float(v).is_integer() and abs(v) < 1e12:
+        return str(int(v)) if abs(v) < 1e4 else f"{int(v):,}"  # 1024, but 15,001,709
     if abs(v) >= 1e5 or abs(v) < 1e-3:
         return f"{v:.3e}"
     return f"{v:.4g}"
