@@ -84,6 +84,14 @@ def _check_sorted_unique(value: list) -> str | None:
     return None
 
 
+def _check_noise_pair(value: list | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) != 2 or not 0 < value[0] < value[1] or value[1] % value[0]:
+        return "null or [small, big] with 0 < small < big and big a multiple of small"
+    return None
+
+
 # ---------------------------------------------------------------------------- sections
 
 @dataclass(frozen=True)
@@ -141,14 +149,19 @@ class ThroughputSettings:
 
 @dataclass(frozen=True)
 class ScalingSettings:
-    batch_sizes: list[int] = setting([8, 16, 32, 64, 128, 256, 512, 1024], "batch sizes the study fans out over (one job each); sizes ruled out by probe/throughput are recorded as skipped", check=_check_sorted_unique)
-    lr_min: float = setting(1.0e-3, "smallest learning rate searched", min=0.0, min_exclusive=True)
-    lr_max: float = setting(1.0, "largest learning rate searched", min=0.0, min_exclusive=True)
-    lr_points: int = setting(8, "learning rates tried per batch size", min=1)
+    batch_sizes: list[int] = setting([4, 8, 16, 32, 64, 128, 256, 512, 1024], "batch sizes the study fans out over (one job each); sizes ruled out by probe/throughput or above the training-set size are recorded as skipped", check=_check_sorted_unique)
+    lr_min: float = setting(1.0e-2, "smallest learning rate searched", min=0.0, min_exclusive=True)
+    lr_max: float = setting(2.0, "largest learning rate searched", min=0.0, min_exclusive=True)
+    lr_points: int = setting(12, "learning rates tried per batch size (all are tried; early stopping makes most cheap)", min=1)
     lr_grid: Literal["log", "sobol"] = setting("log", "log-spaced grid or scrambled Sobol points in log space")
-    max_steps: int = setting(2000, "a trial stops here if the target is not reached (censored)", min=1)
-    seeds: int = setting(2, "extra seeds the best learning rate is rerun with", min=0)
+    lr_start: Literal["centre", "neighbour"] = setting("centre", "first rate tried: centre of the range, or the best so far at half the batch size when its journal exists (faster; which trials stop early then depends on job order, the best rate and steps do not)")
+    max_steps: int = setting(1000, "a trial stops here if the target is not reached (censored)", min=1)
+    eval_resolution: float = setting(0.05, "relative resolution of steps to target (geometric evaluation schedule)", min=0.0, max=1.0, min_exclusive=True)
+    early_stopping: bool = setting(True, "stop a trial once it cannot beat the best steps to target at its batch size (same best result, less compute)")
+    seeds: int = setting(2, "extra seeds the best learning rate(s) are rerun with (spread of steps to target)", min=0)
+    rerun_top: int = setting(1, "how many of the best learning rates per size are rerun with the extra seeds", min=1)
     bootstrap: int = setting(200, "bootstrap resamples for the B_crit confidence interval", min=10)
+    noise_scale_batch_sizes: list[int] | None = setting(None, "[small, big] batch sizes for the gradient noise scale (big a multiple of small); null = smallest studied size and 16x it", check=_check_noise_pair)
 
 
 @dataclass(frozen=True)
