@@ -115,7 +115,7 @@ def main() -> None:
     result = run_baseline(workload, config, sections, seed, device, params.baseline.eval_every)
     metrics = baseline_metrics(result, workload, config, seed, describe(device))
     log.info("baseline", f"{result.outcome}: {workload.target_metric} {result.final_metrics.get(workload.target_metric, float('nan')):.4g} "
-                         f"after {result.steps_run} steps ({result.seconds:.1f} s); steps to target {result.steps_to_target}")
+                         f"after {result.steps_run} steps ({result.seconds:.3g} s); steps to target {result.steps_to_target}")
     curve = pd.DataFrame(result.curve)
     OUT.mkdir(parents=True, exist_ok=True)
     write_csv(OUT / "curve.csv", curve)

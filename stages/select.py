@@ -71,6 +71,7 @@ def read_measurements() -> Measurements:
         critical_batch_size_kind=str(sc_m.get("critical_batch_size_kind") or "estimate"),
         critical_batch_size_ci=(_num(sc_m.get("ci_low")), _num(sc_m.get("ci_high"))),
         s_min=_num(sc_m.get("s_min")),
+        perfect_scaling_up_to=int(sc_m["perfect_scaling_up_to"]) if _num(sc_m.get("perfect_scaling_up_to")) else None,
         device=str(probe_m.get("device") or thr_m.get("device") or "device"),
     )
 

@@ -59,6 +59,7 @@ class Measurements:
     critical_batch_size_kind: str = "estimate"
     critical_batch_size_ci: tuple[float | None, float | None] = (None, None)
     s_min: float | None = None
+    perfect_scaling_up_to: BatchSize | None = None  # the scaling study's verdict
     device: str = "device"
 
 
@@ -357,16 +358,17 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
 
     out.append("## Steps to target (scaling study, learning rate retuned per size)\n")
     meas = t[t["steps_source"] == "measured"].sort_values("batch_size")
-    pairs = [(int(a.batch_size), int(n.batch_size), n.steps_to_target / a.steps_to_target)
+    # the change per doubling, so studied sizes further apart than 2x compare with perfect scaling's x0.5
+    pairs = [(int(a.batch_size), int(n.batch_size),
+              (n.steps_to_target / a.steps_to_target) ** (1 / math.log2(n.batch_size / a.batch_size)))
              for a, n in zip(meas.itertuples(), meas.iloc[1:].itertuples())]
     line = "Steps to target: " + ", ".join(f"{int(r.batch_size)}: {r.steps_to_target:.0f}" for r in meas.itertuples()) + "."
     if pairs:
-        line += (" From one studied size to the next the steps change by " + ", ".join(f"{a}->{n} x{r:.2f}" for a, n, r in pairs)
-                 + " (x0.5 per doubling is perfect scaling).")
+        line += (" Per doubling of the batch the steps change by " + ", ".join(f"x{r:.2f} ({a}->{n})" for a, n, r in pairs)
+                 + "; x0.5 is perfect scaling, x1 no gain.")
     out.append(line + "\n")
-    perfect = t[t["scaling_regime"] == "perfect_scaling"]["batch_size"]
-    if len(perfect):
-        out.append(f"The scaling study places sizes up to {int(perfect.max())} in the perfect-scaling regime "
+    if m.perfect_scaling_up_to:
+        out.append(f"The scaling study places sizes up to {m.perfect_scaling_up_to} in the perfect-scaling regime "
                    f"(doubling the batch nearly halves the steps).\n")
     if _finite(m.critical_batch_size):
         lo, hi = m.critical_batch_size_ci
@@ -381,6 +383,11 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
             else "log-log interpolation between measured neighbours"
         out.append(f"{_sizes(interp['batch_size'])} were not studied: their steps come from {how} (marked interpolated); "
                    f"without a tuned learning rate they are shown but not chosen.\n")
+        col = OBJECTIVE_COLUMN[sel.objective]
+        better = interp[interp["feasible"] & (interp[col] < c[col])]
+        if len(better):
+            out.append(f"By that estimate {_sizes(better['batch_size'])} could beat the choice; add "
+                       f"{'it' if len(better) == 1 else 'them'} to scaling.batch_sizes to measure.\n")
     not_reached = t[t["steps_source"] == "not reached"]
     if len(not_reached):
         out.append(f"{_sizes(not_reached['batch_size'])} never reached the target within {study.max_steps} steps.\n")

@@ -19,7 +19,7 @@ import yaml
 
 from stages.config import SelectSettings
 from stages.selection import (Measurements, NotReasonable, Study, Target, decision_table, readable_steps,
-                              select, step_budget)
+                              reasoning_markdown, select, step_budget)
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [8, 16, 32, 64, 128, 256, 512, 1024]
@@ -121,6 +121,15 @@ def test_unstudied_sizes_use_the_fitted_curve_and_are_never_chosen():
     assert chosen(sel) == 512
 
 
+def test_reasoning_points_at_an_unstudied_size_the_fitted_curve_says_is_faster():
+    m = synthetic(lambda b: 0.01 + 1e-4 * b, curve(50, 160), studied=[8, 32, 512], s_min=50, b_crit=160)
+    sel = select(m, SelectSettings(), TARGET, STUDY)  # optimum sqrt(0.01 * 160 / 1e-4) = 126, not studied
+    text = reasoning_markdown(sel, m, TARGET, SelectSettings(), STUDY, {"name": "sgd", "momentum": 0.9})
+    assert chosen(sel) == 32
+    assert "By that estimate 64, 128, 256 could beat the choice; add them to scaling.batch_sizes" in text
+    assert "x0.53 (8->32)" in text  # (S(32) / S(8)) ** (1/2) = (300 / 1050) ** 0.5: per doubling
+
+
 def test_without_a_b_crit_estimate_unstudied_sizes_interpolate_between_neighbours():
     m = synthetic(lambda b: 0.01, curve(50, 100), studied=[8, 32], s_min=50, b_crit=30)
     m = Measurements(**{**m.__dict__, "critical_batch_size_kind": "lower_bound"})
@@ -194,7 +203,7 @@ def digits_fixture(root: Path, *, steps: dict[int, float] | None = None) -> None
         "probe/metrics.json": {"max_batch_size": 1024, "memory_budget_bytes": 2**33, "device": "cpu"},
         "throughput/metrics.json": {"largest_useful_batch_size": 512, "device": "cpu", "threads": 2},
         "scaling/metrics.json": {"critical_batch_size": 60.0, "critical_batch_size_kind": "estimate",
-                                 "ci_low": 40.0, "ci_high": 90.0, "s_min": 60.0},
+                                 "ci_low": 40.0, "ci_high": 90.0, "s_min": 60.0, "perfect_scaling_up_to": 16},
     }
     for name, data in files.items():
         path = root / "reports" / name
