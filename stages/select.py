@@ -26,8 +26,8 @@ from stages import log, plotting
 from stages.config import PARAMS_FILE, ConfigError, load_params, run_main
 from stages.io import read_json, write_csv, write_json, write_text
 from stages.optim import fixed_values
-from stages.selection import (OBJECTIVE_COLUMN, Measurements, Selection, Study, Target, reasoning_markdown,
-                              select)
+from stages.select_reasoning import reasoning_markdown
+from stages.selection import OBJECTIVE_COLUMN, Measurements, Selection, Study, Target, select
 from stages.workload import better_than_chance
 
 PROBE, THROUGHPUT, SCALING, OUT = Path("reports/probe"), Path("reports/throughput"), Path("reports/scaling"), Path("reports/select")

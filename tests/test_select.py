@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from stages.config import SelectSettings
-from stages.selection import (Measurements, NotReasonable, Study, Target, decision_table, readable_steps,
-                              reasoning_markdown, select, step_budget)
+from stages.select_reasoning import reasoning_markdown
+from stages.selection import (Measurements, NotReasonable, Study, Target, decision_table, readable_steps, select,
+                              step_budget)
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [8, 16, 32, 64, 128, 256, 512, 1024]
