@@ -5,7 +5,8 @@ Every learning rate of the grid is tried (so the result equals an exhaustive gri
   the neighbouring batch size), then always try the untried rate nearest the best one so far --
   good rates come early.
 - Early stopping: a trial gives up once it passes the best steps-to-target already found at this
-  batch size (`give_up_after`). Steps to target are read on one evaluation schedule, so a trial that
+  batch size (`give_up_after`; with `keep` > 1, the keep-th best, so the top rates for the seed
+  reruns are still known). Steps to target are read on one evaluation schedule, so a trial that
   could tie or beat the best still reaches it: the best steps and learning rate are exactly those
   of running every trial to `max_steps` (tests/test_scaling.py checks it).
 - Journal: each finished trial is appended (one JSON line, flushed) to a file named by a hash of
@@ -54,19 +55,38 @@ def start_index(grid: list[float], hint: float | None = None) -> int:
     return min(range(len(grid)), key=lambda i: (abs(math.log(grid[i]) - target), i))
 
 
-def next_index(grid: list[float], tried: dict[int, TrialResult], start: int) -> int | None:
-    """The untried rate nearest (in grid steps) the best reached so far, or the start; ties -> smaller rate."""
+def next_index(grid: list[float], tried: dict[int, TrialResult], start: int,
+               score: Callable[[TrialResult], float] | None = None) -> int | None:
+    """The untried rate nearest (in grid steps) the best so far: the one with the fewest steps to
+    target, or -- before any reached it -- the best `score` (e.g. final metric; lower is better),
+    else the start. Ties -> the smaller rate."""
     untried = [i for i in range(len(grid)) if i not in tried]
     if not untried:
         return None
     reached = [i for i, r in tried.items() if r.steps_to_target is not None]
-    anchor = min(reached, key=lambda i: (tried[i].steps_to_target, i)) if reached else start
+    if reached:
+        anchor = min(reached, key=lambda i: (tried[i].steps_to_target, i))
+    elif tried and score is not None:
+        anchor = min(tried, key=lambda i: (score(tried[i]), abs(i - start), i))
+    else:
+        anchor = start
     return min(untried, key=lambda i: (abs(i - anchor), i))
 
 
-def best_steps(results: list[TrialResult]) -> int | None:
-    reached = [r.steps_to_target for r in results if r.steps_to_target is not None]
-    return min(reached) if reached else None
+def final_metric_score(metric: str, direction: str) -> Callable[[TrialResult], float]:
+    """Lower is better: how close a trial that missed the target got (diverged trials last)."""
+    def score(r: TrialResult) -> float:
+        value = r.final_metrics.get(metric, math.nan)
+        if r.outcome == "diverged" or not math.isfinite(value):
+            return math.inf
+        return -value if direction == "above" else value
+    return score
+
+
+def best_steps(results: list[TrialResult], k: int = 1) -> int | None:
+    """The k-th fewest steps to target among the results (None while fewer than k reached it)."""
+    reached = sorted(r.steps_to_target for r in results if r.steps_to_target is not None)
+    return reached[k - 1] if len(reached) >= k else None
 
 
 # ---------------------------------------------------------------------------- journal
@@ -108,8 +128,13 @@ class Journal:
                "result": asdict(result)}
         self.entries[self.key(learning_rate, seed, give_up_after)] = row
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        with open(self.path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut short by a crash: end it, so this one stays whole
+                    f.write(b"\n")
+            f.write((json.dumps(row) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
 
@@ -144,14 +169,16 @@ def run_cached(run: RunTrial, journal: Journal | None, learning_rate: float, see
 
 def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | None = None,
            hint: float | None = None, early_stopping: bool = True,
+           score: Callable[[TrialResult], float] | None = None, keep: int = 1,
            on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
     """Try every rate of `grid` at one seed, in the order above, each giving up once it cannot beat
-    the best so far (unless `early_stopping` is False: the exhaustive grid)."""
+    the `keep`-th best so far -- i.e. can no longer enter the top `keep` that get seed reruns
+    (unless `early_stopping` is False: the exhaustive grid)."""
     start = start_index(grid, hint)
     tried: dict[int, TrialResult] = {}
     trials: list[Trial] = []
-    while (i := next_index(grid, tried, start)) is not None:
-        give_up = best_steps(list(tried.values())) if early_stopping else None
+    while (i := next_index(grid, tried, start, score)) is not None:
+        give_up = best_steps(list(tried.values()), keep) if early_stopping else None
         result, resumed = run_cached(run, journal, grid[i], seed, give_up)
         tried[i] = result
         trials.append(Trial(grid[i], seed, "search", len(trials), give_up, result, resumed))

@@ -84,7 +84,7 @@ def _fit_normalised(x: np.ndarray, log_y: np.ndarray, c_lo: float, c_hi: float) 
     best_log_c, best_sse = grid[i], sses[i]
     if hi > lo:
         res = minimize_scalar(lambda g: sse_and_a(g)[0], bounds=(lo, hi), method="bounded",
-                              options={"xatol": 1e-6})
+                              options={"xatol": 1e-10})
         if res.fun <= best_sse:
             best_log_c, best_sse = float(res.x), float(res.fun)
     # The two limits: flat (c -> 0) and pure perfect scaling (c -> inf, y = b x).

@@ -74,8 +74,10 @@ def learning_rate_figure(table: pd.DataFrame, momentum_note: str, path: Path) ->
 def curves_figure(curves: pd.DataFrame, metric: str, target: float, path: Path) -> None:
     fig, ax = plotting.figure(f"Learning curves of the best trials ({metric})", "step", metric, logx=True)
     ax.set_xscale("log")
+    sizes = sorted(curves["batch_size"].unique())
+    colours = dict(zip(sizes, plotting.sns.color_palette("viridis", len(sizes))))
     for b, part in curves.groupby("batch_size"):
-        ax.plot(part["step"], part[metric], lw=1.2, label=f"B={b}, lr={part['learning_rate'].iloc[0]:.3g}")
+        ax.plot(part["step"], part[metric], lw=1.2, color=colours[b], label=f"B={b}, lr={part['learning_rate'].iloc[0]:.3g}")
     ax.axhline(target, color="black", ls="--", lw=1, label=f"target {target:g}")
     if len(curves) and metric in curves and (curves[metric] > 0).all() and curves[metric].max() / max(curves[metric].min(), 1e-300) > 100:
         ax.set_yscale("log")

@@ -1,0 +1,151 @@
+"""The critical-batch-size fit (stages/scaling_fit.py) and its standalone CLI, on tables whose answer is known."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.scaling_fit import FitError, fit_critical_batch_size, regime
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = 2.0 ** np.arange(0, 13)  # 1 .. 4096
+
+
+def mccandlish(batch_sizes, s_min=1000.0, b_crit=100.0):
+    return s_min * (1 + b_crit / np.asarray(batch_sizes, dtype=float))
+
+
+def noisy_table(b_crit=100.0, seeds=3, sigma=0.1, rng_seed=1):
+    rng = np.random.default_rng(rng_seed)
+    b = np.repeat(SIZES, seeds)
+    s = mccandlish(b, b_crit=b_crit) * np.exp(rng.normal(0, sigma, len(b)))
+    return b, s, np.tile(np.arange(seeds), len(SIZES))
+
+
+def test_exact_curve_recovers_b_crit_s_min_e_min():
+    fit = fit_critical_batch_size(SIZES, mccandlish(SIZES), bootstrap=50)
+    assert fit.kind == "estimate"
+    assert fit.critical_batch_size == pytest.approx(100, rel=1e-4)
+    assert fit.s_min == pytest.approx(1000, rel=1e-4)
+    assert fit.e_min == pytest.approx(100_000, rel=1e-4)
+    assert fit.ci_low == pytest.approx(100, rel=1e-4) and fit.ci_high == pytest.approx(100, rel=1e-4)  # exact: no spread
+
+
+@pytest.mark.parametrize("b_crit", [30.0, 100.0, 500.0])
+def test_noisy_curve_recovers_b_crit_within_its_interval(b_crit):
+    b, s, seeds = noisy_table(b_crit)
+    fit = fit_critical_batch_size(b, s, seeds, bootstrap=200)
+    assert fit.kind == "estimate"
+    assert fit.critical_batch_size == pytest.approx(b_crit, rel=0.3)
+    assert fit.ci_low < b_crit < fit.ci_high
+    assert fit.ci_high / fit.ci_low > 1.05  # noise shows up as a real interval
+
+
+def test_noisy_curve_without_seeds_uses_residual_bootstrap():
+    rng = np.random.default_rng(3)
+    s = mccandlish(SIZES) * np.exp(rng.normal(0, 0.05, len(SIZES)))
+    fit = fit_critical_batch_size(SIZES, s, bootstrap=200)
+    assert fit.kind == "estimate"
+    assert fit.ci_low < 100 < fit.ci_high
+
+
+def test_scaling_steps_leaves_b_crit_unchanged():
+    b, s, seeds = noisy_table()
+    base = fit_critical_batch_size(b, s, seeds, bootstrap=100)
+    for k in (0.01, 3.0, 1000.0):
+        scaled = fit_critical_batch_size(b, s * k, seeds, bootstrap=100)
+        assert scaled.critical_batch_size == pytest.approx(base.critical_batch_size, rel=1e-6)
+        assert scaled.ci_low == pytest.approx(base.ci_low, rel=1e-6)
+        assert scaled.ci_high == pytest.approx(base.ci_high, rel=1e-6)
+        assert scaled.s_min == pytest.approx(base.s_min * k, rel=1e-6)
+
+
+def test_scaling_batch_sizes_multiplies_b_crit():
+    b, s, seeds = noisy_table()
+    base = fit_critical_batch_size(b, s, seeds, bootstrap=100)
+    for k in (4, 3, 0.5):
+        scaled = fit_critical_batch_size(b * k, s, seeds, bootstrap=100)
+        assert scaled.critical_batch_size == pytest.approx(base.critical_batch_size * k, rel=1e-6)
+        assert scaled.ci_high == pytest.approx(base.ci_high * k, rel=1e-6)
+        assert scaled.e_min == pytest.approx(base.e_min * k, rel=1e-6)
+
+
+def test_still_halving_at_the_largest_size_gives_a_lower_bound():
+    b = SIZES[:7]  # 1 .. 64, B_crit far above
+    fit = fit_critical_batch_size(b, mccandlish(b, b_crit=1e5), bootstrap=50)
+    assert fit.kind == "lower_bound"
+    assert fit.critical_batch_size <= 64 and fit.ci_high is None
+    assert fit.s_min is None and fit.e_min == pytest.approx(1e8, rel=0.05)
+    assert "at least" in fit.message
+
+
+def test_flat_from_the_smallest_size_gives_an_upper_bound():
+    b = SIZES[6:]  # 64 .. 4096, B_crit far below
+    fit = fit_critical_batch_size(b, mccandlish(b, b_crit=0.5), bootstrap=50)
+    assert fit.kind == "upper_bound"
+    assert fit.critical_batch_size >= 64 and fit.ci_low is None
+    assert fit.e_min is None and fit.s_min == pytest.approx(1000, rel=0.05)
+    assert "at most" in fit.message
+
+
+def test_noisy_flat_table_is_not_a_precise_estimate():
+    rng = np.random.default_rng(0)
+    b = np.repeat(SIZES[4:], 3)
+    fit = fit_critical_batch_size(b, 500 * np.exp(rng.normal(0, 0.05, len(b))), np.tile([0, 1, 2], 9))
+    assert fit.kind == "upper_bound"
+
+
+def test_fewer_than_three_sizes_is_an_error():
+    with pytest.raises(FitError, match="at least|>= 3"):
+        fit_critical_batch_size([8, 16], [100, 50])
+    with pytest.raises(FitError, match=">= 3"):  # missing steps (not reached) do not count
+        fit_critical_batch_size([8, 16, 32, 64], [100, 50, math.nan, math.nan])
+
+
+def test_rising_steps_are_an_error():
+    with pytest.raises(FitError, match="rise"):
+        fit_critical_batch_size(SIZES, 100 * SIZES ** 0.3)
+
+
+def test_regimes_follow_the_fitted_curve():
+    assert regime(8, 100) == "perfect_scaling"
+    assert regime(25, 100) == "perfect_scaling"      # B_crit / 4: next doubling keeps 60%
+    assert regime(100, 100) == "diminishing_returns"
+    assert regime(400, 100) == "no_further_gain"    # 4 B_crit: next doubling keeps 90%
+    assert regime(10**6, math.inf) == "perfect_scaling"
+    assert regime(1, 0.0) == "no_further_gain"
+
+
+def _fit_cli(table: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "stages.scaling", "fit", str(table), "--bootstrap", "50"],
+                          cwd=table.parent, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_fit_cli_prints_one_json_object(tmp_path):
+    b, s, seeds = noisy_table(b_crit=64)
+    lines = ["batch_size,steps_to_target,seed"] + [f"{int(x)},{y:.1f},{z}" for x, y, z in zip(b, s, seeds)]
+    lines.append("8192,,0")  # a size that never reached the target: ignored
+    (tmp_path / "table.csv").write_text("\n".join(lines) + "\n")
+    proc = _fit_cli(tmp_path / "table.csv")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert {"critical_batch_size", "s_min", "e_min", "ci_low", "ci_high", "kind"} <= set(out)
+    assert out["kind"] == "estimate"
+    assert out["ci_low"] < 64 < out["ci_high"]
+
+
+def test_fit_cli_reports_a_degenerate_table_clearly(tmp_path):
+    (tmp_path / "two.csv").write_text("batch_size,steps_to_target\n16,100\n32,50\n")
+    proc = _fit_cli(tmp_path / "two.csv")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "3 distinct batch sizes" in proc.stderr
+    (tmp_path / "bad.csv").write_text("bs,steps\n16,100\n")
+    proc = _fit_cli(tmp_path / "bad.csv")
+    assert proc.returncode == 2 and "batch_size" in proc.stderr

@@ -1,0 +1,156 @@
+"""The scaling stage end to end on a tiny noisy-quadratic study: per-size jobs (skipped sizes
+included), resume from the journal, the aggregate outputs' contract, and determinism across processes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from stages import scaling
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = [1, 4, 16, 64, 128, 256]
+PARAMS = {
+    "workload": {"name": "nqm", "kwargs": {"dim": 10, "target": 0.05}},
+    "optimizer": {"name": "sgd", "momentum": 0.0},
+    "runtime": {"device": "cpu", "seed": 0, "threads": 1},
+    "scaling": {"batch_sizes": SIZES, "lr_min": 0.05, "lr_max": 50.0, "lr_points": 7, "max_steps": 300,
+                "seeds": 1, "bootstrap": 50},
+}
+
+
+def write_project(root: Path) -> Path:
+    """params.yaml plus the probe/throughput outputs the trials read (256 does not fit; 128 is not useful)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    probe = root / "reports" / "probe"
+    probe.mkdir(parents=True)
+    rows = ["batch_size,status,peak_memory_bytes,reason"] + [f"{b},fits,{1000 * b}," for b in SIZES[:-1]]
+    rows.append("256,out_of_memory,,CUDA out of memory (tried to allocate 2.0 GiB)")
+    (probe / "probe.csv").write_text("\n".join(rows) + "\n")
+    (probe / "metrics.json").write_text(json.dumps({"max_batch_size": 128}))
+    throughput = root / "reports" / "throughput"
+    throughput.mkdir(parents=True)
+    (throughput / "metrics.json").write_text(json.dumps({"largest_useful_batch_size": 64,
+                                                         "feasible_batch_sizes": SIZES[:-1]}))
+    return root
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "stages.scaling", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def trials_in_process(root: Path, batch_size: int, capfd=None) -> str:
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        scaling.main(["trials", "--batch-size", str(batch_size)])
+    finally:
+        os.chdir(cwd)
+    return capfd.readouterr().err if capfd is not None else ""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = write_project(tmp_path_factory.mktemp("scaling") / "project")
+    for b in SIZES:
+        trials_in_process(root, b)
+    proc = run_cli(["summarize"], root)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def test_sizes_ruled_out_earlier_are_recorded_as_skipped_with_the_reason(study):
+    for b, word in ((128, "throughput"), (256, "probe")):
+        rows = pd.read_csv(study / f"reports/scaling/trials/bs_{b}.csv")
+        assert len(rows) == 1 and rows["outcome"][0] == "skipped"
+        assert word in rows["reason"][0]
+    assert "out of memory" in pd.read_csv(study / "reports/scaling/trials/bs_256.csv")["reason"][0]
+
+
+def test_trials_table_holds_every_trial_with_its_outcome(study):
+    trials = pd.read_csv(study / "reports/scaling/trials.csv")
+    assert {"batch_size", "learning_rate", "seed", "outcome", "steps_to_target", "steps_run",
+            "examples_run", "seconds", "reason"} <= set(trials.columns)
+    ran = trials[trials["outcome"] != "skipped"]
+    assert len(ran) == 4 * (7 + 1)  # 4 studied sizes x (7 rates + 1 seed rerun)
+    assert set(trials["outcome"]) >= {"reached", "diverged", "stopped_early", "skipped"}
+    assert (trials[trials["learning_rate"] == 50.0]["outcome"] == "diverged").all()
+    assert (ran["examples_run"] == ran["steps_run"] * ran["batch_size"]).all()
+    reached = ran[ran["outcome"] == "reached"]
+    assert (reached["steps_to_target"] <= reached["steps_run"]).all()
+
+
+def test_steps_to_target_table_and_metrics_follow_the_contract(study):
+    table = pd.read_csv(study / "reports/scaling/steps_to_target.csv")
+    assert {"batch_size", "best_learning_rate", "steps_to_target", "steps_to_target_spread",
+            "examples_to_target", "regime", "effective_learning_rate", "linear_scaling_learning_rate",
+            "sqrt_scaling_learning_rate", "perfect_scaling_steps", "fitted_steps"} <= set(table.columns)
+    assert list(table["batch_size"]) == SIZES
+    studied = table[table["status"] == "reached"]
+    assert list(studied["batch_size"]) == [1, 4, 16, 64]
+    assert studied["steps_to_target"].is_monotonic_decreasing
+    assert (studied["steps_to_target_spread"] >= 0).all()
+    assert set(studied["regime"]) <= {"perfect_scaling", "diminishing_returns", "no_further_gain"}
+    assert list(table[table["status"] == "skipped"]["regime"]) == ["skipped", "skipped"]
+
+    m = json.loads((study / "reports/scaling/metrics.json").read_text())
+    assert m["critical_batch_size_kind"] in {"estimate", "lower_bound", "upper_bound", "undetermined"}
+    for key in ("critical_batch_size", "ci_low", "ci_high", "s_min", "e_min", "gradient_noise_scale"):
+        assert key in m
+    assert m["gradient_noise_scale"] > 0
+    assert 0 < m["compute_saved_fraction"] < 1
+    assert m["studied_batch_sizes"] == [1, 4, 16, 64] and m["skipped_batch_sizes"] == [128, 256]
+    for png in ("steps_to_target", "examples_to_target", "learning_rate", "curves"):
+        assert (study / f"reports/scaling/{png}.png").stat().st_size > 1000
+    curves = pd.read_csv(study / "reports/scaling/curves.csv")
+    assert set(curves["batch_size"]) == {1, 4, 16, 64}
+
+
+def test_a_rerun_replays_the_journal_and_an_interrupted_one_resumes(study, capfd):
+    csv = study / "reports/scaling/trials/bs_4.csv"
+    before = csv.read_text()
+    err = trials_in_process(study, 4, capfd)
+    assert err.count("from journal") == 8  # nothing trained again
+    assert csv.read_text() == before
+
+    journal = next((study / ".kickoff/journal/scaling").glob("bs_4-*.jsonl"))
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])  # killed while writing trial 4
+    err = trials_in_process(study, 4, capfd)
+    assert err.count("from journal") == 3 and err.count("[scaling] bs 4 lr") == 8
+    after = pd.read_csv(csv).drop(columns="seconds")
+    pd.testing.assert_frame_equal(after, pd.read_csv(pd.io.common.StringIO(before)).drop(columns="seconds"))
+
+
+def test_another_process_without_the_journal_gets_identical_results(study, tmp_path):
+    other = write_project(tmp_path / "other")
+    proc = run_cli(["trials", "--batch-size", "16"], other)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("[scaling] bs 16 lr") == 8 and "from journal" not in proc.stderr
+    mine = pd.read_csv(study / "reports/scaling/trials/bs_16.csv").drop(columns="seconds")
+    theirs = pd.read_csv(other / "reports/scaling/trials/bs_16.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(mine, theirs)
+
+
+def test_a_batch_size_outside_the_list_is_a_config_error(tmp_path):
+    root = write_project(tmp_path / "p")
+    proc = run_cli(["trials", "--batch-size", "48"], root)
+    assert proc.returncode == 2
+    assert "--batch-size: received 48" in proc.stderr and "scaling.batch_sizes" in proc.stderr
+
+
+def test_summarize_names_the_missing_job(tmp_path):
+    root = write_project(tmp_path / "p")
+    shutil.rmtree(root / "reports" / "throughput")
+    proc = run_cli(["summarize"], root)
+    assert proc.returncode == 2 and "trials --batch-size 1" in proc.stderr and "Traceback" not in proc.stderr
