@@ -41,6 +41,7 @@ STAGE = "throughput"
 PROBE_DIR = Path("reports/probe")
 OUT_DIR = Path("reports/throughput")
 MEASURE_LR = 1.0e-4  # learning rate of the timed steps
+NOISY_SPREAD = 2.0   # fastest / slowest window of one size above this: the machine was not quiet
 FLOPS_COUNTED = ("torch.utils.flop_counter.FlopCounterMode over one full training step (forward, backward, "
                  "optimizer step): matrix multiplies (mm, addmm, bmm, baddbmm, _scaled_mm), convolutions "
                  "(forward and backward) and scaled-dot-product / flash / efficient / flex attention (forward and "
@@ -164,6 +165,7 @@ def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, 
         rows.append({"batch_size": b, "examples_per_s": med, "examples_per_s_ci_low": lo, "examples_per_s_ci_high": hi,
                      "time_per_step_s": b / med, "windows": len(pipe), "steps_per_window": e["steps_per_window"],
                      "stop_reason": stop, "relative_half_width": (hi - lo) / 2 / med,
+                     "window_spread": max(pipe) / min(pipe),
                      **split[b], "on_device_examples_per_s": dmed, "on_device_ci_low": dlo, "on_device_ci_high": dhi,
                      "input_slowdown": slow, "input_slowdown_low": slow_lo, "input_slowdown_high": slow_hi,
                      "input_bound": bool(slow_lo > s.input_bound_ratio)})
@@ -179,6 +181,12 @@ def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, 
                     "flops_per_example": fpe, "achieved_flops_per_s": achieved,
                     "utilisation": None if achieved is None or not peak else achieved / peak, "threads": threads})
     diagnosis = timing.diagnose(doublings, {r["batch_size"]: r["input_bound"] for r in rows}, split)
+    worst = max(rows, key=lambda r: r["window_spread"])
+    if worst["window_spread"] > NOISY_SPREAD:
+        diagnosis += (f" Warning: window throughput varied up to {worst['window_spread']:.1f}x within batch size "
+                      f"{worst['batch_size']}: something else used the device or CPU during the measurement (with "
+                      f"{threads} torch threads, every parallel region waits for a thread the OS has parked), so "
+                      f"intervals are wide; rerun on an idle machine, or with runtime.threads below the free cores.")
     return pd.DataFrame(rows), largest, diagnosis
 
 
