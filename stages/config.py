@@ -139,7 +139,7 @@ class ThroughputSettings:
     min_windows: int = setting(6, "timed windows before the stop rule applies (6 is the fewest that give a 95% interval)", min=2)
     confidence: float = setting(0.95, "confidence level of every interval (examples/s, doubling ratio, input-bound test)", min=0.5, max=1.0, max_exclusive=True)
     relative_precision: float = setting(0.02, "stop when the interval half-width / median of examples/s is below this", min=0.0, min_exclusive=True)
-    max_seconds_per_size: float = setting(1.5, "time cap on the timed windows of one size (per mode: real pipeline, on-device batch), seconds", min=0.0, min_exclusive=True)
+    max_seconds_per_size: float = setting(1.0, "time cap on the timed windows of one size (per mode: real pipeline, on-device batch), seconds", min=0.0, min_exclusive=True)
     split_steps: int = setting(30, "extra steps timed phase by phase (data wait, copy, compute) for the time split", min=1)
     doubling_threshold: float = setting(1.1, "a doubling is 'useful' if throughput clearly grows by more than this factor (interval's lower end)", min=1.0)
     scaling_ratio: float = setting(1.8, "a doubling 'scales' if the lower end of its throughput-ratio interval reaches this (2 = perfect)", min=1.0, max=2.0)

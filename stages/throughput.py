@@ -180,7 +180,7 @@ def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, 
                     "regime": d.regime, "grew_most": d.grew_most, "useful": row["batch_size"] <= largest,
                     "flops_per_example": fpe, "achieved_flops_per_s": achieved,
                     "utilisation": None if achieved is None or not peak else achieved / peak, "threads": threads})
-    diagnosis = timing.diagnose(doublings, {r["batch_size"]: r["input_bound"] for r in rows}, split)
+    diagnosis = timing.diagnose(doublings, {r["batch_size"]: r["input_bound"] for r in rows}, split, s.scaling_ratio)
     worst = max(rows, key=lambda r: r["window_spread"])
     if worst["window_spread"] > NOISY_SPREAD:
         diagnosis += (f" Warning: window throughput varied up to {worst['window_spread']:.1f}x within batch size "

@@ -86,7 +86,7 @@ def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], con
 class StopRule:
     min_windows: int = 6              # windows before the precision test applies
     relative_precision: float = 0.02  # stop when CI half-width / median <= this
-    max_seconds: Seconds = 1.5        # ... or when this much time is spent in windows
+    max_seconds: Seconds = 1.0        # ... or when this much time is spent in windows
     confidence: float = 0.95
 
 
@@ -262,6 +262,7 @@ def doubling_analysis(sizes: Sequence[SizeTiming], doubling_threshold: float, sc
         regime = classify(lo, hi, doubling_threshold, scaling_ratio)
         growth = {p: cur.split[p] - prev.split[p] for p in PHASES if p in cur.split and p in prev.split}
         grew = max(growth, key=growth.get) if growth and regime != "scaling" else None
+        grew = grew if grew is not None and growth[grew] > 0 else None  # nothing grew: no phase to blame
         out.append(Doubling(cur.batch_size, prev.batch_size, r, lo, hi, regime, grew, growth))
     return out
 
@@ -278,9 +279,10 @@ def _ms(seconds: float) -> str:
 
 
 def diagnose(doublings: Sequence[Doubling], input_bound: dict[int, bool],
-             split: dict[int, dict[str, Seconds]]) -> str:
-    """Plain-text diagnosis: input-bound sizes, then the first doubling that did not nearly double
-    throughput and which part of the step grew -- the playbook's 'diagnose the bottleneck first'."""
+             split: dict[int, dict[str, Seconds]], scaling_ratio: float = 1.8) -> str:
+    """Plain-text diagnosis: input-bound sizes, then the first doubling that clearly did not nearly
+    double throughput (upper end of its interval below `scaling_ratio`) and which part of the step
+    grew -- the playbook's 'diagnose the bottleneck first'."""
     lines = []
     bound = sorted(b for b, flag in input_bound.items() if flag)
     if bound:
@@ -290,22 +292,22 @@ def diagnose(doublings: Sequence[Doubling], input_bound: dict[int, bool],
                      f"on the device. At {worst}, data wait is {s['data_wait_s'] * 1e3:.3g} ms and copy "
                      f"{s['copy_s'] * 1e3:.3g} ms of each step (compute {s['compute_s'] * 1e3:.3g} ms): speed up "
                      f"data loading (workers, prefetching, caching, pinned memory) before choosing a batch size.")
-    first = next((d for d in doublings if d.regime in ("partial", "saturated")), None)
+    first = next((d for d in doublings if d.doubling_ratio_high < scaling_ratio), None)
     unclear = [f"{d.doubling_from}->{d.batch_size}" for d in doublings if d.regime == "inconclusive"]
     if unclear:
         lines.append(f"Doublings {', '.join(unclear)} are inconclusive (their interval straddles the threshold: "
                      f"the timings were too noisy); they count as not useful -- rerun on a quieter machine or "
                      f"raise throughput.max_seconds_per_size.")
-    if first is None and not unclear:
-        lines.append("Every doubling of the batch size nearly doubled throughput: the device is not saturated "
-                     "at the largest feasible size.")
+    if first is None:
+        lines.append("No doubling of the batch size was clearly short of doubling throughput" +
+                     (": the device is not saturated at the largest feasible size." if not unclear else "."))
     elif first is not None:
         total = sum(first.growth_s.values())
         detail = ", ".join(f"{PHASE_NAMES[p].split(' (')[0]} {_ms(v)}" for p, v in first.growth_s.items())
-        where = PHASE_NAMES.get(first.grew_most or "", "unknown (no split measured)")
+        where = f"mostly {PHASE_NAMES[first.grew_most]}" if first.grew_most else "no phase in particular"
         lines.append(f"Doubling {first.doubling_from} -> {first.batch_size} raised throughput {first.doubling_ratio:.2f}x "
-                     f"(interval {first.doubling_ratio_low:.2f}-{first.doubling_ratio_high:.2f}, {first.regime}). "
-                     f"Time per step grew by {_ms(total)}, mostly {where} ({detail}).")
+                     f"(interval {first.doubling_ratio_low:.2f}-{first.doubling_ratio_high:.2f}, {first.regime}), "
+                     f"clearly short of 2x. Time per step grew by {_ms(total)}, {where} ({detail}).")
         if first.grew_most == "compute_s":
             lines.append("Compute grew: the device is doing more work per step, i.e. it is filling up -- a hardware "
                          "limit, not an input bottleneck.")
@@ -314,6 +316,9 @@ def diagnose(doublings: Sequence[Doubling], input_bound: dict[int, bool],
         elif first.grew_most == "copy_s":
             lines.append("The host-to-device copy grew: pin memory, copy asynchronously, or move preprocessing "
                          "onto the device.")
+        else:
+            lines.append("No phase of the step grew when timed on its own: the loss comes from outside the step "
+                         "(synchronisation, interference from other work on the machine).")
     return " ".join(lines)
 
 

@@ -101,6 +101,16 @@ def test_diagnosis_names_the_phase_that_grew():
     assert "Doubling 2 -> 4" in text and "mostly data wait" in text
 
 
+def test_diagnosis_blames_no_phase_when_none_grew():
+    sizes = synthetic(lambda b: 1000.0 * min(b, 2), [1, 2, 4])
+    for st in sizes:
+        st.split = {"data_wait_s": 1e-5, "copy_s": 1e-6, "compute_s": 1e-3 / st.batch_size}  # shrinking
+    doublings = timing.doubling_analysis(sizes, 1.1, 1.8)
+    assert doublings[2].grew_most is None
+    text = timing.diagnose(doublings, {}, {s.batch_size: s.split for s in sizes})
+    assert "no phase in particular" in text and "outside the step" in text
+
+
 # ---------------------------------------------------------------------------- timed windows on a fake clock
 
 class FakeClock:
