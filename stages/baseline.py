@@ -24,15 +24,15 @@ from stages.config import PARAMS_FILE, ConfigError, Params, load_params, run_mai
 from stages.device import describe, resolve_device, set_threads
 from stages.io import write_csv, write_json
 from stages.train import TrialResult, eval_schedule, train_to_target
-from stages.workload import Workload, make_workload
+from stages.workload import Workload, make_workload, target_reached
 
 CONFIG = Path("reports/select/initial_config.yaml")
 OUT = Path("reports/baseline")
 REQUIRED = ("batch_size", "learning_rate", "train_steps", "optimizer", "workload")
 
 
-def read_initial_config(path: Path = CONFIG) -> tuple[dict, Params]:
-    """The selected configuration, and its optimizer/workload validated like params.yaml sections."""
+def read_initial_config(path: Path = CONFIG) -> tuple[dict, Params, Workload]:
+    """The selected configuration, its optimizer/workload validated like params.yaml sections, and the workload."""
     if not path.exists():
         raise ConfigError(f"{path} does not exist: run `python -m stages.select` first (dvc repro or snakemake)")
     config = yaml.safe_load(path.read_text()) or {}
@@ -47,7 +47,11 @@ def read_initial_config(path: Path = CONFIG) -> tuple[dict, Params]:
         raise ConfigError(f"{path}: learning_rate: received {config['learning_rate']!r}; allowed: a positive number")
     sections = validate({"optimizer": config["optimizer"], "workload": config["workload"]}, str(path),
                         check_environment=False)
-    return config, sections
+    try:
+        workload = make_workload(sections.workload.name, sections.workload.kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return config, sections, workload
 
 
 def eval_steps(train_steps: int, eval_every: int | None) -> list[int]:
@@ -69,12 +73,17 @@ def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed
         row = next(r for r in result.curve if r["step"] == result.steps_to_target)
         # Measured if the curve carries elapsed time; else pro rata of the run (evaluations included).
         seconds_to_target = row.get("seconds", result.seconds * result.steps_to_target / max(1, result.steps_run))
+    metric, final = workload.target_metric, result.final_metrics.get(workload.target_metric)
+    values = [r[metric] for r in result.curve]
+    best = (max if workload.target_direction == "above" else min)(values) if values else None
     return {
         **result.final_metrics,  # the target metric under its own name, e.g. accuracy
+        f"best_{metric}": best,
         "final_train_loss": result.curve[-1]["train_loss"] if result.curve else None,
-        "target_metric": workload.target_metric,
+        "target_metric": metric,
         "target_value": workload.target_value,
-        "reached_target": result.steps_to_target is not None,
+        "reached_target": result.steps_to_target is not None,   # at some evaluation during the run
+        "final_meets_target": target_reached(final, workload.target_value, workload.target_direction),
         "steps_to_target": result.steps_to_target,
         "seconds_to_target": seconds_to_target,
         "train_seconds": result.seconds,
@@ -105,10 +114,9 @@ def plot_curve(curve: pd.DataFrame, workload: Workload, path: Path) -> None:
 
 def main() -> None:
     params = load_params(PARAMS_FILE)
-    config, sections = read_initial_config()
+    config, sections, workload = read_initial_config()
     set_threads(params.runtime.threads)
     device = resolve_device(params.runtime.device)
-    workload = make_workload(sections.workload.name, sections.workload.kwargs)
     seed = params.runtime.seed
     log.info("baseline", f"training batch size {config['batch_size']}, lr {config['learning_rate']:.3g}, "
                          f"{config['train_steps']} steps, seed {seed} on {describe(device)}")

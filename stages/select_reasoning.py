@@ -127,7 +127,7 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
 
     out.append("## Step budget\n")
     out.append(f"{c['steps_to_target']:.0f} steps to target x margin {settings.step_budget_margin:g} "
-               f"(select.step_budget_margin) = {c['steps_to_target'] * settings.step_budget_margin:.0f}, rounded up to "
+               f"(select.step_budget_margin) = {c['steps_to_target'] * settings.step_budget_margin:.4g}, rounded up to "
                f"{sel.train_steps} steps. A budget fixed this early is hard to change later (a schedule gets tuned to it), "
                f"so it stays close to what the target needs.\n")
 

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-from stages.baseline import eval_steps
+from stages.baseline import eval_steps, read_initial_config
+from stages.config import ConfigError
 from tests.test_select import digits_fixture, run_stage
 
 
@@ -25,6 +27,8 @@ def test_select_then_baseline_reaches_the_target_on_the_default_workload(tmp_pat
     assert metrics["reached_target"] is True
     assert 1 <= metrics["steps_to_target"] <= 96
     assert metrics["accuracy"] > 0.9  # the target metric's final value, under its own name
+    assert metrics["best_accuracy"] == pytest.approx(curve_max := pd.read_csv(out / "curve.csv")["accuracy"].max())
+    assert metrics["final_meets_target"] == (metrics["accuracy"] >= 0.95) and curve_max >= 0.95
     assert metrics["train_steps"] == 96 and metrics["batch_size"] == 64 and metrics["learning_rate"] == 0.3
     assert metrics["train_seconds"] > 0 and 0 < metrics["seconds_to_target"] <= metrics["train_seconds"]
     curve = pd.read_csv(out / "curve.csv")
@@ -37,22 +41,23 @@ def test_select_then_baseline_reaches_the_target_on_the_default_workload(tmp_pat
 
 
 def test_baseline_without_a_selection_says_what_to_run(tmp_path):
-    (tmp_path / "params.yaml").write_text("{}\n")
-    proc = run_stage("stages.baseline", tmp_path)
-    assert proc.returncode == 2
-    assert "run `python -m stages.select` first" in proc.stderr
+    with pytest.raises(ConfigError, match=r"run `python -m stages.select` first"):
+        read_initial_config(tmp_path / "initial_config.yaml")
 
 
-def test_baseline_rejects_a_bad_initial_config(tmp_path):
-    (tmp_path / "params.yaml").write_text("{}\n")
-    path = tmp_path / "reports/select/initial_config.yaml"
-    path.parent.mkdir(parents=True)
-    path.write_text(yaml.safe_dump({"batch_size": 64, "learning_rate": 0.3, "train_steps": 10,
-                                    "optimizer": {"name": "sgd", "momentum": 1.5}, "workload": {"name": "digits_mlp"}}))
-    proc = run_stage("stages.baseline", tmp_path)
-    assert proc.returncode == 2
-    assert "optimizer.momentum: received 1.5" in proc.stderr
-    assert not (tmp_path / "reports/baseline").exists()
+@pytest.mark.parametrize("change,message", [
+    ({"optimizer": {"name": "sgd", "momentum": 1.5}}, "optimizer.momentum: received 1.5"),
+    ({"workload": {"name": "nope"}}, "workload.name: received 'nope'"),
+    ({"train_steps": 0}, "train_steps: received 0; allowed: a positive integer"),
+    ({"learning_rate": None}, "learning_rate: received None"),
+])
+def test_baseline_rejects_a_bad_initial_config(tmp_path, change, message):
+    config = {"batch_size": 64, "learning_rate": 0.3, "train_steps": 10,
+              "optimizer": {"name": "sgd", "momentum": 0.9}, "workload": {"name": "digits_mlp"}, **change}
+    path = tmp_path / "initial_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        read_initial_config(path)
 
 
 @pytest.mark.parametrize("steps,every,expected", [(10, 4, [4, 8, 10]), (6, 2, [2, 4, 6])])
