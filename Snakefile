@@ -26,18 +26,24 @@ wildcard_constraints:
     batch_size=r"\d+",
 
 
-for _s in pipeline.STAGES:
+def declare(s):
+    """One rule per stage. A function, not a loop body: Snakemake evaluates `shell:` when the job
+    runs, so a loop variable would hand every rule the last stage's command."""
 
     rule:
-        name: _s.name
-        input: pipeline.snakemake_inputs(_s, config)
-        output: [o.path for o in _s.outputs]
-        params: **pipeline.tracked_params(_s, config)
-        log: pipeline.snakemake_log(_s)
-        threads: PARAMS.runtime.threads if _s.uses_workload else 1
-        resources: **_s.resources
+        name: s.name
+        input: pipeline.snakemake_inputs(s, config)
+        output: [o.path for o in s.outputs]
+        params: **pipeline.tracked_params(s, config)
+        log: pipeline.snakemake_log(s)
+        threads: PARAMS.runtime.threads if s.uses_workload else 1
+        resources: **s.resources
         conda: "envs/kickoff.yaml"  # used with --software-deployment-method conda (clusters); `snakemake --lint` wants one
-        shell: pipeline.snakemake_shell(_s)
+        shell: pipeline.snakemake_shell(s)
+
+
+for _stage in pipeline.STAGES:
+    declare(_stage)
 
 
 rule all:

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # dvc and snakemake live next to the interpreter running pytest
 
 # Copied into the temporary project: the pipeline's sources, never its outputs or caches.
-PROJECT_FILES = ("stages", "dvc.yaml", "params.yaml", "Snakefile", "pyproject.toml", ".dvcignore", ".gitignore")
+PROJECT_FILES = ("stages", "dvc.yaml", "params.yaml", "Snakefile", "pyproject.toml", ".dvcignore", ".gitignore",
+                 "envs", "profiles")
 
 
 def tool_env(extra: dict | None = None) -> dict:

@@ -75,7 +75,10 @@ def test_bad_input_names_key_value_and_what_is_allowed(raw, expected):
 
 def test_yaml_1_1_exponent_without_a_dot_is_explained():
     # PyYAML and Snakemake (YAML 1.1) read 1e-3 as the string '1e-3'; DVC (YAML 1.2) reads a float.
-    raw = yaml.safe_load(yaml.safe_dump(DEFAULTS).replace("lr_min: 0.001", "lr_min: 1e-3"))
+    import re
+
+    text = re.sub(r"(?m)^(\s+lr_min:).*$", r"\1 1e-3", (ROOT / "params.yaml").read_text())
+    raw = yaml.safe_load(text)
     assert raw["scaling"]["lr_min"] == "1e-3"
     message = error_of(raw)
     assert "scaling.lr_min: received '1e-3' (str)" in message and "1.0e-3" in message
