@@ -264,6 +264,10 @@ def choose(table: pd.DataFrame, objective: str) -> pd.DataFrame:
 def _no_candidate_message(table: pd.DataFrame, target: Target, study: Study) -> str:
     goal = f"{target.metric} {'>=' if target.direction == 'above' else '<='} {target.value:g}"
     measured = table[table["steps_source"] == "measured"]
+    if measured.empty and not (table["steps_source"] == "not reached").any():
+        whys = "; ".join(f"{int(r.batch_size)}: {r.why}" for r in table.itertuples() if r.why)
+        return (f"the scaling study trained no batch size, so nothing reached the target ({goal}) -- {whys}. "
+                f"Change the probe/throughput limits or scaling.batch_sizes. select wrote no configuration.")
     if measured.empty:
         sizes = table[table["steps_source"].isin(["measured", "not reached"])]["batch_size"].tolist()
         return (f"no batch size reached the target ({goal}) in the scaling study (sizes {sizes}, up to "

@@ -150,6 +150,13 @@ def test_sizes_the_scaling_study_skipped_say_why():
     assert not t.loc[1024, "considered"]
 
 
+def test_nothing_studied_stops_naming_why():
+    m = synthetic(lambda b: 0.01, lambda b: math.nan)
+    m.steps["status"], m.steps["reason"] = "skipped", "above the probe's per-device maximum"
+    with pytest.raises(NotReasonable, match=r"trained no batch size.*8: skipped by the scaling study: above the probe"):
+        select(m, SelectSettings(), TARGET, STUDY)
+
+
 def test_step_budget_is_readable_and_covers_the_margin():
     assert readable_steps(164.4) == 170
     assert readable_steps(1234) == 1300
