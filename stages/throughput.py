@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stages import timing
-from stages.config import ConfigError, ThroughputSettings, run_main
+from stages.config import ConfigError, ThroughputSettings, load_params, run_main
 from stages.context import Context, setup
 from stages.device import describe, synchronize
 from stages.io import read_json, write_csv, write_json
@@ -183,10 +183,11 @@ def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, 
     diagnosis = timing.diagnose(doublings, {r["batch_size"]: r["input_bound"] for r in rows}, split, s.scaling_ratio)
     worst = max(rows, key=lambda r: r["window_spread"])
     if worst["window_spread"] > NOISY_SPREAD:
+        parked = (f" (with {threads} torch threads, every parallel region waits for any thread the OS has parked;"
+                  f" runtime.threads below the free cores helps)" if threads > 1 else "")
         diagnosis += (f" Warning: window throughput varied up to {worst['window_spread']:.1f}x within batch size "
-                      f"{worst['batch_size']}: something else used the device or CPU during the measurement (with "
-                      f"{threads} torch threads, every parallel region waits for a thread the OS has parked), so "
-                      f"intervals are wide; rerun on an idle machine, or with runtime.threads below the free cores.")
+                      f"{worst['batch_size']}: something else used the device or CPU during the measurement{parked}, "
+                      f"so intervals are wide; rerun on an idle machine.")
     return pd.DataFrame(rows), largest, diagnosis
 
 
@@ -219,7 +220,7 @@ def plot(frame: pd.DataFrame, largest: int, out: Path) -> None:
     for i, t in enumerate(total):
         ax.text(i, 101, f"{t * 1e3:.2g} ms", ha="center", va="bottom", fontsize=7)
     ax.set_ylim(0, 112)
-    ax.legend(loc="lower left", fontsize=7)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=7, frameon=False)
     save(fig, out / "time_split.png")
 
 
@@ -227,9 +228,10 @@ def plot(frame: pd.DataFrame, largest: int, out: Path) -> None:
 
 def main() -> None:
     started = time.perf_counter()
-    ctx = setup()
-    s = ctx.params.throughput
+    params = load_params()
+    s = params.throughput
     check_settings(s)
+    ctx = setup(params=params)
     feasible = feasible_batch_sizes(PROBE_DIR / "probe.csv")
     probe_metrics = read_json(PROBE_DIR / "metrics.json")
     sizes = [b for b in feasible if s.max_batch_size is None or b <= s.max_batch_size]

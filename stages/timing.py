@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import numpy as np
-from scipy import stats
 
 Seconds = float
 ExamplesPerS = float
@@ -59,8 +58,8 @@ def median_interval(samples: Sequence[float], confidence: float = 0.95) -> tuple
     if n == 0:
         raise ValueError("no samples")
     alpha = 1 - confidence
-    j = 0
-    while j + 1 <= n // 2 and stats.binom.cdf(j, n, 0.5) <= alpha / 2:
+    j, tail = 0, 0.0  # tail = P(Binomial(n, 1/2) <= j)
+    while j + 1 <= n // 2 and (tail := tail + math.comb(n, j) / 2**n) <= alpha / 2:
         j += 1  # ranks are 1-based: interval [x_(j), x_(n+1-j)]
     if j == 0:
         raise ValueError(f"{n} samples cannot give a {confidence:.0%} interval for a median; need {min_windows_for(confidence)}")
@@ -94,8 +93,9 @@ class StopRule:
 class Measurement:
     """The windows of one stream (a batch size in one mode) and, once stopped, their statistics.
 
-    If a window lasts more than 4x `window_seconds` (the machine slowed down, or calibration was
-    lucky), later windows get proportionally fewer steps, so the time cap keeps its meaning."""
+    When a window lasts more than 4x or less than 1/4 of `window_seconds` (the machine slowed down or
+    sped up since calibration), later windows get proportionally fewer or more steps, so windows
+    stay about `window_seconds` long and the time cap keeps its meaning."""
     steps_per_window: int
     examples_per_step: int
     rule: StopRule
@@ -117,13 +117,15 @@ class Measurement:
     def relative_half_width(self) -> float:
         return (self.ci_high - self.ci_low) / 2 / self.median
 
-    def add(self, seconds: Seconds) -> bool:
-        """Record one window of `steps_per_window` steps; True when the stop rule says this stream is done."""
+    def add(self, seconds: Seconds, steps: int | None = None) -> bool:
+        """Record one window of `steps` steps (default `steps_per_window`); True when the stop rule says
+        this stream is done."""
+        steps = self.steps_per_window if steps is None else steps
         self.seconds += seconds
-        self.steps.append(self.steps_per_window)
-        self.samples.append(self.examples_per_step * self.steps_per_window / seconds)
-        if self.window_seconds and seconds > 4 * self.window_seconds:
-            self.steps_per_window = max(self.min_steps, int(self.steps_per_window * self.window_seconds / seconds))
+        self.steps.append(steps)
+        self.samples.append(self.examples_per_step * steps / seconds)
+        if self.window_seconds and not self.window_seconds / 4 <= seconds <= 4 * self.window_seconds:
+            self.steps_per_window = max(self.min_steps, round(steps * self.window_seconds / seconds))
         if self.windows < self.rule.min_windows:
             return False
         self.median, self.ci_low, self.ci_high = median_interval(self.samples, self.rule.confidence)
@@ -143,6 +145,23 @@ def timed_window(step: Callable[[], object], steps: int, sync: Callable[[], None
         step()
     sync()
     return clock() - start
+
+
+def bounded_window(step: Callable[[], object], steps: int, sync: Callable[[], None], limit: Seconds,
+                   clock: Callable[[], float] = time.perf_counter) -> tuple[Seconds, int]:
+    """Like timed_window, but stops early once `limit` seconds have passed on the host clock (a guard
+    against a machine that slowed down 100-fold, one clock read per step); returns (seconds, steps run).
+    On an asynchronous device the host runs at most a queue's depth ahead, so the guard still holds."""
+    sync()
+    start = clock()
+    done = 0
+    while done < steps:
+        step()
+        done += 1
+        if clock() - start > limit:
+            break
+    sync()
+    return clock() - start, done
 
 
 def steps_per_window(step: Callable[[], object], sync: Callable[[], None], window_seconds: Seconds,
@@ -179,7 +198,11 @@ def measure_interleaved(streams: Sequence[Stream], sync: Callable[[], None] = la
             if last is not item and len(streams) > 1:
                 step()
             last = item
-            if m.add(timed_window(step, m.steps_per_window, sync, clock)):
+            if m.window_seconds:
+                done = m.add(*bounded_window(step, m.steps_per_window, sync, 4 * m.window_seconds, clock))
+            else:
+                done = m.add(timed_window(step, m.steps_per_window, sync, clock))
+            if done:
                 pending.remove(item)
 
 

@@ -152,6 +152,17 @@ def test_long_windows_shrink_and_streams_interleave():
     assert all(m.windows == 6 and m.stop_reason == "precision" for _, m in streams)
 
 
+def test_a_window_on_a_machine_that_slowed_down_is_cut_short():
+    clock = FakeClock(lambda i: 0.25)
+    assert timing.bounded_window(clock.step, 100, lambda: None, 1.0, clock) == (1.25, 5)
+    # 100 steps calibrated for 0.1 s windows, then every step takes 0.25 s (250x slower):
+    # each window stops after its first step over 0.4 s, later windows get 1 step, the cap ends it.
+    m = timing.Measurement(100, 4, timing.StopRule(6, 0.02, 3.0), window_seconds=0.1)
+    timing.measure_interleaved([(clock.step, m)], clock=clock)
+    assert m.steps[:2] == [2, 1] and m.stop_reason == "precision" and m.seconds < 3.0
+    assert m.median == pytest.approx(4 / 0.25)
+
+
 def test_split_steps_times_each_phase():
     clock = FakeClock(lambda i: 0.0)
 
@@ -247,12 +258,18 @@ def test_slow_data_loader_is_input_bound(tmp_path):
     assert (frame.on_device_examples_per_s > 2 * frame.examples_per_s).all()
     assert (frame.data_wait_s > frame.compute_s).all()
     assert "Input-bound" in metrics["diagnosis"] and "data wait" in metrics["diagnosis"]
-    assert frame.regime.iloc[1:].isin(["saturated", "inconclusive"]).all()  # doubling cannot help a sleeping loader
+    assert (frame.regime.iloc[1:] != "scaling").all()  # the loader's time grows with the batch: no 2x
     assert (frame.grew_most.iloc[1:] == "data_wait_s").all()
-    assert metrics["largest_useful_batch_size"] == 2
 
 
-def test_bad_settings_stop_before_any_work(tmp_path):
-    proc = run_stage(tmp_path, {"name": "digits_mlp"}, [1, 2], {"min_windows": 3}, check=False)
-    assert proc.returncode == 2
-    assert "throughput.min_windows: received 3; allowed: at least 6" in proc.stderr
+def test_bad_settings_stop_before_any_work(tmp_path, monkeypatch, capsys):
+    from stages.config import run_main
+    from stages.throughput import main
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"runtime": {"device": "cpu"},
+                                                          "throughput": {"min_windows": 3}}))
+    monkeypatch.chdir(tmp_path)  # no probe outputs either: the settings are checked first
+    with pytest.raises(SystemExit) as exit_:
+        run_main(main)
+    assert exit_.value.code == 2
+    assert "throughput.min_windows: received 3; allowed: at least 6" in capsys.readouterr().err
