@@ -1,0 +1,297 @@
+"""The team workflow, end to end with the real git, dvc and snakemake in a temporary repository:
+two commits that differ in the model width (a tag pinned as the baseline, a branch compared with
+it) through `dvc params/metrics/plots diff`, the pull-request review script, experiments with
+`dvc exp run -S`, `snakemake --lint`, the cluster profiles, and the CI workflow against the README.
+
+The repository is built once per module (two `dvc repro` on the small configuration) and shared;
+the tests that change its state (experiments) come last and put it back.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shlex
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from stages import pipeline
+from stages.config import validate
+from stages.overrides import merge, set_param_args
+from stages.review import markdown
+from tests.conftest import ROOT, make_project, run, write_params
+
+SMALL = yaml.safe_load((ROOT / "profiles/small/params.yaml").read_text())
+EXTRA_FILES = ("profiles", "envs", ".ci", ".github")  # beyond conftest.PROJECT_FILES
+TAG, BRANCH = "baseline-v1", "wider"
+WORKFLOW = ROOT / ".github/workflows/pr-review.yml"
+
+
+def team_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("<!-- section:team -->", 1)[1].split("<!-- section:", 1)[0]
+
+
+def readme_commands() -> list[str]:
+    """Every command line in the README's code blocks, comments stripped."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def stages_run(output: str) -> tuple[set[str], set[str]]:
+    """(stages DVC ran, stages it skipped as unchanged) from `dvc repro` / `dvc exp run` output."""
+    return (set(re.findall(r"Running stage '([^']+)'", output)),
+            set(re.findall(r"Stage '([^']+)' didn't change, skipping", output)))
+
+
+def all_stage_names(batch_sizes: list[int]) -> set[str]:
+    return {f"{s.name}@{b}" if s.foreach else s.name for s in pipeline.STAGES
+            for b in (batch_sizes if s.foreach else [None])}
+
+
+# ---------------------------------------------------------------------------- fast checks (no pipeline run)
+
+def test_small_config_is_valid_and_keeps_the_branchs_workload_and_optimizer():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    validate(merge(params, SMALL), "params.yaml + profiles/small/params.yaml", check_environment=False)
+    assert not {"workload", "optimizer"} & set(SMALL), "a PR changing the model must still show in the review"
+    assert len(SMALL["scaling"]["batch_sizes"]) >= 3, "B_crit needs three batch sizes"
+
+
+def test_overrides_are_one_shell_word_each_and_numbers_survive_yaml_1_1():
+    args = set_param_args({"scaling": {"lr_min": 1e-05, "batch_sizes": [16, 64]}, "probe": {"batch_sizes": None,
+                                                                                        "bisect": False}})
+    assert args == ["--set-param=scaling.lr_min=1.0e-05", "--set-param=scaling.batch_sizes=[16,64]",
+                    "--set-param=probe.batch_sizes=null", "--set-param=probe.bisect=false"]
+    assert isinstance(yaml.safe_load("x: 1.0e-05")["x"], float)  # what Snakemake's YAML 1.1 reads back
+
+
+def test_review_table_shows_only_what_changed_in_the_reports_units():
+    diff = {"reports/baseline/metrics.json": {"accuracy": {"old": 0.95, "new": 0.97, "diff": 0.02},
+                                              "train_seconds": {"old": 10.0, "new": 10.0, "diff": 0},
+                                              "outcome": {"old": "reached", "new": "x" * 200}},
+            "reports/probe/metrics.json": {"memory_fixed_bytes": {"old": 2 * 2**20, "new": 3 * 2**20}}}
+    text = markdown(diff, "metrics")
+    lines = text.splitlines()
+    assert lines[0] == "| file | metric | base | this branch | change |"
+    assert lines[2] == "| reports/probe/metrics.json | memory_fixed_bytes | 2.0 MiB | 3.0 MiB | +1.0 MiB (+50.0%) |"
+    assert "| accuracy | 0.95 | 0.97 | +0.02 (+2.1%) |" in text
+    assert "train_seconds" not in text  # unchanged
+    assert "| reached | " + "x" * 79 + "… |" in text
+    assert markdown({}, "params") == "No params differ."
+
+
+def test_conda_env_mirrors_pyproject_runtime_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((ROOT / "envs/kickoff.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    strip = lambda reqs: {r.split("#")[0].strip() for r in reqs}  # noqa: E731
+    tools = {r for r in strip(project) if r.startswith(("dvc", "snakemake"))}
+    assert strip(pip) == strip(project) - tools
+    assert any(str(d).startswith("python>=3.11") for d in env["dependencies"])
+
+
+def test_cluster_profiles_place_the_rules_that_train_on_gpus():
+    gpu_rules = {s.name for s in pipeline.STAGES if s.resources.get("gpu", 0) > 0}
+    assert gpu_rules and all({"mem_mb", "runtime"} <= set(s.resources) for s in pipeline.STAGES)
+    assert all("gpu" not in s.resources or s.resources["gpu"] > 0 for s in pipeline.STAGES)  # see Stage.resources
+    for name, key, value in (("slurm", "slurm_partition", "gpu"), ("kubernetes", "gpu_manufacturer", "nvidia")):
+        profile = yaml.safe_load((ROOT / f"profiles/{name}/config.yaml").read_text())
+        assert profile["executor"] == name
+        per_rule = profile["set-resources"]
+        assert {r for r, res in per_rule.items() if res.get(key) == value} == gpu_rules, name
+
+
+def test_ci_workflow_is_valid_and_runs_the_commands_the_readme_documents():
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    assert "pull_request" in (workflow.get("on") or workflow.get(True))  # YAML 1.1 reads `on` as True
+    assert workflow["permissions"]["pull-requests"] == "write"
+    steps = workflow["jobs"]["review"]["steps"]
+    uses = [s["uses"].split("@")[0] for s in steps if "uses" in s]
+    assert "actions/upload-artifact" in uses and not any("cml" in u.lower() for u in uses)
+    runs = "\n".join(s["run"] for s in steps if "run" in s)
+    assert "cml" not in runs.lower() and "gh pr comment" in runs and "kickoff-pr-review" in runs
+
+    script = (ROOT / ".ci/pr-review").read_text()
+    assert script.splitlines()[0] == "#!/usr/bin/env bash" and (ROOT / ".ci/pr-review").stat().st_mode & 0o111
+    documented = readme_commands()
+    section = team_section()
+    # the install and review commands the workflow runs are the README's
+    for line in (ln.strip() for ln in runs.splitlines()):
+        if line.startswith("make "):
+            assert line in documented, line
+        if line.startswith(".ci/pr-review"):
+            assert any(d.startswith(".ci/pr-review ") for d in documented), line
+    # every dvc / python -m subcommand the review script runs is documented in the team section
+    commands = re.findall(r"^\s*(?:\{ )?((?:dvc (?:exp run|params diff|metrics diff|plots diff))|python -m stages\.\w+)",
+                          script, flags=re.M)
+    assert {"dvc exp run", "dvc params diff", "dvc metrics diff", "dvc plots diff"} <= set(commands)
+    for command in set(commands):
+        assert command in section, f"{command!r} (run by .ci/pr-review) is not in README's team section"
+    assert "dvc exp run $(python -m stages.overrides profiles/small/params.yaml)" in documented
+    assert "python -m stages.overrides profiles/small/params.yaml" in script
+
+
+# ---------------------------------------------------------------------------- the shared repository
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("team") / "kickoff", SMALL, commit=False)
+    for name in EXTRA_FILES:
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "kickoff on the small configuration"], root)
+
+    first = run(["dvc", "repro"], root)
+    run("git add -A && git commit -q -m 'results, width 64'", root)
+    run(["git", "tag", "-a", TAG, "-m", "kickoff baseline"], root)  # as README: the pinned baseline
+
+    run(["git", "checkout", "-q", "-b", BRANCH], root)
+    kwargs = yaml.safe_load((root / "params.yaml").read_text())["workload"]["kwargs"]
+    old_width = kwargs["hidden"]
+    write_params(root, {"workload": {"kwargs": {**kwargs, "hidden": [32]}}})
+    second = run(["dvc", "repro"], root)
+    run("git add -A && git commit -q -m 'width 32'", root)
+    return SimpleNamespace(root=root, first=first.stdout, second=second.stdout, old_width=old_width, new_width=[32])
+
+
+@pytest.mark.e2e
+def test_first_run_runs_every_stage_and_the_width_change_reruns_them_all(team):
+    names = all_stage_names(SMALL["scaling"]["batch_sizes"])
+    assert stages_run(team.first)[0] == names
+    assert stages_run(team.second)[0] == names  # every stage builds the model
+    assert team.old_width != team.new_width
+
+
+@pytest.mark.e2e
+def test_params_diff_between_the_two_commits_is_exactly_the_width(team):
+    diff = json.loads(run(["dvc", "params", "diff", TAG, BRANCH, "--json"], team.root).stdout)
+    assert list(diff) == ["params.yaml"] and list(diff["params.yaml"]) == ["workload.kwargs.hidden"]
+    change = diff["params.yaml"]["workload.kwargs.hidden"]
+    assert yaml.safe_load(str(change["old"])) == team.old_width and yaml.safe_load(str(change["new"])) == [32]
+
+
+@pytest.mark.e2e
+def test_metrics_diff_shows_the_changed_results_of_both_revisions(team):
+    diff = json.loads(run(["dvc", "metrics", "diff", TAG, BRANCH, "--json"], team.root).stdout)
+    baseline = diff["reports/baseline/metrics.json"]
+    metric = json.loads((team.root / "reports/baseline/metrics.json").read_text())["target_metric"]
+    assert baseline[metric]["old"] != baseline[metric]["new"]  # another model, another result
+    assert {"reports/probe/metrics.json", "reports/scaling/metrics.json"} <= set(diff)
+    md = run(["dvc", "metrics", "diff", TAG, BRANCH, "--md"], team.root).stdout
+    assert f"| {TAG}" in md and f"| {BRANCH}" in md and "reports/baseline/metrics.json" in md
+
+
+@pytest.mark.e2e
+def test_plots_diff_renders_every_plot_for_both_revisions_with_log_axes(team, tmp_path):
+    spec = json.loads(run(["dvc", "plots", "diff", TAG, BRANCH, "--json", "-o", str(tmp_path / "json")],
+                          team.root).stdout)["data"]
+    declared = {p.title: p for s in pipeline.STAGES for p in s.plots}
+    images = [o.path for s in pipeline.STAGES for o in s.outputs if o.kind == "image"]
+    assert set(spec) == set(declared) | set(images)
+    for title, plot in declared.items():
+        (rendered,) = spec[title]
+        assert rendered["type"] == "vega" and rendered["revisions"] == [TAG, BRANCH], title
+        revs = {row["rev"] for row in rendered["content"]["data"]["values"]}
+        assert revs == {TAG, BRANCH}, f"{title}: data of {revs}"
+        if plot.template == "loglog":
+            encoding = rendered["content"]["encoding"]
+            assert [encoding[axis]["scale"]["type"] for axis in ("x", "y")] == ["log", "log"], title
+        else:
+            assert '"log"' not in json.dumps(rendered["content"]), title
+    for path in images:
+        assert sorted(r for item in spec[path] for r in item["revisions"]) == sorted([TAG, BRANCH]), path
+
+    run(["dvc", "plots", "diff", TAG, BRANCH, "-o", str(tmp_path / "html")], team.root)
+    html = (tmp_path / "html/index.html").read_text()
+    assert all(title in html for title in declared)
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], team.root).stdout)
+    assert set(shown["data"]) == set(spec) and not shown.get("errors")
+
+
+@pytest.mark.e2e
+def test_the_readmes_baseline_commands_compare_the_branch_with_the_tag(team):
+    commands = [c for c in readme_commands() if c.startswith("dvc ") and f" {TAG} my-branch" in c]
+    assert {c.split()[1] for c in commands} == {"params", "metrics", "plots"}
+    for command in commands:
+        out = run(shlex.split(command.replace("my-branch", BRANCH)), team.root, check=True).stdout
+        if " params " in command:
+            assert "workload.kwargs.hidden" in out
+        if " metrics " in command:
+            assert "reports/baseline/metrics.json" in out
+    assert (team.root / "dvc_plots/index.html").is_file()
+
+
+@pytest.mark.e2e
+def test_pr_review_script_writes_one_comment_and_the_plots_and_restores_the_branch(team):
+    run(["rm", "-rf", "dvc_plots"], team.root)
+    proc = run([".ci/pr-review", TAG, BRANCH], team.root)
+    comment = (team.root / "pr-review/comment.md").read_text()
+    assert comment.startswith("<!-- kickoff-pr-review -->\n")
+    assert re.search(r"\| params.yaml \| workload.kwargs.hidden \| \[64\] \| \[32\] \|", comment), comment
+    assert "| reports/baseline/metrics.json |" in comment and "failed" not in comment
+    assert (team.root / "pr-review/plots/index.html").is_file()
+    # the small configuration applied with -S is exactly what the committed runs used: nothing reran
+    for log in (team.root / "pr-review").glob("review-*.log"):
+        ran, skipped = stages_run(log.read_text())
+        assert not ran and skipped == all_stage_names(SMALL["scaling"]["batch_sizes"]), log.name
+    assert run(["git", "branch", "--show-current"], team.root).stdout.strip() == BRANCH
+    assert run(["git", "status", "--porcelain", "--untracked-files=no"], team.root).stdout == "", proc.stderr
+
+
+@pytest.mark.e2e
+def test_snakemake_lint_passes(team):
+    proc = run([str(Path(sys.executable).parent / "snakemake"), "--lint"], team.root)
+    assert "good condition" in proc.stdout + proc.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", ["slurm", "kubernetes"])
+def test_cluster_profile_is_accepted_by_snakemake(team, name):
+    """Every key of the profile is an option Snakemake (with the executor plugin) knows."""
+    plugin = f"snakemake_executor_plugin_{name}"
+    pytest.importorskip(plugin, reason=f"pip install -e '.[cluster]' to check profiles/{name}")
+    run(["snakemake", "--profile", f"profiles/{name}", "--list-rules"], team.root)
+    if name == "slurm":  # a dry run needs no cluster: each job with the resources sbatch would get
+        out = run(["snakemake", "--profile", "profiles/slurm", "-n", "--forceall"], team.root).stdout
+        jobs = {}
+        for chunk in out.split("\nrule ")[1:]:
+            rule, resources = chunk.split(":", 1)[0], re.search(r"^    resources: (.*)$", chunk, flags=re.M)
+            jobs[rule] = resources.group(1) if resources else ""
+        assert set(jobs) >= {s.name for s in pipeline.STAGES}, out[-2000:]
+        for s in pipeline.STAGES:
+            assert f"mem_mb={s.resources['mem_mb']}," in jobs[s.name] and f"runtime={s.resources['runtime']}" in jobs[s.name]
+            on_gpu = s.resources.get("gpu", 0) > 0
+            assert ("gpu=1" in jobs[s.name], "slurm_partition=gpu" in jobs[s.name]) == (on_gpu, on_gpu), (s.name, jobs[s.name])
+
+
+@pytest.mark.e2e
+def test_experiments_rerun_exactly_the_affected_stages_and_exp_show_lists_them(team):
+    root, sizes = team.root, SMALL["scaling"]["batch_sizes"]
+    try:
+        # optimizer.name: every stage that reads it (probe measures the optimizer's state too)
+        dry = run(["dvc", "exp", "run", "--dry", "-S", "optimizer.name=adam"], root).stdout
+        readers = {s.name for s in pipeline.STAGES if any(k == "optimizer" or k.startswith("optimizer.") for k in s.params)}
+        assert stages_run(dry)[0] == {n for n in all_stage_names(sizes) if n.split("@")[0] in readers}
+
+        # a learning-rate range: the scaling study onwards reruns, probe and throughput are kept
+        out = run(["dvc", "exp", "run", "-n", "lr-range", "-S", "scaling.lr_min=2.0e-2", "-S", "scaling.lr_max=1.5"],
+                  root).stdout
+        ran, skipped = stages_run(out)
+        assert {"probe", "throughput"} <= skipped and not {"probe", "throughput"} & ran
+        assert {f"scaling_trials@{b}" for b in sizes} | {"scaling"} <= ran
+
+        table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], root).stdout)))
+        (row,) = [r for r in table if r["Experiment"] == "lr-range"]
+        assert float(row["scaling.lr_min"]) == 0.02 and float(row["scaling.lr_max"]) == 1.5
+        assert row["rev"] and row["accuracy"] != ""  # its results are there to compare
+    finally:
+        run(["git", "checkout", "-q", "--force", BRANCH], root)
