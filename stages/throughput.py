@@ -150,8 +150,9 @@ def peak_flops(ctx: Context, s: ThroughputSettings) -> tuple[float | None, str]:
 # ---------------------------------------------------------------------------- analysis (from the windows file)
 
 def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, peak: float | None,
-              threads: int) -> tuple[pd.DataFrame, int, str]:
-    """throughput.csv rows, the largest useful batch size and the diagnosis, computed from the windows."""
+              threads: int) -> tuple[pd.DataFrame, dict]:
+    """throughput.csv rows and the decisions (largest useful batch size, strict and not; diagnosis),
+    computed from the windows."""
     rows, sizes = [], []
     split = {e["batch_size"]: {p: e[p] for p in timing.PHASES} for e in extras}
     for e in sorted(extras, key=lambda e: e["batch_size"]):
@@ -188,7 +189,9 @@ def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, 
         diagnosis += (f" Warning: window throughput varied up to {worst['window_spread']:.1f}x within batch size "
                       f"{worst['batch_size']}: something else used the device or CPU during the measurement{parked}, "
                       f"so intervals are wide; rerun on an idle machine.")
-    return pd.DataFrame(rows), largest, diagnosis
+    return pd.DataFrame(rows), {"largest_useful_batch_size": largest,
+                                "largest_clearly_useful_batch_size": timing.largest_useful_batch_size(doublings, strict=True),
+                                "diagnosis": diagnosis}
 
 
 # ---------------------------------------------------------------------------- plots
@@ -243,7 +246,8 @@ def main() -> None:
     info(STAGE, f"peak matmul: {'n/a' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} ({peak_method})")
     windows, extras = measure_sizes(ctx, sizes, s)
     frame_windows = pd.DataFrame(windows)
-    frame, largest, diagnosis = summarise(frame_windows, extras, s, peak, ctx.threads)
+    frame, decision = summarise(frame_windows, extras, s, peak, ctx.threads)
+    largest, diagnosis = decision["largest_useful_batch_size"], decision["diagnosis"]
     for r in frame.itertuples():
         info(STAGE, f"batch {r.batch_size}: {r.examples_per_s:,.0f} examples/s [{r.examples_per_s_ci_low:,.0f}, "
                     f"{r.examples_per_s_ci_high:,.0f}] over {r.windows} windows ({r.stop_reason}); on device "
@@ -251,7 +255,7 @@ def main() -> None:
                     f"compute {r.compute_s * 1e3:.3g} ms per step; {r.regime}")
     model = ctx.workload.init_model()
     metrics = {
-        "largest_useful_batch_size": largest,
+        **decision,
         "feasible_batch_sizes": feasible,
         "measured_batch_sizes": sizes,
         "input_bound_batch_sizes": [int(b) for b in frame.batch_size[frame.input_bound]],
@@ -262,7 +266,6 @@ def main() -> None:
         "device": describe(ctx.device),
         "probe_device": probe_metrics.get("device"),
         "threads": ctx.threads,
-        "diagnosis": diagnosis,
         "confidence": s.confidence,
         "interval_method": ("examples/s: median over windows, distribution-free order-statistic interval; ratios: "
                             "ratio of medians, percentile bootstrap (2000 resamples, fixed seed)"),

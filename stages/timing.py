@@ -21,7 +21,7 @@ Statistics
 - Regimes are decided with the interval of the doubling ratio, never with its point value:
   scaling (lower end >= scaling_ratio: nearly 2x), partial (lower end > doubling_threshold: clearly
   worth it, not clearly 2x), saturated (upper end <= doubling_threshold: clearly not worth it),
-  inconclusive (the interval straddles doubling_threshold: too noisy to tell; counted as not useful).
+  inconclusive (the interval straddles doubling_threshold: too noisy to tell).
 """
 from __future__ import annotations
 
@@ -290,11 +290,20 @@ def doubling_analysis(sizes: Sequence[SizeTiming], doubling_threshold: float, sc
     return out
 
 
-def largest_useful_batch_size(doublings: Sequence[Doubling]) -> int:
-    """The largest size reached by a doubling that clearly raised throughput by more than the
-    threshold (regime scaling or partial); the smallest size when none did."""
-    useful = [d.batch_size for d in doublings if d.regime in ("scaling", "partial")]
-    return max(useful) if useful else min(d.batch_size for d in doublings)
+def largest_useful_batch_size(doublings: Sequence[Doubling], strict: bool = False) -> int:
+    """The largest size reached by a doubling that clearly raised throughput by more than the threshold
+    (scaling or partial); the smallest size when none did.
+
+    Unless `strict`, an inconclusive doubling (too noisy to tell) also counts while no clearly saturated
+    doubling came before it: without evidence, the playbook's default is the largest batch size the
+    hardware supports, so noise must not shrink the sizes worth studying."""
+    ordered = sorted(doublings, key=lambda d: d.batch_size)
+    useful, saturated_below = [], False
+    for d in ordered:
+        saturated_below = saturated_below or d.regime == "saturated"
+        if d.regime in ("scaling", "partial") or (d.regime == "inconclusive" and not strict and not saturated_below):
+            useful.append(d.batch_size)
+    return max(useful) if useful else ordered[0].batch_size
 
 
 def _ms(seconds: float) -> str:
@@ -319,8 +328,9 @@ def diagnose(doublings: Sequence[Doubling], input_bound: dict[int, bool],
     unclear = [f"{d.doubling_from}->{d.batch_size}" for d in doublings if d.regime == "inconclusive"]
     if unclear:
         lines.append(f"Doublings {', '.join(unclear)} are inconclusive (their interval straddles the threshold: "
-                     f"the timings were too noisy); they count as not useful -- rerun on a quieter machine or "
-                     f"raise throughput.max_seconds_per_size.")
+                     f"the timings were too noisy); below the first clearly saturated doubling they count as "
+                     f"possibly useful (without evidence the playbook prefers the largest batch size) -- rerun "
+                     f"on a quieter machine or raise throughput.max_seconds_per_size to decide them.")
     if first is None:
         lines.append("No doubling of the batch size was clearly short of doubling throughput" +
                      (": the device is not saturated at the largest feasible size." if not unclear else "."))

@@ -81,7 +81,16 @@ def test_partial_and_noisy_doublings():
     # The same 1.15x gain with 30% noise cannot be told from "no gain": never decided on the point value.
     noisy = timing.doubling_analysis(synthetic({1: 1000.0, 2: 1150.0}.get, [1, 2], noise=0.3, windows=6), 1.1, 1.8)
     assert noisy[1].regime == "inconclusive"
-    assert timing.largest_useful_batch_size(noisy) == 1
+    assert timing.largest_useful_batch_size(noisy, strict=True) == 1
+    assert timing.largest_useful_batch_size(noisy) == 2  # no evidence either way: keep the larger size
+
+
+def test_noise_after_a_clear_saturation_does_not_extend_the_useful_range():
+    curve = {1: 1000.0, 2: 2000.0, 4: 2000.0, 8: 2300.0}
+    doublings = timing.doubling_analysis(synthetic(curve.get, [1, 2, 4, 8], noise=0.005), 1.1, 1.8)
+    doublings[3].regime = "inconclusive"  # as if 4 -> 8 had been measured on a noisy machine
+    assert [d.regime for d in doublings[:3]] == ["reference", "scaling", "saturated"]
+    assert timing.largest_useful_batch_size(doublings) == 2
 
 
 def test_gap_of_two_doublings_is_normalised():
@@ -187,9 +196,10 @@ def test_summarise_flags_input_bound_from_the_windows():
                       "stop_reason": "precision"} for i in range(6)]
     extras = [{"batch_size": b, "steps_per_window": 10, "flops_per_example": 100.0, "data_wait_s": 0.01 * b,
                "copy_s": 0.0, "compute_s": 0.001} for b in (2, 4)]
-    frame, largest, diagnosis = summarise(pd.DataFrame(rows), extras, ThroughputSettings(), 1e6, threads=2)
+    frame, decision = summarise(pd.DataFrame(rows), extras, ThroughputSettings(), 1e6, threads=2)
     assert frame.input_bound.tolist() == [True, False]
-    assert frame.regime.tolist() == ["reference", "scaling"] and largest == 4
+    assert frame.regime.tolist() == ["reference", "scaling"] and decision["largest_useful_batch_size"] == 4
+    assert "Input-bound at batch sizes [2]" in decision["diagnosis"]
     assert frame.utilisation.iloc[0] == pytest.approx(100.0 * 100.0 / 1e6, rel=0.01)
     assert frame.time_per_step_s.iloc[1] == pytest.approx(4 / frame.examples_per_s.iloc[1])
 
