@@ -88,6 +88,18 @@ def plan_candidates(settings: ProbeSettings, num_train_examples: int | None) -> 
     return kept, capped
 
 
+def query_device(runner: TrialRunner) -> dict:
+    """Capacity, description and thread count of the device, and whether the model has batch norm."""
+    report = runner.run(("info",))
+    res = report["result"]
+    if res and res["kind"] == "info":
+        return res
+    if res and res["kind"] == "error":
+        raise TrialError(f"querying the device and building the model failed:\n{res['message'].rstrip()}")
+    raise TrialError(f"the device query process ended without a result (signal {report['signal']}, "
+                     f"exit code {report['exitcode']})")
+
+
 @dataclass
 class ProbeOutcome:
     records: list[TrialRecord]  # tried sizes in the order tried, then capped sizes
@@ -108,11 +120,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
     records: list[TrialRecord] = []
     methods: list[str] = []  # what peak_memory_bytes is, as the trial processes measured it
     runner.load(ProbeJob(params, str(device)))
-    about = runner.run(("info",))
-    if not about["result"] or about["result"]["kind"] != "info":
-        record_from_report(0, about, 0, 0)  # raises with the child's error
-        raise TrialError(f"the device query failed: {about}")
-    about = about["result"]
+    about = query_device(runner)
     budget = memory.resolve_budget(settings.memory_budget, about["capacity_bytes"])
     limit = memory.memory_limit(budget, settings.safety_margin)
     fraction = limit / about["capacity_bytes"] if device.type == "cuda" else None
@@ -129,7 +137,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
             methods.append(report["result"]["method"])
         records.append(rec)
         info("probe", f"batch size {batch_size:>6}: {rec.status:<11} peak {human_bytes(rec.peak_memory_bytes):>10}  "
-                      f"{rec.steps_run} steps  {rec.seconds:.2f} s" + (f"  {rec.rule}: {rec.reason}" if rec.status != "fits" else ""))
+                      f"{rec.steps_run} steps  {rec.seconds:.2f} s" + ("" if rec.status == "fits" else f"  {rec.rule + ': ' if rec.rule else ''}{rec.reason}"))
         return rec.status == "fits"
 
     tried, best = memory.search(kept, fits, settings.bisect)
@@ -177,10 +185,12 @@ def write_outputs(outcome: ProbeOutcome, out_dir: str = OUT_DIR) -> None:
 def plot_memory(frame, metrics: dict, path: str) -> None:
     import numpy as np
     import seaborn as sns
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from stages import plotting
 
-    fig, ax = plotting.figure("Peak memory by batch size", "batch size", "peak memory (bytes)", logx=True, logy=True)
+    fig, ax = plotting.figure("Peak memory by batch size", "batch size", "peak memory", logx=True, logy=True,
+                               size=(8.4, 4.2))
     measured = frame[frame["peak_memory_bytes"].notna()].astype({"peak_memory_bytes": float})
     if len(measured):
         sns.scatterplot(data=measured, x="batch_size", y="peak_memory_bytes", hue="status", s=60, ax=ax,
@@ -197,10 +207,18 @@ def plot_memory(frame, metrics: dict, path: str) -> None:
         ys = fixed + per_example * xs
         ax.plot(xs[ys > 0], ys[ys > 0], color="tab:gray", lw=1,
                 label=f"fit: {human_bytes(fixed)} + {human_bytes(per_example)} x B")
+    if metrics["capped_at"] is not None:
+        ax.axvline(metrics["capped_at"], ls="-.", color="tab:purple", lw=1,
+                   label=f"training-set size {metrics['capped_at']} (larger sizes capped)")
     ax.axhline(limit, ls="--", color="tab:red", lw=1, label=f"limit {human_bytes(limit)}")
     ax.axhline(metrics["memory_budget_bytes"], ls=":", color="tab:gray", lw=1,
                label=f"budget {human_bytes(metrics['memory_budget_bytes'])}")
-    ax.legend(fontsize="small")
+    xs = list(frame["batch_size"]) + ([metrics["capped_at"]] if metrics["capped_at"] is not None else [])
+    ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+    ax.yaxis.set_major_locator(LogLocator(base=2))  # ticks at 256 MiB, 512 MiB, 1 GiB, ...
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: human_bytes(y)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     plotting.save(fig, path)
 
 

@@ -20,6 +20,7 @@ import pickle
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -161,6 +162,9 @@ def _load(job: ProbeJob) -> tuple[dict, Workload | None]:
 def _serve(conn) -> None:
     """Requests: ('load', job) builds the workload; other requests fork a trial; None ends."""
     torch.set_num_threads(1)  # no OpenMP pool here: a child forked after one hangs in its first parallel op
+    # Python >= 3.12 warns on fork() with threads alive; the only ones here are idle BLAS pools
+    # (numpy/scipy's OpenBLAS), which re-initialise in the child through their atfork handlers.
+    warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning)
     _warm_up()
     job = workload = None
     while True:
