@@ -71,6 +71,18 @@ def _fit(rows: pd.DataFrame, bootstrap: int, seed: int) -> tuple[ScalingFit | No
                  "confidence": fit.confidence, "s_min": fit.s_min, "e_min": fit.e_min}
 
 
+def best_curves(curve_frames: list[pd.DataFrame], table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The learning curve of each size's best learning rate at the search seed."""
+    frames = [f for f in curve_frames if not f.empty]
+    best = table[table["status"] == "reached"]
+    if not frames or best.empty:
+        return pd.DataFrame(columns=["batch_size", "learning_rate", "seed", "phase", "examples", "step"])
+    curves = pd.concat(frames, ignore_index=True)
+    keep = set(zip(best["batch_size"].astype(int), best["best_learning_rate"].astype(float)))
+    mask = [(int(b), float(lr)) in keep for b, lr in zip(curves["batch_size"], curves["learning_rate"])]
+    return curves[pd.Series(mask, index=curves.index) & (curves["seed"] == seed)].reset_index(drop=True)
+
+
 def main_summarize() -> None:
     ctx = setup()
     p, w = ctx.params, ctx.workload
@@ -90,10 +102,7 @@ def main_summarize() -> None:
     gns, gns_rows = noise_scale(ctx, table)
     spent, full, saved = compute_saved(trials)
 
-    curves = pd.concat(curve_frames, ignore_index=True)
-    best = table[table["status"] == "reached"][["batch_size", "best_learning_rate"]]
-    curves = curves.merge(best, left_on=["batch_size", "learning_rate"], right_on=["batch_size", "best_learning_rate"])
-    curves = curves[curves["seed"] == p.runtime.seed].drop(columns="best_learning_rate")
+    curves = best_curves(curve_frames, table, p.runtime.seed)
 
     reached = table[table["status"] == "reached"]
     perfect = reached[reached["regime"] == "perfect_scaling"]["batch_size"]

@@ -14,6 +14,15 @@ REGIME_COLOURS = {"perfect_scaling": "tab:green", "diminishing_returns": "tab:or
                   "no_further_gain": "tab:red", "unknown": "tab:gray"}
 
 
+def _legend(ax, fontsize: float = 8, **kw) -> None:
+    """A legend, or a note in the middle when there is nothing to show (every size skipped)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize, **kw)
+    else:
+        ax.text(0.5, 0.5, "no batch size reached the target\n(see trials.csv for why)", ha="center",
+                va="center", transform=ax.transAxes, color="gray")
+
+
 def _mark_critical(ax, fit: ScalingFit | None, noise_scale: float | None) -> None:
     if fit is not None:
         label = {"estimate": "B_crit", "lower_bound": "B_crit >=", "upper_bound": "B_crit <="}[fit.kind]
@@ -40,7 +49,7 @@ def steps_figure(table: pd.DataFrame, fit: ScalingFit | None, noise_scale: float
             grid = np.geomspace(r["batch_size"].min(), r["batch_size"].max(), 100)
             ax.plot(grid, fit.steps(grid), color="black", lw=1.2, label="fit S_min (1 + B_crit / B)")
     _mark_critical(ax, fit, noise_scale)
-    ax.legend(fontsize=8)
+    _legend(ax)
     plotting.save(fig, path)
 
 
@@ -54,7 +63,7 @@ def examples_figure(table: pd.DataFrame, fit: ScalingFit | None, noise_scale: fl
             grid = np.geomspace(r["batch_size"].min(), r["batch_size"].max(), 100)
             ax.plot(grid, grid * fit.steps(grid), color="black", lw=1.2, label="fit B S_min + E_min")
     _mark_critical(ax, fit, noise_scale)
-    ax.legend(fontsize=8)
+    _legend(ax)
     plotting.save(fig, path)
 
 
@@ -67,7 +76,7 @@ def learning_rate_figure(table: pd.DataFrame, momentum_note: str, path: Path) ->
             ax.plot(r["batch_size"], r["effective_learning_rate"], "s--", alpha=0.7, label=f"effective ({momentum_note})")
         ax.plot(r["batch_size"], r["linear_scaling_learning_rate"], color="gray", ls="-.", label="linear scaling")
         ax.plot(r["batch_size"], r["sqrt_scaling_learning_rate"], color="gray", ls=":", label="square-root scaling")
-    ax.legend(fontsize=8)
+    _legend(ax)
     plotting.save(fig, path)
 
 
@@ -81,7 +90,7 @@ def curves_figure(curves: pd.DataFrame, metric: str, target: float, path: Path) 
     ax.axhline(target, color="black", ls="--", lw=1, label=f"target {target:g}")
     if len(curves) and metric in curves and (curves[metric] > 0).all() and curves[metric].max() / max(curves[metric].min(), 1e-300) > 100:
         ax.set_yscale("log")
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, 7, ncol=2)
     plotting.save(fig, path)
 
 

@@ -149,3 +149,16 @@ def test_fit_cli_reports_a_degenerate_table_clearly(tmp_path):
     (tmp_path / "bad.csv").write_text("bs,steps\n16,100\n")
     proc = _fit_cli(tmp_path / "bad.csv")
     assert proc.returncode == 2 and "batch_size" in proc.stderr
+
+
+def test_the_readme_example_gives_the_documented_result():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- section:scaling -->")[1].split("<!-- section:")[0]
+    block = section.split("$ cat table.csv\n")[1].split("$ python")[0].strip().splitlines()
+    assert block[0] == "batch_size,steps_to_target"
+    b, s = zip(*(map(float, line.split(",")) for line in block[1:]))
+    documented = json.loads(section.split("fit table.csv\n")[1].splitlines()[0].replace("...", "").replace(", ,", ","))
+    fit = fit_critical_batch_size(b, s)
+    assert fit.kind == documented["kind"]
+    assert fit.critical_batch_size == pytest.approx(documented["critical_batch_size"], abs=0.01)
+    assert fit.ci_low == pytest.approx(documented["ci_low"], abs=0.1)

@@ -154,3 +154,21 @@ def test_summarize_names_the_missing_job(tmp_path):
     shutil.rmtree(root / "reports" / "throughput")
     proc = run_cli(["summarize"], root)
     assert proc.returncode == 2 and "trials --batch-size 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_study_with_every_size_ruled_out_still_writes_its_outputs(tmp_path, capfd):
+    root = write_project(tmp_path / "p")
+    (root / "reports/throughput/metrics.json").write_text(json.dumps({"largest_useful_batch_size": None}))
+    (root / "reports/probe/metrics.json").write_text(json.dumps({"max_batch_size": None}))
+    for b in SIZES:
+        trials_in_process(root, b)
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        scaling.main(["summarize"])
+    finally:
+        os.chdir(cwd)
+    m = json.loads((root / "reports/scaling/metrics.json").read_text())
+    assert m["critical_batch_size"] is None and m["critical_batch_size_kind"] == "undetermined"
+    assert m["skipped_batch_sizes"] == SIZES and m["studied_batch_sizes"] == []
+    assert "no batch size fits" in pd.read_csv(root / "reports/scaling/trials.csv")["reason"][0]

@@ -1,0 +1,134 @@
+"""Benchmark of the scaling study on the default workload (digits_mlp, params.yaml as committed).
+
+    python bench/bench_scaling.py            # full study + exhaustive grid, a few minutes on 2 CPU cores
+    python bench/bench_scaling.py --no-grid  # only the study's wall time
+    python bench/bench_scaling.py --threads 1   # override runtime.threads (shared or tiny-model machines)
+
+1. Wall time of the full study the way a pipeline runs it: one process per batch size
+   (`python -m stages.scaling trials --batch-size B`, process start included), then `summarize`,
+   in a fresh temporary directory (no journal to replay; no probe/throughput outputs, so every
+   size in scaling.batch_sizes is studied).
+2. Compute (examples processed) of the study's search against an exhaustive grid -- every learning
+   rate at every size without early stopping -- with the best learning rate and steps to target
+   per size from both, side by side. They must agree: early stopping may only save compute.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stages.config import load_params  # noqa: E402
+from stages.lr_search import best_learning_rate, best_steps, learning_rate_grid, search  # noqa: E402
+
+
+def write_params(workdir: Path, threads: int | None) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if threads is not None:
+        raw.setdefault("runtime", {})["threads"] = threads
+    (workdir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def run_study(workdir: Path) -> tuple[float, dict[int, float]]:
+    params = load_params(workdir / "params.yaml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    per_job: dict[int, float] = {}
+    start = time.perf_counter()
+    for b in params.scaling.batch_sizes:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "stages.scaling", "trials", "--batch-size", str(b)], cwd=workdir,
+                       env=env, check=True, stderr=subprocess.DEVNULL)
+        per_job[b] = time.perf_counter() - t
+        print(f"  trials@{b}: {per_job[b]:.1f} s", flush=True)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "stages.scaling", "summarize"], cwd=workdir, env=env, check=True,
+                   stderr=subprocess.DEVNULL)
+    per_job[0] = time.perf_counter() - t
+    print(f"  summarize: {per_job[0]:.1f} s", flush=True)
+    return time.perf_counter() - start, per_job
+
+
+def exhaustive_grid(workdir: Path) -> pd.DataFrame:
+    """Every rate at every size at the search seed, no early stopping (each stops at the target)."""
+    from stages.context import setup
+    from stages.train import train_to_target
+
+    ctx = setup(str(workdir / "params.yaml"))
+    s = ctx.params.scaling
+    grid = learning_rate_grid(s.lr_min, s.lr_max, s.lr_points, s.lr_grid, ctx.params.runtime.seed)
+    rows = []
+    for b in s.batch_sizes:
+        def run(lr, seed, give_up):
+            return train_to_target(ctx.workload, ctx.params.optimizer, lr, b, seed, ctx.device, s.max_steps,
+                                   give_up_after=give_up, resolution=s.eval_resolution)
+        t = time.perf_counter()
+        trials = search(grid, run, ctx.params.runtime.seed, early_stopping=False)
+        rows.append({"batch_size": b,
+                     "grid_best_learning_rate": best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials]),
+                     "grid_steps_to_target": best_steps([t.result for t in trials]),
+                     "grid_examples": sum(t.result.examples_run for t in trials),
+                     "grid_examples_to_max_steps": len(grid) * s.max_steps * b,
+                     "grid_seconds": time.perf_counter() - t})
+        print(f"  grid@{b}: {rows[-1]['grid_seconds']:.1f} s", flush=True)
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-grid", action="store_true", help="skip the exhaustive grid")
+    ap.add_argument("--threads", type=int, default=None, help="override runtime.threads")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
+        workdir = Path(tmp)
+        write_params(workdir, args.threads)
+        params = load_params(workdir / "params.yaml")
+        print(f"workload {params.workload.name}, batch sizes {params.scaling.batch_sizes}, {params.scaling.lr_points} "
+              f"rates in [{params.scaling.lr_min:g}, {params.scaling.lr_max:g}], max_steps {params.scaling.max_steps}, "
+              f"seeds {params.scaling.seeds}, runtime.threads {params.runtime.threads}, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print("full study (one process per batch size, then summarize):")
+        wall, _ = run_study(workdir)
+        trials = pd.read_csv(workdir / "reports/scaling/trials.csv")
+        metrics = pd.read_json(workdir / "reports/scaling/metrics.json", typ="series")
+        print(f"study wall time: {wall:.1f} s  (B_crit {metrics['critical_batch_size']} "
+              f"[{metrics['critical_batch_size_kind']}], noise scale {metrics['gradient_noise_scale']})")
+        if args.no_grid:
+            return
+        print("exhaustive grid (every rate, no early stopping):")
+        grid = exhaustive_grid(workdir)
+
+    search_rows = trials[(trials["phase"] == "search")]
+    study = []
+    for b, part in search_rows.groupby("batch_size"):
+        study.append({"batch_size": b,
+                      "study_best_learning_rate": best_learning_rate([(r.learning_rate, r.phase, None if pd.isna(r.steps_to_target) else int(r.steps_to_target)) for r in part.itertuples()]),
+                      "study_steps_to_target": part["steps_to_target"].min(),
+                      "study_examples": int(part["examples_run"].sum())})
+    table = pd.DataFrame(study).merge(grid, on="batch_size")
+    table["same_result"] = (table["study_best_learning_rate"] == table["grid_best_learning_rate"]) & \
+                           (table["study_steps_to_target"] == table["grid_steps_to_target"])
+    table["examples_ratio"] = table["study_examples"] / table["grid_examples"]
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 20)
+    print(table[["batch_size", "study_best_learning_rate", "grid_best_learning_rate", "study_steps_to_target",
+                 "grid_steps_to_target", "same_result", "study_examples", "grid_examples",
+                 "grid_examples_to_max_steps", "examples_ratio"]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    seeds = int(trials[trials["phase"] == "seed"]["examples_run"].sum())
+    s, g, full = table["study_examples"].sum(), table["grid_examples"].sum(), table["grid_examples_to_max_steps"].sum()
+    print(f"search examples: study {s:,} vs exhaustive grid {g:,} (ratio {s / g:.3f}, saved {1 - s / g:.1%}); "
+          f"every trial to max_steps {full:,} (saved {1 - s / full:.1%}); seed reruns add {seeds:,}")
+    print(f"all sizes give the same best rate and steps: {bool(table['same_result'].all())}")
+
+
+if __name__ == "__main__":
+    main()
