@@ -105,8 +105,10 @@ def throughput_section(inputs: Inputs) -> list[str]:
     lines = ["## 2. Throughput: which batch sizes are worth using", ""]
     if m is not None:
         lines += [f"**Decision:** the largest useful batch size is **{fmt(_metric(m, 'largest_useful_batch_size'))}**: "
-                  "the largest size whose doubling still clearly raised examples per second. Larger sizes are "
+                  "the largest size whose doubling still raised examples per second enough. Larger sizes are "
                   "not studied further.", ""]
+        if _metric(m, "diagnosis"):
+            lines += [f"> {fmt(m['diagnosis'])}", ""]
     lines += _images("throughput", inputs)
     lines += metrics_table(m, metrics_path, inputs)
     lines += ["", f"Per batch size (`{csv_path}`):", ""]

@@ -18,6 +18,7 @@ import yaml
 from stages.log import human_bytes
 
 MAX_ROWS = 60  # a table longer than this is cut, with a note pointing at the file
+LONG_TEXT = 80  # characters: a longer text value is listed below its table, not in a cell
 
 
 class Inputs:
@@ -86,10 +87,12 @@ class Inputs:
 # ---------------------------------------------------------------------------- formatting
 
 def _number(v: float) -> str:
-    if float(v).is_integer() and abs(v) < 1e12:
-        return str(int(v)) if abs(v) < 1e4 else f"{int(v):,}"  # 1024, but 15,001,709
-    if abs(v) >= 1e5 or abs(v) < 1e-3:
+    if abs(v) >= 1e12 or (v != 0 and abs(v) < 1e-3):
         return f"{v:.3e}"
+    if abs(v) >= 1e4:
+        return f"{v:,.0f}"  # 52,440 examples/s; 15,001,709
+    if float(v).is_integer():
+        return str(int(v))  # batch sizes, steps
     return f"{v:.4g}"
 
 
@@ -149,11 +152,18 @@ def _flatten(data: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def metrics_table(metrics: dict | None, rel: str, inputs: Inputs) -> list[str]:
-    """Every number in a metrics.json, in the file's order."""
+    """Every value in a metrics.json, in the file's order; long texts (methods, diagnoses) below the table."""
     if metrics is None:
         return [inputs.notes_for(rel)]
-    lines = [f"All numbers in `{rel}`:", "", _row(["metric", "value"]), _row(["---", "---:"])]
-    return lines + [_row([f"`{k}`", fmt(v, k.rsplit('.', 1)[-1])]) for k, v in _flatten(metrics)]
+    rows, notes = [], []
+    for key, value in _flatten(metrics):
+        text = fmt(value, key.rsplit(".", 1)[-1])
+        if isinstance(value, str) and len(text) > LONG_TEXT:
+            notes.append(f"- `{key}`: {text}")
+        else:
+            rows.append(_row([f"`{key}`", text]))
+    lines = [f"All values in `{rel}`:", "", _row(["metric", "value"]), _row(["---", "---:"])] + rows
+    return lines + ([""] + notes if notes else [])
 
 
 def table(frame: pd.DataFrame | None, columns: list[str] | None, rel: str, inputs: Inputs) -> list[str]:
