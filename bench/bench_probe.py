@@ -53,7 +53,8 @@ def row(name: str, wall: float, records) -> str:
     tried = [r for r in records if r.status != "capped"]
     train = sum(r.train_seconds or 0.0 for r in tried)
     per_trial = statistics.mean((r.seconds or 0.0) - (r.train_seconds or 0.0) for r in tried)
-    return (f"{name:<34} {wall:9.2f} {train:9.2f} {1 - train / wall:10.1%} {per_trial * 1000:12.0f} {len(tried):7d}")
+    fixed = wall - sum(r.seconds or 0.0 for r in tried)
+    return (f"{name:<34} {wall:9.2f} {train:9.2f} {1 - train / wall:10.1%} {fixed:9.2f} {per_trial * 1000:12.0f} {len(tried):7d}")
 
 
 def main() -> None:
@@ -75,10 +76,11 @@ def main() -> None:
             wall, _, recs = min((in_process(isolation) for _ in range(args.repeats)), key=lambda r: r[0])
             results.append(row(f"run_probe, trials via {isolation}", wall, recs))
         print(f"probe on the default workload ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
-        print(f"{'variant':<34} {'wall s':>9} {'train s':>9} {'outside %':>10} {'ms/trial out':>12} {'trials':>7}")
+        print(f"{'variant':<34} {'wall s':>9} {'train s':>9} {'outside %':>10} {'fixed s':>9} {'ms/trial out':>12} {'trials':>7}")
         print("\n".join(results))
         print("outside % = share of the wall time not spent in training steps and the evaluation forward;\n"
-              "ms/trial out = mean per-trial time outside them (fork or interpreter start, imports, model build).")
+              "fixed s = wall time outside the trials (interpreter and server start, imports, validation, outputs);\n"
+              "ms/trial out = mean per-trial time outside the steps (fork or interpreter start, imports, model build).")
     finally:
         os.chdir(ROOT)
         shutil.rmtree(work, ignore_errors=True)

@@ -16,7 +16,7 @@ import yaml
 from stages import memory
 from stages.config import ConfigError, validate
 from stages.probe import TrialError, plan_candidates, record_from_report, run_probe
-from stages.probe_trials import TrialRunner
+from stages.probe_trials import ProbeJob, TrialRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = "tests.probe_fakes:factory"
@@ -196,6 +196,22 @@ def test_device_message_oom_and_kill_by_signal_in_a_child(runner):
     assert [(r.batch_size, r.status) for r in out.records] == [(1, "fits"), (2, "fits"), (4, "killed")]
     assert out.records[-1].rule == "signal:SIGKILL" and out.max_batch_size == 2
     assert out.metrics["first_failure"]["status"] == "killed"
+
+
+def test_batch_norm_is_reported(runner):
+    out = probe_fake(runner, {"min_batch_size": 2, "max_batch_size": 4}, batch_norm=True)
+    assert out.metrics["has_batch_norm"] is True and out.max_batch_size == 4
+
+
+def test_spawned_trial_killed_by_a_signal():
+    """The fallback isolation (macOS, MPS, workloads that initialise CUDA): one fresh interpreter per trial."""
+    p = params({"max_batch_size": 4}, kill_at=4)
+    with TrialRunner("spawn") as spawned:
+        spawned.load(ProbeJob(p, "cpu"))
+        report = spawned.run(("trial", 4, None))
+    assert spawned.isolation == "spawn"
+    rec = record_from_report(4, report, 10**12, 1)
+    assert (rec.status, rec.rule, rec.steps_run) == ("killed", "signal:SIGKILL", 0)
 
 
 def test_trial_that_runs_no_steps_stops_the_probe(runner):
