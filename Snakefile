@@ -33,7 +33,7 @@ def declare(s):
     rule:
         name: s.name
         input: pipeline.snakemake_inputs(s, config)
-        output: [o.path for o in s.outputs]
+        output: [report(o.path, category=s.name) if o.kind == "image" else o.path for o in s.outputs]  # PNGs go into `snakemake --report`
         params: **pipeline.tracked_params(s, config)
         log: pipeline.snakemake_log(s)
         threads: PARAMS.runtime.threads if s.uses_workload else 1

@@ -248,9 +248,13 @@ def test_pr_review_script_writes_one_comment_and_the_plots_and_restores_the_bran
 
 
 @pytest.mark.e2e
-def test_snakemake_lint_passes(team):
+def test_snakemake_lint_passes_and_its_report_holds_every_png(team, tmp_path):
     proc = run([str(Path(sys.executable).parent / "snakemake"), "--lint"], team.root)
     assert "good condition" in proc.stdout + proc.stderr
+    run(["snakemake", "--report", str(tmp_path / "report.html")], team.root)  # the outputs DVC made will do
+    html = (tmp_path / "report.html").read_text()
+    for path in (o.path for s in pipeline.STAGES for o in s.outputs if o.kind == "image"):
+        assert Path(path).name in html, path
 
 
 @pytest.mark.e2e
