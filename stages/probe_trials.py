@@ -53,7 +53,11 @@ class ProbeJob:
 def _info(job: ProbeJob, workload: Workload) -> dict:
     device = torch.device(job.device)
     capacity, source = memory.device_capacity_bytes(device)
-    model = workload.init_model()
+    try:  # on the meta device: no memory even for a model far larger than the CPU's RAM
+        with torch.device("meta"):
+            model = workload.init_model()
+    except Exception:  # noqa: BLE001 -- init code that needs real values
+        model = workload.init_model()
     return {"kind": "info", "capacity_bytes": capacity, "capacity_source": source, "device": describe(device),
             "threads": torch.get_num_threads(), "has_batch_norm": has_batch_norm(model),
             "parameter_count": parameter_count(model)}
@@ -118,6 +122,7 @@ def _fork_one(job: ProbeJob, workload: Workload, request: tuple) -> dict:
         code = 1
         try:
             os.close(read_fd)
+            memory.volunteer_for_oom_killer()
             set_threads(job.params.runtime.threads)
             result = _child_main(job, workload, request)
             with os.fdopen(write_fd, "wb") as f:
@@ -183,6 +188,7 @@ def _serve(conn) -> None:
 
 
 def _spawned_trial(job: ProbeJob, request: tuple, conn) -> None:
+    memory.volunteer_for_oom_killer()
     set_threads(job.params.runtime.threads)
     try:
         workload = job.params.make_workload()

@@ -3,6 +3,7 @@ CPU memory budget against real measured peaks, and a smoke run of `python -m sta
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -152,6 +153,16 @@ def test_cpu_peak_meter_sees_a_large_allocation():
     assert peak.peak_memory_bytes - peak.baseline_memory_bytes >= 60 * 2**20
 
 
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="Linux only")
+def test_trial_processes_volunteer_for_the_oom_killer():
+    pid = os.fork()
+    if pid == 0:  # no torch work here: only the file write is tested
+        ok = memory.volunteer_for_oom_killer() and Path("/proc/self/oom_score_adj").read_text().strip() == "1000"
+        os._exit(0 if ok else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert Path("/proc/self/oom_score_adj").read_text().strip() != "1000"  # the caller is untouched
+
+
 def test_zero_steps_or_examples_is_a_failure_not_a_fit():
     ok = {"kind": "ok", "steps_run": 0, "examples_run": 0, "train_seconds": 0.0, "peak_memory_bytes": 1,
           "peak_reserved_bytes": None, "baseline_memory_bytes": 1, "method": ""}
@@ -201,6 +212,12 @@ def test_device_message_oom_and_kill_by_signal_in_a_child(runner):
 def test_batch_norm_is_reported(runner):
     out = probe_fake(runner, {"min_batch_size": 2, "max_batch_size": 4}, batch_norm=True)
     assert out.metrics["has_batch_norm"] is True and out.max_batch_size == 4
+
+
+def test_nothing_fits_under_a_tiny_budget(runner):
+    out = probe_fake(runner, {"max_batch_size": 64, "memory_budget": "1MiB"})
+    assert out.max_batch_size is None and out.tried == [1]
+    assert out.metrics["first_failure"]["status"] == "over_budget" and out.metrics["memory_fixed_bytes"] is None
 
 
 def test_spawned_trial_killed_by_a_signal():
