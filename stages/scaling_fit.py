@@ -183,14 +183,18 @@ def fit_critical_batch_size(batch_sizes: Sequence[float], steps_to_target: Seque
         kind = "lower_bound"
         value = min(hi, ci_low)
         out_low, out_high, out_s, out_e = value, None, None, e_min
-        message = (f"steps still fall nearly in proportion at the largest batch size {hi:g}: B_crit is at least "
-                   f"{value:.3g}; study larger batch sizes to pin it (S_min is not determined)")
+        why = (f"steps still fall nearly in proportion at the largest batch size {hi:g}" if b_crit > hi else
+               f"the fit puts B_crit at {b_crit:.3g} but its interval has no upper end")
+        message = (f"{why}: B_crit is at least {value:.3g}; study larger batch sizes (or add seeds) to pin it "
+                   f"(S_min is not determined)")
     elif (b_crit < lo or inside) and math.isfinite(ci_high):
         kind = "upper_bound"
         value = max(lo, ci_high)
         out_low, out_high, out_s, out_e = None, value, s_min, None
-        message = (f"steps are already nearly flat from the smallest batch size {lo:g}: B_crit is at most "
-                   f"{value:.3g}; study smaller batch sizes to pin it (E_min is not determined)")
+        why = (f"steps are already nearly flat from the smallest batch size {lo:g}" if b_crit < lo else
+               f"the fit puts B_crit at {b_crit:.3g} but its interval reaches 0")
+        message = (f"{why}: B_crit is at most {value:.3g}; study smaller batch sizes (or add seeds) to pin it "
+                   f"(E_min is not determined)")
     else:
         raise FitError(f"the data are too noisy to bound B_crit (fit {b_crit:.3g}, bootstrap interval "
                        f"{ci_low:.3g} .. {ci_high:.3g}); add seeds or batch sizes")
