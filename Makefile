@@ -1,5 +1,5 @@
 # One command each, from a fresh clone (each does its own set-up into .venv):
-#   make pipeline   run probe -> throughput -> scaling -> select -> baseline -> report (dvc repro)
+#   make pipeline   run probe -> throughput -> scaling -> select -> baseline -> report (dvc repro --force)
 #   make test       run the test suite
 # Override TORCH to pick another build, e.g. a CUDA one (see README "GPU machines").
 PYTHON ?= python3
@@ -21,9 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# --force: measure this machine afresh even where committed results are up to date
 pipeline: setup
-	$(BIN)/python -m stages.config
-	$(BIN)/dvc repro
+	$(BIN)/dvc repro --force
 
 snakemake: setup
 	$(BIN)/snakemake -c2
