@@ -116,7 +116,7 @@ class OptimizerSettings:
 class RuntimeSettings:
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", check=_check_device)
     seed: int = setting(0, "seed for model init and data order; same seed, same loss sequence on CPU", min=0)
-    threads: int = setting(2, "CPU threads torch may use (recorded with every measurement)", min=1)
+    threads: int = setting(1, "CPU threads torch may use (recorded with every measurement); raise it for models large enough to split across cores", min=1)
 
 
 @dataclass(frozen=True)
