@@ -143,7 +143,7 @@ class ThroughputSettings:
     split_steps: int = setting(30, "extra steps timed phase by phase (data wait, copy, compute) for the time split", min=1)
     doubling_threshold: float = setting(1.1, "a doubling is 'useful' if throughput clearly grows by more than this factor (interval's lower end)", min=1.0)
     scaling_ratio: float = setting(1.8, "a doubling 'scales' if the lower end of its throughput-ratio interval reaches this (2 = perfect)", min=1.0, max=2.0)
-    input_bound_ratio: float = setting(1.1, "input-bound if on-device examples/s clearly exceed the real pipeline's by this factor", min=1.0)
+    input_bound_ratio: float = setting(1.25, "input-bound if on-device examples/s clearly exceed the real pipeline's by this factor", min=1.0)
     peak_seconds: float = setting(0.5, "time spent measuring the device's peak matmul FLOP/s", min=0.0, min_exclusive=True)
 
 
