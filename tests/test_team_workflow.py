@@ -29,7 +29,7 @@ from stages.review import markdown
 from tests.conftest import ROOT, make_project, run, write_params
 
 SMALL = yaml.safe_load((ROOT / "profiles/small/params.yaml").read_text())
-EXTRA_FILES = ("profiles", "envs", ".ci", ".github")  # beyond conftest.PROJECT_FILES
+EXTRA_FILES = ("profiles", "envs", ".ci", ".github")  # the team workflow's files, whatever conftest copies
 TAG, BRANCH = "baseline-v1", "wider"
 WORKFLOW = ROOT / ".github/workflows/pr-review.yml"
 
@@ -145,8 +145,9 @@ def test_ci_workflow_is_valid_and_runs_the_commands_the_readme_documents():
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("team") / "kickoff", SMALL, commit=False)
-    for name in EXTRA_FILES:
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in EXTRA_FILES:  # conftest may copy some of them already
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                        dirs_exist_ok=True)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "kickoff on the small configuration"], root)
 
@@ -261,8 +262,9 @@ def test_snakemake_lint_passes_and_its_report_holds_every_png(team, tmp_path):
 @pytest.mark.parametrize("name", ["slurm", "kubernetes"])
 def test_cluster_profile_is_accepted_by_snakemake(team, name):
     """Every key of the profile is an option Snakemake (with the executor plugin) knows."""
-    plugin = f"snakemake_executor_plugin_{name}"
-    pytest.importorskip(plugin, reason=f"pip install -e '.[cluster]' to check profiles/{name}")
+    plugins = [f"snakemake_executor_plugin_{name}"] + (["snakemake_storage_plugin_s3"] if name == "kubernetes" else [])
+    for plugin in plugins:  # the profile's keys are these plugins' options
+        pytest.importorskip(plugin, reason=f"pip install -e '.[cluster]' (see profiles/{name}) to check the profile")
     run(["snakemake", "--profile", f"profiles/{name}", "--list-rules"], team.root)
     if name == "slurm":  # a dry run needs no cluster: each job with the resources sbatch would get
         out = run(["snakemake", "--profile", "profiles/slurm", "-n", "--forceall"], team.root).stdout
