@@ -114,6 +114,7 @@ def fmt(value: Any, key: str | None = None) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    value = value + 0  # -0.0 -> 0.0: "-0 B" reads like a sign error
     name = (key or "").lower()
     if name.endswith("_bytes"):
         return f"{human_bytes(value)}"

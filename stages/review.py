@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -27,6 +28,12 @@ def _cell(value: Any, key: str) -> str:
         return "–"
     text = fmt(value, key)
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+
+
+def _same_number(old: Any, new: Any) -> bool:
+    """Equal up to float rounding (a refit that gives 0.637 both times differs in the 16th digit)."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old, new))
+    return numbers and math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _change(old: Any, new: Any, key: str) -> str:
@@ -46,7 +53,7 @@ def markdown(diff: dict, what: str, old_name: str = "base", new_name: str = "thi
     for path, entries in sorted(diff.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
         for key, values in (entries or {}).items():
             old, new = values.get("old"), values.get("new")
-            if old == new:
+            if old == new or _same_number(old, new):
                 continue
             unit_key = key.rsplit(".", 1)[-1]
             rows.append(f"| {path} | {key} | {_cell(old, unit_key)} | {_cell(new, unit_key)} | "

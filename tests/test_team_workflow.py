@@ -77,6 +77,7 @@ def test_overrides_are_one_shell_word_each_and_numbers_survive_yaml_1_1():
 def test_review_table_shows_only_what_changed_in_the_reports_units():
     diff = {"reports/baseline/metrics.json": {"accuracy": {"old": 0.95, "new": 0.97, "diff": 0.02},
                                               "train_seconds": {"old": 10.0, "new": 10.0, "diff": 0},
+                                              "exponent": {"old": 0.637, "new": 0.637 + 1e-16},
                                               "outcome": {"old": "reached", "new": "x" * 200}},
             "reports/probe/metrics.json": {"memory_fixed_bytes": {"old": 2 * 2**20, "new": 3 * 2**20}}}
     text = markdown(diff, "metrics")
@@ -84,7 +85,7 @@ def test_review_table_shows_only_what_changed_in_the_reports_units():
     assert lines[0] == "| file | metric | base | this branch | change |"
     assert lines[2] == "| reports/probe/metrics.json | memory_fixed_bytes | 2.0 MiB | 3.0 MiB | +1.0 MiB (+50.0%) |"
     assert "| accuracy | 0.95 | 0.97 | +0.02 (+2.1%) |" in text
-    assert "train_seconds" not in text  # unchanged
+    assert "train_seconds" not in text and "exponent" not in text  # unchanged, or only in the 16th digit
     assert "| reached | " + "x" * 79 + "… |" in text
     assert markdown({}, "params") == "No params differ."
 
