@@ -104,12 +104,14 @@ def overhead(threads: int | None, sizes: list[int], rounds: int, seconds: float)
     for b in sizes:
         ratios, step_ratios, instr = [], [], []
         for r in range(rounds):
-            t0 = time.perf_counter()
-            rows, _ = measure_sizes(ctx, [b], s)
-            spent = time.perf_counter() - t0
-            kick = float(np.median([w["examples_per_s"] for w in rows if w["mode"] == "pipeline"]))
-            bare = float(np.median(bare_loop(ctx.workload, b, spent / 3, s.window_seconds)))
-            path = float(np.median(bare_loop(ctx.workload, b, spent / 3, s.window_seconds, kickoff_step=True)))
+            sides = {
+                "kick": lambda: [w["examples_per_s"] for w in measure_sizes(ctx, [b], s)[0] if w["mode"] == "pipeline"],
+                "bare": lambda: bare_loop(ctx.workload, b, seconds, s.window_seconds),
+                "path": lambda: bare_loop(ctx.workload, b, seconds, s.window_seconds, kickoff_step=True),
+            }
+            order = list(sides)[r % 3:] + list(sides)[:r % 3]  # rotate: no side is always first
+            got = {name: float(np.median(sides[name]())) for name in order}
+            kick, bare, path = got["kick"], got["bare"], got["path"]
             ratios.append(kick / bare)
             step_ratios.append(path / bare)
             instr.append(kick / path)
