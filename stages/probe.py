@@ -127,8 +127,14 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
     info("probe", f"{about['device']}: budget {human_bytes(budget)} ({settings.memory_budget}), limit "
                   f"{human_bytes(limit)} after the {settings.safety_margin:.0%} margin; candidates {kept}"
                   + (f"; capped at {num_train_examples} training examples: {capped}" if capped else ""))
+    below_batch_norm = []
     if about["has_batch_norm"]:
         info("probe", "the model has batch-norm layers: their statistics depend on the batch size (see the playbook)")
+        # Training-mode batch norm needs two examples per channel: size 1 raises, it does not "not fit".
+        below_batch_norm, kept = [b for b in kept if b < 2], [b for b in kept if b >= 2]
+        if not kept:
+            raise ConfigError(f"probe: received candidates {below_batch_norm}, but the model has batch norm, "
+                              f"which cannot train on one example; allowed: batch sizes of at least 2")
 
     def fits(batch_size: int) -> bool:
         report = runner.run(("trial", batch_size, fraction))
@@ -143,6 +149,8 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
     tried, best = memory.search(kept, fits, settings.bisect)
     seconds = time.perf_counter() - start
     records += [TrialRecord(b, "capped", f"exceeds the {num_train_examples} training examples; not run") for b in capped]
+    records += [TrialRecord(b, "capped", "batch norm cannot train on a single example (its batch statistics "
+                                         "need at least 2); not run") for b in below_batch_norm]
     fitting = [r for r in records if r.status == "fits"]
     model = memory.fit_memory_model([r.batch_size for r in fitting], [r.peak_memory_bytes for r in fitting])
     failure = next((r for r in records if r.status in ("oom", "over_budget", "killed")), None)
@@ -157,7 +165,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
         "device": about["device"], "device_type": device.type, "threads": about["threads"],
         "has_batch_norm": about["has_batch_norm"], "parameter_count": about["parameter_count"],
         "capped_at": num_train_examples if capped else None, "capped_batch_sizes": capped,
-        "candidates": kept + capped, "tried_batch_sizes": tried, "fitting_batch_sizes": sorted(r.batch_size for r in fitting),
+        "candidates": below_batch_norm + kept + capped, "tried_batch_sizes": tried, "fitting_batch_sizes": sorted(r.batch_size for r in fitting),
         "first_failure": None if failure is None else {"batch_size": failure.batch_size, "status": failure.status,
                                                        "rule": failure.rule, "reason": failure.reason},
         "bisect": settings.bisect, "steps": settings.steps, "optimizer": params.optimizer.name,

@@ -214,6 +214,14 @@ def test_batch_norm_is_reported(runner):
     assert out.metrics["has_batch_norm"] is True and out.max_batch_size == 4
 
 
+def test_batch_norm_never_runs_a_single_example(runner):
+    """Training-mode batch norm raises at batch size 1: that size is capped, not a model error."""
+    out = probe_fake(runner, {"min_batch_size": 1, "max_batch_size": 4}, batch_norm=True)
+    assert out.tried == [2, 4] and out.max_batch_size == 4
+    (one,) = [r for r in out.records if r.batch_size == 1]
+    assert one.status == "capped" and "batch norm" in one.reason and one.steps_run == 0
+
+
 def test_nothing_fits_under_a_tiny_budget(runner):
     out = probe_fake(runner, {"max_batch_size": 64, "memory_budget": "1MiB"})
     assert out.max_batch_size is None and out.tried == [1]
