@@ -285,7 +285,9 @@ def doubling_analysis(sizes: Sequence[SizeTiming], doubling_threshold: float, sc
         regime = classify(lo, hi, doubling_threshold, scaling_ratio)
         growth = {p: cur.split[p] - prev.split[p] for p in PHASES if p in cur.split and p in prev.split}
         grew = max(growth, key=growth.get) if growth and regime != "scaling" else None
-        grew = grew if grew is not None and growth[grew] > 0 else None  # nothing grew: no phase to blame
+        # Blame a phase only if it grew and the step as a whole grew: a split whose total shrank cannot
+        # explain a slower step (the split is timed apart from the windows, with its own noise).
+        grew = grew if grew is not None and growth[grew] > 0 and sum(growth.values()) > 0 else None
         out.append(Doubling(cur.batch_size, prev.batch_size, r, lo, hi, regime, grew, growth))
     return out
 

@@ -283,3 +283,14 @@ def test_bad_settings_stop_before_any_work(tmp_path, monkeypatch, capsys):
         run_main(main)
     assert exit_.value.code == 2
     assert "throughput.min_windows: received 3; allowed: at least 6" in capsys.readouterr().err
+
+
+def test_no_phase_is_blamed_when_the_split_step_did_not_grow():
+    """The split is timed apart from the windows: if its total shrank, it cannot explain a slower step,
+    even if one phase (here the data wait) grew a little."""
+    small = timing.SizeTiming(64, [1000.0] * 8, {"data_wait_s": 1.0e-5, "copy_s": 0.0, "compute_s": 3.0e-4})
+    big = timing.SizeTiming(128, [1500.0] * 8, {"data_wait_s": 1.4e-5, "copy_s": 0.0, "compute_s": 2.9e-4})
+    (_, d) = timing.doubling_analysis([small, big], doubling_threshold=1.1, scaling_ratio=1.8)
+    assert d.regime == "partial" and d.grew_most is None
+    assert "No phase of the step grew" in timing.diagnose([d], {64: False, 128: False},
+                                                           {64: small.split, 128: big.split})
