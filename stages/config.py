@@ -70,7 +70,11 @@ def _check_device(value: str) -> str | None:
     return "one of auto, cpu, cuda, cuda:N, mps"
 
 
-def _check_pow2_list(value: list | None) -> str | None:
+def _check_pow2(value: int) -> str | None:
+    return None if value & (value - 1) == 0 else "a power of two (1, 2, 4, ...); list other sizes in probe.batch_sizes"
+
+
+def _check_distinct_sizes(value: list | None) -> str | None:
     if value is None:
         return None
     if not value or any(b < 1 for b in value) or len(set(value)) != len(value):
@@ -121,13 +125,14 @@ class RuntimeSettings:
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    min_batch_size: int = setting(1, "smallest power-of-two candidate", min=1, check=lambda v: None if v & (v - 1) == 0 else "a power of two (1, 2, 4, ...); list other sizes in probe.batch_sizes")
-    max_batch_size: int = setting(4096, "largest power-of-two candidate (sizes above the training-set size are capped, never run)", min=1, check=lambda v: None if v & (v - 1) == 0 else "a power of two (1, 2, 4, ...); list other sizes in probe.batch_sizes")
-    batch_sizes: list[int] | None = setting(None, "explicit candidate list instead of powers of two (optional; tried in increasing order)", check=_check_pow2_list)
+    min_batch_size: int = setting(1, "smallest power-of-two candidate", min=1, check=_check_pow2)
+    max_batch_size: int = setting(4096, "largest power-of-two candidate (sizes above the training-set size are capped, never run)", min=1, check=_check_pow2)
+    batch_sizes: list[int] | None = setting(None, "explicit candidate list instead of powers of two (optional; tried in increasing order)", check=_check_distinct_sizes)
     steps: int = setting(3, "full training steps per trial (forward, backward, optimizer step), then one evaluation forward", min=1)
     memory_budget: str = setting("auto", "'auto' (device capacity; CPU: physical RAM or the cgroup limit) or a size such as '6GiB'", check=_check_budget)
     safety_margin: float = setting(0.1, "fraction of the budget kept free: a size fits if its peak is at most budget x (1 - margin)", min=0.0, max=1.0, max_exclusive=True)
     bisect: bool = setting(False, "bisect between the last fitting and the first failing size (down to a gap of 1)")
+    trial_timeout_s: int = setting(600, "a trial still running after this many seconds is stopped and recorded as killed (swapping, a hung model)", min=1)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ def classify_signal(signum: int) -> tuple[str, str]:
     reason = f"the trial process was killed by {name}"
     if name == "SIGKILL":
         reason += " (on Linux usually the kernel's out-of-memory killer)"
+    elif name == "SIGALRM":
+        reason = "the trial ran longer than probe.trial_timeout_s and was stopped (SIGALRM): swapping, or a hung model"
     return f"signal:{name}", reason
 
 

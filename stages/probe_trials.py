@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import sys
 import time
 import traceback
@@ -105,6 +106,8 @@ def _trial(job: ProbeJob, workload: Workload, batch_size: int, memory_fraction: 
 
 
 def _child_main(job: ProbeJob, workload: Workload, request: tuple) -> dict:
+    if request[0] == "trial":  # a trial that swaps or hangs is stopped by the kernel: SIGALRM ends it
+        signal.alarm(job.params.probe.trial_timeout_s)
     try:
         return _info(job, workload) if request[0] == "info" else _trial(job, workload, *request[1:])
     except Exception:  # noqa: BLE001

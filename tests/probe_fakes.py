@@ -1,14 +1,15 @@
 """Fake workloads for the probe tests, importable by trial processes as 'tests.probe_fakes:factory'.
 
 Each misbehaves on purpose above a batch size: raises an OOM (by type or by a device message),
-kills its own process with a signal, raises an ordinary error, exits without reporting, or returns
-a short fake batch. `wide=True` gives a model whose activation memory grows with the batch size
+kills its own process with a signal, raises an ordinary error, exits without reporting, hangs, or
+returns a short fake batch. `wide=True` gives a model whose activation memory grows with the batch size
 (about 0.5 MiB per example), so a CPU memory budget can be tested against a real measured peak.
 """
 from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Iterator
 
 import torch
@@ -27,8 +28,9 @@ class Fake(Workload):
 
     def __init__(self, oom_above: int | None = None, message: str | None = None, kill_at: int | None = None,
                  error_at: int | None = None, exit_at: int | None = None, short_batch: bool = False,
-                 wide: bool = False, batch_norm: bool = False, train_examples: int | None = None):
-        self.oom_above, self.message, self.kill_at = oom_above, message, kill_at
+                 wide: bool = False, batch_norm: bool = False, train_examples: int | None = None,
+                 hang_at: int | None = None):
+        self.oom_above, self.message, self.kill_at, self.hang_at = oom_above, message, kill_at, hang_at
         self.error_at, self.exit_at, self.short_batch = error_at, exit_at, short_batch
         self.width = 32768 if wide else 8
         self.batch_norm = batch_norm
@@ -55,6 +57,8 @@ class Fake(Workload):
             raise ValueError(f"fake model bug at batch size {b}")
         if self.exit_at is not None and b >= self.exit_at:
             os._exit(0)
+        if self.hang_at is not None and b >= self.hang_at:
+            time.sleep(3600)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         x, y = batch

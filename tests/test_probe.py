@@ -214,6 +214,13 @@ def test_batch_norm_is_reported(runner):
     assert out.metrics["has_batch_norm"] is True and out.max_batch_size == 4
 
 
+def test_a_hung_trial_is_stopped_and_recorded_as_killed(runner):
+    out = probe_fake(runner, {"min_batch_size": 1, "max_batch_size": 8, "trial_timeout_s": 1}, hang_at=4)
+    assert out.tried == [1, 2, 4] and out.max_batch_size == 2
+    (hung,) = [r for r in out.records if r.batch_size == 4]
+    assert hung.status == "killed" and hung.rule == "signal:SIGALRM" and "probe.trial_timeout_s" in hung.reason
+
+
 def test_batch_norm_never_runs_a_single_example(runner):
     """Training-mode batch norm raises at batch size 1: that size is capped, not a model error."""
     out = probe_fake(runner, {"min_batch_size": 1, "max_batch_size": 4}, batch_norm=True)
