@@ -16,7 +16,6 @@ import abc
 import importlib
 import inspect
 import math
-from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 import torch
@@ -62,8 +61,8 @@ class Workload(abc.ABC):
         return {}
 
     def source_files(self) -> list[str]:
-        """Files whose edits change this workload (built-ins: their own module)."""
-        return [inspect.getfile(type(self))]
+        """Files whose edits change this workload: the modules of its class and of its base classes."""
+        return [inspect.getfile(c) for c in type(self).__mro__ if issubclass(c, Workload) and c is not Workload]
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -95,25 +94,6 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 def has_batch_norm(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@dataclass(frozen=True)
-class WorkloadInfo:
-    """What every stage records about the workload it ran."""
-    name: str
-    hyperparameters: dict
-    parameter_count: int
-    target_metric: str
-    target_value: float
-    target_direction: str
-    chance_score: float
-    num_train_examples: int | None
-
-
-def describe(workload: Workload, model: torch.nn.Module) -> WorkloadInfo:
-    return WorkloadInfo(workload.name, workload.hyperparameters(), parameter_count(model),
-                        workload.target_metric, workload.target_value, workload.target_direction,
-                        workload.chance_score, workload.num_train_examples)
 
 
 # ---------------------------------------------------------------------------- registry

@@ -9,7 +9,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from stages.workload import Batch, Workload
+from stages.workload import Batch
+from stages.workloads.classification import Classification
 
 
 def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,10 +35,8 @@ def epoch_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) 
             yield x[idx], y[idx]
 
 
-class DigitsMLP(Workload):
+class DigitsMLP(Classification):
     name = "digits_mlp"
-    target_metric = "accuracy"
-    target_direction = "above"
     chance_score = 0.1  # ten balanced classes
 
     def __init__(self, hidden: Sequence[int] = (64,), target: float = 0.95,
@@ -59,7 +58,6 @@ class DigitsMLP(Workload):
         self.x_train, self.y_train = x[train], y[train]
         self.x_val, self.y_val = x[val], y[val]
         self.num_train_examples = int(train.numel())
-        self._val_on: dict[str, Batch] = {}
 
     def hyperparameters(self) -> dict:
         return {"hidden": self.hidden, "target": self.target_value,
@@ -77,19 +75,6 @@ class DigitsMLP(Workload):
         if split != "train":
             raise ValueError(f"digits_mlp streams only the 'train' split, got {split!r}")
         return epoch_batches(self.x_train, self.y_train, batch_size, seed)
-
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-        x, y = batch
-        return nn.functional.cross_entropy(model(x), y, reduction="sum"), y.shape[0]
-
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        key = str(device)
-        if key not in self._val_on:
-            self._val_on[key] = (self.x_val.to(device), self.y_val.to(device))
-        x, y = self._val_on[key]
-        logits = model(x)
-        return {"accuracy": (logits.argmax(1) == y).float().mean().item(),
-                "loss": nn.functional.cross_entropy(logits, y).item()}
 
     def fake_batch(self, batch_size: int) -> Batch:
         return torch.rand(batch_size, 64), torch.randint(0, 10, (batch_size,))

@@ -11,7 +11,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from stages.workload import Batch, Workload
+from stages.workload import Batch
+from stages.workloads.classification import Classification
 
 
 def conv_net(channels: int, width: int, depth: int, num_classes: int, batch_norm: bool) -> nn.Sequential:
@@ -28,10 +29,8 @@ def conv_net(channels: int, width: int, depth: int, num_classes: int, batch_norm
     return nn.Sequential(*layers)
 
 
-class SyntheticCNN(Workload):
+class SyntheticCNN(Classification):
     name = "synthetic_cnn"
-    target_metric = "accuracy"
-    target_direction = "above"
     num_train_examples = None  # unbounded stream
 
     def __init__(self, width: int = 16, depth: int = 2, batch_norm: bool = False, image_size: int = 16,
@@ -61,7 +60,6 @@ class SyntheticCNN(Workload):
         self.x_val, self.y_val = x_val, self._label(x_val)
         counts = torch.bincount(self.y_val, minlength=num_classes)
         self.chance_score = float(counts.max()) / self.eval_examples  # majority-class accuracy
-        self._val_on: dict[str, Batch] = {}
 
     def _label(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -83,19 +81,6 @@ class SyntheticCNN(Workload):
         while True:
             x = torch.randn(shape, generator=gen)  # (B, C, H, W)
             yield x, self._label(x)
-
-    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-        x, y = batch
-        return nn.functional.cross_entropy(model(x), y, reduction="sum"), y.shape[0]
-
-    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        key = str(device)
-        if key not in self._val_on:
-            self._val_on[key] = (self.x_val.to(device), self.y_val.to(device))
-        x, y = self._val_on[key]
-        logits = torch.cat([model(chunk) for chunk in x.split(512)])
-        return {"accuracy": (logits.argmax(1) == y).float().mean().item(),
-                "loss": nn.functional.cross_entropy(logits, y).item()}
 
     def fake_batch(self, batch_size: int) -> Batch:
         return (torch.randn(batch_size, self.channels, self.image_size, self.image_size),
