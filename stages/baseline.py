@@ -21,7 +21,7 @@ import yaml
 
 from stages import log, plotting
 from stages.config import PARAMS_FILE, ConfigError, Params, load_params, run_main, validate
-from stages.device import describe, resolve_device, set_threads
+from stages.device import describe, resolve_device, configure_cpu
 from stages.io import write_csv, write_json
 from stages.train import TrialResult, eval_schedule, train_to_target
 from stages.workload import Workload, make_workload, target_reached
@@ -115,7 +115,7 @@ def plot_curve(curve: pd.DataFrame, workload: Workload, path: Path) -> None:
 def main() -> None:
     params = load_params(PARAMS_FILE)
     config, sections, workload = read_initial_config()
-    set_threads(params.runtime.threads)
+    configure_cpu(params.runtime.threads)
     device = resolve_device(params.runtime.device)
     seed = params.runtime.seed
     log.info("baseline", f"training batch size {config['batch_size']}, lr {config['learning_rate']:.3g}, "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from stages.config import PARAMS_FILE, Params, load_params
-from stages.device import resolve_device, set_threads
+from stages.device import resolve_device, configure_cpu
 from stages.workload import Workload
 
 
@@ -21,6 +21,6 @@ class Context:
 def setup(params_file: str = PARAMS_FILE, params: Params | None = None) -> Context:
     """Validate everything (raising ConfigError before any work), then fix threads and pick the device."""
     params = params if params is not None else load_params(params_file)
-    threads = set_threads(params.runtime.threads)
+    threads = configure_cpu(params.runtime.threads)
     device = resolve_device(params.runtime.device)
     return Context(params, device, threads, params.make_workload())

@@ -29,7 +29,7 @@ import torch
 
 from stages import memory
 from stages.config import OptimizerSettings, Params
-from stages.device import describe, set_threads, synchronize
+from stages.device import describe, configure_cpu, synchronize
 from stages.log import info
 from stages.optim import build_optimizer
 from stages.train import build_model, train_step
@@ -126,7 +126,7 @@ def _fork_one(job: ProbeJob, workload: Workload, request: tuple) -> dict:
         try:
             os.close(read_fd)
             memory.volunteer_for_oom_killer()
-            set_threads(job.params.runtime.threads)
+            configure_cpu(job.params.runtime.threads)
             result = _child_main(job, workload, request)
             with os.fdopen(write_fd, "wb") as f:
                 pickle.dump(result, f)
@@ -192,7 +192,7 @@ def _serve(conn) -> None:
 
 def _spawned_trial(job: ProbeJob, request: tuple, conn) -> None:
     memory.volunteer_for_oom_killer()
-    set_threads(job.params.runtime.threads)
+    configure_cpu(job.params.runtime.threads)
     try:
         workload = job.params.make_workload()
     except Exception:  # noqa: BLE001
