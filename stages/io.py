@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
 
 @contextlib.contextmanager
@@ -52,10 +51,6 @@ def _jsonable(value: Any) -> Any:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
-
-
-def write_yaml(path: str | os.PathLike, data: Any) -> None:
-    write_text(path, yaml.safe_dump(_jsonable(data), sort_keys=False))
 
 
 def write_csv(path: str | os.PathLike, frame) -> None:

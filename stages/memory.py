@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 Status = Literal["fits", "oom", "over_budget", "killed", "capped"]
-STATUSES: tuple[Status, ...] = ("fits", "oom", "over_budget", "killed", "capped")
 Bytes = int
 BatchSize = int
 
@@ -105,25 +104,25 @@ def _proc_status_bytes(field: str) -> Bytes | None:
     return None
 
 
-def volunteer_for_oom_killer() -> bool:
-    """Make this process the Linux OOM killer's first victim (oom_score_adj 1000; raising it needs no
-    privilege), so a trial that exhausts RAM dies instead of the stage, the server or the user's other work."""
+def _write_proc(path: str, text: str) -> bool:
+    """Write a /proc/self control file; False where the kernel (or the OS) does not offer it."""
     try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("1000")
+        with open(path, "w") as f:
+            f.write(text)
         return True
     except OSError:
         return False
+
+
+def volunteer_for_oom_killer() -> bool:
+    """Make this process the Linux OOM killer's first victim (oom_score_adj 1000; raising it needs no
+    privilege), so a trial that exhausts RAM dies instead of the stage, the server or the user's other work."""
+    return _write_proc("/proc/self/oom_score_adj", "1000")
 
 
 def reset_rss_peak() -> bool:
     """Reset this process's peak-RSS mark to its current RSS (Linux >= 4.0); False if impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return _write_proc("/proc/self/clear_refs", "5")
 
 
 def rss_peak_bytes() -> Bytes:
@@ -255,10 +254,6 @@ def predicted_max_batch_size(model: MemoryModel, limit: Bytes) -> BatchSize | No
 
 
 # ---------------------------------------------------------------------------- candidates and search
-
-def is_power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
 
 def candidate_batch_sizes(min_batch_size: int, max_batch_size: int, explicit: list[int] | None = None) -> list[BatchSize]:
     """The explicit list (sorted), or the powers of two from min to max inclusive."""

@@ -8,9 +8,6 @@ import torch
 
 from stages.config import OptimizerSettings
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-
-
 def fixed_values(settings: OptimizerSettings) -> dict:
     """The optimizer's name and the values that stay fixed while the learning rate is tuned."""
     if settings.name == "sgd":

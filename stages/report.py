@@ -82,6 +82,13 @@ def recommended(inputs: Inputs) -> list[str]:
     return lines + [""]
 
 
+def _evidence(stage: str, inputs: Inputs, m: dict | None, metrics_path: str, caption: str, csv_path: str,
+              columns) -> list[str]:
+    """What every stage section ends with: its PNGs, its metrics, then its table with a caption."""
+    return (_images(stage, inputs) + metrics_table(m, metrics_path, inputs)
+            + ["", caption, ""] + table(inputs.csv(csv_path, stage), columns, csv_path, inputs) + [""])
+
+
 def probe_section(inputs: Inputs) -> list[str]:
     metrics_path, csv_path = f"{pipeline.PROBE}/metrics.json", f"{pipeline.PROBE}/probe.csv"
     m = inputs.json(metrics_path, "probe")
@@ -92,11 +99,7 @@ def probe_section(inputs: Inputs) -> list[str]:
                   f"{fmt(_metric(m, 'device'))}). Memory model: peak = "
                   f"{fmt(_metric(m, 'memory_fixed_bytes'), 'memory_fixed_bytes')} fixed + "
                   f"{fmt(_metric(m, 'memory_per_example_bytes'), 'memory_per_example_bytes')} per example.", ""]
-    lines += _images("probe", inputs)
-    lines += metrics_table(m, metrics_path, inputs)
-    lines += ["", f"Every trial (`{csv_path}`):", ""]
-    lines += table(inputs.csv(csv_path, "probe"), PROBE_COLUMNS, csv_path, inputs)
-    return lines + [""]
+    return lines + _evidence("probe", inputs, m, metrics_path, f"Every trial (`{csv_path}`):", csv_path, PROBE_COLUMNS)
 
 
 def throughput_section(inputs: Inputs) -> list[str]:
@@ -109,11 +112,8 @@ def throughput_section(inputs: Inputs) -> list[str]:
                   "not studied further.", ""]
         if _metric(m, "diagnosis"):
             lines += [f"> {fmt(m['diagnosis'])}", ""]
-    lines += _images("throughput", inputs)
-    lines += metrics_table(m, metrics_path, inputs)
-    lines += ["", f"Per batch size (`{csv_path}`):", ""]
-    lines += table(inputs.csv(csv_path, "throughput"), THROUGHPUT_COLUMNS, csv_path, inputs)
-    return lines + [""]
+    return lines + _evidence("throughput", inputs, m, metrics_path, f"Per batch size (`{csv_path}`):", csv_path,
+                             THROUGHPUT_COLUMNS)
 
 
 def scaling_section(inputs: Inputs) -> list[str]:
@@ -128,11 +128,8 @@ def scaling_section(inputs: Inputs) -> list[str]:
                   f"S_min = {fmt(_metric(m, 's_min'))} steps, E_min = {fmt(_metric(m, 'e_min'))} examples. "
                   "Up to it, doubling the batch size nearly halves the steps; beyond it the gain shrinks. "
                   f"The gradient noise scale (the cheap predictor) says {fmt(_metric(m, 'gradient_noise_scale'))}.", ""]
-    lines += _images("scaling", inputs)
-    lines += metrics_table(m, metrics_path, inputs)
-    lines += ["", f"Best trial per batch size (`{csv_path}`; every trial is in `{pipeline.SCALING}/trials.csv`):", ""]
-    lines += table(inputs.csv(csv_path, "scaling"), SCALING_COLUMNS, csv_path, inputs)
-    return lines + [""]
+    caption = f"Best trial per batch size (`{csv_path}`; every trial is in `{pipeline.SCALING}/trials.csv`):"
+    return lines + _evidence("scaling", inputs, m, metrics_path, caption, csv_path, SCALING_COLUMNS)
 
 
 def _demote(markdown: str, levels: int = 2) -> str:
@@ -146,11 +143,8 @@ def select_section(inputs: Inputs) -> list[str]:
     lines = ["## 4. Select: the batch size that trains fastest (or cheapest)", ""]
     reasoning = inputs.text(reasoning_path, "select")
     lines += [_demote(reasoning.strip()) if reasoning is not None else inputs.notes_for(reasoning_path), ""]
-    lines += _images("select", inputs)
-    lines += metrics_table(inputs.json(metrics_path, "select"), metrics_path, inputs)
-    lines += ["", f"Decision table (`{csv_path}`):", ""]
-    lines += table(inputs.csv(csv_path, "select"), None, csv_path, inputs)
-    return lines + [""]
+    return lines + _evidence("select", inputs, inputs.json(metrics_path, "select"), metrics_path,
+                             f"Decision table (`{csv_path}`):", csv_path, None)
 
 
 def baseline_section(inputs: Inputs) -> list[str]:
