@@ -12,13 +12,14 @@ import sys
 
 sys.path.insert(0, workflow.basedir)
 
-from stages import pipeline
-from stages.config import ConfigError, validate
+from stages.pipeline import declaration as pipeline
+from stages.core.config import validate
+from stages.core.errors import ConfigError
 
 configfile: "params.yaml"
 
 try:  # the same validation the stages run, on the values Snakemake's YAML 1.1 loader produced
-    PARAMS = validate(config, "params.yaml (as read by Snakemake)", check_environment=False)
+    PARAMS = validate(config, "params.yaml (as read by Snakemake)")
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 

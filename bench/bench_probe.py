@@ -38,9 +38,9 @@ def stage_command(cwd: Path) -> tuple[float, pd.DataFrame]:
 
 def in_process(isolation: str) -> tuple[float, float, list]:
     """(wall of runner start + load + all trials, of which server start, records)."""
-    from stages.context import setup
-    from stages.probe import run_probe
-    from stages.probe_trials import TrialRunner
+    from stages.core.context import setup
+    from stages.probe.stage import run_probe
+    from stages.probe.trials import TrialRunner
 
     ctx = setup()
     start = time.perf_counter()
@@ -65,7 +65,7 @@ def main() -> None:
     try:
         shutil.copy(ROOT / "params.yaml", work / "params.yaml")
         os.chdir(work)
-        from stages.log import info
+        from stages.core.log import info
 
         results = []
         best = min((stage_command(work) for _ in range(args.repeats)), key=lambda r: r[0])

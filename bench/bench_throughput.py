@@ -38,9 +38,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stages.config import load_params  # noqa: E402
-from stages.context import setup  # noqa: E402
-from stages.throughput import MEASURE_LR, measure_sizes  # noqa: E402
+from stages.core.config import load_params  # noqa: E402
+from stages.core.context import setup  # noqa: E402
+from stages.throughput.stage import MEASURE_LR, measure_sizes  # noqa: E402
 
 
 def bare_loop(workload, batch_size: int, seconds: float, window_s: float, kickoff_step: bool = False) -> list[float]:
@@ -49,11 +49,11 @@ def bare_loop(workload, batch_size: int, seconds: float, window_s: float, kickof
     The default is a bare loop with the same math as a training step on this workload (loss as
     sum / count); `kickoff_step` runs kickoff's own step path instead (`to_device` + `train_step`),
     to separate what the step path costs from what the measurement adds."""
-    from stages.optim import build_optimizer
-    from stages.train import build_model, train_step
-    from stages.workload import to_device
+    from stages.core.optim import build_optimizer
+    from stages.core.train import build_model, train_step
+    from stages.workloads.base import to_device
 
-    params = load_params(ROOT / "params.yaml", check_environment=False)
+    params = load_params(ROOT / "params.yaml")
     cpu = torch.device("cpu")
     if kickoff_step:
         model = build_model(workload, 0, cpu)

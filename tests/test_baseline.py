@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.baseline import eval_steps, read_initial_config
-from stages.config import ConfigError
+from stages.baseline.stage import eval_steps, read_initial_config
+from stages.core.errors import ConfigError
 from tests.test_select import digits_fixture, run_stage
 
 

@@ -11,8 +11,10 @@ import pytest
 import torch
 import yaml
 
-from stages.config import ConfigError, load_params, parse_size, validate
-from stages.pipeline import STAGES
+from stages.core.config import load_params, parse_size, validate
+from stages.core.context import check_environment
+from stages.core.errors import ConfigError
+from stages.pipeline.declaration import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -30,7 +32,7 @@ def with_change(path: str, value) -> dict:
 
 def error_of(raw) -> str:
     with pytest.raises(ConfigError) as e:
-        validate(raw)
+        check_environment(validate(raw))
     return str(e.value)
 
 
@@ -88,7 +90,7 @@ def test_yaml_1_1_exponent_without_a_dot_is_explained():
 def test_unavailable_device_is_an_error_and_only_auto_falls_back():
     assert "no CUDA device" in error_of(with_change("runtime.device", "cuda"))
     assert "no CUDA device" in error_of(with_change("runtime.device", "cuda:1"))
-    from stages.device import resolve_device
+    from stages.core.device import resolve_device
 
     assert resolve_device("auto").type in {"cpu", "mps"}
 
@@ -124,7 +126,7 @@ def test_every_stage_command_rejects_bad_params_before_writing_anything(tmp_path
 
 def test_config_command_prints_resolved_values(tmp_path):
     (tmp_path / "params.yaml").write_text("workload:\n  name: nqm\n")
-    proc = subprocess.run([sys.executable, "-m", "stages.config"], cwd=tmp_path, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "stages"], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import pipeline
+from stages.pipeline import declaration as pipeline
 from tests.conftest import ROOT, make_project, run, write_params
 
 pytestmark = pytest.mark.e2e
@@ -258,8 +258,8 @@ def test_editing_the_user_workload_source_marks_the_stages_that_use_it(ran_proje
 
 
 def test_editing_a_shared_module_marks_the_stages_that_import_it(ran_project):
-    """stages/optim.py is imported by every training stage, never by report: both tools agree."""
-    path = "stages/optim.py"
+    """stages/core/optim.py is imported by every training stage, never by report: both tools agree."""
+    path = "stages/core/optim.py"
     original = (ran_project / path).read_text()
     importers = {j for s in pipeline.STAGES if path in pipeline.code_deps(s.module) for j in job_names(s)}
     assert "report" not in importers and "probe" in importers

@@ -14,10 +14,12 @@ import pytest
 import torch
 import yaml
 
-from stages import memory
-from stages.config import ConfigError, validate
-from stages.probe import TrialError, plan_candidates, record_from_report, run_probe
-from stages.probe_trials import ProbeJob, TrialRunner
+from stages.probe import memory
+from stages.core.config import validate
+from stages.core.errors import ConfigError
+from stages.workloads.base import make_workload
+from stages.probe.stage import TrialError, plan_candidates, record_from_report, run_probe
+from stages.probe.trials import ProbeJob, TrialRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = "tests.probe_fakes:factory"
@@ -43,7 +45,7 @@ def runner():
 
 def probe_fake(runner, probe: dict | None = None, **fake_kwargs):
     p = params(probe, **fake_kwargs)
-    return run_probe(p, CPU, p.make_workload().num_train_examples, runner)
+    return run_probe(p, CPU, make_workload(p.workload.name, p.workload.kwargs).num_train_examples, runner)
 
 
 def run_stage(cwd: Path, raw_params: dict) -> subprocess.CompletedProcess:

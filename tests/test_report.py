@@ -12,7 +12,7 @@ import pytest
 import yaml
 from markdown_it import MarkdownIt
 
-from stages import pipeline
+from stages.pipeline import declaration as pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.scaling_fit import FitError, fit_critical_batch_size, regime
+from stages.scaling.fit import FitError, fit_critical_batch_size, regime
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = 2.0 ** np.arange(0, 13)  # 1 .. 4096

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from stages.config import OptimizerSettings
-from stages.lr_search import (Journal, best_learning_rate, best_steps, learning_rate_grid, next_index,
+from stages.core.config import OptimizerSettings
+from stages.scaling.lr_search import (Journal, best_learning_rate, best_steps, learning_rate_grid, next_index,
                               rerun_seeds, search, start_index)
-from stages.noise_scale import MovingAverage, chunk_gradient_norms, measure_noise_scale, unbiased_estimates
-from stages.train import TrialResult, build_model, train_to_target
-from stages.workload import make_workload, to_device
+from stages.scaling.noise_scale import MovingAverage, chunk_gradient_norms, measure_noise_scale, unbiased_estimates
+from stages.core.train import TrialResult, build_model, train_to_target
+from stages.workloads.base import make_workload, to_device
 
 CPU = torch.device("cpu")
 SGD = OptimizerSettings(name="sgd", momentum=0.0)

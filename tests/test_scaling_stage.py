@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import scaling
+from stages.scaling import stage as scaling
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [1, 4, 16, 64, 128, 256]

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.config import SelectSettings
-from stages.select_reasoning import reasoning_markdown
-from stages.selection import (Measurements, NotReasonable, Study, Target, decision_table, readable_steps, select,
+from stages.core.config import SelectSettings
+from stages.select.reasoning import reasoning_markdown
+from stages.select.decide import (Measurements, NotReasonable, Study, Target, decision_table, readable_steps, select,
                               step_budget)
 
 ROOT = Path(__file__).resolve().parent.parent

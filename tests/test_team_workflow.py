@@ -22,10 +22,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from stages import pipeline
-from stages.config import validate
-from stages.overrides import merge, set_param_args
-from stages.review import markdown
+from stages.pipeline import declaration as pipeline
+from stages.core.config import validate
+from stages.pipeline.overrides import merge, set_param_args
+from stages.report.review import markdown
 from tests.conftest import ROOT, make_project, run, write_params
 
 SMALL = yaml.safe_load((ROOT / "profiles/small/params.yaml").read_text())
@@ -61,7 +61,7 @@ def all_stage_names(batch_sizes: list[int]) -> set[str]:
 
 def test_small_config_is_valid_and_keeps_the_branchs_workload_and_optimizer():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    validate(merge(params, SMALL), "params.yaml + profiles/small/params.yaml", check_environment=False)
+    validate(merge(params, SMALL), "params.yaml + profiles/small/params.yaml")
     assert not {"workload", "optimizer"} & set(SMALL), "a PR changing the model must still show in the review"
     assert len(SMALL["scaling"]["batch_sizes"]) >= 3, "B_crit needs three batch sizes"
 
@@ -137,8 +137,8 @@ def test_ci_workflow_is_valid_and_runs_the_commands_the_readme_documents():
     assert {"dvc exp run", "dvc params diff", "dvc metrics diff", "dvc plots diff"} <= set(commands)
     for command in set(commands):
         assert command in section, f"{command!r} (run by .ci/pr-review) is not in README's team section"
-    assert "dvc exp run $(python -m stages.overrides profiles/small/params.yaml)" in documented
-    assert "python -m stages.overrides profiles/small/params.yaml" in script
+    assert "dvc exp run $(python -m stages.pipeline.overrides profiles/small/params.yaml)" in documented
+    assert "python -m stages.pipeline.overrides profiles/small/params.yaml" in script
 
 
 # ---------------------------------------------------------------------------- the shared repository

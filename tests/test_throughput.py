@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import timing
-from stages.config import ThroughputSettings
+from stages.throughput import timing
+from stages.core.config import ThroughputSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,7 +187,7 @@ def test_split_steps_times_each_phase():
 
 
 def test_summarise_flags_input_bound_from_the_windows():
-    from stages.throughput import summarise
+    from stages.throughput.stage import summarise
 
     rows = []
     for b, pipe, dev in [(2, 100.0, 400.0), (4, 200.0, 210.0)]:
@@ -273,8 +273,8 @@ def test_slow_data_loader_is_input_bound(tmp_path):
 
 
 def test_bad_settings_stop_before_any_work(tmp_path, monkeypatch, capsys):
-    from stages.config import run_main
-    from stages.throughput import main
+    from stages.core.errors import run_main
+    from stages.throughput.stage import main
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"runtime": {"device": "cpu"},
                                                           "throughput": {"min_windows": 3}}))

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from stages.config import OptimizerSettings
-from stages.device import seed_everything
-from stages.optim import build_optimizer
-from stages.train import build_model, eval_schedule, evaluate, train_step, train_to_target
-from stages.workload import (Workload, better_than_chance, has_batch_norm, make_workload, target_reached,
+from stages.core.config import OptimizerSettings
+from stages.core.device import seed_everything
+from stages.core.optim import build_optimizer
+from stages.core.train import build_model, eval_schedule, evaluate, train_step, train_to_target
+from stages.workloads.base import (Workload, better_than_chance, has_batch_norm, make_workload, target_reached,
                              to_device)
 
 CPU = torch.device("cpu")
@@ -163,11 +163,11 @@ def test_the_readme_example_workload_works_as_documented(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     import yaml
 
-    from stages.config import validate
+    from stages.core.config import validate
 
     monkeypatch.chdir(tmp_path)
     p = validate({"workload": yaml.safe_load(params)["workload"]})
-    workload = p.make_workload()
+    workload = make_workload(p.workload.name, p.workload.kwargs)
     assert workload.num_train_examples == 455 and better_than_chance(workload)
     result = train_to_target(workload, SGD, 0.1, 32, 0, CPU, max_steps=500)
     assert result.outcome == "reached", result.reason

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from stages.workload import Batch, Workload
+from stages.workloads.base import Batch, Workload
 
 EVAL_CHUNK = 512  # validation examples per forward pass: bounds evaluation memory
 

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from stages.workload import Batch, Workload
+from stages.workloads.base import Batch, Workload
 
 
 class Quadratic(nn.Module):

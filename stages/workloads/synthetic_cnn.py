@@ -11,7 +11,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from stages.workload import Batch
+from stages.workloads.base import Batch
 from stages.workloads.classification import Classification
 
 

@@ -1,0 +1,133 @@
+"""Stage `baseline`: train the selected initial configuration once -- the team's pinned baseline.
+
+    python -m stages.baseline
+
+Reads reports/select/initial_config.yaml (batch size, learning rate, step budget, optimizer with its
+fixed values, workload) and params (runtime: device, threads, seed; baseline); trains for the whole
+step budget from the seed (no stop at the target, so the learning curve is complete) and writes
+reports/baseline/:
+    metrics.json  the target metric's final value under its own name (e.g. `accuracy`) and the other
+                  final metrics, reached_target, steps_to_target, train_seconds, train_steps, batch_size,
+                  learning_rate -- what `dvc metrics diff` compares across team branches
+    curve.csv     step, train_loss, the workload's metrics at each evaluation
+    curve.png     the learning curve with the target
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from stages.core import log
+from stages.core import plotting
+from stages.core.config import PARAMS_FILE, Params, load_params, validate
+from stages.core.errors import ConfigError
+from stages.core.device import describe, resolve_device, configure_cpu
+from stages.core.io import write_csv, write_json
+from stages.core.train import TrialResult, eval_schedule, train_to_target
+from stages.workloads.base import Workload, make_workload, target_reached
+
+CONFIG = Path("reports/select/initial_config.yaml")
+OUT = Path("reports/baseline")
+REQUIRED = ("batch_size", "learning_rate", "train_steps", "optimizer", "workload")
+
+
+def read_initial_config(path: Path = CONFIG) -> tuple[dict, Params, Workload]:
+    """The selected configuration, its optimizer/workload validated like params.yaml sections, and the workload."""
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist: run `python -m stages.select` first (dvc repro or snakemake)")
+    config = yaml.safe_load(path.read_text()) or {}
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        raise ConfigError(f"{path}: missing {', '.join(missing)}; allowed: the file `python -m stages.select` writes "
+                          f"(keys {', '.join(REQUIRED)}, ...)")
+    for key in ("batch_size", "train_steps"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ConfigError(f"{path}: {key}: received {config[key]!r}; allowed: a positive integer")
+    if not isinstance(config["learning_rate"], (int, float)) or not config["learning_rate"] > 0:
+        raise ConfigError(f"{path}: learning_rate: received {config['learning_rate']!r}; allowed: a positive number")
+    sections = validate({"optimizer": config["optimizer"], "workload": config["workload"]}, str(path))
+    try:
+        workload = make_workload(sections.workload.name, sections.workload.kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return config, sections, workload
+
+
+def eval_steps(train_steps: int, eval_every: int | None) -> list[int]:
+    """Every `eval_every` steps, or (default) the geometric schedule that resolves steps to target within 5%."""
+    if eval_every is None:
+        return eval_schedule(train_steps)
+    return sorted(set(range(eval_every, train_steps + 1, eval_every)) | {train_steps})
+
+
+def run_baseline(workload: Workload, config: dict, sections: Params, seed: int, device, eval_every: int | None) -> TrialResult:
+    return train_to_target(workload, sections.optimizer, float(config["learning_rate"]), int(config["batch_size"]),
+                           seed, device, int(config["train_steps"]),
+                           eval_steps=eval_steps(int(config["train_steps"]), eval_every), stop_at_target=False)
+
+
+def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed: int, device: str) -> dict:
+    seconds_to_target = None
+    if result.steps_to_target is not None:
+        row = next(r for r in result.curve if r["step"] == result.steps_to_target)
+        # Measured if the curve carries elapsed time; else pro rata of the run (evaluations included).
+        seconds_to_target = row.get("seconds", result.seconds * result.steps_to_target / max(1, result.steps_run))
+    metric, final = workload.target_metric, result.final_metrics.get(workload.target_metric)
+    values = [r[metric] for r in result.curve]
+    best = (max if workload.target_direction == "above" else min)(values) if values else None
+    return {
+        **result.final_metrics,  # the target metric under its own name, e.g. accuracy
+        f"best_{metric}": best,
+        "final_train_loss": result.curve[-1]["train_loss"] if result.curve else None,
+        "target_metric": metric,
+        "target_value": workload.target_value,
+        "reached_target": result.steps_to_target is not None,   # at some evaluation during the run
+        "final_meets_target": target_reached(final, workload.target_value, workload.target_direction),
+        "steps_to_target": result.steps_to_target,
+        "seconds_to_target": seconds_to_target,
+        "train_seconds": result.seconds,
+        "train_steps": result.steps_run,
+        "outcome": result.outcome,
+        "batch_size": int(config["batch_size"]),
+        "learning_rate": float(config["learning_rate"]),
+        "seed": seed,
+        "device": device,
+    }
+
+
+def plot_curve(curve: pd.DataFrame, workload: Workload, path: Path) -> None:
+    fig, ax = plotting.figure("Baseline learning curve", "step", "training loss", logx=False)
+    ax.plot(curve["step"], curve["train_loss"], color="tab:blue", marker=".", label="training loss")
+    ax.set_yscale("log")
+    ax2 = ax.twinx()
+    metric = workload.target_metric
+    ax2.plot(curve["step"], curve[metric], color="tab:green", marker=".", label=f"validation {metric}")
+    ax2.axhline(workload.target_value, color="tab:red", linestyle="--", label=f"target {workload.target_value:g}")
+    ax2.set_ylabel(metric)
+    ax2.grid(False)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right")
+    plotting.save(fig, path)
+
+
+def main() -> None:
+    params = load_params(PARAMS_FILE)
+    config, sections, workload = read_initial_config()
+    configure_cpu(params.runtime.threads)
+    device = resolve_device(params.runtime.device)
+    seed = params.runtime.seed
+    log.info("baseline", f"training batch size {config['batch_size']}, lr {config['learning_rate']:.3g}, "
+                         f"{config['train_steps']} steps, seed {seed} on {describe(device)}")
+    result = run_baseline(workload, config, sections, seed, device, params.baseline.eval_every)
+    metrics = baseline_metrics(result, workload, config, seed, describe(device))
+    log.info("baseline", f"{result.outcome}: {workload.target_metric} {result.final_metrics.get(workload.target_metric, float('nan')):.4g} "
+                         f"after {result.steps_run} steps ({result.seconds:.3g} s); steps to target {result.steps_to_target}")
+    curve = pd.DataFrame(result.curve)
+    OUT.mkdir(parents=True, exist_ok=True)
+    write_csv(OUT / "curve.csv", curve)
+    plot_curve(curve, workload, OUT / "curve.png")
+    write_json(OUT / "metrics.json", metrics)
+

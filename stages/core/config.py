@@ -1,0 +1,345 @@
+"""params.yaml: the one user-facing configuration, validated as a whole before any work.
+
+Every section is a frozen dataclass below; its defaults (with their meaning and unit) live here
+and nowhere else. `load_params()` reads params.yaml, rejects unknown sections/keys, wrong types
+and out-of-range values with one message naming the key, the value received and what is allowed,
+Checks that need the machine (source files, the workload, the device) run in
+`stages.core.context.setup`, which builds the workload once.
+
+YAML 1.1 (PyYAML, Snakemake) reads `1e-3` as a *string* while YAML 1.2 (DVC) reads a float, so a
+string that looks like a number is rejected with a hint to write `1.0e-3`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import yaml
+
+from stages.core.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+
+def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+            min_exclusive: bool = False, max_exclusive: bool = False,
+            check: Callable[[Any], str | None] | None = None) -> Any:
+    """A dataclass field carrying its meaning (`help`) and its allowed range."""
+    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive,
+            "max_exclusive": max_exclusive, "check": check}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------- value checkers
+
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """'6GiB' -> 6442450944. Raises ValueError on anything else."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]+)\s*", str(text))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(text)
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def _check_budget(value: str) -> str | None:
+    if value == "auto":
+        return None
+    try:
+        if parse_size(value) <= 0:
+            return "a positive size"
+    except ValueError:
+        return "'auto' or a size such as '6GiB', '512MiB', '2GB'"
+    return None
+
+
+def _check_device(value: str) -> str | None:
+    if re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", value):
+        return None
+    return "one of auto, cpu, cuda, cuda:N, mps"
+
+
+def _check_pow2(value: int) -> str | None:
+    return None if value & (value - 1) == 0 else "a power of two (1, 2, 4, ...); list other sizes in probe.batch_sizes"
+
+
+def _check_distinct_sizes(value: list | None) -> str | None:
+    if value is None:
+        return None
+    if not value or any(b < 1 for b in value) or len(set(value)) != len(value):
+        return "a non-empty list of distinct positive integers"
+    return None
+
+
+def _check_sorted_unique(value: list) -> str | None:
+    if not value or any(b < 1 for b in value) or sorted(set(value)) != list(value):
+        return "a non-empty, increasing list of distinct positive integers"
+    return None
+
+
+def _check_noise_pair(value: list | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) != 2 or not 0 < value[0] < value[1] or value[1] % value[0]:
+        return "null or [small, big] with 0 < small < big and big a multiple of small"
+    return None
+
+
+# ---------------------------------------------------------------------------- sections
+
+@dataclass(frozen=True)
+class WorkloadSettings:
+    name: str = setting("digits_mlp", "built-in workload name, or 'package.module:factory' for your own")
+    kwargs: dict = setting({}, "keyword arguments passed to the workload factory (model hyperparameters, target, ...)")
+    sources: list[str] = setting([], "your workload's source files/folders, so DVC and Snakemake rerun when they change")
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    name: Literal["sgd", "adam", "adamw"] = setting("sgd", "optimizer; only the learning rate is tuned, the rest stay fixed")
+    momentum: float = setting(0.9, "SGD momentum (fixed)", min=0.0, max=1.0, max_exclusive=True)
+    nesterov: bool = setting(False, "SGD Nesterov momentum (fixed)")
+    beta1: float = setting(0.9, "Adam/AdamW beta1 (fixed)", min=0.0, max=1.0, max_exclusive=True)
+    beta2: float = setting(0.999, "Adam/AdamW beta2 (fixed)", min=0.0, max=1.0, max_exclusive=True)
+    eps: float = setting(1.0e-8, "Adam/AdamW epsilon (fixed)", min=0.0, min_exclusive=True)
+    weight_decay: float = setting(0.0, "weight decay (fixed); AdamW decouples it", min=0.0)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", check=_check_device)
+    seed: int = setting(0, "seed for model init and data order; same seed, same loss sequence on CPU", min=0)
+    threads: int = setting(1, "CPU threads torch may use (recorded with every measurement); raise it for models large enough to split across cores", min=1)
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    min_batch_size: int = setting(1, "smallest power-of-two candidate", min=1, check=_check_pow2)
+    max_batch_size: int = setting(4096, "largest power-of-two candidate (sizes above the training-set size are capped, never run)", min=1, check=_check_pow2)
+    batch_sizes: list[int] | None = setting(None, "explicit candidate list instead of powers of two (optional; tried in increasing order)", check=_check_distinct_sizes)
+    steps: int = setting(3, "full training steps per trial (forward, backward, optimizer step), then one evaluation forward", min=1)
+    memory_budget: str = setting("auto", "'auto' (device capacity; CPU: physical RAM or the cgroup limit) or a size such as '6GiB'", check=_check_budget)
+    safety_margin: float = setting(0.1, "fraction of the budget kept free: a size fits if its peak is at most budget x (1 - margin)", min=0.0, max=1.0, max_exclusive=True)
+    bisect: bool = setting(False, "bisect between the last fitting and the first failing size (down to a gap of 1)")
+    trial_timeout_s: int = setting(600, "a trial still running after this many seconds is stopped and recorded as killed (swapping, a hung model)", min=1)
+
+
+@dataclass(frozen=True)
+class ThroughputSettings:
+    max_batch_size: int | None = setting(None, "only measure feasible sizes up to this (optional)", min=1)
+    warmup_steps: int = setting(5, "uncounted steps per size before timing (allocator growth, autotuning, caches)", min=0)
+    window_seconds: float = setting(0.05, "target length of one timed window, seconds; steps per window are calibrated to it", min=0.0, min_exclusive=True)
+    min_window_steps: int = setting(1, "fewest training steps in one timed window", min=1)
+    min_windows: int = setting(6, "timed windows before the stop rule applies (6 is the fewest that give a 95% interval)", min=2)
+    confidence: float = setting(0.95, "confidence level of every interval (examples/s, doubling ratio, input-bound test)", min=0.5, max=1.0, max_exclusive=True)
+    relative_precision: float = setting(0.02, "stop when the interval half-width / median of examples/s is below this", min=0.0, min_exclusive=True)
+    max_seconds_per_size: float = setting(1.0, "time cap on the timed windows of one size (per mode: real pipeline, on-device batch), seconds", min=0.0, min_exclusive=True)
+    split_steps: int = setting(30, "extra steps timed phase by phase (data wait, copy, compute) for the time split", min=1)
+    doubling_threshold: float = setting(1.1, "a doubling is 'useful' if throughput clearly grows by more than this factor (interval's lower end)", min=1.0)
+    scaling_ratio: float = setting(1.8, "a doubling 'scales' if the lower end of its throughput-ratio interval reaches this (2 = perfect)", min=1.0, max=2.0)
+    input_bound_ratio: float = setting(1.25, "input-bound if on-device examples/s clearly exceed the real pipeline's by this factor", min=1.0)
+    peak_seconds: float = setting(0.5, "time spent measuring the device's peak matmul FLOP/s", min=0.0, min_exclusive=True)
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    batch_sizes: list[int] = setting([4, 8, 16, 32, 64, 128, 256, 512, 1024], "batch sizes the study fans out over (one job each); sizes ruled out by probe/throughput or above the training-set size are recorded as skipped", check=_check_sorted_unique)
+    lr_min: float = setting(1.0e-2, "smallest learning rate searched", min=0.0, min_exclusive=True)
+    lr_max: float = setting(2.0, "largest learning rate searched", min=0.0, min_exclusive=True)
+    lr_points: int = setting(12, "learning rates tried per batch size (all are tried; early stopping makes most cheap)", min=1)
+    lr_grid: Literal["log", "sobol"] = setting("log", "log-spaced grid or scrambled Sobol points in log space")
+    lr_start: Literal["centre", "neighbour"] = setting("centre", "first rate tried: centre of the range, or the best so far at half the batch size when its journal exists (faster; which trials stop early then depends on job order, the best rate and steps do not)")
+    max_steps: int = setting(1000, "a trial stops here if the target is not reached (censored)", min=1)
+    eval_resolution: float = setting(0.05, "relative resolution of steps to target (geometric evaluation schedule)", min=0.0, max=1.0, min_exclusive=True)
+    early_stopping: bool = setting(True, "stop a trial once it cannot beat the best steps to target at its batch size (same best result, less compute)")
+    seeds: int = setting(2, "extra seeds the best learning rate(s) are rerun with (spread of steps to target)", min=0)
+    rerun_top: int = setting(1, "how many of the best learning rates per size are rerun with the extra seeds", min=1)
+    bootstrap: int = setting(200, "bootstrap resamples for the B_crit confidence interval", min=10)
+    noise_scale_batch_sizes: list[int] | None = setting(None, "[small, big] batch sizes for the gradient noise scale (big a multiple of small); null = smallest studied size and 16x it", check=_check_noise_pair)
+
+
+@dataclass(frozen=True)
+class SelectSettings:
+    objective: Literal["time", "resource"] = setting("time", "minimise training time or resource use (device-hours x cost)")
+    max_devices: int = setting(1, "devices data parallelism may use for batches above the per-device maximum", min=1)
+    scaling_efficiency: float = setting(0.9, "fraction of per-device throughput kept on each device when data-parallel", min=0.0, max=1.0, min_exclusive=True)
+    device_cost_per_hour: float = setting(1.0, "cost of one device for one hour (any currency)", min=0.0)
+    step_budget_margin: float = setting(1.2, "step budget = steps to target x this, rounded up to two significant digits", min=1.0)
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    eval_every: int | None = setting(None, "evaluate every N steps (default: often enough to resolve steps to target within 5%)", min=1)
+
+
+@dataclass(frozen=True)
+class Params:
+    workload: WorkloadSettings
+    optimizer: OptimizerSettings
+    runtime: RuntimeSettings
+    probe: ProbeSettings
+    throughput: ThroughputSettings
+    scaling: ScalingSettings
+    select: SelectSettings
+    baseline: BaselineSettings
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Params)  # section name -> its dataclass
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+_NUMBER_LIKE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string", dict: "a mapping"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against annotation `tp`; return it (ints widened to float where a float is expected)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(key, value, arm)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: received {_describe(value)}; allowed: null")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    hint = ""
+    if isinstance(value, str) and tp in (int, float) and _NUMBER_LIKE.fullmatch(value.strip()):
+        hint = (f" -- YAML 1.1 (Snakemake, PyYAML) reads {value!r} as a string; write it with a "
+                f"decimal point and signed exponent, e.g. 1.0e-3, so every tool reads a number")
+    raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}{hint}")
+
+
+def _check_range(key: str, value: Any, meta: dict) -> None:
+    if value is None:
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        bad_lo = lo is not None and (v <= lo if meta.get("min_exclusive") else v < lo)
+        bad_hi = hi is not None and (v >= hi if meta.get("max_exclusive") else v > hi)
+        if bad_lo or bad_hi:
+            left = "(" if meta.get("min_exclusive") else "["
+            right = ")" if meta.get("max_exclusive") else "]"
+            rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+            raise ConfigError(f"{key}: received {value!r}; allowed: a value in {rng} ({meta['help']})")
+    check = meta.get("check")
+    if check is not None:
+        allowed = check(value)
+        if allowed:
+            raise ConfigError(f"{key}: received {value!r}; allowed: {allowed}")
+
+
+def _build_section(name: str, cls: type, raw: Any):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: received {_describe(raw)}; allowed: a mapping with keys {', '.join(f.name for f in dataclasses.fields(cls))}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{name}.{key}: unknown key; allowed keys in '{name}': {', '.join(fields)}")
+    values = {}
+    for key, f in fields.items():
+        if key not in raw:
+            continue
+        full = f"{name}.{key}"
+        value = _coerce(full, raw[key], hints[key])
+        _check_range(full, value, f.metadata)
+        values[key] = value
+    return cls(**values)
+
+
+def validate(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Turn the parsed YAML into Params, or raise ConfigError prefixed with `source`."""
+    try:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"top level: received {_describe(raw)}; allowed: a mapping of sections {', '.join(SECTIONS)}")
+        for name in raw:
+            if name not in SECTIONS:
+                raise ConfigError(f"{name}: unknown section; allowed sections: {', '.join(SECTIONS)}")
+        params = Params(**{name: _build_section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()})
+        _check_cross_field(params)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return params
+
+
+def _check_cross_field(p: Params) -> None:
+    if p.probe.min_batch_size > p.probe.max_batch_size:
+        raise ConfigError(f"probe.min_batch_size: received {p.probe.min_batch_size}; allowed: at most probe.max_batch_size ({p.probe.max_batch_size})")
+    if p.optimizer.nesterov and p.optimizer.momentum == 0:
+        raise ConfigError("optimizer.nesterov: received true with optimizer.momentum 0; allowed: nesterov true only with momentum > 0")
+    if p.scaling.lr_min >= p.scaling.lr_max:
+        raise ConfigError(f"scaling.lr_min: received {p.scaling.lr_min}; allowed: less than scaling.lr_max ({p.scaling.lr_max})")
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found; run from the project root (where params.yaml is) or pass its path")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return validate(raw, str(path))

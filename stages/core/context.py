@@ -1,0 +1,72 @@
+"""What every stage that trains sets up first: validated params, threads, device, workload.
+
+`setup()` is the one place the environment is checked (the workload's source files exist and
+dvc.yaml tracks them, the workload builds, the device exists) -- and the workload is built here,
+once per process, and handed to the stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from stages.core.config import PARAMS_FILE, Params, load_params
+from stages.core.device import configure_cpu, resolve_device
+from stages.core.errors import ConfigError
+from stages.workloads.base import Workload, make_workload
+
+
+@dataclass
+class Context:
+    params: Params
+    device: torch.device
+    threads: int        # torch CPU threads actually in use (recorded with every measurement)
+    workload: Workload
+
+
+def check_sources(p: Params, root: Path | None = None) -> None:
+    """Every `workload.sources` entry exists and dvc.yaml tracks it."""
+    root = Path.cwd() if root is None else root
+    for i, src in enumerate(p.workload.sources):
+        if not (root / src).exists():
+            raise ConfigError(f"workload.sources[{i}]: received {src!r}, which does not exist; allowed: paths (files or folders) relative to {root}")
+    _check_dvc_yaml_tracks(p.workload.sources, root / "dvc.yaml")
+
+
+def _check_dvc_yaml_tracks(sources: list[str], dvc_yaml: Path) -> None:
+    """dvc.yaml lists workload.sources literally (DVC cannot interpolate a list of deps), so after
+    editing them the declaration must be re-rendered -- otherwise DVC would silently not track them."""
+    if not sources or not dvc_yaml.exists():
+        return
+    declared = yaml.safe_load(dvc_yaml.read_text()) or {}
+    deps = set()
+    for body in (declared.get("stages") or {}).values():
+        body = body.get("do", body)
+        deps.update(d for d in body.get("deps") or [] if isinstance(d, str))
+    missing = [s for s in sources if s not in deps]
+    if missing:
+        raise ConfigError(f"workload.sources: {missing} are not tracked by {dvc_yaml.name}; "
+                          f"run `python -m stages.pipeline` to re-render it from params.yaml")
+
+
+def build_workload(p: Params) -> Workload:
+    return make_workload(p.workload.name, p.workload.kwargs)
+
+
+def check_environment(params: Params, source: str = PARAMS_FILE) -> tuple[Workload, torch.device]:
+    """The checks that need this machine, raising ConfigError: sources, the workload (built), the device."""
+    try:
+        check_sources(params)
+        return build_workload(params), resolve_device(params.runtime.device)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def setup(params_file: str = PARAMS_FILE, params: Params | None = None) -> Context:
+    """Validate everything (raising ConfigError before any work), then fix threads and pick the device."""
+    params = params if params is not None else load_params(params_file)
+    workload, device = check_environment(params, params_file)
+    threads = configure_cpu(params.runtime.threads)
+    return Context(params, device, threads, workload)

@@ -1,0 +1,131 @@
+"""The one training step, the one evaluation, and training to a target -- used by every stage.
+
+`train_step` is the unit that probe, throughput, scaling and baseline all run, so a number in any
+report comes from the same code path. `train_to_target` is the trial loop of scaling and baseline:
+evaluate on a geometric schedule (steps to target resolved within `resolution`), stop when the
+target is reached, when the loss or metric is not finite (diverged), at `max_steps` (censored),
+or when `give_up_after` steps pass without reaching it (stopped early: it can no longer win).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from stages.core.config import OptimizerSettings
+from stages.core.device import seed_everything, synchronize
+from stages.core.optim import build_optimizer
+from stages.workloads.base import Batch, Workload, target_reached, to_device
+
+Steps = int
+Outcome = Literal["reached", "not_reached", "diverged", "stopped_early"]
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, workload: Workload, batch: Batch) -> torch.Tensor:
+    """One optimizer step on a device batch; returns the detached mean loss (no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum, count = workload.loss(model, batch)
+    loss = loss_sum / count
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def evaluate(model: torch.nn.Module, workload: Workload, device: torch.device) -> dict[str, float]:
+    """The workload's metrics in eval mode without gradients; the model is put back in train mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            metrics = workload.evaluate(model, device)
+    finally:
+        model.train(was_training)
+    if workload.target_metric not in metrics:
+        raise KeyError(f"workload {workload.name!r}.evaluate() returned {sorted(metrics)}, "
+                       f"which lacks its target_metric {workload.target_metric!r}")
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def eval_schedule(max_steps: Steps, resolution: float = 0.05, first: Steps = 1) -> list[Steps]:
+    """Steps after which to evaluate: every step at first, then geometrically (ratio 1+resolution),
+    so any steps-to-target is known to within `resolution` of its value."""
+    steps, s = [], first
+    while s < max_steps:
+        steps.append(s)
+        s = max(s + 1, math.ceil(s * (1 + resolution)))
+    steps.append(max_steps)
+    return steps
+
+
+@dataclass
+class TrialResult:
+    outcome: Outcome
+    steps_to_target: Steps | None   # first evaluated step at which the target was reached
+    steps_run: Steps
+    examples_run: int
+    seconds: float
+    final_metrics: dict[str, float]
+    curve: list[dict] = field(default_factory=list)  # rows: step, train_loss, <metrics...>
+    reason: str = ""
+
+
+def build_model(workload: Workload, seed: int, device: torch.device) -> torch.nn.Module:
+    seed_everything(seed)
+    model = workload.init_model().to(device)
+    model.train()
+    return model
+
+
+def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, learning_rate: float,
+                    batch_size: int, seed: int, device: torch.device, max_steps: Steps,
+                    *, give_up_after: Steps | None = None, resolution: float = 0.05,
+                    eval_steps: list[Steps] | None = None, stop_at_target: bool = True) -> TrialResult:
+    """Train from `seed` until the target is reached (or one of the other stop rules fires).
+
+    `give_up_after`: stop as soon as the step count passes this without reaching the target
+    (a trial that cannot beat the best steps-to-target found so far). `stop_at_target=False` keeps
+    training to `max_steps` (the baseline's full learning curve)."""
+    model = build_model(workload, seed, device)
+    optimizer = build_optimizer(model.parameters(), optimizer_settings, learning_rate)
+    schedule = eval_steps if eval_steps is not None else eval_schedule(max_steps, resolution)
+    limit = max_steps if give_up_after is None else max(1, min(max_steps, give_up_after))
+    schedule = sorted({s for s in schedule if 0 < s <= max_steps} | {max_steps, limit})
+    data = workload.batches("train", batch_size, seed)
+    curve: list[dict] = []
+    steps_to_target: Steps | None = None
+    metrics: dict[str, float] = {}
+    outcome: Outcome = "not_reached"
+    reason = f"target not reached in {max_steps} steps"
+    step = 0
+    synchronize(device)
+    start = time.perf_counter()
+    next_eval = iter(schedule)
+    target_step = next(next_eval)
+    loss = torch.tensor(float("nan"))
+    while step < max_steps:
+        loss = train_step(model, optimizer, workload, to_device(next(data), device))
+        step += 1
+        if step != target_step:
+            continue
+        target_step = next(next_eval, max_steps + 1)
+        train_loss = float(loss)
+        metrics = evaluate(model, workload, device)
+        curve.append({"step": step, "train_loss": train_loss, **metrics})
+        value = metrics[workload.target_metric]
+        if not (math.isfinite(train_loss) and math.isfinite(value)):
+            outcome, reason = "diverged", f"non-finite {'train loss' if not math.isfinite(train_loss) else workload.target_metric} at step {step}"
+            break
+        if steps_to_target is None and target_reached(value, workload.target_value, workload.target_direction):
+            steps_to_target = step
+            outcome, reason = "reached", f"{workload.target_metric} {value:.4g} at step {step}"
+            if stop_at_target:
+                break
+        if steps_to_target is None and step >= limit and limit < max_steps:
+            outcome, reason = "stopped_early", f"not reached by step {step}, so it cannot beat {give_up_after} steps"
+            break
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return TrialResult(outcome, steps_to_target, step, step * batch_size, seconds, metrics, curve, reason)

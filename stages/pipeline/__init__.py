@@ -1,0 +1,1 @@
+"""The pipeline declaration that dvc.yaml and the Snakefile come from, params overrides, and review helpers."""

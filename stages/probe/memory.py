@@ -1,0 +1,304 @@
+"""Memory for the feasibility probe: the pure, testable pieces.
+
+- OOM classification: exception type first (`torch.OutOfMemoryError`, `MemoryError`), then a table
+  of device messages, then a child killed by a signal. Each answer names the rule that fired.
+- Peak memory of the current process on its device (`PeakMeter`): CUDA peak allocated/reserved
+  (reset at start), MPS driver memory sampled per step, CPU peak resident set size (reset at start).
+- Memory budget: 'auto' = the device's capacity (CPU: physical RAM, or the cgroup limit if lower),
+  minus a safety margin.
+- The memory model peak = fixed + per_example x batch_size, and the size it predicts for the limit.
+- Candidates (powers of two or an explicit list) capped at the training-set size, and the search:
+  ascending until the first size that does not fit, then optional bisection.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import resource
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+Status = Literal["fits", "oom", "over_budget", "killed", "capped"]
+Bytes = int
+BatchSize = int
+
+# ---------------------------------------------------------------------------- OOM classification
+
+# (rule, regular expression searched case-insensitively in the error text, where it comes from).
+# Messages come from the allocators of torch 2.x and the vendor runtimes; tests feed each one.
+OOM_MESSAGES: tuple[tuple[str, str, str], ...] = (
+    ("message:cuda", r"CUDA out of memory", "CUDA caching allocator (a RuntimeError before torch 2.5)"),
+    ("message:cuda_runtime", r"CUDA error: out of memory", "CUDA runtime, e.g. a kernel launch or context creation"),
+    ("message:cublas", r"CUBLAS_STATUS_ALLOC_FAILED", "cuBLAS could not allocate its workspace"),
+    ("message:cudnn", r"CUDNN_STATUS_ALLOC_FAILED", "cuDNN could not allocate its workspace"),
+    ("message:hip", r"HIP out of memory", "ROCm caching allocator"),
+    ("message:hip_runtime", r"HIP error: out of memory", "ROCm runtime"),
+    ("message:xpu", r"XPU out of memory", "Intel GPU allocator"),
+    ("message:mps", r"MPS backend out of memory", "Apple MPS allocator"),
+    ("message:cpu", r"DefaultCPUAllocator: can't allocate memory", "torch's CPU allocator (malloc failed)"),
+)
+_OOM_PATTERNS = tuple((rule, re.compile(pattern, re.IGNORECASE)) for rule, pattern, _ in OOM_MESSAGES)
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and its causes/contexts, each once (a wrapper may hide the OOM in its cause)."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def classify_message(text: str) -> str | None:
+    """The rule of the first device OOM message found in `text`, or None."""
+    for rule, pattern in _OOM_PATTERNS:
+        if pattern.search(text):
+            return rule
+    return None
+
+
+def classify_exception(exc: BaseException) -> str | None:
+    """The rule that makes `exc` an out-of-memory error, or None if it is any other error."""
+    chain = _exception_chain(exc)
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    for e in chain:
+        if oom_type is not None and isinstance(e, oom_type):
+            return "exception:torch.OutOfMemoryError"
+        if isinstance(e, MemoryError):
+            return "exception:MemoryError"
+    return classify_message("\n".join(str(e) for e in chain))
+
+
+def classify_signal(signum: int) -> tuple[str, str]:
+    """(rule, reason) for a trial process killed by signal `signum`."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    reason = f"the trial process was killed by {name}"
+    if name == "SIGKILL":
+        reason += " (on Linux usually the kernel's out-of-memory killer)"
+    elif name == "SIGALRM":
+        reason = "the trial ran longer than probe.trial_timeout_s and was stopped (SIGALRM): swapping, or a hung model"
+    return f"signal:{name}", reason
+
+
+# ---------------------------------------------------------------------------- peak memory
+
+def _proc_status_bytes(field: str) -> Bytes | None:
+    """A 'Vm...' line of /proc/self/status in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
+    return None
+
+
+def _write_proc(path: str, text: str) -> bool:
+    """Write a /proc/self control file; False where the kernel (or the OS) does not offer it."""
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+        return True
+    except OSError:
+        return False
+
+
+def volunteer_for_oom_killer() -> bool:
+    """Make this process the Linux OOM killer's first victim (oom_score_adj 1000; raising it needs no
+    privilege), so a trial that exhausts RAM dies instead of the stage, the server or the user's other work."""
+    return _write_proc("/proc/self/oom_score_adj", "1000")
+
+
+def reset_rss_peak() -> bool:
+    """Reset this process's peak-RSS mark to its current RSS (Linux >= 4.0); False if impossible."""
+    return _write_proc("/proc/self/clear_refs", "5")
+
+
+def rss_peak_bytes() -> Bytes:
+    """Peak resident set size: VmHWM (Linux), else ru_maxrss (kB on Linux, bytes on macOS)."""
+    hwm = _proc_status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024
+
+
+@dataclass(frozen=True)
+class Peak:
+    peak_memory_bytes: Bytes             # CUDA: peak allocated; MPS: peak driver-allocated; CPU: peak RSS
+    peak_reserved_bytes: Bytes | None    # CUDA: peak reserved by the caching allocator; else None
+    baseline_memory_bytes: Bytes | None  # CPU: RSS when the measurement started (interpreter, libraries, data)
+    method: str                          # what the number is, for the record
+
+
+class PeakMeter:
+    """Peak memory of this process on `device` from `start()` on; `sample()` after each step (MPS)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._mps_peak = 0
+        self._baseline: Bytes | None = None
+        self._method = ""
+
+    def start(self) -> None:
+        kind = self.device.type
+        if kind == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._method = "torch.cuda.max_memory_allocated (peak reserved in peak_reserved_bytes), reset at trial start; excludes the CUDA context"
+        elif kind == "mps":
+            self._mps_peak = torch.mps.driver_allocated_memory()
+            self._method = "torch.mps.driver_allocated_memory, sampled after every step and the evaluation forward"
+        else:
+            self._baseline = _proc_status_bytes("VmRSS")
+            if reset_rss_peak():
+                self._method = ("peak resident set size of the trial process (VmHWM, reset at trial start): includes "
+                                "the interpreter, torch's libraries and the workload's data")
+            else:
+                self._method = ("peak resident set size of the trial process since it started (ru_maxrss): includes "
+                                "the interpreter, torch's libraries, the workload's data and what the process inherited")
+
+    def sample(self) -> None:
+        if self.device.type == "mps":
+            self._mps_peak = max(self._mps_peak, torch.mps.driver_allocated_memory())
+
+    def read(self) -> Peak:
+        kind = self.device.type
+        if kind == "cuda":
+            return Peak(int(torch.cuda.max_memory_allocated(self.device)),
+                        int(torch.cuda.max_memory_reserved(self.device)), None, self._method)
+        if kind == "mps":
+            self.sample()
+            return Peak(int(self._mps_peak), None, None, self._method)
+        return Peak(rss_peak_bytes(), None, self._baseline, self._method)
+
+
+# ---------------------------------------------------------------------------- budget
+
+def physical_memory_bytes() -> tuple[Bytes, str]:
+    """(bytes, source): physical RAM, or the cgroup memory limit of this container if lower."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < ram:
+            return int(text), f"cgroup memory limit ({path})"
+    return ram, "physical RAM"
+
+
+def device_capacity_bytes(device: torch.device) -> tuple[Bytes, str]:
+    """(bytes, source) of the memory a process can use on `device`. Initialises CUDA: call it in a child."""
+    if device.type == "cuda":
+        _free, total = torch.cuda.mem_get_info(device)
+        return int(total), "torch.cuda.mem_get_info total"
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        return int(torch.mps.recommended_max_memory()), "torch.mps.recommended_max_memory"
+    return physical_memory_bytes()
+
+
+def resolve_budget(setting: str, capacity: Bytes) -> Bytes:
+    """probe.memory_budget -> bytes: 'auto' is the device capacity, else a size such as '6GiB'."""
+    from stages.core.config import parse_size
+
+    return capacity if setting == "auto" else parse_size(setting)
+
+
+def memory_limit(budget: Bytes, safety_margin: float) -> Bytes:
+    """The peak a trial may reach: the budget minus its safety margin."""
+    return int(math.floor(budget * (1.0 - safety_margin)))
+
+
+# ---------------------------------------------------------------------------- memory model
+
+@dataclass(frozen=True)
+class MemoryModel:
+    fixed_bytes: float | None        # ~ parameters, gradients, optimizer state (+ process baseline on CPU)
+    per_example_bytes: float | None  # ~ activations per example
+    r2: float | None                 # coefficient of determination of the fit
+    points: int                      # distinct batch sizes fitted
+
+
+def fit_memory_model(batch_sizes: list[BatchSize], peaks: list[float]) -> MemoryModel:
+    """Least-squares fit peak = fixed + per_example x batch_size (needs two distinct sizes)."""
+    x = np.asarray(batch_sizes, dtype=float)
+    y = np.asarray(peaks, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    points = len(set(x.tolist()))
+    if points < 2:
+        return MemoryModel(None, None, None, points)
+    per_example, fixed = np.polyfit(x, y, 1)
+    residual = float(np.sum((y - (fixed + per_example * x)) ** 2))
+    total = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - residual / total if total > 0 else 1.0
+    return MemoryModel(float(fixed), float(per_example), r2, points)
+
+
+def predicted_max_batch_size(model: MemoryModel, limit: Bytes) -> BatchSize | None:
+    """The largest batch size the fitted model keeps under `limit`; None if memory does not grow with it."""
+    if model.fixed_bytes is None or model.per_example_bytes is None or model.per_example_bytes <= 0:
+        return None
+    return max(0, int(math.floor((limit - model.fixed_bytes) / model.per_example_bytes)))
+
+
+# ---------------------------------------------------------------------------- candidates and search
+
+def candidate_batch_sizes(min_batch_size: int, max_batch_size: int, explicit: list[int] | None = None) -> list[BatchSize]:
+    """The explicit list (sorted), or the powers of two from min to max inclusive."""
+    if explicit:
+        return sorted(set(int(b) for b in explicit))
+    sizes, b = [], 1
+    while b <= max_batch_size:
+        if b >= min_batch_size:
+            sizes.append(b)
+        b *= 2
+    return sizes
+
+
+def cap_candidates(candidates: list[BatchSize], num_train_examples: int | None) -> tuple[list[BatchSize], list[BatchSize]]:
+    """(kept, capped): sizes above the training-set size are never run (no batch could be that large)."""
+    if num_train_examples is None:
+        return list(candidates), []
+    return ([b for b in candidates if b <= num_train_examples],
+            [b for b in candidates if b > num_train_examples])
+
+
+def search(candidates: list[BatchSize], fits: Callable[[BatchSize], bool], bisect: bool = False) -> tuple[list[BatchSize], BatchSize | None]:
+    """Try candidates in ascending order until the first that does not fit; then, with `bisect`,
+    halve the gap between the last fitting and the first failing size until it is 1.
+
+    Returns (sizes in the order tried, largest size that was run and fit or None). A size larger
+    than one already known not to fit is never tried."""
+    tried: list[BatchSize] = []
+    last_fit: BatchSize | None = None
+    first_fail: BatchSize | None = None
+    for b in sorted(candidates):
+        tried.append(b)
+        if fits(b):
+            last_fit = b
+        else:
+            first_fail = b
+            break
+    if bisect and last_fit is not None and first_fail is not None:
+        lo, hi = last_fit, first_fail
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            tried.append(mid)
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        last_fit = lo
+    return tried, last_fit

@@ -1,0 +1,253 @@
+"""Stage `probe`: which batch sizes fit in memory, with the measured peak and why each failure failed.
+
+    python -m stages.probe
+
+Reads params.yaml (workload, optimizer.name/momentum, runtime, probe) and writes
+    reports/probe/probe.csv      one row per batch size: tried ones (fits, oom, over_budget, killed)
+                                 and sizes above the training-set size (capped, never run)
+    reports/probe/metrics.json   max_batch_size, memory budget and limit, memory model, device, caps
+    reports/probe/memory.png     peak memory against batch size, with the limit and the fitted line
+
+A trial is real training: `probe.steps` full steps (forward, backward, optimizer step) of
+stages.train.train_step on workload.fake_batch(B), then one evaluation forward at B under no_grad,
+each in a fresh process (stages/probe_trials.py). Sizes are tried in increasing order until the
+first that does not fit (out of memory, over the memory limit, or killed), then optionally bisected.
+Any other error in the model stops the stage with the trial's traceback.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from stages.probe import memory
+from stages.core.config import Params, ProbeSettings
+from stages.core.errors import ConfigError
+from stages.core.log import human_bytes, info
+from stages.probe.trials import Isolation, ProbeJob, TrialError, TrialRunner
+
+OUT_DIR = "reports/probe"
+
+
+# ---------------------------------------------------------------------------- the probe
+
+@dataclass
+class TrialRecord:
+    batch_size: int
+    status: memory.Status
+    reason: str
+    rule: str = ""                            # which OOM rule fired (oom, killed)
+    peak_memory_bytes: int | None = None      # see metrics.json peak_memory_measure
+    peak_reserved_bytes: int | None = None    # CUDA only: peak held by the caching allocator
+    baseline_memory_bytes: int | None = None  # CPU only: RSS at trial start (interpreter, libraries, data)
+    steps_run: int = 0
+    examples_run: int = 0
+    seconds: float | None = None              # wall time of the trial, process start included
+    train_seconds: float | None = None        # inside the training steps and the evaluation forward
+    trial: int | None = None                  # order in which sizes were tried (1 = first)
+
+
+def record_from_report(batch_size: int, report: dict, limit: int, trial: int) -> TrialRecord:
+    """Turn a trial process's report into a row; a non-OOM error or zero steps raises TrialError."""
+    res, seconds = report["result"], report["seconds"]
+    if res is None:
+        if report["signal"]:
+            rule, reason = memory.classify_signal(report["signal"])
+            return TrialRecord(batch_size, "killed", reason, rule, seconds=seconds, trial=trial)
+        raise TrialError(f"batch size {batch_size}: the trial process exited with code {report['exitcode']} without "
+                         f"reporting a result, so 0 steps were counted; a trial that ran no steps is a failure, "
+                         f"not a fit (does the workload call sys.exit or os._exit?)")
+    if res["kind"] == "error":
+        raise TrialError(f"batch size {batch_size}: the workload failed with an error that is not out-of-memory, "
+                         f"so the probe stops instead of calling it 'does not fit':\n{res['message'].rstrip()}")
+    if res["kind"] == "oom":
+        return TrialRecord(batch_size, "oom", res["message"], res["rule"], steps_run=res["steps_run"],
+                           examples_run=res["examples_run"], seconds=seconds, trial=trial)
+    if res["steps_run"] < 1 or res["examples_run"] < 1:
+        raise TrialError(f"batch size {batch_size}: the trial ran {res['steps_run']} steps and {res['examples_run']} "
+                         f"examples; a trial that ran nothing is a failure, not a fit")
+    checked = max(res["peak_memory_bytes"], res["peak_reserved_bytes"] or 0)
+    status: memory.Status = "fits" if checked <= limit else "over_budget"
+    reason = f"peak {human_bytes(checked)} {'within' if status == 'fits' else 'exceeds'} the limit {human_bytes(limit)}"
+    return TrialRecord(batch_size, status, reason, "", res["peak_memory_bytes"], res["peak_reserved_bytes"],
+                       res["baseline_memory_bytes"], res["steps_run"], res["examples_run"], seconds,
+                       res["train_seconds"], trial)
+
+
+def plan_candidates(settings: ProbeSettings, num_train_examples: int | None) -> tuple[list[int], list[int]]:
+    """(sizes to try, sizes capped at the training-set size); ConfigError if nothing is left to try."""
+    candidates = memory.candidate_batch_sizes(settings.min_batch_size, settings.max_batch_size, settings.batch_sizes)
+    if not candidates:
+        raise ConfigError(f"probe: no power of two lies in [min_batch_size, max_batch_size] = "
+                          f"[{settings.min_batch_size}, {settings.max_batch_size}]; allowed: a range holding one, or probe.batch_sizes")
+    kept, capped = memory.cap_candidates(candidates, num_train_examples)
+    if not kept:
+        raise ConfigError(f"probe: every candidate batch size {candidates} exceeds the workload's {num_train_examples} "
+                          f"training examples; allowed: probe.min_batch_size (or probe.batch_sizes) at most {num_train_examples}")
+    return kept, capped
+
+
+def query_device(runner: TrialRunner) -> dict:
+    """Capacity, description and thread count of the device, and whether the model has batch norm."""
+    report = runner.run(("info",))
+    res = report["result"]
+    if res and res["kind"] == "info":
+        return res
+    if res and res["kind"] == "error":
+        raise TrialError(f"querying the device and building the model failed:\n{res['message'].rstrip()}")
+    raise TrialError(f"the device query process ended without a result (signal {report['signal']}, "
+                     f"exit code {report['exitcode']})")
+
+
+@dataclass
+class ProbeOutcome:
+    records: list[TrialRecord]  # tried sizes in the order tried, then capped sizes
+    tried: list[int]
+    max_batch_size: int | None
+    metrics: dict
+
+
+def run_probe(params: Params, device: torch.device, num_train_examples: int | None,
+              runner: TrialRunner | None = None, isolation: Isolation = "auto") -> ProbeOutcome:
+    """Plan the candidates, run the search in trial processes (`runner`, or a new one), fit the memory model."""
+    settings = params.probe
+    kept, capped = plan_candidates(settings, num_train_examples)
+    if runner is None:
+        with TrialRunner(isolation) as own:
+            return run_probe(params, device, num_train_examples, own)
+    start = time.perf_counter()
+    records: list[TrialRecord] = []
+    methods: list[str] = []  # what peak_memory_bytes is, as the trial processes measured it
+    runner.load(ProbeJob(params, str(device)))
+    about = query_device(runner)
+    budget = memory.resolve_budget(settings.memory_budget, about["capacity_bytes"])
+    limit = memory.memory_limit(budget, settings.safety_margin)
+    fraction = limit / about["capacity_bytes"] if device.type == "cuda" else None
+    info("probe", f"{about['device']}: budget {human_bytes(budget)} ({settings.memory_budget}), limit "
+                  f"{human_bytes(limit)} after the {settings.safety_margin:.0%} margin; candidates {kept}"
+                  + (f"; capped at {num_train_examples} training examples: {capped}" if capped else ""))
+    below_batch_norm = []
+    if about["has_batch_norm"]:
+        info("probe", "the model has batch-norm layers: their statistics depend on the batch size (see the playbook)")
+        # Training-mode batch norm needs two examples per channel: size 1 raises, it does not "not fit".
+        below_batch_norm, kept = [b for b in kept if b < 2], [b for b in kept if b >= 2]
+        if not kept:
+            raise ConfigError(f"probe: received candidates {below_batch_norm}, but the model has batch norm, "
+                              f"which cannot train on one example; allowed: batch sizes of at least 2")
+
+    def fits(batch_size: int) -> bool:
+        report = runner.run(("trial", batch_size, fraction))
+        rec = record_from_report(batch_size, report, limit, len(records) + 1)
+        if report["result"] and report["result"].get("method"):
+            methods.append(report["result"]["method"])
+        records.append(rec)
+        info("probe", f"batch size {batch_size:>6}: {rec.status:<11} peak {human_bytes(rec.peak_memory_bytes):>10}  "
+                      f"{rec.steps_run} steps  {rec.seconds:.2f} s" + ("" if rec.status == "fits" else f"  {rec.rule + ': ' if rec.rule else ''}{rec.reason}"))
+        return rec.status == "fits"
+
+    tried, best = memory.search(kept, fits, settings.bisect)
+    seconds = time.perf_counter() - start
+    records += [TrialRecord(b, "capped", f"exceeds the {num_train_examples} training examples; not run") for b in capped]
+    records += [TrialRecord(b, "capped", "batch norm cannot train on a single example (its batch statistics "
+                                         "need at least 2); not run") for b in below_batch_norm]
+    fitting = [r for r in records if r.status == "fits"]
+    model = memory.fit_memory_model([r.batch_size for r in fitting], [r.peak_memory_bytes for r in fitting])
+    failure = next((r for r in records if r.status in ("oom", "over_budget", "killed")), None)
+    metrics = {
+        "max_batch_size": best,
+        "memory_budget_bytes": budget, "memory_limit_bytes": limit, "safety_margin": settings.safety_margin,
+        "memory_budget_setting": settings.memory_budget,
+        "memory_capacity_bytes": about["capacity_bytes"], "memory_capacity_source": about["capacity_source"],
+        "memory_fixed_bytes": model.fixed_bytes, "memory_per_example_bytes": model.per_example_bytes,
+        "memory_fit_r2": model.r2, "predicted_max_batch_size": memory.predicted_max_batch_size(model, limit),
+        "peak_memory_measure": methods[0] if methods else "",
+        "device": about["device"], "device_type": device.type, "threads": about["threads"],
+        "has_batch_norm": about["has_batch_norm"], "parameter_count": about["parameter_count"],
+        "capped_at": num_train_examples if capped else None, "capped_batch_sizes": capped,
+        "candidates": below_batch_norm + kept + capped, "tried_batch_sizes": tried, "fitting_batch_sizes": sorted(r.batch_size for r in fitting),
+        "first_failure": None if failure is None else {"batch_size": failure.batch_size, "status": failure.status,
+                                                       "rule": failure.rule, "reason": failure.reason},
+        "bisect": settings.bisect, "steps": settings.steps, "optimizer": params.optimizer.name,
+        "workload": params.workload.name, "isolation": runner.isolation, "isolation_note": runner.note,
+        "seconds": seconds,
+    }
+    return ProbeOutcome(records, tried, best, metrics)
+
+
+# ---------------------------------------------------------------------------- outputs
+
+def write_outputs(outcome: ProbeOutcome, out_dir: str = OUT_DIR) -> None:
+    import pandas as pd
+
+    from stages.core.io import write_csv, write_json
+
+    frame = pd.DataFrame([asdict(r) for r in outcome.records]).sort_values("batch_size", kind="stable")
+    for column in ("peak_memory_bytes", "peak_reserved_bytes", "baseline_memory_bytes", "trial"):
+        frame[column] = frame[column].astype("Int64")
+    write_csv(f"{out_dir}/probe.csv", frame)
+    write_json(f"{out_dir}/metrics.json", outcome.metrics)
+    plot_memory(frame, outcome.metrics, f"{out_dir}/memory.png")
+
+
+def plot_memory(frame, metrics: dict, path: str) -> None:
+    import numpy as np
+    import seaborn as sns
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from stages.core import plotting
+
+    fig, ax = plotting.figure("Peak memory by batch size", "batch size", "peak memory", logx=True, logy=True,
+                               size=(8.4, 4.2))
+    measured = frame[frame["peak_memory_bytes"].notna()].astype({"peak_memory_bytes": float})
+    if len(measured):
+        sns.scatterplot(data=measured, x="batch_size", y="peak_memory_bytes", hue="status", s=60, ax=ax,
+                        palette={"fits": "tab:blue", "over_budget": "tab:orange"})
+    limit = metrics["memory_limit_bytes"]
+    failed = frame[frame["status"].isin(["oom", "killed"])]
+    if len(failed):
+        ax.scatter(failed["batch_size"], [limit] * len(failed), marker="x", color="tab:red", s=60,
+                   label="oom / killed (no peak)")
+    fixed, per_example = metrics["memory_fixed_bytes"], metrics["memory_per_example_bytes"]
+    tried = frame[frame["status"] != "capped"]["batch_size"]
+    if fixed is not None and per_example is not None and len(tried):
+        xs = np.geomspace(tried.min(), tried.max(), 50)
+        ys = fixed + per_example * xs
+        ax.plot(xs[ys > 0], ys[ys > 0], color="tab:gray", lw=1,
+                label=f"fit: {human_bytes(fixed)} + {human_bytes(per_example)} x B")
+    if metrics["capped_at"] is not None:
+        ax.axvline(metrics["capped_at"], ls="-.", color="tab:purple", lw=1,
+                   label=f"training-set size {metrics['capped_at']} (larger sizes capped)")
+    ax.axhline(limit, ls="--", color="tab:red", lw=1, label=f"limit {human_bytes(limit)}")
+    ax.axhline(metrics["memory_budget_bytes"], ls=":", color="tab:gray", lw=1,
+               label=f"budget {human_bytes(metrics['memory_budget_bytes'])}")
+    xs = list(frame["batch_size"]) + ([metrics["capped_at"]] if metrics["capped_at"] is not None else [])
+    ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+    ax.yaxis.set_major_locator(LogLocator(base=2))  # ticks at 256 MiB, 512 MiB, 1 GiB, ...
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: human_bytes(y)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    plotting.save(fig, path)
+
+
+def main() -> None:
+    from stages.core.context import setup
+
+    with TrialRunner() as runner:  # its server warms up (imports) while params.yaml is validated
+        ctx = setup()
+        try:
+            outcome = run_probe(ctx.params, ctx.device, ctx.workload.num_train_examples, runner)
+        except TrialError as e:
+            print(f"kickoff: error: probe: {e}", file=sys.stderr)
+            sys.exit(1)
+    write_outputs(outcome)
+    best = outcome.max_batch_size
+    if best is None:
+        failure = outcome.metrics["first_failure"]
+        print(f"kickoff: error: probe: no batch size fits: batch size {failure['batch_size']} was {failure['status']} "
+              f"({failure['reason']}); see {OUT_DIR}/probe.csv", file=sys.stderr)
+        sys.exit(1)
+    info("probe", f"max batch size {best} (memory model predicts {outcome.metrics['predicted_max_batch_size']}); "
+                  f"wrote {OUT_DIR}/probe.csv, metrics.json, memory.png")
+

@@ -1,0 +1,181 @@
+"""Stage `report`: the one document a person reads, built only from the stages' output files.
+
+    python -m stages.report      # writes reports/REPORT.md (image links are relative to reports/)
+
+It opens with the recommended initial configuration (reports/select/initial_config.yaml) and the
+baseline's result, then walks probe -> throughput -> scaling -> select -> baseline: each section
+states its decision, shows its plots and the numbers behind the decision (its metrics.json in
+full, and its CSV table). It reads no params and computes nothing new: every number is copied
+from the file named next to it. A missing, unreadable or partial input becomes a visible note
+that names the file and the stage that writes it -- the report is still written.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from stages.pipeline import declaration as pipeline
+
+from stages.core.io import write_text
+from stages.core.log import info
+from stages.report.format import Inputs, fmt, key_value_table, metrics_table, table
+
+REPORT = "reports/REPORT.md"
+
+# CSV columns shown per table (contract columns first); a column missing from the file is named in a note.
+PROBE_COLUMNS = ["batch_size", "status", "peak_memory_bytes", "steps_run", "seconds", "reason"]
+THROUGHPUT_COLUMNS = ["batch_size", "examples_per_s", "examples_per_s_ci_low", "examples_per_s_ci_high",
+                      "time_per_step_s", "data_wait_s", "compute_s", "input_bound", "doubling_ratio", "regime",
+                      "utilisation"]
+SCALING_COLUMNS = ["batch_size", "best_learning_rate", "steps_to_target", "steps_to_target_spread",
+                   "examples_to_target", "regime"]
+CONFIG_KEYS = ["batch_size", "learning_rate", "train_steps", "expected_training_time_s", "objective"]
+
+
+def _images(stage_name: str, inputs: Inputs) -> list[str]:
+    """The stage's PNGs as declared in stages/pipeline.py, linked relative to reports/."""
+    lines = []
+    for out in pipeline.stage(stage_name).outputs:
+        if out.kind != "image":
+            continue
+        if inputs.exists(out.path):
+            rel = Path(out.path).relative_to("reports").as_posix()
+            lines += [f"![{Path(out.path).stem.replace('_', ' ')}]({rel})", ""]
+        else:
+            lines += [inputs.missing_note(out.path, stage_name), ""]
+    return lines
+
+
+def _metric(metrics: dict | None, key: str):
+    return None if metrics is None else metrics.get(key)
+
+
+def recommended(inputs: Inputs) -> list[str]:
+    path = f"{pipeline.SELECT}/initial_config.yaml"
+    config = inputs.yaml(path, "select")
+    lines = ["## Recommended initial configuration", ""]
+    if config is None:
+        return lines + [inputs.notes_for(path), ""]
+    if not isinstance(config, dict):
+        return lines + [f"> **Unreadable input:** `{path}` is not a mapping; rerun `dvc repro select`.", ""]
+    rows = [(k, config.get(k)) for k in CONFIG_KEYS]
+    optimizer = config.get("optimizer")
+    if isinstance(optimizer, dict):
+        fixed = ", ".join(f"{k} {fmt(v)}" for k, v in optimizer.items() if k != "name")
+        rows.insert(3, ("optimizer", f"{optimizer.get('name', '?')} ({fixed})" if fixed else optimizer.get("name")))
+    workload = config.get("workload")
+    if isinstance(workload, dict):
+        args = ", ".join(f"{k} {fmt(v)}" for k, v in (workload.get("kwargs") or {}).items())
+        rows.insert(0, ("workload", f"{workload.get('name', '?')} ({args})" if args else workload.get("name")))
+    lines += [f"From `{path}` (use it as the starting point of tuning):", ""]
+    lines += key_value_table(rows, path, inputs)
+    extra = {k: v for k, v in config.items() if k not in CONFIG_KEYS and k not in ("optimizer", "workload")}
+    if extra:
+        lines += ["", "Also in the file: " + ", ".join(f"{k} = {fmt(v, k)}" for k, v in extra.items()) + "."]
+    baseline = inputs.json(f"{pipeline.BASELINE}/metrics.json", "baseline")
+    if baseline is not None:
+        reached = baseline.get("reached_target")
+        verdict = ("reached the target" if reached else "did **not** reach the target") if reached is not None else "ran"
+        lines += ["", f"**Baseline check:** trained once with this configuration, it {verdict}"
+                  + (f" after {fmt(baseline.get('steps_to_target'))} steps" if reached else "")
+                  + f" in {fmt(baseline.get('train_seconds'), 'train_seconds')} (details in section 5)."]
+    return lines + [""]
+
+
+def _evidence(stage: str, inputs: Inputs, m: dict | None, metrics_path: str, caption: str, csv_path: str,
+              columns) -> list[str]:
+    """What every stage section ends with: its PNGs, its metrics, then its table with a caption."""
+    return (_images(stage, inputs) + metrics_table(m, metrics_path, inputs)
+            + ["", caption, ""] + table(inputs.csv(csv_path, stage), columns, csv_path, inputs) + [""])
+
+
+def probe_section(inputs: Inputs) -> list[str]:
+    metrics_path, csv_path = f"{pipeline.PROBE}/metrics.json", f"{pipeline.PROBE}/probe.csv"
+    m = inputs.json(metrics_path, "probe")
+    lines = ["## 1. Probe: which batch sizes fit in memory", ""]
+    if m is not None:
+        lines += [f"**Decision:** the largest batch size that ran and fit is **{fmt(_metric(m, 'max_batch_size'))}** "
+                  f"(memory budget {fmt(_metric(m, 'memory_budget_bytes'), 'memory_budget_bytes')} on "
+                  f"{fmt(_metric(m, 'device'))}). Memory model: peak = "
+                  f"{fmt(_metric(m, 'memory_fixed_bytes'), 'memory_fixed_bytes')} fixed + "
+                  f"{fmt(_metric(m, 'memory_per_example_bytes'), 'memory_per_example_bytes')} per example.", ""]
+    return lines + _evidence("probe", inputs, m, metrics_path, f"Every trial (`{csv_path}`):", csv_path, PROBE_COLUMNS)
+
+
+def throughput_section(inputs: Inputs) -> list[str]:
+    metrics_path, csv_path = f"{pipeline.THROUGHPUT}/metrics.json", f"{pipeline.THROUGHPUT}/throughput.csv"
+    m = inputs.json(metrics_path, "throughput")
+    lines = ["## 2. Throughput: which batch sizes are worth using", ""]
+    if m is not None:
+        lines += [f"**Decision:** the largest useful batch size is **{fmt(_metric(m, 'largest_useful_batch_size'))}**: "
+                  "the largest size whose doubling still raised examples per second enough. Larger sizes are "
+                  "not studied further.", ""]
+        if _metric(m, "diagnosis"):
+            lines += [f"> {fmt(m['diagnosis'])}", ""]
+    return lines + _evidence("throughput", inputs, m, metrics_path, f"Per batch size (`{csv_path}`):", csv_path,
+                             THROUGHPUT_COLUMNS)
+
+
+def scaling_section(inputs: Inputs) -> list[str]:
+    metrics_path, csv_path = f"{pipeline.SCALING}/metrics.json", f"{pipeline.SCALING}/steps_to_target.csv"
+    m = inputs.json(metrics_path, "scaling")
+    lines = ["## 3. Scaling: steps to the target with the learning rate retuned per batch size", ""]
+    if m is not None:
+        kind = _metric(m, "critical_batch_size_kind")
+        what = {"lower_bound": "at least", "upper_bound": "at most"}.get(str(kind), "about")
+        lines += [f"**Decision:** critical batch size {what} **{fmt(_metric(m, 'critical_batch_size'))}** "
+                  f"({fmt(kind)}; interval {fmt(_metric(m, 'ci_low'))} to {fmt(_metric(m, 'ci_high'))}); "
+                  f"S_min = {fmt(_metric(m, 's_min'))} steps, E_min = {fmt(_metric(m, 'e_min'))} examples. "
+                  "Up to it, doubling the batch size nearly halves the steps; beyond it the gain shrinks. "
+                  f"The gradient noise scale (the cheap predictor) says {fmt(_metric(m, 'gradient_noise_scale'))}.", ""]
+    caption = f"Best trial per batch size (`{csv_path}`; every trial is in `{pipeline.SCALING}/trials.csv`):"
+    return lines + _evidence("scaling", inputs, m, metrics_path, caption, csv_path, SCALING_COLUMNS)
+
+
+def _demote(markdown: str, levels: int = 2) -> str:
+    """Nest a stage's own markdown under this report's section headings."""
+    return re.sub(r"^(#{1,4}) ", lambda mt: "#" * min(6, len(mt.group(1)) + levels) + " ", markdown, flags=re.M)
+
+
+def select_section(inputs: Inputs) -> list[str]:
+    metrics_path, csv_path = f"{pipeline.SELECT}/metrics.json", f"{pipeline.SELECT}/decision.csv"
+    reasoning_path = f"{pipeline.SELECT}/reasoning.md"
+    lines = ["## 4. Select: the batch size that trains fastest (or cheapest)", ""]
+    reasoning = inputs.text(reasoning_path, "select")
+    lines += [_demote(reasoning.strip()) if reasoning is not None else inputs.notes_for(reasoning_path), ""]
+    return lines + _evidence("select", inputs, inputs.json(metrics_path, "select"), metrics_path,
+                             f"Decision table (`{csv_path}`):", csv_path, None)
+
+
+def baseline_section(inputs: Inputs) -> list[str]:
+    metrics_path = f"{pipeline.BASELINE}/metrics.json"
+    lines = ["## 5. Baseline: the configuration trained once", "",
+             "These are the numbers `dvc metrics diff` compares across branches and against a pinned baseline tag.", ""]
+    lines += _images("baseline", inputs)
+    lines += metrics_table(inputs.json(metrics_path, "baseline"), metrics_path, inputs)
+    return lines + [""]
+
+
+def build_report(root: Path = Path(".")) -> tuple[str, list[str]]:
+    """The report's markdown and the problems found in its inputs (also shown inside the report)."""
+    inputs = Inputs(root)
+    body: list[str] = []
+    for section in (recommended, probe_section, throughput_section, scaling_section, select_section, baseline_section):
+        body += section(inputs)
+    head = ["# kickoff report", "",
+            "The new-project phase of the Deep Learning Tuning Playbook, measured: which batch sizes fit, how "
+            "throughput grows, how the steps to the target fall with the batch size, and the initial "
+            "configuration that follows. Generated by `python -m stages.report` from the files under `reports/` "
+            "(do not edit; rerun `dvc repro`).", ""]
+    if inputs.problems:
+        head += ["> **Incomplete report:** " + "; ".join(inputs.problems) + ".", ""]
+    return "\n".join(head + body).rstrip() + "\n", inputs.problems
+
+
+def main() -> None:
+    text, problems = build_report(Path("."))
+    for problem in problems:
+        info("report", problem)
+    write_text(REPORT, text)
+    info("report", f"wrote {REPORT}" + (f" with {len(problems)} problem(s) noted in it" if problems else ""))
+

@@ -1,0 +1,134 @@
+"""`python -m stages.scaling summarize`: the scaling study's aggregate stage.
+
+Reads reports/scaling/trials/bs_{B}.csv for every B in scaling.batch_sizes and writes
+reports/scaling/trials.csv (every trial, skipped sizes included), steps_to_target.csv (per size: best
+learning rate, steps to target over seeds with their spread, examples, regime, learning-rate
+heuristics), curves.csv (the best trials' learning curves), noise_scale.csv (the gradient-noise-scale
+run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved) and
+four PNGs.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from stages.core import io
+from stages.core import log
+from stages.core.errors import ConfigError
+from stages.core.context import Context, setup
+from stages.scaling.noise_scale import measure_noise_scale
+from stages.core.optim import fixed_values
+from stages.scaling.fit import FitError, ScalingFit, fit_critical_batch_size
+from stages.scaling.plots import curves_figure, examples_figure, fmt, learning_rate_figure, steps_figure
+from stages.scaling.tables import (TRIAL_COLUMNS, add_fit_columns, compute_saved, fit_rows,
+                                    learning_rate_exponent, per_size_table)
+from stages.scaling.trials import OUT, STAGE, trials_paths
+
+
+def _noise_scale_sizes(ctx: Context, table: pd.DataFrame) -> tuple[int, int] | None:
+    if ctx.params.scaling.noise_scale_batch_sizes:
+        small, big = ctx.params.scaling.noise_scale_batch_sizes
+        return small, big
+    reached = table[table["status"] == "reached"]
+    if reached.empty:
+        return None
+    small = int(reached["batch_size"].min())
+    big = 16 * small
+    n = ctx.workload.num_train_examples
+    while n is not None and big > n and big > 2 * small:
+        big //= 2
+    return (small, big) if n is None or big <= n else None
+
+
+def noise_scale(ctx: Context, table: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """One short run at the big size (its best rate, else the nearest studied size's) to the target."""
+    sizes = _noise_scale_sizes(ctx, table)
+    if sizes is None:
+        return {"gradient_noise_scale": None, "gradient_noise_scale_reason": "no batch size reached the target"}, pd.DataFrame()
+    small, big = sizes
+    reached = table[table["status"] == "reached"]
+    nearest = reached.iloc[(reached["batch_size"].map(lambda b: abs(math.log(b / big)))).argsort().iloc[0]]
+    lr = float(nearest["best_learning_rate"])
+    result = measure_noise_scale(ctx.workload, ctx.params.optimizer, lr, small, big, ctx.params.runtime.seed,
+                                 ctx.device, ctx.params.scaling.max_steps)
+    log.info(STAGE, f"gradient noise scale {fmt(result.gradient_noise_scale)} from batch sizes {small} and {big} "
+                    f"(lr {lr:.4g}, {result.steps_run} steps: {result.reason})")
+    return ({"gradient_noise_scale": result.gradient_noise_scale, "gradient_noise_scale_batch_sizes": [small, big],
+             "gradient_noise_scale_learning_rate": lr, "gradient_noise_scale_steps": result.steps_run,
+             "gradient_noise_scale_reason": result.reason}, pd.DataFrame(result.rows))
+
+
+def _fit(rows: pd.DataFrame, bootstrap: int, seed: int) -> tuple[ScalingFit | None, dict]:
+    try:
+        fit = fit_critical_batch_size(rows["batch_size"], rows["steps_to_target"], rows["seed"],
+                                      bootstrap=bootstrap, rng_seed=seed)
+    except FitError as e:
+        return None, {"critical_batch_size": None, "critical_batch_size_kind": "undetermined",
+                      "critical_batch_size_message": str(e), "ci_low": None, "ci_high": None,
+                      "s_min": None, "e_min": None}
+    return fit, {"critical_batch_size": fit.critical_batch_size, "critical_batch_size_kind": fit.kind,
+                 "critical_batch_size_message": fit.message, "ci_low": fit.ci_low, "ci_high": fit.ci_high,
+                 "confidence": fit.confidence, "s_min": fit.s_min, "e_min": fit.e_min}
+
+
+def best_curves(curve_frames: list[pd.DataFrame], table: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The learning curve of each size's best learning rate at the search seed."""
+    frames = [f for f in curve_frames if not f.empty]
+    best = table[table["status"] == "reached"]
+    if not frames or best.empty:
+        return pd.DataFrame(columns=["batch_size", "learning_rate", "seed", "phase", "examples", "step"])
+    curves = pd.concat(frames, ignore_index=True)
+    keep = set(zip(best["batch_size"].astype(int), best["best_learning_rate"].astype(float)))
+    mask = [(int(b), float(lr)) in keep for b, lr in zip(curves["batch_size"], curves["learning_rate"])]
+    return curves[pd.Series(mask, index=curves.index) & (curves["seed"] == seed)].reset_index(drop=True)
+
+
+def main_summarize() -> None:
+    ctx = setup()
+    p, w = ctx.params, ctx.workload
+    frames, curve_frames = [], []
+    for b in p.scaling.batch_sizes:
+        csv_path, curves_path = trials_paths(b)
+        if not csv_path.exists():
+            raise ConfigError(f"{csv_path} is missing: run `python -m stages.scaling trials --batch-size {b}` "
+                                    f"(or dvc repro / snakemake) first")
+        frames.append(pd.read_csv(csv_path))
+        curve_frames.append(pd.read_csv(curves_path))
+    trials = pd.concat(frames, ignore_index=True)[TRIAL_COLUMNS]
+    table = per_size_table(trials, p.scaling.batch_sizes)
+    fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed)
+    log.info(STAGE, f"critical batch size: {fit_metrics['critical_batch_size_kind']} -- {fit_metrics['critical_batch_size_message']}")
+    table = add_fit_columns(table, fit)
+    gns, gns_rows = noise_scale(ctx, table)
+    spent, full, saved = compute_saved(trials)
+
+    curves = best_curves(curve_frames, table, p.runtime.seed)
+
+    reached = table[table["status"] == "reached"]
+    perfect = reached[reached["regime"] == "perfect_scaling"]["batch_size"]
+    metrics = {
+        **fit_metrics, **gns,
+        "compute_saved_fraction": saved, "examples_run": spent, "examples_if_every_trial_ran_to_max_steps": full,
+        "trials": int((trials["outcome"] != "skipped").sum()), "seconds": float(trials["seconds"].sum()),
+        "studied_batch_sizes": [int(b) for b in table[table["status"].isin(["reached", "not_reached"])]["batch_size"]],
+        "reached_batch_sizes": [int(b) for b in reached["batch_size"]],
+        "skipped_batch_sizes": [int(b) for b in table[table["status"] == "skipped"]["batch_size"]],
+        "perfect_scaling_up_to": int(perfect.max()) if len(perfect) else None,
+        "learning_rate_scaling_exponent": learning_rate_exponent(table),
+        "target_metric": w.target_metric, "target_value": w.target_value, "target_direction": w.target_direction,
+        "optimizer": fixed_values(p.optimizer), "workload": w.name,
+    }
+    io.write_csv(OUT / "trials.csv", trials)
+    io.write_csv(OUT / "steps_to_target.csv", table)
+    io.write_csv(OUT / "curves.csv", curves)
+    io.write_csv(OUT / "noise_scale.csv", gns_rows)
+    io.write_json(OUT / "metrics.json", metrics)
+    gns_value = gns.get("gradient_noise_scale")
+    steps_figure(table, fit, gns_value, OUT / "steps_to_target.png")
+    examples_figure(table, fit, gns_value, OUT / "examples_to_target.png")
+    note = f"lr / (1 - {p.optimizer.momentum:g})" if p.optimizer.name == "sgd" else "lr"
+    learning_rate_figure(table, note, OUT / "learning_rate.png")
+    curves_figure(curves, w.target_metric, w.target_value, OUT / "curves.png")
+    log.info(STAGE, f"wrote {OUT}: B_crit {fmt(fit_metrics['critical_batch_size'])} ({fit_metrics['critical_batch_size_kind']}), "
+                    f"noise scale {fmt(gns_value)}, compute saved {fmt(saved)}")

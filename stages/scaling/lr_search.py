@@ -1,0 +1,226 @@
+"""The learning-rate search at one batch size: grid, trial order, early stopping, resume journal.
+
+Every learning rate of the grid is tried (so the result equals an exhaustive grid), but cheaply:
+- Order: start at the geometric centre of the range (or at a hint, e.g. the best learning rate of
+  the neighbouring batch size), then always try the untried rate nearest the best one so far --
+  good rates come early.
+- Early stopping: a trial gives up once it passes the best steps-to-target already found at this
+  batch size (`give_up_after`; with `keep` > 1, the keep-th best, so the top rates for the seed
+  reruns are still known). Steps to target are read on one evaluation schedule, so a trial that
+  could tie or beat the best still reaches it: the best steps and learning rate are exactly those
+  of running every trial to `max_steps` (tests/test_scaling.py checks it).
+- Journal: each finished trial is appended (one JSON line, flushed) to a file named by a hash of
+  everything that determines a trial. A rerun replays finished trials from it instead of training
+  again; the order and give-up points are deterministic, so an interrupted job resumes exactly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from stages.core.train import TrialResult
+
+JOURNAL_DIR = Path(".kickoff") / "journal" / "scaling"
+
+
+def learning_rate_grid(lr_min: float, lr_max: float, points: int, kind: Literal["log", "sobol"] = "log",
+                       seed: int = 0) -> list[float]:
+    """`points` learning rates in [lr_min, lr_max], increasing: log-spaced, or scrambled Sobol
+    points in log space (fills the range without a fixed ratio; same seed, same points)."""
+    if points == 1:
+        return [float(math.sqrt(lr_min * lr_max))]
+    lo, hi = math.log(lr_min), math.log(lr_max)
+    if kind == "log":
+        u = np.linspace(0.0, 1.0, points)
+    else:
+        from scipy.stats import qmc
+
+        with warnings.catch_warnings():  # balance properties want a power of two; any N is fine here
+            warnings.simplefilter("ignore", UserWarning)
+            u = np.sort(qmc.Sobol(d=1, scramble=True, seed=seed).random(points)[:, 0])
+    return [float(math.exp(lo + x * (hi - lo))) for x in u]
+
+
+def start_index(grid: list[float], hint: float | None = None) -> int:
+    """Index to try first: nearest the hint (log distance) if any, else the geometric centre."""
+    target = math.log(hint) if hint else (math.log(grid[0]) + math.log(grid[-1])) / 2
+    return min(range(len(grid)), key=lambda i: (abs(math.log(grid[i]) - target), i))
+
+
+def next_index(grid: list[float], tried: dict[int, TrialResult], start: int,
+               score: Callable[[TrialResult], float] | None = None) -> int | None:
+    """The untried rate nearest (in grid steps) the best so far: the one with the fewest steps to
+    target, or -- before any reached it -- the best `score` (e.g. final metric; lower is better),
+    else the start. Ties -> the smaller rate."""
+    untried = [i for i in range(len(grid)) if i not in tried]
+    if not untried:
+        return None
+    reached = [i for i, r in tried.items() if r.steps_to_target is not None]
+    if reached:
+        anchor = min(reached, key=lambda i: (tried[i].steps_to_target, i))
+    elif tried and score is not None:
+        anchor = min(tried, key=lambda i: (score(tried[i]), abs(i - start), i))
+    else:
+        anchor = start
+    return min(untried, key=lambda i: (abs(i - anchor), i))
+
+
+def final_metric_score(metric: str, direction: str) -> Callable[[TrialResult], float]:
+    """Lower is better: how close a trial that missed the target got (diverged trials last)."""
+    def score(r: TrialResult) -> float:
+        value = r.final_metrics.get(metric, math.nan)
+        if r.outcome == "diverged" or not math.isfinite(value):
+            return math.inf
+        return -value if direction == "above" else value
+    return score
+
+
+def best_steps(results: list[TrialResult], k: int = 1) -> int | None:
+    """The k-th fewest steps to target among the results (None while fewer than k reached it)."""
+    reached = sorted(r.steps_to_target for r in results if r.steps_to_target is not None)
+    return reached[k - 1] if len(reached) >= k else None
+
+
+# ---------------------------------------------------------------------------- journal
+
+def journal_key(identity: dict) -> str:
+    """A short hash of everything that determines a trial (workload, optimizer, batch size, ...)."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass
+class Journal:
+    """Append-only JSON lines, one per finished trial, keyed by (learning rate, seed, give_up_after)."""
+    path: Path
+    entries: dict[tuple, dict] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path) -> "Journal":
+        journal = cls(Path(path))
+        if journal.path.exists():
+            for line in journal.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    journal.entries[cls.key(row["learning_rate"], row["seed"], row["give_up_after"])] = row
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line cut short by a crash: that trial reruns
+        return journal
+
+    @staticmethod
+    def key(learning_rate: float, seed: int, give_up_after: int | None) -> tuple:
+        return (repr(float(learning_rate)), int(seed), None if give_up_after is None else int(give_up_after))
+
+    def get(self, learning_rate: float, seed: int, give_up_after: int | None) -> TrialResult | None:
+        row = self.entries.get(self.key(learning_rate, seed, give_up_after))
+        return None if row is None else TrialResult(**row["result"])
+
+    def add(self, learning_rate: float, seed: int, give_up_after: int | None, result: TrialResult) -> None:
+        row = {"learning_rate": float(learning_rate), "seed": int(seed), "give_up_after": give_up_after,
+               "result": asdict(result)}
+        self.entries[self.key(learning_rate, seed, give_up_after)] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut short by a crash: end it, so this one stays whole
+                    f.write(b"\n")
+            f.write((json.dumps(row) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------- the search
+
+RunTrial = Callable[[float, int, "int | None"], TrialResult]  # (learning rate, seed, give_up_after) -> result
+
+
+@dataclass
+class Trial:
+    learning_rate: float
+    seed: int
+    phase: Literal["search", "seed"]
+    order: int                  # position in the order the trials were run
+    give_up_after: int | None
+    result: TrialResult
+    resumed: bool               # replayed from the journal instead of trained
+
+
+def run_cached(run: RunTrial, journal: Journal | None, learning_rate: float, seed: int,
+               give_up_after: int | None) -> tuple[TrialResult, bool]:
+    if journal is not None:
+        cached = journal.get(learning_rate, seed, give_up_after)
+        if cached is not None:
+            return cached, True
+    result = run(learning_rate, seed, give_up_after)
+    if journal is not None:
+        journal.add(learning_rate, seed, give_up_after, result)
+    return result, False
+
+
+def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | None = None,
+           hint: float | None = None, early_stopping: bool = True,
+           score: Callable[[TrialResult], float] | None = None, keep: int = 1,
+           on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
+    """Try every rate of `grid` at one seed, in the order above, each giving up once it cannot beat
+    the `keep`-th best so far -- i.e. can no longer enter the top `keep` that get seed reruns
+    (unless `early_stopping` is False: the exhaustive grid)."""
+    start = start_index(grid, hint)
+    tried: dict[int, TrialResult] = {}
+    trials: list[Trial] = []
+    while (i := next_index(grid, tried, start, score)) is not None:
+        give_up = best_steps(list(tried.values()), keep) if early_stopping else None
+        result, resumed = run_cached(run, journal, grid[i], seed, give_up)
+        tried[i] = result
+        trials.append(Trial(grid[i], seed, "search", len(trials), give_up, result, resumed))
+        if on_trial:
+            on_trial(trials[-1])
+    return trials
+
+
+def rank_key(steps: list[int | None], learning_rate: float) -> tuple:
+    """Sort key of a learning rate by its steps to target over seeds: median (a seed that did not
+    reach counts as infinitely slow), then the best seed, then the smaller rate."""
+    values = sorted(math.inf if s is None else s for s in steps)
+    return (float(np.median(values)), values[0], learning_rate)
+
+
+def rerun_seeds(search_trials: list[Trial], run: RunTrial, seeds: list[int], top: int, *,
+                journal: Journal | None = None, on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
+    """Rerun the `top` best learning rates of the search with each extra seed, to the target or
+    max_steps (no early stopping: these measure the spread)."""
+    reached = sorted((t for t in search_trials if t.result.steps_to_target is not None),
+                     key=lambda t: (t.result.steps_to_target, t.learning_rate))
+    out: list[Trial] = []
+    order = len(search_trials)
+    for t in reached[:top]:
+        for s in seeds:
+            result, resumed = run_cached(run, journal, t.learning_rate, s, None)
+            out.append(Trial(t.learning_rate, s, "seed", order, None, result, resumed))
+            order += 1
+            if on_trial:
+                on_trial(out[-1])
+    return out
+
+
+def best_learning_rate(rows: list[tuple[float, str, int | None]]) -> float | None:
+    """The best rate from (learning rate, phase, steps to target) rows of one batch size: among the
+    rates rerun with seeds (phase 'seed') if any, else all, the one with the best rank_key."""
+    seeded = {lr for lr, phase, _ in rows if phase == "seed"}
+    by_lr: dict[float, list[int | None]] = {}
+    for lr, _, steps in rows:
+        if lr in seeded or not seeded:
+            by_lr.setdefault(lr, []).append(steps)
+    candidates = [lr for lr, steps in by_lr.items() if any(s is not None for s in steps)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda lr: rank_key(by_lr[lr], lr))

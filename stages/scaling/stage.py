@@ -1,0 +1,69 @@
+"""Stage `scaling`: steps to the target per batch size, the learning rate retuned per size, and the
+critical batch size (McCandlish et al. 2018).
+
+    python -m stages.scaling trials --batch-size 64   # one job per size (scaling_trials@64): stages/scaling_trials.py
+    python -m stages.scaling summarize                # the aggregate stage: stages/scaling_aggregate.py
+    python -m stages.scaling fit TABLE.csv            # the fit alone, on any batch_size,steps_to_target[,seed] CSV
+
+`fit` prints one JSON object (critical_batch_size, kind, ci_low, ci_high, s_min, e_min, ...); a table
+that cannot bound B_crit exits 1 with the reason on stderr. The subcommands import what they need
+when they run, so `fit` starts without loading torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from stages.core.errors import ConfigError
+
+
+# ---------------------------------------------------------------------------- fit CLI
+
+def main_fit(path: str, bootstrap: int, confidence: float) -> None:
+    import pandas as pd
+
+    from stages.scaling.fit import FitError, fit_critical_batch_size
+
+    try:
+        table = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise ConfigError(f"{path}: cannot read it as CSV ({e}); allowed: a CSV with batch_size,steps_to_target[,seed]") from None
+    missing = {"batch_size", "steps_to_target"} - set(table.columns)
+    if missing:
+        raise ConfigError(f"{path}: missing column(s) {', '.join(sorted(missing))}; received columns "
+                          f"{', '.join(table.columns)}; allowed: a CSV with batch_size,steps_to_target[,seed]")
+    steps = pd.to_numeric(table["steps_to_target"], errors="coerce")
+    try:
+        fit = fit_critical_batch_size(table["batch_size"], steps, table["seed"] if "seed" in table else None,
+                                      bootstrap=bootstrap, confidence=confidence)
+    except FitError as e:
+        print(f"kickoff: error: {path}: {e}", file=sys.stderr)
+        sys.exit(1)
+    out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fit.as_dict().items()}
+    print(json.dumps(out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m stages.scaling", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("trials", help="the learning-rate search and seed reruns at one batch size")
+    t.add_argument("--batch-size", type=int, required=True)
+    sub.add_parser("summarize", help="aggregate the per-size trials: tables, fit, noise scale, plots")
+    f = sub.add_parser("fit", help="fit S(B) = S_min (1 + B_crit / B) to a CSV and print one JSON object")
+    f.add_argument("table", help="CSV with columns batch_size,steps_to_target (optional seed)")
+    f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
+    f.add_argument("--confidence", type=float, default=0.95, help="confidence level (default 0.95)")
+    args = ap.parse_args(argv)
+    if args.command == "trials":
+        from stages.scaling.trials import main_trials
+
+        main_trials(args.batch_size)
+    elif args.command == "summarize":
+        from stages.scaling.aggregate import main_summarize
+
+        main_summarize()
+    else:
+        main_fit(args.table, args.bootstrap, args.confidence)
+

@@ -1,0 +1,157 @@
+"""Pure pieces of the scaling study between the trials and the report: which sizes to skip, trial
+rows, and the per-batch-size table (best learning rate, steps to target with its spread, examples,
+regime, learning-rate heuristics) -- all computed from the trial rows, the files' contents.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from stages.scaling.lr_search import Trial, best_learning_rate
+from stages.scaling.fit import ScalingFit, regime
+
+TRIAL_COLUMNS = ["batch_size", "learning_rate", "seed", "phase", "order", "outcome", "steps_to_target",
+                 "steps_run", "examples_run", "max_steps", "give_up_after", "seconds", "final_metric",
+                 "effective_learning_rate", "reason"]
+
+
+def skip_reason(batch_size: int, probe_rows: pd.DataFrame | None, probe_metrics: dict | None,
+                throughput_metrics: dict | None, num_train_examples: int | None) -> str | None:
+    """Why the earlier stages rule this batch size out (None: study it)."""
+    if probe_rows is not None and "batch_size" in probe_rows and "status" in probe_rows:
+        row = probe_rows[probe_rows["batch_size"] == batch_size]
+        if len(row) and str(row["status"].iloc[0]) != "fits":
+            detail = f": {row['reason'].iloc[0]}" if "reason" in row and isinstance(row["reason"].iloc[0], str) else ""
+            return f"probe: {row['status'].iloc[0]}{detail}"
+    if probe_metrics is not None and "max_batch_size" in probe_metrics:
+        largest = probe_metrics["max_batch_size"]
+        if largest is None:
+            return "probe: no batch size fits in memory"
+        if batch_size > largest:
+            return f"probe: above the largest batch size that fits ({largest})"
+    if throughput_metrics is not None:
+        useful = throughput_metrics.get("largest_useful_batch_size")
+        if useful is not None and batch_size > useful:
+            return (f"throughput: above the largest useful batch size ({useful}); "
+                    f"larger batches no longer raise examples/s")
+    if num_train_examples is not None and batch_size > num_train_examples:
+        return f"above the training-set size ({num_train_examples} examples)"
+    return None
+
+
+def skipped_row(batch_size: int, reason: str) -> dict:
+    row = {c: None for c in TRIAL_COLUMNS}
+    row.update(batch_size=batch_size, outcome="skipped", steps_run=0, examples_run=0, seconds=0.0, reason=reason)
+    return row
+
+
+def trial_row(batch_size: int, trial: Trial, max_steps: int, target_metric: str, effective_lr: float) -> dict:
+    r = trial.result
+    return {"batch_size": batch_size, "learning_rate": trial.learning_rate, "seed": trial.seed,
+            "phase": trial.phase, "order": trial.order, "outcome": r.outcome,
+            "steps_to_target": r.steps_to_target, "steps_run": r.steps_run, "examples_run": r.examples_run,
+            "max_steps": max_steps, "give_up_after": trial.give_up_after, "seconds": round(r.seconds, 4),
+            "final_metric": r.final_metrics.get(target_metric), "effective_learning_rate": effective_lr,
+            "reason": r.reason}
+
+
+def curve_rows(batch_size: int, trial: Trial) -> list[dict]:
+    return [{"batch_size": batch_size, "learning_rate": trial.learning_rate, "seed": trial.seed,
+             "phase": trial.phase, "examples": row["step"] * batch_size, **row} for row in trial.result.curve]
+
+
+def _steps(value) -> int | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+
+
+def per_size_table(trials: pd.DataFrame, batch_sizes: list[int]) -> pd.DataFrame:
+    """One row per batch size: status, best learning rate, steps to target over its seeds."""
+    rows = []
+    for b in batch_sizes:
+        t = trials[trials["batch_size"] == b]
+        row: dict = {"batch_size": b}
+        if t.empty:
+            rows.append({**row, "status": "missing", "reason": "no trials file"})
+            continue
+        if (t["outcome"] == "skipped").all():
+            rows.append({**row, "status": "skipped", "reason": str(t["reason"].iloc[0])})
+            continue
+        ran = t[t["outcome"] != "skipped"]
+        lr = best_learning_rate([(float(r.learning_rate), r.phase, _steps(r.steps_to_target))
+                                 for r in ran.itertuples()])
+        if lr is None:
+            outcomes = ", ".join(f"{k} {v}" for k, v in ran["outcome"].value_counts().items())
+            rows.append({**row, "status": "not_reached", "reason": f"no learning rate reached the target ({outcomes})"})
+            continue
+        best = ran[ran["learning_rate"] == lr]
+        steps = [_steps(s) for s in best["steps_to_target"]]
+        reached = [s for s in steps if s is not None]
+        median = float(np.median([math.inf if s is None else s for s in steps]))
+        rows.append({**row, "status": "reached", "reason": "",
+                     "best_learning_rate": lr,
+                     "effective_learning_rate": float(best["effective_learning_rate"].iloc[0]),
+                     "steps_to_target": median if math.isfinite(median) else None,
+                     "steps_to_target_min": min(reached), "steps_to_target_max": max(reached),
+                     "steps_to_target_spread": max(reached) - min(reached),
+                     "seeds_run": len(steps), "seeds_reached": len(reached)})
+    table = pd.DataFrame(rows)
+    for col in ("best_learning_rate", "effective_learning_rate", "steps_to_target", "steps_to_target_min",
+                "steps_to_target_max", "steps_to_target_spread", "seeds_run", "seeds_reached"):
+        if col not in table:
+            table[col] = np.nan
+    table["examples_to_target"] = table["batch_size"] * table["steps_to_target"]
+    return table
+
+
+def fit_rows(trials: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """(batch_size, steps_to_target, seed) of every seed run of each size's best learning rate."""
+    parts = []
+    for r in table[table["status"] == "reached"].itertuples():
+        t = trials[(trials["batch_size"] == r.batch_size) & (trials["learning_rate"] == r.best_learning_rate)]
+        parts.append(t[["batch_size", "steps_to_target", "seed"]])
+    if not parts:
+        return pd.DataFrame(columns=["batch_size", "steps_to_target", "seed"])
+    return pd.concat(parts).dropna(subset=["steps_to_target"])
+
+
+def add_fit_columns(table: pd.DataFrame, fit: ScalingFit | None) -> pd.DataFrame:
+    """Regime, fitted steps, perfect-scaling steps and the learning-rate heuristics, from the smallest
+    size that reached the target."""
+    table = table.copy()
+    reached = table[table["status"] == "reached"]
+    table["regime"] = table["status"].where(table["status"] != "reached", "unknown")
+    table["fitted_steps"] = np.nan
+    for col in ("perfect_scaling_steps", "linear_scaling_learning_rate", "sqrt_scaling_learning_rate"):
+        table[col] = np.nan
+    if reached.empty:
+        return table
+    base = reached.iloc[0]
+    ratio = table["batch_size"] / base["batch_size"]
+    table["perfect_scaling_steps"] = base["steps_to_target"] / ratio
+    table["linear_scaling_learning_rate"] = base["best_learning_rate"] * ratio
+    table["sqrt_scaling_learning_rate"] = base["best_learning_rate"] * np.sqrt(ratio)
+    if fit is not None:
+        table["fitted_steps"] = fit.steps(table["batch_size"].to_numpy())
+        mask = table["status"] == "reached"
+        table.loc[mask, "regime"] = [regime(b, fit.fitted_critical_batch_size) for b in table.loc[mask, "batch_size"]]
+    return table
+
+
+def learning_rate_exponent(table: pd.DataFrame) -> float | None:
+    """Slope of log best learning rate against log batch size (1 = linear scaling, 0.5 = square root)."""
+    r = table[table["status"] == "reached"]
+    if len(r) < 2:
+        return None
+    x, y = np.log(r["batch_size"].astype(float)), np.log(r["best_learning_rate"].astype(float))
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x ** 2).sum())
+
+
+def compute_saved(trials: pd.DataFrame) -> tuple[int, int, float | None]:
+    """(examples run, examples if every trial ran to max_steps, share saved) over trials that ran."""
+    ran = trials[trials["outcome"] != "skipped"]
+    spent = int(ran["examples_run"].sum())
+    full = int((ran["max_steps"] * ran["batch_size"]).sum())
+    return spent, full, (1 - spent / full) if full else None

@@ -1,0 +1,284 @@
+"""Throughput stage: examples per second and time per step for every feasible batch size.
+
+    python -m stages.throughput
+
+Reads reports/probe/probe.csv (rows with status "fits") and reports/probe/metrics.json, and the
+params sections workload, optimizer, runtime, throughput. Writes reports/throughput/:
+  windows.csv         every timed window (batch size, mode, steps, seconds, examples/s)
+  throughput.csv      one row per batch size: median examples/s and interval, time per step, the
+                      data wait / copy / compute split, on-device examples/s and the input-bound
+                      flag, the doubling ratio with its interval and regime, FLOPs and utilisation
+  metrics.json        largest useful batch size, peak FLOP/s, device, threads, diagnosis
+  examples_per_s.png, time_per_step.png, time_split.png
+
+Every step is `stages.train.train_step` with the configured optimizer at a small fixed learning
+rate (the value does not change the work of a step; small keeps the weights finite). How timing
+works and what the intervals mean: stages/timing.py.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stages.throughput import timing
+from stages.core.config import ThroughputSettings, load_params
+from stages.core.errors import ConfigError
+from stages.core.context import Context, setup
+from stages.core.device import describe, synchronize
+from stages.core.io import read_json, write_csv, write_json
+from stages.core.log import info
+from stages.core.optim import build_optimizer
+from stages.core.plotting import figure, save
+from stages.core.train import build_model, train_step
+from stages.workloads.base import parameter_count, to_device
+
+STAGE = "throughput"
+PROBE_DIR = Path("reports/probe")
+OUT_DIR = Path("reports/throughput")
+MEASURE_LR = 1.0e-4  # learning rate of the timed steps
+NOISY_SPREAD = 2.0   # fastest / slowest window of one size above this: the machine was not quiet
+FLOPS_COUNTED = ("torch.utils.flop_counter.FlopCounterMode over one full training step (forward, backward, "
+                 "optimizer step): matrix multiplies (mm, addmm, bmm, baddbmm, _scaled_mm), convolutions "
+                 "(forward and backward) and scaled-dot-product / flash / efficient / flex attention (forward and "
+                 "backward). Not counted: elementwise ops, activations, normalisation, reductions, losses, the "
+                 "optimizer update.")
+SPLIT_METHOD = ("median seconds per step of each phase over split_steps extra steps, timed separately from the "
+                "throughput windows with a device sync between phases (so they need not add up exactly to "
+                "time_per_step_s; on a GPU they lose copy/compute overlap)")
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def feasible_batch_sizes(probe_csv: Path) -> list[int]:
+    if not probe_csv.exists():
+        raise FileNotFoundError(f"{probe_csv} does not exist: run the probe stage first (python -m stages.probe)")
+    probe = pd.read_csv(probe_csv)
+    return sorted(int(b) for b in probe.loc[probe["status"] == "fits", "batch_size"].unique())
+
+
+def check_settings(s: ThroughputSettings) -> None:
+    need = timing.min_windows_for(s.confidence)
+    if s.min_windows < need:
+        raise ConfigError(f"throughput.min_windows: received {s.min_windows}; allowed: at least {need}, the fewest "
+                          f"windows that give a {s.confidence:.0%} interval for a median (or lower throughput.confidence)")
+
+
+# ---------------------------------------------------------------------------- measurement
+
+def count_flops(step) -> float | None:
+    """FLOPs of one call of `step` as FlopCounterMode counts them (see FLOPS_COUNTED); None if it fails."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        return float(counter.get_total_flops())
+    except Exception as e:  # an op the counter cannot trace must not sink the stage; it is recorded as unknown
+        info(STAGE, f"FLOP counting failed ({type(e).__name__}: {e}); flops_per_example = null")
+        return None
+
+
+def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tuple[list[dict], list[dict]]:
+    """Windows for every size in two modes (real pipeline; one batch kept on the device), interleaved
+    round-robin, then the phase split (also interleaved) and the FLOPs per example.
+
+    One model and optimizer serve every size (their cost does not depend on the weights), so memory
+    never exceeds what the probe found for the largest size plus the kept batches."""
+    w, device = ctx.workload, ctx.device
+    model = build_model(w, ctx.params.runtime.seed, device)
+    optimizer = build_optimizer(model.parameters(), ctx.params.optimizer, MEASURE_LR)
+    rule = timing.StopRule(s.min_windows, s.relative_precision, s.max_seconds_per_size, s.confidence)
+
+    def sync() -> None:
+        synchronize(device)
+
+    def compute(batch) -> None:
+        train_step(model, optimizer, w, batch)
+
+    def pipeline_step(data):  # exactly what a training loop does: next batch, copy, train_step
+        return lambda: train_step(model, optimizer, w, to_device(next(data), device))
+
+    streams, data_of, extras = [], {}, []
+    for b in sizes:
+        data_of[b] = data = w.batches("train", b, ctx.params.runtime.seed)
+        step = pipeline_step(data)
+        for _ in range(s.warmup_steps):
+            step()
+        steps = timing.steps_per_window(step, sync, s.window_seconds, s.min_window_steps)
+        resident = to_device(next(data), device)
+        flops = count_flops(lambda: compute(resident))
+        streams += [(b, mode, fn, timing.Measurement(steps, b, rule, s.window_seconds, s.min_window_steps))
+                    for mode, fn in (("pipeline", step), ("on_device", lambda r=resident: compute(r)))]
+        extras.append({"batch_size": b, "steps_per_window": steps,
+                       "flops_per_example": flops / b if flops else None})
+        info(STAGE, f"batch {b}: warmed up, {steps} steps per window, "
+                    f"{'unknown' if not flops else f'{flops / b:,.0f}'} FLOPs per example")
+    info(STAGE, f"timing {len(sizes)} sizes x 2 modes, interleaved (windows of ~{s.window_seconds:g} s)")
+    timing.measure_interleaved([(step, m) for _, _, step, m in streams], sync)
+    per_round = max(1, s.split_steps // 5)
+    phases = {b: {p: [] for p in timing.PHASES} for b in sizes}
+    for done in range(0, s.split_steps, per_round):
+        for b in sizes:
+            got = timing.split_steps(lambda: next(data_of[b]), lambda x: to_device(x, device), compute,
+                                     min(per_round, s.split_steps - done), sync)
+            for p in timing.PHASES:
+                phases[b][p] += got[p]
+    for e in extras:
+        e.update({p: float(np.median(v)) for p, v in phases[e["batch_size"]].items()})
+    rows = [{"batch_size": b, "mode": mode, "window": i, "steps": k, "seconds": b * k / eps,
+             "examples_per_s": eps, "stop_reason": m.stop_reason}
+            for b, mode, _, m in streams for i, (k, eps) in enumerate(zip(m.steps, m.samples))]
+    del model, optimizer, streams
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rows, extras
+
+
+def peak_flops(ctx: Context, s: ThroughputSettings) -> tuple[float | None, str]:
+    dtype = next(ctx.workload.init_model().parameters()).dtype
+    try:
+        value, n = timing.peak_matmul_flops_per_s(ctx.device, dtype, lambda: synchronize(ctx.device), s.peak_seconds)
+    except Exception as e:  # e.g. a backend without matmul for this dtype: say so, do not guess
+        return None, f"not measurable: {type(e).__name__}: {e}"
+    return value, (f"best of {n}x{n} {str(dtype).replace('torch.', '')} matmuls (2n^3 FLOPs each) over "
+                   f"{s.peak_seconds:g} s on {describe(ctx.device)}, {ctx.threads} CPU threads")
+
+
+# ---------------------------------------------------------------------------- analysis (from the windows file)
+
+def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, peak: float | None,
+              threads: int) -> tuple[pd.DataFrame, dict]:
+    """throughput.csv rows and the decisions (largest useful batch size, strict and not; diagnosis),
+    computed from the windows."""
+    rows, sizes = [], []
+    split = {e["batch_size"]: {p: e[p] for p in timing.PHASES} for e in extras}
+    for e in sorted(extras, key=lambda e: e["batch_size"]):
+        b = e["batch_size"]
+        pipe = windows[(windows.batch_size == b) & (windows["mode"] == "pipeline")].examples_per_s.tolist()
+        dev = windows[(windows.batch_size == b) & (windows["mode"] == "on_device")].examples_per_s.tolist()
+        med, lo, hi = timing.median_interval(pipe, s.confidence)
+        dmed, dlo, dhi = timing.median_interval(dev, s.confidence)
+        slow, slow_lo, slow_hi = timing.ratio_interval(dev, pipe, s.confidence, seed=b)
+        stop = windows[(windows.batch_size == b) & (windows["mode"] == "pipeline")].stop_reason.iloc[-1]
+        rows.append({"batch_size": b, "examples_per_s": med, "examples_per_s_ci_low": lo, "examples_per_s_ci_high": hi,
+                     "time_per_step_s": b / med, "windows": len(pipe), "steps_per_window": e["steps_per_window"],
+                     "stop_reason": stop, "relative_half_width": (hi - lo) / 2 / med,
+                     "window_spread": max(pipe) / min(pipe),
+                     **split[b], "on_device_examples_per_s": dmed, "on_device_ci_low": dlo, "on_device_ci_high": dhi,
+                     "input_slowdown": slow, "input_slowdown_low": slow_lo, "input_slowdown_high": slow_hi,
+                     "input_bound": bool(slow_lo > s.input_bound_ratio)})
+        sizes.append(timing.SizeTiming(b, pipe, split[b]))
+    doublings = timing.doubling_analysis(sizes, s.doubling_threshold, s.scaling_ratio, s.confidence)
+    largest = timing.largest_useful_batch_size(doublings)
+    for row, d in zip(rows, doublings):
+        fpe = next(e["flops_per_example"] for e in extras if e["batch_size"] == row["batch_size"])
+        achieved = None if fpe is None else fpe * row["examples_per_s"]
+        row.update({"doubling_from": d.doubling_from, "doubling_ratio": d.doubling_ratio,
+                    "doubling_ratio_low": d.doubling_ratio_low, "doubling_ratio_high": d.doubling_ratio_high,
+                    "regime": d.regime, "grew_most": d.grew_most, "useful": row["batch_size"] <= largest,
+                    "flops_per_example": fpe, "achieved_flops_per_s": achieved,
+                    "utilisation": None if achieved is None or not peak else achieved / peak, "threads": threads})
+    diagnosis = timing.diagnose(doublings, {r["batch_size"]: r["input_bound"] for r in rows}, split, s.scaling_ratio)
+    worst = max(rows, key=lambda r: r["window_spread"])
+    if worst["window_spread"] > NOISY_SPREAD:
+        parked = (f" (with {threads} torch threads, every parallel region waits for any thread the OS has parked;"
+                  f" runtime.threads below the free cores helps)" if threads > 1 else "")
+        diagnosis += (f" Warning: window throughput varied up to {worst['window_spread']:.1f}x within batch size "
+                      f"{worst['batch_size']}: something else used the device or CPU during the measurement{parked}, "
+                      f"so intervals are wide; rerun on an idle machine.")
+    return pd.DataFrame(rows), {"largest_useful_batch_size": largest,
+                                "largest_clearly_useful_batch_size": timing.largest_useful_batch_size(doublings, strict=True),
+                                "diagnosis": diagnosis}
+
+
+# ---------------------------------------------------------------------------- plots
+
+def plot(frame: pd.DataFrame, largest: int, out: Path) -> None:
+    b = frame.batch_size
+    fig, ax = figure("Throughput by batch size", "batch size", "examples / s", logx=True, logy=True)
+    ax.errorbar(b, frame.examples_per_s, yerr=[frame.examples_per_s - frame.examples_per_s_ci_low,
+                frame.examples_per_s_ci_high - frame.examples_per_s], marker="o", capsize=3, label="real input pipeline")
+    ax.plot(b, frame.on_device_examples_per_s, "s--", alpha=0.7, label="one batch kept on the device")
+    ax.plot(b, frame.examples_per_s.iloc[0] * b / b.iloc[0], ":", color="gray", label="ideal doubling")
+    ax.axvline(largest, color="green", alpha=0.4, label=f"largest useful ({largest})")
+    ax.legend()
+    save(fig, out / "examples_per_s.png")
+
+    fig, ax = figure("Time per step by batch size", "batch size", "seconds / step", logx=True, logy=True)
+    ax.errorbar(b, frame.time_per_step_s, yerr=[frame.time_per_step_s - b / frame.examples_per_s_ci_high,
+                b / frame.examples_per_s_ci_low - frame.time_per_step_s], marker="o", capsize=3)
+    save(fig, out / "time_per_step.png")
+
+    fig, ax = figure("Where a step's time goes", "batch size", "share of the step (%)")
+    total = frame[list(timing.PHASES)].sum(axis=1)
+    bottom = pd.Series(0.0, index=frame.index)
+    labels = [str(x) for x in b]
+    for phase in timing.PHASES:
+        share = 100 * frame[phase] / total
+        ax.bar(labels, share, bottom=bottom, label=timing.PHASE_NAMES[phase])
+        bottom += share
+    for i, t in enumerate(total):  # vertical: with a dozen sizes, horizontal labels run into each other
+        ax.text(i, 101, f"{t * 1e3:.2g} ms", ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set_ylim(0, 122)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=7, frameon=False)
+    save(fig, out / "time_split.png")
+
+
+# ---------------------------------------------------------------------------- main
+
+def main() -> None:
+    started = time.perf_counter()
+    params = load_params()
+    s = params.throughput
+    check_settings(s)
+    ctx = setup(params=params)
+    feasible = feasible_batch_sizes(PROBE_DIR / "probe.csv")
+    probe_metrics = read_json(PROBE_DIR / "metrics.json")
+    sizes = [b for b in feasible if s.max_batch_size is None or b <= s.max_batch_size]
+    if not sizes:
+        raise SystemExit(f"kickoff: error: no batch size to measure: probe found {feasible or 'none'} feasible"
+                         + (f", throughput.max_batch_size is {s.max_batch_size}" if s.max_batch_size else ""))
+    info(STAGE, f"{ctx.workload.name} on {describe(ctx.device)}, {ctx.threads} threads; sizes {sizes}")
+    peak, peak_method = peak_flops(ctx, s)
+    info(STAGE, f"peak matmul: {'n/a' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} ({peak_method})")
+    windows, extras = measure_sizes(ctx, sizes, s)
+    frame_windows = pd.DataFrame(windows)
+    frame, decision = summarise(frame_windows, extras, s, peak, ctx.threads)
+    largest, diagnosis = decision["largest_useful_batch_size"], decision["diagnosis"]
+    for r in frame.itertuples():
+        info(STAGE, f"batch {r.batch_size}: {r.examples_per_s:,.0f} examples/s [{r.examples_per_s_ci_low:,.0f}, "
+                    f"{r.examples_per_s_ci_high:,.0f}] over {r.windows} windows ({r.stop_reason}); on device "
+                    f"{r.on_device_examples_per_s:,.0f}; data {r.data_wait_s * 1e3:.3g} ms, copy {r.copy_s * 1e3:.3g} ms, "
+                    f"compute {r.compute_s * 1e3:.3g} ms per step; {r.regime}")
+    model = ctx.workload.init_model()
+    metrics = {
+        **decision,
+        "feasible_batch_sizes": feasible,
+        "measured_batch_sizes": sizes,
+        "input_bound_batch_sizes": [int(b) for b in frame.batch_size[frame.input_bound]],
+        "regimes": {str(r.batch_size): r.regime for r in frame.itertuples()},
+        "peak_flops_per_s": peak,
+        "peak_flops_method": peak_method,
+        "flops_counted": FLOPS_COUNTED,
+        "device": describe(ctx.device),
+        "probe_device": probe_metrics.get("device"),
+        "threads": ctx.threads,
+        "confidence": s.confidence,
+        "interval_method": ("examples/s: median over windows, distribution-free order-statistic interval; ratios: "
+                            "ratio of medians, percentile bootstrap (2000 resamples, fixed seed)"),
+        "time_split_method": SPLIT_METHOD,
+        "learning_rate": MEASURE_LR,
+        "workload": ctx.workload.name,
+        "parameter_count": parameter_count(model),
+        "seconds": time.perf_counter() - started,
+    }
+    write_csv(OUT_DIR / "windows.csv", frame_windows)
+    write_csv(OUT_DIR / "throughput.csv", frame)
+    write_json(OUT_DIR / "metrics.json", metrics)
+    plot(frame, largest, OUT_DIR)
+    info(STAGE, f"largest useful batch size {largest}. {diagnosis}")
+
