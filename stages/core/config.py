@@ -37,6 +37,16 @@ def setting(default: Any, help: str, *, min: float | None = None, max: float | N
     return field(default=default, metadata=meta)
 
 
+def allowed_range(meta: dict) -> str | None:
+    """'[0.0, 1.0)' for a setting's min/max metadata (the notation of the error messages), None if unbounded."""
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is None and hi is None:
+        return None
+    left = "(" if meta.get("min_exclusive") else "["
+    right = ")" if meta.get("max_exclusive") else "]"
+    return f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+
+
 # ---------------------------------------------------------------------------- value checkers
 
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -52,6 +62,7 @@ def parse_size(text: str) -> int:
 
 
 def _check_budget(value: str) -> str | None:
+    """'auto' or a positive size such as '6GiB', '512MiB', '2GB'"""
     if value == "auto":
         return None
     try:
@@ -63,16 +74,19 @@ def _check_budget(value: str) -> str | None:
 
 
 def _check_device(value: str) -> str | None:
+    """auto, cpu, cuda, cuda:N or mps"""
     if re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", value):
         return None
     return "one of auto, cpu, cuda, cuda:N, mps"
 
 
 def _check_pow2(value: int) -> str | None:
+    """a power of two"""
     return None if value & (value - 1) == 0 else "a power of two (1, 2, 4, ...); list other sizes in probe.batch_sizes"
 
 
 def _check_distinct_sizes(value: list | None) -> str | None:
+    """null or a non-empty list of distinct positive integers"""
     if value is None:
         return None
     if not value or any(b < 1 for b in value) or len(set(value)) != len(value):
@@ -81,12 +95,14 @@ def _check_distinct_sizes(value: list | None) -> str | None:
 
 
 def _check_sorted_unique(value: list) -> str | None:
+    """a non-empty, increasing list of distinct positive integers"""
     if not value or any(b < 1 for b in value) or sorted(set(value)) != list(value):
         return "a non-empty, increasing list of distinct positive integers"
     return None
 
 
 def _check_noise_pair(value: list | None) -> str | None:
+    """null or [small, big] with 0 < small < big and big a multiple of small"""
     if value is None:
         return None
     if len(value) != 2 or not 0 < value[0] < value[1] or value[1] % value[0]:
@@ -98,14 +114,18 @@ def _check_noise_pair(value: list | None) -> str | None:
 
 @dataclass(frozen=True)
 class WorkloadSettings:
+    """Which model and data: a built-in workload or your own (docs/own-model.md)."""
+
     name: str = setting("digits_mlp", "built-in workload name, or 'package.module:factory' for your own")
     kwargs: dict = setting({}, "keyword arguments passed to the workload factory (model hyperparameters, target, ...)")
-    sources: list[str] = setting([], "your workload's source files/folders, so DVC and Snakemake rerun when they change")
+    sources: list[str] = setting([], "your workload's source files/folders, so DVC and Snakemake rerun when they change; after editing the list, run `python -m stages.pipeline`")
 
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    name: Literal["sgd", "adam", "adamw"] = setting("sgd", "optimizer; only the learning rate is tuned, the rest stay fixed")
+    """One optimizer; only the learning rate is tuned (by scaling), the values here stay fixed."""
+
+    name: Literal["sgd", "adam", "adamw"] = setting("sgd", "the optimizer; the values below stay fixed, only the learning rate is tuned")
     momentum: float = setting(0.9, "SGD momentum (fixed)", min=0.0, max=1.0, max_exclusive=True)
     nesterov: bool = setting(False, "SGD Nesterov momentum (fixed)")
     beta1: float = setting(0.9, "Adam/AdamW beta1 (fixed)", min=0.0, max=1.0, max_exclusive=True)
@@ -116,6 +136,8 @@ class OptimizerSettings:
 
 @dataclass(frozen=True)
 class RuntimeSettings:
+    """Where every stage runs and how: device, seed, CPU threads."""
+
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", check=_check_device)
     seed: int = setting(0, "seed for model init and data order; same seed, same loss sequence on CPU", min=0)
     threads: int = setting(1, "CPU threads torch may use (recorded with every measurement); raise it for models large enough to split across cores", min=1)
@@ -123,6 +145,8 @@ class RuntimeSettings:
 
 @dataclass(frozen=True)
 class ProbeSettings:
+    """Which batch sizes fit in memory (docs/probe.md)."""
+
     min_batch_size: int = setting(1, "smallest power-of-two candidate", min=1, check=_check_pow2)
     max_batch_size: int = setting(4096, "largest power-of-two candidate (sizes above the training-set size are capped, never run)", min=1, check=_check_pow2)
     batch_sizes: list[int] | None = setting(None, "explicit candidate list instead of powers of two (optional; tried in increasing order)", check=_check_distinct_sizes)
@@ -135,6 +159,8 @@ class ProbeSettings:
 
 @dataclass(frozen=True)
 class ThroughputSettings:
+    """Examples per second at every feasible batch size (docs/throughput.md)."""
+
     max_batch_size: int | None = setting(None, "only measure feasible sizes up to this (optional)", min=1)
     warmup_steps: int = setting(5, "uncounted steps per size before timing (allocator growth, autotuning, caches)", min=0)
     window_seconds: float = setting(0.05, "target length of one timed window, seconds; steps per window are calibrated to it", min=0.0, min_exclusive=True)
@@ -152,6 +178,8 @@ class ThroughputSettings:
 
 @dataclass(frozen=True)
 class ScalingSettings:
+    """Steps to the target per batch size, the learning rate retuned at each (docs/scaling.md)."""
+
     batch_sizes: list[int] = setting([4, 8, 16, 32, 64, 128, 256, 512, 1024], "batch sizes the study fans out over (one job each); sizes ruled out by probe/throughput or above the training-set size are recorded as skipped", check=_check_sorted_unique)
     lr_min: float = setting(1.0e-2, "smallest learning rate searched", min=0.0, min_exclusive=True)
     lr_max: float = setting(2.0, "largest learning rate searched", min=0.0, min_exclusive=True)
@@ -169,6 +197,8 @@ class ScalingSettings:
 
 @dataclass(frozen=True)
 class SelectSettings:
+    """The initial configuration: batch size, learning rate, step budget (docs/select.md)."""
+
     objective: Literal["time", "resource"] = setting("time", "minimise training time or resource use (device-hours x cost)")
     max_devices: int = setting(1, "devices data parallelism may use for batches above the per-device maximum", min=1)
     scaling_efficiency: float = setting(0.9, "fraction of per-device throughput kept on each device when data-parallel", min=0.0, max=1.0, min_exclusive=True)
@@ -178,6 +208,8 @@ class SelectSettings:
 
 @dataclass(frozen=True)
 class BaselineSettings:
+    """One training run of the selected configuration (docs/baseline.md)."""
+
     eval_every: int | None = setting(None, "evaluate every N steps (default: often enough to resolve steps to target within 5%)", min=1)
 
 
@@ -278,10 +310,7 @@ def _check_range(key: str, value: Any, meta: dict) -> None:
         bad_lo = lo is not None and (v <= lo if meta.get("min_exclusive") else v < lo)
         bad_hi = hi is not None and (v >= hi if meta.get("max_exclusive") else v > hi)
         if bad_lo or bad_hi:
-            left = "(" if meta.get("min_exclusive") else "["
-            right = ")" if meta.get("max_exclusive") else "]"
-            rng = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-            raise ConfigError(f"{key}: received {value!r}; allowed: a value in {rng} ({meta['help']})")
+            raise ConfigError(f"{key}: received {value!r}; allowed: a value in {allowed_range(meta)} ({meta['help']})")
     check = meta.get("check")
     if check is not None:
         allowed = check(value)
