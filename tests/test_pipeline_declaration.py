@@ -18,7 +18,7 @@ from tests.conftest import ROOT, make_project, run, write_params
 
 pytestmark = pytest.mark.e2e
 
-# A user workload plugged in through params.yaml (the README's recipe): a small noisy quadratic.
+# A user workload plugged in through params.yaml (docs/own-model.md's recipe): a small noisy quadratic.
 USER_WORKLOAD = '''\
 from stages.workloads.nqm import NoisyQuadratic
 

@@ -151,9 +151,8 @@ def test_fit_cli_reports_a_degenerate_table_clearly(tmp_path):
     assert proc.returncode == 2 and "batch_size" in proc.stderr
 
 
-def test_the_readme_example_gives_the_documented_result():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("<!-- section:scaling -->")[1].split("<!-- section:")[0]
+def test_the_fit_example_in_the_docs_gives_the_documented_result():
+    section = (ROOT / "docs/scaling.md").read_text()
     block = section.split("$ cat table.csv\n")[1].split("$ python")[0].strip().splitlines()
     assert block[0] == "batch_size,steps_to_target"
     b, s = zip(*(map(float, line.split(",")) for line in block[1:]))

@@ -1,7 +1,7 @@
 """The team workflow, end to end with the real git, dvc and snakemake in a temporary repository:
 two commits that differ in the model width (a tag pinned as the baseline, a branch compared with
 it) through `dvc params/metrics/plots diff`, the pull-request review script, experiments with
-`dvc exp run -S`, `snakemake --lint`, the cluster profiles, and the CI workflow against the README.
+`dvc exp run -S`, `snakemake --lint`, the cluster profiles, and the CI workflow against the documentation (README.md, docs/).
 
 The repository is built once per module (two `dvc repro` on the small configuration) and shared;
 the tests that change its state (experiments) come last and put it back.
@@ -34,14 +34,14 @@ TAG, BRANCH = "baseline-v1", "wider"
 WORKFLOW = ROOT / ".github/workflows/pr-review.yml"
 
 
-def team_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split("<!-- section:team -->", 1)[1].split("<!-- section:", 1)[0]
+def team_page() -> str:
+    return (ROOT / "docs/team.md").read_text()
 
 
-def readme_commands() -> list[str]:
-    """Every command line in the README's code blocks, comments stripped."""
-    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+def documented_commands() -> list[str]:
+    """Every command line in the code blocks of README.md and docs/*.md, comments stripped."""
+    text = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
 
@@ -111,7 +111,7 @@ def test_cluster_profiles_place_the_rules_that_train_on_gpus():
         assert {r for r, res in per_rule.items() if res.get(key) == value} == gpu_rules, name
 
 
-def test_ci_workflow_is_valid_and_runs_the_commands_the_readme_documents():
+def test_ci_workflow_is_valid_and_runs_the_documented_commands():
     workflow = yaml.safe_load(WORKFLOW.read_text())
     assert "pull_request" in (workflow.get("on") or workflow.get(True))  # YAML 1.1 reads `on` as True
     assert workflow["permissions"]["pull-requests"] == "write"
@@ -123,20 +123,20 @@ def test_ci_workflow_is_valid_and_runs_the_commands_the_readme_documents():
 
     script = (ROOT / ".ci/pr-review").read_text()
     assert script.splitlines()[0] == "#!/usr/bin/env bash" and (ROOT / ".ci/pr-review").stat().st_mode & 0o111
-    documented = readme_commands()
-    section = team_section()
-    # the install and review commands the workflow runs are the README's
+    documented = documented_commands()
+    section = team_page()
+    # the install and review commands the workflow runs are documented
     for line in (ln.strip() for ln in runs.splitlines()):
         if line.startswith("make "):
             assert line in documented, line
         if line.startswith(".ci/pr-review"):
             assert any(d.startswith(".ci/pr-review ") for d in documented), line
-    # every dvc / python -m subcommand the review script runs is documented in the team section
+    # every dvc / python -m subcommand the review script runs is documented on the team page
     commands = re.findall(r"^\s*(?:\{ )?((?:dvc (?:exp run|params diff|metrics diff|plots diff))|python -m stages\.\w+)",
                           script, flags=re.M)
     assert {"dvc exp run", "dvc params diff", "dvc metrics diff", "dvc plots diff"} <= set(commands)
     for command in set(commands):
-        assert command in section, f"{command!r} (run by .ci/pr-review) is not in README's team section"
+        assert command in section, f"{command!r} (run by .ci/pr-review) is not in docs/team.md"
     assert "dvc exp run $(python -m stages.pipeline.overrides profiles/small/params.yaml)" in documented
     assert "python -m stages.pipeline.overrides profiles/small/params.yaml" in script
 
@@ -154,7 +154,7 @@ def team(tmp_path_factory):
 
     first = run(["dvc", "repro"], root)
     run("git add -A && git commit -q -m 'results, width 64'", root)
-    run(["git", "tag", "-a", TAG, "-m", "kickoff baseline"], root)  # as README: the pinned baseline
+    run(["git", "tag", "-a", TAG, "-m", "kickoff baseline"], root)  # as docs/team.md: the pinned baseline
 
     run(["git", "checkout", "-q", "-b", BRANCH], root)
     kwargs = yaml.safe_load((root / "params.yaml").read_text())["workload"]["kwargs"]
@@ -220,8 +220,8 @@ def test_plots_diff_renders_every_plot_for_both_revisions_with_log_axes(team, tm
 
 
 @pytest.mark.e2e
-def test_the_readmes_baseline_commands_compare_the_branch_with_the_tag(team):
-    commands = [c for c in readme_commands() if c.startswith("dvc ") and f" {TAG} my-branch" in c]
+def test_the_documented_baseline_commands_compare_the_branch_with_the_tag(team):
+    commands = [c for c in documented_commands() if c.startswith("dvc ") and f" {TAG} my-branch" in c]
     assert {c.split()[1] for c in commands} == {"params", "metrics", "plots"}
     for command in commands:
         out = run(shlex.split(command.replace("my-branch", BRANCH)), team.root, check=True).stdout

@@ -147,14 +147,13 @@ def test_user_workload_by_import_path_goes_through_the_same_registry():
     assert not better_than_chance(workload), "a target equal to chance is not 'clearly better than chance'"
 
 
-def test_the_readme_example_workload_works_as_documented(tmp_path, monkeypatch):
-    """The README's own-model example, copied verbatim, plugs in by import path and trains to its target."""
+def test_the_own_model_example_workload_works_as_documented(tmp_path, monkeypatch):
+    """docs/own-model.md's example, copied verbatim, plugs in by import path and trains to its target."""
     import re
     import sys
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("<!-- section:own-model -->", 1)[1]
+    section = (Path(__file__).resolve().parent.parent / "docs/own-model.md").read_text()
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     params = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     (tmp_path / "my_project").mkdir()

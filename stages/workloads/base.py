@@ -27,7 +27,7 @@ Direction = Literal["above", "below"]
 
 
 class Workload(abc.ABC):
-    """Subclass this for your own model; see README "Use your own model"."""
+    """Subclass this for your own model; see docs/own-model.md."""
 
     name: str = "workload"
     target_metric: str = "accuracy"   # a key of evaluate()'s result
