@@ -137,6 +137,13 @@ def test_a_hash_inside_quotes_is_a_value_not_a_comment():
     assert yaml.safe_load(out)["refine"]["mode"] == "golden#1"
 
 
+def test_a_section_written_inline_keeps_its_value():
+    out = docs.params_with_comments("other: {flag: false}   # old\n", FAKE)
+    assert out.startswith("other: {flag: false}")
+    assert yaml.safe_load(out) == {"other": {"flag": False}, "refine": yaml.safe_load(out)["refine"]}
+    assert docs.params_with_comments(out, FAKE) == out
+
+
 @pytest.mark.parametrize("text, named", [("refine:\n  round: 2\n", "refine.round"),
                                          ("refinement:\n  rounds: 2\n", "refinement")])
 def test_an_unknown_key_is_refused_with_its_name(text, named):

@@ -79,7 +79,7 @@ def allowed_text(tp: Any, meta: dict) -> str:
         parts.append(rng)
     check = meta.get("check")
     if check is not None:
-        parts.append(" ".join((check.__doc__ or f"checked by {check.__name__}").split()))
+        parts.append(" ".join((check.__doc__ or "further restricted: see the meaning").split()))
     return "; ".join(parts) or "any"
 
 
@@ -179,6 +179,7 @@ def params_with_comments(text: str, sections: dict[str, type] = SECTIONS, source
     key_indent: int | None = None
     seen: dict[str, list[str]] = {}
     indents: dict[str, int] = {}      # each section's key indent, for the keys added below
+    inline: set[str] = set()
     section_end: dict[str, int] = {}  # index in `out` after the section's last key (and its nested lines)
 
     def flush_pending() -> None:
@@ -206,6 +207,8 @@ def params_with_comments(text: str, sections: dict[str, type] = SECTIONS, source
                 raise ConfigError(f"{source}: {name}: section appears twice; allowed: each section once")
             section, key_indent = name, None
             seen[name] = []
+            if code.partition(":")[2].strip():  # written inline (`baseline: {}`): no key lines can follow it
+                inline.add(name)
             out.extend(_with_comment(code, section_doc(sections[name]), 0))
             section_end[name] = len(out)
             continue
@@ -231,7 +234,7 @@ def params_with_comments(text: str, sections: dict[str, type] = SECTIONS, source
     flush_pending()
 
     # settings the file lacks: added with their defaults, after the section's last key
-    for name in reversed([n for n in seen]):
+    for name in reversed([n for n in seen if n not in inline]):
         cls, indent = sections[name], indents.get(name, 2)
         missing = [f for f in dataclasses.fields(cls) if f.name not in seen[name]]
         added = [ln for f in missing
