@@ -73,7 +73,7 @@ class TrialResult:
     examples_run: int
     seconds: float
     final_metrics: dict[str, float]
-    curve: list[dict] = field(default_factory=list)  # rows: step, train_loss, train_seconds, <metrics...>
+    curve: list[dict] = field(default_factory=list)  # rows: step, train_loss, <metrics...>, train_seconds
     reason: str = ""
     eval_seconds: float = 0.0       # spent in evaluations, not part of `seconds`
     fell_back_at: Steps | None = None  # first evaluated step after the target at which it was missed again
@@ -130,7 +130,7 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
         metrics = evaluate(model, workload, device)
         synchronize(device)
         eval_seconds += time.perf_counter() - eval_start
-        curve.append({"step": step, "train_loss": train_loss, "train_seconds": train_seconds, **metrics})
+        curve.append({"step": step, "train_loss": train_loss, **metrics, "train_seconds": train_seconds})
         value = metrics[workload.target_metric]
         finite = math.isfinite(train_loss) and math.isfinite(value)
         met = finite and target_reached(value, workload.target_value, workload.target_direction)
