@@ -104,7 +104,9 @@ def read_measurements(target: Target, margin: float) -> tuple[Measurements, pd.D
 
 
 def tie_label(sel: Selection) -> str:
-    """A short label of the tie rule's outcome, e.g. '128~256: fewer devices, then smaller batch'."""
+    """A short label of the tie rule's outcome, '128~256: chose 128 (fewer devices, then smaller batch)' or
+    'none'. The review of a pull request reads the sizes back from it (stages/report/review.tied_sizes):
+    DVC leaves list metrics such as tied_batch_sizes out of its diffs."""
     if not sel.tied:
         return "none"
     return "~".join(map(str, sel.tied)) + f": chose {int(sel.chosen['batch_size'])} (fewer devices, then smaller batch)"
@@ -153,7 +155,7 @@ def main() -> None:
                     workload.chance_score, better_than_chance(workload))
     study = Study(params.scaling.max_steps, params.scaling.lr_min, params.scaling.lr_max)
     try:
-        measurements, _ = read_measurements(target, params.select.step_budget_margin)
+        measurements, choices = read_measurements(target, params.select.step_budget_margin)
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     sel = select(measurements, params.select, target, study)  # raises (writing nothing) if not reasonable
@@ -175,6 +177,9 @@ def main() -> None:
         "runner_up_objective_value": float(sel.runner_up[OBJECTIVE_COLUMN[sel.objective]]) if sel.runner_up else None,
         "candidates": int(sel.table["considered"].sum()),
         "critical_batch_size": measurements.critical_batch_size,
+        # the chosen rate's steps over its seeds: the interval a reviewer compares a change with
+        **{k: float(choices.set_index("batch_size").at[int(c["batch_size"]), k])
+           for k in ("steps_to_target_min", "steps_to_target_max")},
         "tied_batch_sizes": sel.tied,
         "tie": tie_label(sel),
     })
