@@ -98,5 +98,7 @@ def test_the_training_clock_leaves_out_a_slow_evaluation():
     assert (m["predicted_steps_to_target"], m["measured_steps_to_target"], m["steps_to_target_ratio"]) == (5.0, 6, 1.2)
     assert 6 * 0.002 <= m["measured_time_to_target_s"] < 0.15  # 5 evaluations (0.25 s) happened before it
     assert m["time_to_target_ratio"] == pytest.approx(m["measured_time_to_target_s"] / 0.01)
-    assert m["time_per_step_ratio"] == pytest.approx(result.seconds / 10 / 0.002)
+    first = result.curve[0]["train_seconds"]  # step 1, its start-up included
+    assert m["first_step_seconds"] == first and 0.002 <= first < 0.05
+    assert m["time_per_step_ratio"] == pytest.approx((result.seconds - first) / 9 / 0.002)
     assert m["final_meets_target"] is True

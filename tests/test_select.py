@@ -356,7 +356,7 @@ def test_no_rate_that_holds_anywhere_stops_naming_why():
     choices = choose_rates(trials, curves, TARGET, 1.2)
     assert not choices["holds"].any()
     m = synthetic(lambda b: 0.01, lambda b: 30.0, studied=[64, 128])
-    m.steps["status"] = "reached"
+    m.steps["status"], m.steps["reason"] = "reached", math.nan  # an all-empty reason column reads back as float
     m = Measurements(m.probe, m.max_batch_size, m.throughput, m.largest_useful_batch_size,
                      trusted_steps(m.steps, choices), device="cpu")
     with pytest.raises(NotReasonable, match="at none did every seed of a learning rate stay at it through its step budget"):

@@ -160,7 +160,10 @@ def predictions_table(m: dict | None) -> list[str]:
     if m is None or not any(f"predicted_{key}" in m for _, key, _ in PREDICTIONS):
         return []
     lines = ["Predicted by select (`initial_config.yaml`) and measured by this run; times exclude the "
-             f"evaluations ({fmt(m.get('eval_seconds'), 'eval_seconds')} spent in them, timed apart):", "",
+             f"evaluations ({fmt(m.get('eval_seconds'), 'eval_seconds')} spent in them, timed apart). The time per "
+             "step is the steady rate after the first step, whose one-off start-up cost "
+             f"({fmt(m.get('first_step_seconds'), 'first_step_seconds')}) the prediction leaves out and the time to "
+             "target includes:", "",
              "| | predicted | measured | measured / predicted |", "|---|---:|---:|---:|"]
     for label, key, ratio in PREDICTIONS:
         r = m.get(ratio)

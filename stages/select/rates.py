@@ -139,10 +139,12 @@ def trusted_steps(steps: pd.DataFrame, choices: pd.DataFrame) -> pd.DataFrame:
     A size where no rate holds becomes status `not_held` (reason: why each was rejected). The steps
     interval columns describe scaling's best rate, so they stay only where that rate was kept."""
     out = steps.copy()
+    for col in ("status", "reason"):  # text columns (an all-empty one reads back as float)
+        out[col] = out[col].astype(object) if col in out else ("reached" if col == "status" else "")
     by_size = choices.set_index("batch_size")
     for col in ("rate_why", "step_budget"):
         out[col] = out["batch_size"].map(by_size[col]) if len(by_size) else math.nan
-    status = out["status"] if "status" in out else pd.Series(["reached"] * len(out), index=out.index)
+    status = out["status"]
     for i, b in zip(out.index, out["batch_size"]):
         if status[i] != "reached":
             continue
