@@ -321,6 +321,10 @@ def test_a_rate_whose_seed_falls_back_before_the_budget_ends_is_rejected():
     row = choose_rates(trials, curves, TARGET, 1.2).iloc[0]
     assert row["learning_rate"] == 0.3 and row["steps_to_target"] == 44 and row["step_budget"] == 53
     assert "lr 0.8: seed 1 fell back to accuracy 0.9 at step 36, before the budget's end (39)" in row["rate_why"]
+    assert "fewer seeds" not in row["rate_why"]
+    trials, curves = rates_frames(((64, 0.8, {0: 30, 1: 32, 2: 34}), {"dip_at": {1: 36}}), ((64, 0.3, {0: 40}), {}))
+    row = choose_rates(trials, curves, TARGET, 1.2).iloc[0]
+    assert row["learning_rate"] == 0.3 and "checked on fewer seeds than the size's most-run rate (3)" in row["rate_why"]
     # the same dip after the budget's end does not matter: the baseline never trains that far
     trials, curves = rates_frames(((64, 0.8, {0: 30, 1: 32, 2: 34}), {"dip_at": {1: 45}}),
                                   ((64, 0.3, {0: 40, 1: 44, 2: 48}), {}))

@@ -105,6 +105,10 @@ def pick(checks: list[RateCheck]) -> tuple[RateCheck | None, str]:
     near = [c for c in ok if c.median_steps <= best.median_steps + best.spread]
     chosen = min(near, key=lambda c: c.learning_rate)
     why = f"lr {chosen.learning_rate:.3g}: every seed ({len(chosen.seeds)}) holds the target through the budget ({chosen.step_budget} steps)"
+    most = max(len(c.seeds) for c in checks)
+    if len(chosen.seeds) < most:  # the seed reruns went to rates that did not hold: say how thin this is
+        why += (f" -- checked on fewer seeds than the size's most-run rate ({most}); raise scaling.rerun_top "
+                f"so more rates get the extra seeds")
     if chosen is not best:
         why += (f"; the smallest rate within the best's seed spread (lr {best.learning_rate:.3g}: median "
                 f"{best.median_steps:.0f} steps, spread {best.spread:.0f}; this one {chosen.median_steps:.0f})")
