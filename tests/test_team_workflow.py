@@ -142,6 +142,7 @@ def test_review_marks_overlapping_intervals_as_noise_and_unchanged_values_as_sam
     # a base revision from before select recorded ties: a size change cannot be judged, and says so
     old = recommendation(_diff(select={"batch_size": (128, 64)}))
     assert "| batch size | 128 | 64 | changed (no interval recorded) |" in old
+    assert "| B_crit (95% interval) | – | – | not recorded |" in old
 
 
 def test_conda_env_mirrors_pyproject_runtime_dependencies():

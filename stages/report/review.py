@@ -172,6 +172,7 @@ def recommendation(diff: dict, old_name: str = "base", new_name: str = "this bra
     rows.append(("baseline at the end of its budget", outcome[0], outcome[1],
                  SAME if outcome[0] == outcome[1] else "**changed**" if flipped else "changed (one run each: no interval)"))
     lines = [f"| recommendation | {old_name} | {new_name} | change |", "|---|---:|---:|---|"]
+    rows = [(a, b, c, "not recorded" if b == c == "–" else d) for a, b, c, d in rows]
     return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
 
 
