@@ -30,7 +30,11 @@ def test_select_then_baseline_reaches_the_target_on_the_default_workload(tmp_pat
     assert metrics["best_accuracy"] == pytest.approx(curve_max := pd.read_csv(out / "curve.csv")["accuracy"].max())
     assert metrics["final_meets_target"] == (metrics["accuracy"] >= 0.95) and curve_max >= 0.95
     assert metrics["train_steps"] == 96 and metrics["batch_size"] == 64 and metrics["learning_rate"] == 0.3
-    assert metrics["train_seconds"] > 0 and 0 < metrics["seconds_to_target"] <= metrics["train_seconds"]
+    assert metrics["train_seconds"] > 0 and 0 < metrics["measured_time_to_target_s"] <= metrics["train_seconds"]
+    assert metrics["eval_seconds"] > 0
+    assert metrics["predicted_steps_to_target"] == 80 and metrics["predicted_time_per_step_s"] == pytest.approx(0.00328)
+    assert metrics["steps_to_target_ratio"] == pytest.approx(metrics["steps_to_target"] / 80)
+    assert metrics["time_to_target_ratio"] == pytest.approx(metrics["measured_time_to_target_s"] / (0.00328 * 80))
     curve = pd.read_csv(out / "curve.csv")
     assert list(curve.columns[:3]) == ["step", "train_loss", "accuracy"]
     assert curve["step"].iloc[-1] == 96  # trained the whole budget, not stopped at the target
@@ -69,3 +73,32 @@ def test_default_eval_steps_resolve_steps_to_target_within_5_percent():
     steps = eval_steps(1000, None)
     assert steps[0] == 1 and steps[-1] == 1000
     assert all(b <= max(a + 1, a * 1.05 + 1) for a, b in zip(steps, steps[1:]))
+
+
+def test_the_training_clock_leaves_out_a_slow_evaluation():
+    """10 steps of ~2 ms, each followed by a 50 ms evaluation: the evaluations (>= 0.5 s) are reported
+    apart, and neither the training time nor the time to target contains them."""
+    import torch
+
+    from stages.baseline.stage import baseline_metrics
+    from stages.core.config import OptimizerSettings
+    from stages.core.train import train_to_target
+    from tests.scripted_workload import ScriptedWorkload
+
+    workload = ScriptedWorkload(lambda s: 0.96 if s >= 6 else 0.5, eval_sleep_s=0.05, step_sleep_s=0.002)
+    result = train_to_target(workload, OptimizerSettings(), 0.01, 4, 0, torch.device("cpu"), 10,
+                             eval_steps=list(range(1, 11)), stop_at_target=False)
+    assert result.steps_run == 10 and len(result.curve) == 10
+    assert result.eval_seconds >= 10 * 0.05
+    assert 10 * 0.002 <= result.seconds < 0.25  # would be >= 0.52 with the evaluations inside
+    config = {"batch_size": 4, "learning_rate": 0.01, "steps_to_target": 5.0, "time_per_step_s": 0.002,
+              "expected_time_to_target_s": 0.01}
+    m = baseline_metrics(result, workload, config, 0, "cpu")
+    assert m["train_seconds"] == result.seconds and m["eval_seconds"] == result.eval_seconds
+    assert (m["predicted_steps_to_target"], m["measured_steps_to_target"], m["steps_to_target_ratio"]) == (5.0, 6, 1.2)
+    assert 6 * 0.002 <= m["measured_time_to_target_s"] < 0.15  # 5 evaluations (0.25 s) happened before it
+    assert m["time_to_target_ratio"] == pytest.approx(m["measured_time_to_target_s"] / 0.01)
+    first = result.curve[0]["train_seconds"]  # step 1, its start-up included
+    assert m["first_step_seconds"] == first and 0.002 <= first < 0.05
+    assert m["time_per_step_ratio"] == pytest.approx((result.seconds - first) / 9 / 0.002)
+    assert m["final_meets_target"] is True

@@ -31,8 +31,13 @@ def write_outputs(root: Path) -> None:
                                          "ci_low": 120.0, "ci_high": 260.0, "s_min": 95.0, "e_min": 17200.0,
                                          "gradient_noise_scale": 150.2, "compute_saved_fraction": 0.62},
         "reports/select/metrics.json": {"batch_size": 128, "expected_training_time_s": 31.0},
-        "reports/baseline/metrics.json": {"val_accuracy": 0.961, "reached_target": True, "steps_to_target": 310,
-                                          "train_seconds": 29.5},
+        "reports/baseline/metrics.json": {"val_accuracy": 0.961, "reached_target": True, "final_meets_target": True,
+                                          "steps_to_target": 310, "train_seconds": 29.5, "eval_seconds": 4.2,
+                                          "predicted_steps_to_target": 250.0, "measured_steps_to_target": 310,
+                                          "steps_to_target_ratio": 1.24, "predicted_time_per_step_s": 0.0031,
+                                          "measured_time_per_step_s": 0.0033, "time_per_step_ratio": 1.0645,
+                                          "predicted_time_to_target_s": 0.775, "measured_time_to_target_s": 1.02,
+                                          "time_to_target_ratio": 1.316, "first_step_seconds": 0.0074},
     }
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +97,9 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
     first = text.split("## 1.")[0]  # the configuration, before any stage detail
     for expected in ("| batch_size | 128 |", "| learning_rate | 0.2 |", "| train_steps | 300 |",
                      "sgd (momentum 0.9, nesterov no)", "digits_mlp (hidden [64], target 0.95)",
-                     "| expected_training_time_s | 31 s |", "reached the target after 310 steps in 29.5 s"):
+                     "| expected_training_time_s | 31 s |",
+                     "reached the target after 310 steps in 29.5 s of training; at the end of the step budget it "
+                     "still meets it"):
         assert expected in first, expected
     # the numbers behind each decision, formatted by their unit
     for expected in ("largest batch size that ran and fit is **1024**", "6.0 GiB", "49.6 MiB fixed",
@@ -101,9 +108,15 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
                      "training set has 1438 examples", "128 minimises training time: 31 s vs 40 s for 64"):
         assert expected in text, expected
     assert "\n### Why batch size 128" in text  # the stage's own heading nested under section 4
+    baseline = text.split("## 5.")[1]  # select's predictions next to the baseline's measurements
+    for expected in ("times exclude the evaluations (4.2 s spent in them, timed apart)",
+                     "one-off start-up cost (7.4 ms) the prediction leaves out",
+                     "| steps to target | 250 | 310 | 1.24 |", "| time per training step | 3.1 ms | 3.3 ms | 1.06 |",
+                     "| time to target (training clock) | 0.775 s | 1.02 s | 1.32 |"):
+        assert expected in baseline, expected
 
     html = render(text)
-    assert html.count("<table>") == 10
+    assert html.count("<table>") == 11
     images = [src for src in __import__("re").findall(r'<img src="([^"]+)"', html)]
     declared = [o.path for s in pipeline.STAGES for o in s.outputs if o.kind == "image"]
     assert sorted(images) == sorted(str(Path(p).relative_to("reports")) for p in declared)

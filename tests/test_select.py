@@ -186,7 +186,29 @@ def test_target_never_reached_stops():
 
 # ---------------------------------------------------------------------------- the stage command
 
-def digits_fixture(root: Path, *, steps: dict[int, float] | None = None) -> None:
+def study_rows(batch_size: int, lr: float, seed_steps: dict[int, int | None], *, hold: float = 2.0,
+               dip_at: dict[int, int] | None = None, target: float = 0.95) -> tuple[list[dict], list[dict]]:
+    """trials.csv and curves.csv rows of one rate as scaling writes them: each seed's accuracy rises to
+    0.96 at its steps to target and (held to `hold` x those steps) stays there, unless `dip_at`
+    names the step where that seed falls back to 0.9."""
+    trials, curves = [], []
+    for seed, steps in seed_steps.items():
+        end = 1000 if steps is None else math.ceil(steps * hold)
+        trials.append({"batch_size": batch_size, "learning_rate": lr, "seed": seed,
+                       "phase": "search" if seed == 0 else "seed", "outcome": "reached" if steps else "not_reached",
+                       "steps_to_target": steps, "reason": ""})
+        dip = (dip_at or {}).get(seed)
+        for step in sorted({*range(1, 20), *range(20, end + 1, 5), end} | ({steps} if steps else set()) | ({dip} if dip else set())):
+            if dip and step > dip:
+                break
+            ok = steps is not None and step >= steps and step != dip
+            curves.append({"batch_size": batch_size, "learning_rate": lr, "seed": seed, "phase": "search",
+                           "step": step, "accuracy": 0.96 if ok else (0.9 if steps and step >= steps else 0.5)})
+    return trials, curves
+
+
+def digits_fixture(root: Path, *, steps: dict[int, float] | None = None, trials: pd.DataFrame | None = None,
+                   curves: pd.DataFrame | None = None, steps_ci: dict[int, tuple[float, float]] | None = None) -> None:
     """Files the probe, throughput and scaling stages write, for digits_mlp on a CPU (realistic numbers)."""
     sizes = SIZES + [2048]
     probe = pd.DataFrame({"batch_size": sizes, "status": ["fits"] * 8 + ["capped"],
@@ -204,10 +226,18 @@ def digits_fixture(root: Path, *, steps: dict[int, float] | None = None) -> None
                         "reason": ["" if steps[b] == steps[b] else "no learning rate reached the target (not_reached 8)"
                                    for b in SIZES],
                         "regime": ["perfect_scaling"] * 2 + ["diminishing_returns"] * 4 + ["no_further_gain"] * 2})
-    trials = pd.DataFrame({"batch_size": SIZES, "learning_rate": [0.1] * 8, "outcome": ["reached"] * 8, "reason": [""] * 8})
+    if trials is None:  # three seeds per rate, 4 steps apart, every one holding the target
+        rows = [study_rows(b, lrs[b] if steps[b] == steps[b] else 0.1,
+                           {k: (int(steps[b]) + d if steps[b] == steps[b] else None) for k, d in ((0, 0), (1, -4), (2, 4))})
+                for b in SIZES]
+        trials = pd.DataFrame([r for t, _ in rows for r in t])
+        curves = pd.DataFrame([r for _, c in rows for r in c])
+    if steps_ci:
+        stt["steps_to_target_ci_low"] = [steps_ci.get(b, (math.nan, math.nan))[0] for b in SIZES]
+        stt["steps_to_target_ci_high"] = [steps_ci.get(b, (math.nan, math.nan))[1] for b in SIZES]
     files = {
         "probe/probe.csv": probe, "throughput/throughput.csv": throughput,
-        "scaling/steps_to_target.csv": stt, "scaling/trials.csv": trials,
+        "scaling/steps_to_target.csv": stt, "scaling/trials.csv": trials, "scaling/curves.csv": curves,
         "probe/metrics.json": {"max_batch_size": 1024, "memory_budget_bytes": 2**33, "device": "cpu"},
         "throughput/metrics.json": {"largest_useful_batch_size": 512, "device": "cpu", "threads": 2},
         "scaling/metrics.json": {"critical_batch_size": 60.0, "critical_batch_size_kind": "estimate",
@@ -271,3 +301,141 @@ def test_select_stage_stops_and_writes_nothing(tmp_path, case):
     assert proc.returncode == 2
     assert expected in proc.stderr and "select wrote no configuration" in proc.stderr
     assert not (tmp_path / "reports/select").exists()
+
+
+# ---------------------------------------------------------------------------- a choice that holds
+
+from stages.select.rates import choose_rates, trusted_steps  # noqa: E402
+
+
+def rates_frames(*rates) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, curves) from study_rows(...) argument tuples."""
+    parts = [study_rows(*args, **kwargs) for args, kwargs in rates]
+    return pd.DataFrame([r for t, _ in parts for r in t]), pd.DataFrame([r for _, c in parts for r in c])
+
+
+def test_a_rate_whose_seed_falls_back_before_the_budget_ends_is_rejected():
+    # lr 0.8: median 32 steps -> budget 39 (32 x 1.2 = 38.4, rounded up); seed 1 dips at step 36 < 39
+    trials, curves = rates_frames(((64, 0.8, {0: 30, 1: 32, 2: 34}), {"dip_at": {1: 36}}),
+                                  ((64, 0.3, {0: 40, 1: 44, 2: 48}), {}))
+    row = choose_rates(trials, curves, TARGET, 1.2).iloc[0]
+    assert row["learning_rate"] == 0.3 and row["steps_to_target"] == 44 and row["step_budget"] == 53
+    assert "lr 0.8: seed 1 fell back to accuracy 0.9 at step 36, before the budget's end (39)" in row["rate_why"]
+    assert "fewer seeds" not in row["rate_why"]
+    trials, curves = rates_frames(((64, 0.8, {0: 30, 1: 32, 2: 34}), {"dip_at": {1: 36}}), ((64, 0.3, {0: 40}), {}))
+    row = choose_rates(trials, curves, TARGET, 1.2).iloc[0]
+    assert row["learning_rate"] == 0.3 and "checked on fewer seeds than the size's most-run rate (3)" in row["rate_why"]
+    # the same dip after the budget's end does not matter: the baseline never trains that far
+    trials, curves = rates_frames(((64, 0.8, {0: 30, 1: 32, 2: 34}), {"dip_at": {1: 45}}),
+                                  ((64, 0.3, {0: 40, 1: 44, 2: 48}), {}))
+    assert choose_rates(trials, curves, TARGET, 1.2).iloc[0]["learning_rate"] == 0.8
+
+
+def test_a_rate_with_a_seed_that_missed_or_a_curve_too_short_is_rejected():
+    trials, curves = rates_frames(((64, 0.8, {0: 30, 1: None, 2: 34}), {}),   # seed 1 never reached
+                                  ((64, 0.5, {0: 30, 1: 32, 2: 34}), {"hold": 1.1}),  # curves end at 33-38 < budget 39
+                                  ((64, 0.3, {0: 40, 1: 44, 2: 48}), {}))
+    row = choose_rates(trials, curves, TARGET, 1.2).iloc[0]
+    assert row["learning_rate"] == 0.3
+    assert "seed 1 did not reach the target (not_reached)" in row["rate_why"]
+    assert "seed 0 was evaluated only up to step 33, before the budget's end (39)" in row["rate_why"]
+
+
+def test_the_smaller_of_rates_within_the_best_ones_seed_spread_is_preferred():
+    # best: lr 0.5, median 36, spread 12 -> anything with median <= 48 is as fast within noise
+    trials, curves = rates_frames(((128, 0.5, {0: 30, 1: 36, 2: 42}), {}),
+                                  ((128, 0.3, {0: 38, 1: 40, 2: 42}), {}),
+                                  ((128, 0.1, {0: 55, 1: 60, 2: 65}), {}))
+    row = choose_rates(trials, curves, TARGET, 1.2).iloc[0]
+    assert row["learning_rate"] == 0.3 and row["steps_to_target"] == 40 and row["step_budget"] == 48
+    assert "smallest rate within the best's seed spread (lr 0.5: median 36 steps, spread 12" in row["rate_why"]
+    # with seeds that agree exactly (spread 0) the fastest rate stays the choice
+    trials, curves = rates_frames(((128, 0.5, {0: 36, 1: 36}), {}), ((128, 0.3, {0: 40, 1: 40}), {}))
+    assert choose_rates(trials, curves, TARGET, 1.2).iloc[0]["learning_rate"] == 0.5
+
+
+def test_no_rate_that_holds_anywhere_stops_naming_why():
+    trials, curves = rates_frames(((64, 0.8, {0: 30, 1: 32}), {"dip_at": {0: 33}}),
+                                  ((128, 0.8, {0: 20, 1: 22}), {"dip_at": {1: 24}}))
+    choices = choose_rates(trials, curves, TARGET, 1.2)
+    assert not choices["holds"].any()
+    m = synthetic(lambda b: 0.01, lambda b: 30.0, studied=[64, 128])
+    m.steps["status"], m.steps["reason"] = "reached", math.nan  # an all-empty reason column reads back as float
+    m = Measurements(m.probe, m.max_batch_size, m.throughput, m.largest_useful_batch_size,
+                     trusted_steps(m.steps, choices), device="cpu")
+    with pytest.raises(NotReasonable, match="at none did every seed of a learning rate stay at it through its step budget"):
+        select(m, SelectSettings(), TARGET, STUDY)
+    table = decision_table(m, SelectSettings(), STUDY).set_index("batch_size")
+    assert table.loc[64, "steps_source"] == "not held"
+    assert "seed 0 fell back to accuracy 0.9 at step 33" in table.loc[64, "why"]
+
+
+def test_sizes_within_each_others_noise_are_tied_and_the_rule_picks_the_smaller_batch(tmp_path):
+    # 64 is fastest by its point (0.262 s), but 32 (0.264-0.37 s) and 128 (0.274-0.365 s) overlap its 0.23-0.312 s
+    digits_fixture(tmp_path, steps_ci={32: (100, 140), 64: (70, 95), 128: (60, 80)})
+    proc = run_stage("stages.select", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "reports/select"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["batch_size"] == 32 and metrics["tied_batch_sizes"] == [32, 64, 128]
+    assert metrics["tie"] == "32~64~128: chose 32 (fewer devices, then smaller batch)"
+    reasoning = (out / "reasoning.md").read_text()
+    assert "**Tie.** The training time intervals of batch sizes 32, 64, 128 overlap" in reasoning
+    assert "Rule for ties: fewer devices, then the smaller batch, so 32" in reasoning
+    table = pd.read_csv(out / "decision.csv").set_index("batch_size")
+    assert "(tied: intervals overlap)" in table.loc[64, "why"] and "(tied" not in table.loc[256, "why"]
+
+
+def test_throughput_intervals_alone_can_tie_two_sizes():
+    m = synthetic(lambda b: 0.001 * (1 + b / 512), curve(50, 64), studied=[64, 128])
+    t = m.throughput
+    t["examples_per_s"] = t["batch_size"] / t["time_per_step_s"]
+    sel = select(m, SelectSettings(), TARGET, STUDY)
+    assert chosen(sel) == 128 and sel.tied == []  # point values: 128 is 4% faster, no interval -> no tie
+    t["examples_per_s_ci_low"], t["examples_per_s_ci_high"] = t["examples_per_s"] * 0.9, t["examples_per_s"] * 1.1
+    sel = select(m, SelectSettings(), TARGET, STUDY)
+    assert sel.tied == [64, 128] and chosen(sel) == 64
+
+
+def test_select_stage_without_a_tie_says_none(tmp_path):
+    digits_fixture(tmp_path)
+    assert run_stage("stages.select", tmp_path).returncode == 0
+    metrics = json.loads((tmp_path / "reports/select/metrics.json").read_text())
+    assert metrics["tied_batch_sizes"] == [] and metrics["tie"] == "none"
+
+
+# ---------------------------------------------------------------------------- the hold in the training loop
+
+def _train(script, **kwargs):
+    import torch
+
+    from stages.core.config import OptimizerSettings
+    from stages.core.train import train_to_target
+    from tests.scripted_workload import ScriptedWorkload
+
+    return train_to_target(ScriptedWorkload(script), OptimizerSettings(), 0.01, 4, 0, torch.device("cpu"), 200,
+                           eval_steps=list(range(1, 201)), **kwargs)
+
+
+def test_a_trial_holds_past_the_target_and_stops_where_it_falls_back():
+    rises_then_dips = lambda s: 0.96 if 20 <= s < 33 else 0.9  # noqa: E731
+    plain = _train(rises_then_dips)
+    assert (plain.outcome, plain.steps_to_target, plain.steps_run) == ("reached", 20, 20)  # stops at the target
+    held = _train(rises_then_dips, hold_factor=2.0)
+    assert (held.outcome, held.steps_to_target, held.fell_back_at, held.steps_run) == ("reached", 20, 33, 33)
+    assert "fell back to 0.9 at step 33 (held until 40)" in held.reason
+    steady = _train(lambda s: 0.96 if s >= 20 else 0.9, hold_factor=1.55)
+    assert (steady.steps_to_target, steady.fell_back_at, steady.steps_run) == (20, None, 31)  # ceil(20 x 1.55)
+    assert steady.curve[-1]["step"] == 31 and "held to step 31" in steady.reason
+
+
+def test_the_hold_ends_with_an_evaluation_even_off_the_schedule():
+    import torch
+
+    from stages.core.config import OptimizerSettings
+    from stages.core.train import train_to_target
+    from tests.scripted_workload import ScriptedWorkload
+
+    r = train_to_target(ScriptedWorkload(lambda s: 0.96 if s >= 20 else 0.9), OptimizerSettings(), 0.01, 4, 0,
+                        torch.device("cpu"), 200, eval_steps=[10, 20, 50, 200], hold_factor=1.55)
+    assert [row["step"] for row in r.curve] == [10, 20, 31] and r.steps_run == 31

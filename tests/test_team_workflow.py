@@ -90,6 +90,61 @@ def test_review_table_shows_only_what_changed_in_the_reports_units():
     assert markdown({}, "params") == "No params differ."
 
 
+def _diff(**files) -> dict:
+    """A `dvc metrics diff --all --json` body: {file: {key: (old, new)}} -> dvc's {"old", "new"} entries."""
+    return {f"reports/{name}/metrics.json": {k: {"old": o, "new": n} for k, (o, n) in entries.items()}
+            for name, entries in files.items()}
+
+
+def test_review_leads_with_the_recommendation_each_change_marked_real_or_noise():
+    from stages.report.review import metrics_review
+
+    text = metrics_review(_diff(
+        select={"batch_size": (128, 256), "learning_rate": (0.471, 0.763), "train_steps": (40, 33),
+                "tie": ("128~256: chose 128 (fewer devices, then smaller batch)", "none"),
+                "steps_to_target_min": (31, 20), "steps_to_target_max": (37, 33),
+                "expected_training_time_s": (0.014, 0.012)},
+        scaling={"critical_batch_size": (96.2, 58.7), "ci_low": (70.0, 54.7), "ci_high": (131.0, 62.0),
+                 "seconds": (30.0, 31.0)},
+        baseline={"final_meets_target": (True, False), "target_metric": ("accuracy", "accuracy"),
+                  "accuracy": (0.955, 0.883), "train_seconds": (0.03, 0.04)},
+        probe={"memory_per_example_bytes": (61, -0.3)}))
+    lines = text.splitlines()
+    assert lines[0] == "| recommendation | base | this branch | change |"
+    assert [line.split(" | ")[0] for line in lines[2:7]] == [
+        "| batch size", "| learning rate", "| step budget", "| B_crit (95% interval)", "| baseline at the end of its budget"]
+    assert lines[2] == "| batch size | 128 | 256 | within noise (tied in select) |"  # the base run found them tied
+    assert lines[3] == "| learning rate | 0.471 | 0.763 | within noise (steps to target 31-37 vs 20-33) |"
+    assert lines[5] == "| B_crit (95% interval) | 96.2 (70-131) | 58.7 (54.7-62) | **changed** (beyond the interval) |"
+    assert lines[6] == ("| baseline at the end of its budget | meets the target (accuracy 0.955) | "
+                        "**misses** the target (accuracy 0.883) | **changed** |")
+    # timings and everything else come after, folded
+    timings, rest = text.split("<details>")[1], text.split("<details>")[2]
+    assert "Timings" in timings and "| train_seconds |" in timings and "| seconds |" in timings
+    assert "expected_training_time_s" in timings and "accuracy" not in timings
+    assert "| critical_batch_size |" in rest and "train_seconds" not in rest
+    assert "| memory_per_example_bytes | 61 B | 0 B | -61 B (-100.0%) |" in rest and "-0 B" not in text
+
+
+def test_review_marks_overlapping_intervals_as_noise_and_unchanged_values_as_same():
+    from stages.report.review import recommendation
+
+    text = recommendation(_diff(
+        select={"batch_size": (128, 64), "learning_rate": (0.47, 0.47), "train_steps": (40, 40),
+                "tie": ("none", "none"), "steps_to_target_min": (31, 30), "steps_to_target_max": (37, 36)},
+        scaling={"critical_batch_size": (96.2, 90.0), "ci_low": (70.0, 60.0), "ci_high": (131.0, 120.0)},
+        baseline={"final_meets_target": (True, True), "target_metric": ("accuracy", "accuracy"),
+                  "accuracy": (0.955, 0.955)}))
+    rows = {line.split(" | ")[0][2:]: line.rsplit(" | ", 1)[1][:-2] for line in text.splitlines()[2:]}
+    assert rows == {"batch size": "**changed** (beyond the interval)",  # neither run found the two tied
+                    "learning rate": "same", "step budget": "same", "B_crit (95% interval)": "within noise",
+                    "baseline at the end of its budget": "same"}
+    # a base revision from before select recorded ties: a size change cannot be judged, and says so
+    old = recommendation(_diff(select={"batch_size": (128, 64)}))
+    assert "| batch size | 128 | 64 | changed (no interval recorded) |" in old
+    assert "| B_crit (95% interval) | – | – | not recorded |" in old
+
+
 def test_conda_env_mirrors_pyproject_runtime_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     env = yaml.safe_load((ROOT / "envs/kickoff.yaml").read_text())

@@ -7,9 +7,13 @@ fixed values, workload) and params (runtime: device, threads, seed; baseline); t
 step budget from the seed (no stop at the target, so the learning curve is complete) and writes
 reports/baseline/:
     metrics.json  the target metric's final value under its own name (e.g. `accuracy`) and the other
-                  final metrics, reached_target, steps_to_target, train_seconds, train_steps, batch_size,
-                  learning_rate -- what `dvc metrics diff` compares across team branches
-    curve.csv     step, train_loss, the workload's metrics at each evaluation
+                  final metrics, reached_target, final_meets_target, steps_to_target, train_seconds
+                  (training steps only) and eval_seconds (evaluations, timed apart), train_steps,
+                  batch_size, learning_rate -- what `dvc metrics diff` compares across team branches --
+                  and select's predictions checked: predicted_ and measured steps_to_target,
+                  time_per_step_s and time_to_target_s, each with its measured/predicted `_ratio`,
+                  and first_step_seconds (one-off start-up, outside the prediction)
+    curve.csv     step, train_loss, the workload's metrics at each evaluation, train_seconds (training clock so far)
     curve.png     the learning curve with the target
 """
 from __future__ import annotations
@@ -31,6 +35,7 @@ from stages.workloads.base import Workload, make_workload, target_reached
 CONFIG = Path("reports/select/initial_config.yaml")
 OUT = Path("reports/baseline")
 REQUIRED = ("batch_size", "learning_rate", "train_steps", "optimizer", "workload")
+PREDICTED = ("steps_to_target", "time_per_step_s", "expected_time_to_target_s")  # select's predictions, checked here
 
 
 def read_initial_config(path: Path = CONFIG) -> tuple[dict, Params, Workload]:
@@ -45,8 +50,10 @@ def read_initial_config(path: Path = CONFIG) -> tuple[dict, Params, Workload]:
     for key in ("batch_size", "train_steps"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{path}: {key}: received {config[key]!r}; allowed: a positive integer")
-    if not isinstance(config["learning_rate"], (int, float)) or not config["learning_rate"] > 0:
-        raise ConfigError(f"{path}: learning_rate: received {config['learning_rate']!r}; allowed: a positive number")
+    for key in ("learning_rate", *PREDICTED):
+        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], (int, float))
+                              or not config[key] > 0):
+            raise ConfigError(f"{path}: {key}: received {config[key]!r}; allowed: a positive number")
     sections = validate({"optimizer": config["optimizer"], "workload": config["workload"]}, str(path))
     try:
         workload = make_workload(sections.workload.name, sections.workload.kwargs)
@@ -68,12 +75,42 @@ def run_baseline(workload: Workload, config: dict, sections: Params, seed: int, 
                            eval_steps=eval_steps(int(config["train_steps"]), eval_every), stop_at_target=False)
 
 
-def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed: int, device: str) -> dict:
-    seconds_to_target = None
+def _ratio(measured: float | None, predicted: float | None) -> float | None:
+    return measured / predicted if measured is not None and predicted else None
+
+
+def predictions_checked(result: TrialResult, config: dict) -> dict:
+    """select's predictions (initial_config.yaml) next to what this run measured, with measured/predicted.
+    Times are the training clock alone, like throughput's time per step that select multiplied.
+    The first step carries one-off costs (allocations, lazy initialisation) that throughput's warm-up
+    steps keep out of the prediction: it is reported apart (`first_step_seconds`), the time per step
+    is the steady rate after it, and the time to target is the whole clock, start-up included."""
+    time_to_target = None
     if result.steps_to_target is not None:
         row = next(r for r in result.curve if r["step"] == result.steps_to_target)
-        # Measured if the curve carries elapsed time; else pro rata of the run (evaluations included).
-        seconds_to_target = row.get("seconds", result.seconds * result.steps_to_target / max(1, result.steps_run))
+        # the training clock at the first evaluation that met the target (its evaluation excluded)
+        time_to_target = row["train_seconds"]
+    first = next((r["train_seconds"] for r in result.curve if r["step"] == 1), None)
+    if first is not None and result.steps_run > 1:
+        time_per_step = (result.seconds - first) / (result.steps_run - 1)
+    else:
+        time_per_step = result.seconds / result.steps_run if result.steps_run else None
+    predicted = {"steps_to_target": config.get("steps_to_target"), "time_per_step_s": config.get("time_per_step_s"),
+                 "time_to_target_s": config.get("expected_time_to_target_s")}
+    measured = {"steps_to_target": result.steps_to_target, "time_per_step_s": time_per_step,
+                "time_to_target_s": time_to_target}
+    out = {}
+    for key in ("steps_to_target", "time_per_step_s", "time_to_target_s"):
+        name = key.removesuffix("_s")
+        out[f"predicted_{key}"] = predicted[key]
+        out[f"measured_{key}"] = measured[key]
+        out[f"{name}_ratio"] = _ratio(measured[key], predicted[key])
+    out["first_step_seconds"] = first
+    return out
+
+
+def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed: int, device: str) -> dict:
+    checked = predictions_checked(result, config)
     metric, final = workload.target_metric, result.final_metrics.get(workload.target_metric)
     values = [r[metric] for r in result.curve]
     best = (max if workload.target_direction == "above" else min)(values) if values else None
@@ -86,14 +123,15 @@ def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed
         "reached_target": result.steps_to_target is not None,   # at some evaluation during the run
         "final_meets_target": target_reached(final, workload.target_value, workload.target_direction),
         "steps_to_target": result.steps_to_target,
-        "seconds_to_target": seconds_to_target,
-        "train_seconds": result.seconds,
+        "train_seconds": result.seconds,      # the training steps alone
+        "eval_seconds": result.eval_seconds,  # the evaluations, timed apart
         "train_steps": result.steps_run,
         "outcome": result.outcome,
         "batch_size": int(config["batch_size"]),
         "learning_rate": float(config["learning_rate"]),
         "seed": seed,
         "device": device,
+        **checked,
     }
 
 
@@ -124,7 +162,8 @@ def main() -> None:
     result = run_baseline(workload, config, sections, seed, device, params.baseline.eval_every)
     metrics = baseline_metrics(result, workload, config, seed, describe(device))
     log.info("baseline", f"{result.outcome}: {workload.target_metric} {result.final_metrics.get(workload.target_metric, float('nan')):.4g} "
-                         f"after {result.steps_run} steps ({result.seconds:.3g} s); steps to target {result.steps_to_target}")
+                         f"after {result.steps_run} steps ({result.seconds:.3g} s training, {result.eval_seconds:.3g} s "
+                         f"evaluating); steps to target {result.steps_to_target} (predicted {config.get('steps_to_target')})")
     curve = pd.DataFrame(result.curve)
     OUT.mkdir(parents=True, exist_ok=True)
     write_csv(OUT / "curve.csv", curve)

@@ -190,6 +190,7 @@ class ScalingSettings:
     eval_resolution: float = setting(0.05, "relative resolution of steps to target (geometric evaluation schedule)", min=0.0, max=1.0, min_exclusive=True)
     early_stopping: bool = setting(True, "stop a trial once it cannot beat the best steps to target at its batch size (same best result, less compute)")
     seeds: int = setting(2, "extra seeds the best learning rate(s) are rerun with (spread of steps to target)", min=0)
+    hold_factor: float = setting(2.0, "a trial that reached the target at step s trains on to s x this, so select can check that the metric stays at the target through the step budget (steps to target x select.step_budget_margin, over seeds)", min=1.0)
     rerun_top: int = setting(1, "how many of the best learning rates per size are rerun with the extra seeds", min=1)
     bootstrap: int = setting(200, "bootstrap resamples for the B_crit confidence interval", min=10)
     noise_scale_batch_sizes: list[int] | None = setting(None, "[small, big] batch sizes for the gradient noise scale (big a multiple of small); null = smallest studied size and 16x it", check=_check_noise_pair)

@@ -5,6 +5,11 @@ report comes from the same code path. `train_to_target` is the trial loop of sca
 evaluate on a geometric schedule (steps to target resolved within `resolution`), stop when the
 target is reached, when the loss or metric is not finite (diverged), at `max_steps` (censored),
 or when `give_up_after` steps pass without reaching it (stopped early: it can no longer win).
+With `hold_factor` > 1 a trial that reached the target at step s keeps training to s x hold_factor,
+so its curve shows whether the metric stays at the target (select only trusts rates that hold);
+it stops at the first evaluation that falls back below the target.
+The clock covers the training steps alone: evaluations are timed apart (`eval_seconds`), so a
+time to target compares with throughput's time per step.
 """
 from __future__ import annotations
 
@@ -68,8 +73,10 @@ class TrialResult:
     examples_run: int
     seconds: float
     final_metrics: dict[str, float]
-    curve: list[dict] = field(default_factory=list)  # rows: step, train_loss, <metrics...>
+    curve: list[dict] = field(default_factory=list)  # rows: step, train_loss, <metrics...>, train_seconds
     reason: str = ""
+    eval_seconds: float = 0.0       # spent in evaluations, not part of `seconds`
+    fell_back_at: Steps | None = None  # first evaluated step after the target at which it was missed again
 
 
 def build_model(workload: Workload, seed: int, device: torch.device) -> torch.nn.Module:
@@ -82,12 +89,15 @@ def build_model(workload: Workload, seed: int, device: torch.device) -> torch.nn
 def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, learning_rate: float,
                     batch_size: int, seed: int, device: torch.device, max_steps: Steps,
                     *, give_up_after: Steps | None = None, resolution: float = 0.05,
-                    eval_steps: list[Steps] | None = None, stop_at_target: bool = True) -> TrialResult:
+                    eval_steps: list[Steps] | None = None, stop_at_target: bool = True,
+                    hold_factor: float = 1.0) -> TrialResult:
     """Train from `seed` until the target is reached (or one of the other stop rules fires).
 
     `give_up_after`: stop as soon as the step count passes this without reaching the target
     (a trial that cannot beat the best steps-to-target found so far). `stop_at_target=False` keeps
-    training to `max_steps` (the baseline's full learning curve)."""
+    training to `max_steps` (the baseline's full learning curve). `hold_factor`: after reaching the
+    target at step s, train on to ceil(s x hold_factor) (at most `max_steps`), evaluated at the end,
+    unless an evaluation falls back below the target first. `seconds` counts training steps only."""
     model = build_model(workload, seed, device)
     optimizer = build_optimizer(model.parameters(), optimizer_settings, learning_rate)
     schedule = eval_steps if eval_steps is not None else eval_schedule(max_steps, resolution)
@@ -100,32 +110,53 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     outcome: Outcome = "not_reached"
     reason = f"target not reached in {max_steps} steps"
     step = 0
+    hold_until: Steps | None = None  # with stop_at_target: the last step of the hold after the target
+    fell_back_at: Steps | None = None
+    eval_seconds = 0.0
     synchronize(device)
     start = time.perf_counter()
-    next_eval = iter(schedule)
-    target_step = next(next_eval)
+    pending = sorted(schedule, reverse=True)  # evaluation steps still to come; the next one last
     loss = torch.tensor(float("nan"))
     while step < max_steps:
         loss = train_step(model, optimizer, workload, to_device(next(data), device))
         step += 1
-        if step != target_step:
+        if not pending or step != pending[-1]:
             continue
-        target_step = next(next_eval, max_steps + 1)
-        train_loss = float(loss)
+        pending.pop()
+        train_loss = float(loss)  # waits for the step's device work, so it is on the training clock
+        synchronize(device)
+        eval_start = time.perf_counter()
+        train_seconds = eval_start - start - eval_seconds  # training steps so far, evaluations excluded
         metrics = evaluate(model, workload, device)
-        curve.append({"step": step, "train_loss": train_loss, **metrics})
+        synchronize(device)
+        eval_seconds += time.perf_counter() - eval_start
+        curve.append({"step": step, "train_loss": train_loss, **metrics, "train_seconds": train_seconds})
         value = metrics[workload.target_metric]
-        if not (math.isfinite(train_loss) and math.isfinite(value)):
+        finite = math.isfinite(train_loss) and math.isfinite(value)
+        met = finite and target_reached(value, workload.target_value, workload.target_direction)
+        if hold_until is not None and not met:  # a trial that diverges in its hold stays 'reached'
+            fell_back_at = step
+            reason += f"; fell back to {value:.4g} at step {step} (held until {hold_until})"
+            break
+        if not finite:
             outcome, reason = "diverged", f"non-finite {'train loss' if not math.isfinite(train_loss) else workload.target_metric} at step {step}"
             break
-        if steps_to_target is None and target_reached(value, workload.target_value, workload.target_direction):
+        if steps_to_target is None and met:
             steps_to_target = step
             outcome, reason = "reached", f"{workload.target_metric} {value:.4g} at step {step}"
             if stop_at_target:
-                break
+                hold_until = min(max_steps, math.ceil(step * hold_factor - 1e-9))
+                if hold_until <= step:
+                    break
+                pending = sorted(set(pending) | {hold_until}, reverse=True)  # the hold ends with an evaluation
+                continue
+        if hold_until is not None and step >= hold_until:
+            reason += f"; held to step {step}"
+            break
         if steps_to_target is None and step >= limit and limit < max_steps:
             outcome, reason = "stopped_early", f"not reached by step {step}, so it cannot beat {give_up_after} steps"
             break
     synchronize(device)
-    seconds = time.perf_counter() - start
-    return TrialResult(outcome, steps_to_target, step, step * batch_size, seconds, metrics, curve, reason)
+    seconds = time.perf_counter() - start - eval_seconds
+    return TrialResult(outcome, steps_to_target, step, step * batch_size, seconds, metrics, curve, reason,
+                       eval_seconds, fell_back_at)

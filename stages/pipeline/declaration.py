@@ -114,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
         cmd="python -m stages.scaling trials --batch-size {batch_size}",
         params=("workload", "optimizer", "runtime", "scaling.lr_min", "scaling.lr_max", "scaling.lr_points",
                 "scaling.lr_grid", "scaling.lr_start", "scaling.max_steps", "scaling.eval_resolution",
-                "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top"),
+                "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top", "scaling.hold_factor"),
         inputs=(f"{PROBE}/probe.csv", f"{PROBE}/metrics.json", f"{THROUGHPUT}/metrics.json"),
         outputs=(_out(f"{SCALING}/trials/bs_{{batch_size}}.csv"), _out(f"{SCALING}/trials/bs_{{batch_size}}_curves.csv")),
         foreach=("batch_size", "scaling.batch_sizes"),
@@ -145,7 +145,7 @@ STAGES: tuple[Stage, ...] = (
                 "scaling.lr_max"),  # the scaling keys only name what to change when nothing reached the target
         inputs=(f"{PROBE}/probe.csv", f"{PROBE}/metrics.json", f"{THROUGHPUT}/throughput.csv",
                 f"{THROUGHPUT}/metrics.json", f"{SCALING}/steps_to_target.csv", f"{SCALING}/trials.csv",
-                f"{SCALING}/metrics.json"),
+                f"{SCALING}/curves.csv", f"{SCALING}/metrics.json"),
         outputs=(_out(f"{SELECT}/initial_config.yaml"), _out(f"{SELECT}/decision.csv"),
                  _out(f"{SELECT}/metrics.json", "metrics"), _out(f"{SELECT}/reasoning.md"),
                  _out(f"{SELECT}/training_time.png", "image"), _out(f"{SELECT}/resource_use.png", "image")),

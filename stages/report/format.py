@@ -116,8 +116,8 @@ def fmt(value: Any, key: str | None = None) -> str:
         return "inf" if value > 0 else "-inf"
     value = value + 0  # -0.0 -> 0.0: "-0 B" reads like a sign error
     name = (key or "").lower()
-    if name.endswith("_bytes"):
-        return f"{human_bytes(value)}"
+    if name.endswith("_bytes"):  # whole bytes: a fit's -0.3 B is 0 B, not "-0 B"
+        return f"{human_bytes(round(value) + 0)}"
     if name.endswith("_fraction") or name in ("utilisation", "utilization"):
         return f"{100 * value:.1f}%"
     if name.endswith("_per_s"):  # a rate (examples/s, FLOP/s), not a duration

@@ -76,9 +76,12 @@ def recommended(inputs: Inputs) -> list[str]:
     if baseline is not None:
         reached = baseline.get("reached_target")
         verdict = ("reached the target" if reached else "did **not** reach the target") if reached is not None else "ran"
+        final = baseline.get("final_meets_target")
+        end = ("" if final is None else "; at the end of the step budget it " +
+               ("still meets it" if final else "has fallen **below** it (select's rule should have kept it)"))
         lines += ["", f"**Baseline check:** trained once with this configuration, it {verdict}"
                   + (f" after {fmt(baseline.get('steps_to_target'))} steps" if reached else "")
-                  + f" in {fmt(baseline.get('train_seconds'), 'train_seconds')} (details in section 5)."]
+                  + f" in {fmt(baseline.get('train_seconds'), 'train_seconds')} of training{end} (details in section 5)."]
     return lines + [""]
 
 
@@ -147,12 +150,36 @@ def select_section(inputs: Inputs) -> list[str]:
                              f"Decision table (`{csv_path}`):", csv_path, None)
 
 
+PREDICTIONS = [("steps to target", "steps_to_target", "steps_to_target_ratio"),
+               ("time per training step", "time_per_step_s", "time_per_step_ratio"),
+               ("time to target (training clock)", "time_to_target_s", "time_to_target_ratio")]
+
+
+def predictions_table(m: dict | None) -> list[str]:
+    """select's predictions next to the baseline's measurements (both from the baseline's metrics.json)."""
+    if m is None or not any(f"predicted_{key}" in m for _, key, _ in PREDICTIONS):
+        return []
+    lines = ["Predicted by select (`initial_config.yaml`) and measured by this run; times exclude the "
+             f"evaluations ({fmt(m.get('eval_seconds'), 'eval_seconds')} spent in them, timed apart). The time per "
+             "step is the steady rate after the first step, whose one-off start-up cost "
+             f"({fmt(m.get('first_step_seconds'), 'first_step_seconds')}) the prediction leaves out and the time to "
+             "target includes:", "",
+             "| | predicted | measured | measured / predicted |", "|---|---:|---:|---:|"]
+    for label, key, ratio in PREDICTIONS:
+        r = m.get(ratio)
+        lines.append(f"| {label} | {fmt(m.get(f'predicted_{key}'), key)} | {fmt(m.get(f'measured_{key}'), key)} | "
+                     f"{'n/a' if r is None else f'{r:.2f}'} |")
+    return lines + [""]
+
+
 def baseline_section(inputs: Inputs) -> list[str]:
     metrics_path = f"{pipeline.BASELINE}/metrics.json"
     lines = ["## 5. Baseline: the configuration trained once", "",
              "These are the numbers `dvc metrics diff` compares across branches and against a pinned baseline tag.", ""]
+    m = inputs.json(metrics_path, "baseline")
+    lines += predictions_table(m)
     lines += _images("baseline", inputs)
-    lines += metrics_table(inputs.json(metrics_path, "baseline"), metrics_path, inputs)
+    lines += metrics_table(m, metrics_path, inputs)
     return lines + [""]
 
 

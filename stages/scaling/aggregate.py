@@ -3,7 +3,8 @@
 Reads reports/scaling/trials/bs_{B}.csv for every B in scaling.batch_sizes and writes
 reports/scaling/trials.csv (every trial, skipped sizes included), steps_to_target.csv (per size: best
 learning rate, steps to target over seeds with their spread, examples, regime, learning-rate
-heuristics), curves.csv (the best trials' learning curves), noise_scale.csv (the gradient-noise-scale
+heuristics), curves.csv (the learning curves of every seed of each rate that reached the target;
+curves.png draws the best rate's at the search seed), noise_scale.csv (the gradient-noise-scale
 run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved) and
 four PNGs.
 """
@@ -84,6 +85,19 @@ def best_curves(curve_frames: list[pd.DataFrame], table: pd.DataFrame, seed: int
     return curves[pd.Series(mask, index=curves.index) & (curves["seed"] == seed)].reset_index(drop=True)
 
 
+def reached_curves(curve_frames: list[pd.DataFrame], trials: pd.DataFrame) -> pd.DataFrame:
+    """The learning curves of every trial (all seeds) of each rate that reached the target at least
+    once: select checks from them that a rate's every seed stays at the target through the budget."""
+    frames = [f for f in curve_frames if not f.empty]
+    reached = trials[trials["outcome"] == "reached"]
+    if not frames or reached.empty:
+        return pd.DataFrame(columns=["batch_size", "learning_rate", "seed", "phase", "examples", "step"])
+    curves = pd.concat(frames, ignore_index=True)
+    keep = set(zip(reached["batch_size"].astype(int), reached["learning_rate"].astype(float)))
+    mask = [(int(b), float(lr)) in keep for b, lr in zip(curves["batch_size"], curves["learning_rate"])]
+    return curves[mask].reset_index(drop=True)
+
+
 def main_summarize() -> None:
     ctx = setup()
     p, w = ctx.params, ctx.workload
@@ -121,7 +135,7 @@ def main_summarize() -> None:
     }
     io.write_csv(OUT / "trials.csv", trials)
     io.write_csv(OUT / "steps_to_target.csv", table)
-    io.write_csv(OUT / "curves.csv", curves)
+    io.write_csv(OUT / "curves.csv", reached_curves(curve_frames, trials))
     io.write_csv(OUT / "noise_scale.csv", gns_rows)
     io.write_json(OUT / "metrics.json", metrics)
     gns_value = gns.get("gradient_noise_scale")

@@ -49,7 +49,7 @@ def trial_identity(ctx: Context, batch_size: int) -> dict:
     p, w = ctx.params, ctx.workload
     return {"workload": p.workload.name, "kwargs": p.workload.kwargs, "hyperparameters": w.hyperparameters(),
             "optimizer": asdict(p.optimizer), "batch_size": batch_size, "max_steps": p.scaling.max_steps,
-            "eval_resolution": p.scaling.eval_resolution, "device": ctx.device.type, "threads": ctx.threads,
+            "eval_resolution": p.scaling.eval_resolution, "hold_factor": p.scaling.hold_factor, "device": ctx.device.type, "threads": ctx.threads,
             "torch": torch.__version__,
             "code": {str(f): _file_hash(f) for f in (*_CODE, *w.source_files(), *p.workload.sources)}}
 
@@ -86,7 +86,8 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
 
     def run(lr: float, trial_seed: int, give_up: int | None):
         return train_to_target(ctx.workload, ctx.params.optimizer, lr, batch_size, trial_seed, ctx.device,
-                               s.max_steps, give_up_after=give_up, resolution=s.eval_resolution)
+                               s.max_steps, give_up_after=give_up, resolution=s.eval_resolution,
+                               hold_factor=s.hold_factor)
 
     def progress(t: Trial) -> None:
         r = t.result

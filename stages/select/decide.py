@@ -9,6 +9,12 @@ A size that fits one device but lies beyond the largest size that still raised t
 considered (the playbook: only consider sizes up to where throughput stops growing).
 Steps between measured sizes come from the fitted curve S(B) = S_min (1 + B_crit / B) and are
 marked as interpolated: such a size has no tuned learning rate, so it is shown but never chosen.
+Steps and rate per studied size are those of the rate whose every seed holds the target through the
+step budget (stages/select/rates.py); a size where none holds is `not held`.
+Ties: each candidate's objective carries an interval (steps: steps_to_target_ci_low/high from scaling,
+else the point; time per step: throughput's examples/s interval). The candidates whose interval
+overlaps the fastest one's are tied, and among them select takes the one with fewer devices, then
+the smaller batch -- a choice within noise should not flip between runs.
 `python -m stages.select` reads the files, calls `select()` and writes what it returns (the reasoning:
 stages/select_reasoning.py).
 """
@@ -56,6 +62,7 @@ class Measurements:
     throughput: pd.DataFrame          # batch_size, time_per_step_s, regime (throughput.csv)
     largest_useful_batch_size: BatchSize | None
     steps: pd.DataFrame               # batch_size, best_learning_rate, steps_to_target (NaN: not reached)
+                                      # [, status, reason, regime, steps_to_target_ci_low/high, rate_why]
     skipped: dict = field(default_factory=dict)  # batch size -> why scaling skipped it (trials.csv)
     critical_batch_size: float | None = None
     critical_batch_size_kind: str = "estimate"
@@ -72,6 +79,7 @@ class Selection:
     runner_up: dict | None
     train_steps: Steps                # the step budget
     objective: str
+    tied: list[BatchSize] = field(default_factory=list)  # sizes whose objective interval overlaps the fastest's (chosen included); [] if none
 
 
 def is_finite(x) -> bool:
@@ -131,6 +139,25 @@ def _time_per_step(throughput: pd.DataFrame) -> dict[int, float]:
     return {int(b): float(v) for b, v in zip(t["batch_size"], tps) if is_finite(v) and v > 0}
 
 
+def _time_per_step_interval(throughput: pd.DataFrame) -> dict[int, tuple[float, float]]:
+    """Relative interval of time per step, (low/point, high/point), from the examples/s interval."""
+    t = throughput
+    if not {"examples_per_s", "examples_per_s_ci_low", "examples_per_s_ci_high"} <= set(t.columns):
+        return {}
+    return {int(b): (v / hi, v / lo) for b, v, lo, hi in zip(t["batch_size"], t["examples_per_s"],
+                                                            t["examples_per_s_ci_low"], t["examples_per_s_ci_high"])
+            if all(is_finite(x) and x > 0 for x in (v, lo, hi))}
+
+
+def _steps_interval(steps: pd.DataFrame) -> dict[int, tuple[float, float]]:
+    """(low, high) steps to target per size from scaling's interval columns, where present and finite."""
+    if not {"steps_to_target_ci_low", "steps_to_target_ci_high"} <= set(steps.columns):
+        return {}
+    return {int(b): (float(lo), float(hi)) for b, lo, hi in zip(steps["batch_size"], steps["steps_to_target_ci_low"],
+                                                                steps["steps_to_target_ci_high"])
+            if is_finite(lo) and is_finite(hi)}
+
+
 def _lookup_time(batch_size: int, measured: dict[int, float]) -> tuple[float, str]:
     if batch_size in measured:
         return measured[batch_size], "measured"
@@ -146,6 +173,8 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
              for b, s, r in zip(m.probe["batch_size"], m.probe["status"],
                                 m.probe["reason"] if "reason" in m.probe else [""] * len(m.probe))}
     tps = _time_per_step(m.throughput)
+    tps_rel = _time_per_step_interval(m.throughput)
+    steps_ci = _steps_interval(m.steps)
     regime = {int(b): str(r) for b, r in zip(m.throughput["batch_size"], m.throughput.get("regime", pd.Series(dtype=str)))
               if not pd.isna(r)} if "regime" in m.throughput else {}
     studied = {int(b): (float(s) if is_finite(s) else math.nan, float(lr) if is_finite(lr) else math.nan)
@@ -154,6 +183,8 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
     scaling_status = dict(zip(m.steps["batch_size"].astype(int), m.steps["status"] if "status" in m.steps else [""] * n))
     scaling_reason = {int(b): str(r) for b, r in zip(m.steps["batch_size"], m.steps["reason"] if "reason" in m.steps else [""] * n)
                       if isinstance(r, str) and r}
+    rate_why = {int(b): str(r) for b, r in zip(m.steps["batch_size"], m.steps["rate_why"] if "rate_why" in m.steps else [""] * n)
+                if isinstance(r, str) and r}
     scaling_regime = {int(b): str(r) for b, r in zip(m.steps["batch_size"], m.steps["regime"] if "regime" in m.steps else [""] * n)
                       if isinstance(r, str) and r}
     skipped = {**m.skipped, **{b: scaling_reason.get(b, "skipped") for b, st in scaling_status.items() if st in ("skipped", "missing")}}
@@ -176,12 +207,20 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
             time_s /= settings.scaling_efficiency  # each device keeps only this fraction of its throughput
         steps, lr = studied.get(b, (math.nan, math.nan))
         steps_source = "measured" if math.isfinite(steps) else ("not reached" if b in studied and b not in skipped else "not studied")
-        if not math.isfinite(steps) and reached and reached[0] < b < reached[-1] and steps_source != "not reached":
+        if steps_source == "not reached" and scaling_status.get(b) == "not_held":
+            steps_source = "not held"
+        if not math.isfinite(steps) and reached and reached[0] < b < reached[-1] and steps_source == "not studied":
             if fit:
                 steps, steps_source = fitted_steps(b, m.s_min, m.critical_batch_size), "fitted curve"
             else:
                 steps, steps_source = loglog_interpolate(b, reached, [studied[r][0] for r in reached]), "interpolated"
         training_time = time_s * steps if devices else math.nan
+        # the objective's interval, relative to its value: steps interval x time-per-step interval
+        steps_lo, steps_hi = steps_ci.get(b, (steps, steps)) if steps_source == "measured" else (steps, steps)
+        steps_lo, steps_hi = min(steps_lo, steps), max(steps_hi, steps)
+        t_lo, t_hi = tps_rel.get(shard, (1.0, 1.0)) if time_source == "measured" else (1.0, 1.0)
+        rel_lo = t_lo * steps_lo / steps if steps and math.isfinite(steps) else math.nan
+        rel_hi = t_hi * steps_hi / steps if steps and math.isfinite(steps) else math.nan
         device_hours = (devices or math.nan) * training_time / 3600.0
         why = ""
         if devices is None:
@@ -201,6 +240,8 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
             why = f"fits but throughput stops rising after {m.largest_useful_batch_size}, so it is not considered"
         elif time_source == "missing":
             why = f"no throughput measurement at {shard}"
+        elif steps_source == "not held":
+            why = f"no learning rate holds the target through its step budget ({scaling_reason.get(b, '')})"
         elif steps_source == "not reached":
             why = (f"never reached the target within scaling.max_steps ({study.max_steps}) at any learning rate tried"
                    + (f" ({scaling_reason[b]})" if b in scaling_reason else ""))
@@ -219,6 +260,8 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
             "interpolated": steps_source in ("fitted curve", "interpolated") or time_source == "interpolated",
             "best_learning_rate": lr, "training_time_s": training_time, "device_hours": device_hours,
             "resource_cost": device_hours * settings.device_cost_per_hour,
+            "objective_low_ratio": rel_lo, "objective_high_ratio": rel_hi,
+            "learning_rate_why": rate_why.get(b, ""),
             "considered": why == "", "chosen": False, "why": why,
         })
     return pd.DataFrame(rows)
@@ -240,31 +283,63 @@ OBJECTIVE_COLUMN = {"time": "training_time_s", "resource": "resource_cost"}
 OBJECTIVE_WORDS = {"time": "training time", "resource": "resource use"}
 
 
-def choose(table: pd.DataFrame, objective: str) -> pd.DataFrame:
-    """Mark the considered size minimising the objective (ties: fewer devices, then the smaller batch)."""
+def tied_with_fastest(table: pd.DataFrame, objective: str) -> list[int]:
+    """Indexes of the considered rows whose objective interval overlaps the fastest row's (itself
+    included), fewest devices then smallest batch first; one index if nothing overlaps it."""
     col = OBJECTIVE_COLUMN[objective]
-    table = table.copy()
     cand = table[table["considered"]].sort_values([col, "devices", "batch_size"])
     if cand.empty:
+        return []
+    value = cand[col]
+    low = value * cand["objective_low_ratio"].fillna(1.0) if "objective_low_ratio" in cand else value
+    high = value * cand["objective_high_ratio"].fillna(1.0) if "objective_high_ratio" in cand else value
+    first = cand.index[0]
+    tied = cand[(low <= high[first]) & (high >= low[first])]
+    return list(tied.sort_values(["devices", "batch_size"]).index)
+
+
+def choose(table: pd.DataFrame, objective: str) -> pd.DataFrame:
+    """Mark the considered size minimising the objective; among sizes tied with it (overlapping
+    intervals) the one with fewer devices, then the smaller batch."""
+    col = OBJECTIVE_COLUMN[objective]
+    table = table.copy()
+    tied = tied_with_fastest(table, objective)
+    if not tied:
         return table
-    best = cand.index[0]
+    best = tied[0]
+    cand = table[table["considered"]].sort_values([col, "devices", "batch_size"])
     best_value = table.at[best, col]
     table.loc[best, "chosen"] = True
-    runner = cand.index[1] if len(cand) > 1 else None
+    others = [i for i in cand.index if i != best]
+    runner = others[0] if others else None
     words = OBJECTIVE_WORDS[objective]
-    why = f"minimises {words}: {fmt_objective(best_value, objective)}"
-    if runner is not None:
-        why += f" vs {fmt_objective(table.at[runner, col], objective)} for {int(table.at[runner, 'batch_size'])}"
+    if len(tied) > 1:
+        names = ", ".join(str(int(table.at[i, "batch_size"])) for i in tied)
+        why = (f"tied on {words} with {', '.join(str(int(table.at[i, 'batch_size'])) for i in tied if i != best)} "
+               f"(intervals overlap: {names}); chosen by the rule fewer devices, then the smaller batch: "
+               f"{fmt_objective(best_value, objective)}")
+    else:
+        why = f"minimises {words}: {fmt_objective(best_value, objective)}"
+        if runner is not None:
+            why += f" vs {fmt_objective(table.at[runner, col], objective)} for {int(table.at[runner, 'batch_size'])}"
     table.loc[best, "why"] = why
-    for i in cand.index[1:]:
+    for i in others:
         ratio = table.at[i, col] / best_value if best_value > 0 else math.inf
-        table.loc[i, "why"] = f"{words} {fmt_objective(table.at[i, col], objective)}, {ratio:.2f}x the chosen"
+        table.loc[i, "why"] = (f"{words} {fmt_objective(table.at[i, col], objective)}, {ratio:.2f}x the chosen"
+                               + (" (tied: intervals overlap)" if i in tied else ""))
     return table
 
 
 def _no_candidate_message(table: pd.DataFrame, target: Target, study: Study) -> str:
     goal = f"{target.metric} {'>=' if target.direction == 'above' else '<='} {target.value:g}"
     measured = table[table["steps_source"] == "measured"]
+    not_held = table[table["steps_source"] == "not held"]
+    if measured.empty and len(not_held):
+        whys = "; ".join(f"{int(r.batch_size)}: {r.why}" for r in not_held.itertuples())
+        return (f"batch sizes reached the target ({goal}) but at none did every seed of a learning rate stay at it "
+                f"through its step budget -- {whys}. Change one of: more seeds or a finer learning-rate search "
+                f"(scaling.seeds, scaling.lr_points), a longer hold (scaling.hold_factor), a smaller "
+                f"select.step_budget_margin, or an easier target. select wrote no configuration.")
     if measured.empty and not (table["steps_source"] == "not reached").any():
         whys = "; ".join(f"{int(r.batch_size)}: {r.why}" for r in table.itertuples() if r.why)
         return (f"the scaling study trained no batch size, so nothing reached the target ({goal}) -- {whys}. "
@@ -290,5 +365,6 @@ def select(m: Measurements, settings: SelectSettings, target: Target, study: Stu
     col = OBJECTIVE_COLUMN[settings.objective]
     others = table[table["considered"] & ~table["chosen"]].sort_values([col, "devices", "batch_size"])
     runner_up = others.iloc[0].to_dict() if len(others) else None
+    tied = tied_with_fastest(table, settings.objective)
     return Selection(table, chosen, runner_up, step_budget(chosen["steps_to_target"], settings.step_budget_margin),
-                     settings.objective)
+                     settings.objective, [int(table.at[i, "batch_size"]) for i in tied] if len(tied) > 1 else [])

@@ -110,16 +110,32 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
         if len(better):
             out.append(f"By that estimate {_sizes(better['batch_size'])} could beat the choice; add "
                        f"{'it' if len(better) == 1 else 'them'} to scaling.batch_sizes to measure.\n")
+    not_held = t[t["steps_source"] == "not held"]
+    for r in not_held.itertuples():
+        out.append(f"{int(r.batch_size)} reached the target, but no learning rate held it through its step budget: "
+                   f"{r.learning_rate_why}.\n")
     not_reached = t[t["steps_source"] == "not reached"]
     if len(not_reached):
         out.append(f"{_sizes(not_reached['batch_size'])} never reached the target within {study.max_steps} steps.\n")
 
     out.append(f"## {words.capitalize()}\n")
     col = OBJECTIVE_COLUMN[sel.objective]
-    line = f"{b} minimises {words}: {fmt_objective(c[col], sel.objective)}"
-    if sel.runner_up:
-        r = sel.runner_up
-        line += f" vs {fmt_objective(r[col], sel.objective)} for {int(r['batch_size'])}"
+    if sel.tied:
+        rows = t.set_index("batch_size")
+
+        def span(size: int) -> str:
+            r = rows.loc[size]
+            return (f"{size}: {fmt_objective(r[col], sel.objective)} ({fmt_objective(r[col] * r['objective_low_ratio'], sel.objective)}"
+                    f"-{fmt_objective(r[col] * r['objective_high_ratio'], sel.objective)})")
+
+        line = (f"**Tie.** The {words} intervals of batch sizes {_sizes(sel.tied)} overlap the fastest one's "
+                f"({'; '.join(span(size) for size in sel.tied)}; steps interval x time-per-step interval): they "
+                f"are equal within measurement noise. Rule for ties: fewer devices, then the smaller batch, so {b}")
+    else:
+        line = f"{b} minimises {words}: {fmt_objective(c[col], sel.objective)}"
+        if sel.runner_up:
+            r = sel.runner_up
+            line += f" vs {fmt_objective(r[col], sel.objective)} for {int(r['batch_size'])}"
     line += (f". Training time = time per step x steps to target = {c['time_per_step_s']:.3g} s x "
              f"{c['steps_to_target']:.0f} = {fmt_seconds(c['training_time_s'])}; resource use = devices x training time "
              f"x {settings.device_cost_per_hour:g} per device-hour = {c['resource_cost']:.3g}.")
@@ -133,8 +149,10 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
 
     out.append("## Learning rate and optimizer\n")
     lr = c["best_learning_rate"]
-    line = (f"Learning rate {lr:.3g}: the best of the scaling search at batch size {b} "
-            f"({study.lr_min:g}..{study.lr_max:g}). {optimizer['name']} keeps {fixed} fixed: only the learning rate was tuned.")
+    line = (f"Learning rate {lr:.3g} at batch size {b}, from the scaling search ({study.lr_min:g}..{study.lr_max:g}). "
+            f"A rate counts only if every seed reaches the target and stays there through the step budget; among "
+            f"those within the best one's seed spread, the smaller rate. Here: {c.get('learning_rate_why') or 'no check recorded'}. "
+            f"{optimizer['name']} keeps {fixed} fixed: only the learning rate was tuned.")
     if math.isclose(lr, study.lr_min, rel_tol=1e-6) or math.isclose(lr, study.lr_max, rel_tol=1e-6):
         line += " It lies at the edge of the searched range: widen scaling.lr_min/scaling.lr_max to check for a better one."
     out.append(line + "\n")

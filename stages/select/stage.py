@@ -3,11 +3,13 @@
     python -m stages.select
 
 Reads params (workload, optimizer, runtime.seed, select, and the scaling study's limits for its
-messages) and reports/{probe,throughput,scaling}/; writes reports/select/:
+messages) and reports/{probe,throughput,scaling}/ -- from scaling: steps_to_target.csv, metrics.json,
+trials.csv and curves.csv (every seed's learning curve, to keep only rates that hold the target
+through the step budget: stages/select/rates.py); writes reports/select/:
     initial_config.yaml  batch size, learning rate, step budget, optimizer with fixed values, workload,
                          expected training time, objective, devices, seed -- the input of a training run
     decision.csv         per batch size: feasible?, throughput regime, steps, time, resource, chosen, why
-    metrics.json         the choice in numbers
+    metrics.json         the choice in numbers (tied_batch_sizes and `tie` when sizes were within noise)
     reasoning.md         the decision in the playbook's terms
     training_time.png, resource_use.png
 If the target is not clearly better than chance, or no batch size reached it, it exits with a message
@@ -26,11 +28,12 @@ from stages.core import log
 from stages.core import plotting
 from stages.core.config import PARAMS_FILE, load_params
 from stages.core.context import build_workload
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, InputError
 from stages.core.io import read_json, write_csv, write_json, write_text
 from stages.core.optim import fixed_values
 from stages.select.reasoning import reasoning_markdown
 from stages.select.decide import OBJECTIVE_COLUMN, Measurements, Selection, Study, Target, select
+from stages.select.rates import choose_rates, trusted_steps
 from stages.workloads.base import better_than_chance
 
 PROBE, THROUGHPUT, SCALING, OUT = Path("reports/probe"), Path("reports/throughput"), Path("reports/scaling"), Path("reports/select")
@@ -40,6 +43,20 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first (dvc repro or snakemake)")
     return pd.read_csv(path)
+
+
+TRIAL_COLUMNS = ("batch_size", "learning_rate", "seed", "outcome", "steps_to_target")
+CURVE_COLUMNS = ("batch_size", "learning_rate", "seed", "step")
+
+
+def _read_checked(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A CSV scaling writes, with the columns select needs (an empty curves file is fine)."""
+    frame = _read_csv(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing and len(frame):
+        raise InputError(path, f"missing column(s) {', '.join(missing)}; received {', '.join(map(str, frame.columns))}",
+                         "python -m stages.scaling summarize")
+    return frame
 
 
 def _skipped(trials: pd.DataFrame) -> dict[int, str]:
@@ -58,9 +75,16 @@ def _num(x):
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def read_measurements() -> Measurements:
+def read_measurements(target: Target, margin: float) -> tuple[Measurements, pd.DataFrame]:
+    """The earlier stages' files; per studied size the learning rate that holds the target (and the
+    per-size rate choices, for the reasoning)."""
     probe_m, thr_m, sc_m = read_json(PROBE / "metrics.json"), read_json(THROUGHPUT / "metrics.json"), read_json(SCALING / "metrics.json")
-    trials = SCALING / "trials.csv"
+    trials = _read_checked(SCALING / "trials.csv", TRIAL_COLUMNS)
+    curves = _read_checked(SCALING / "curves.csv", CURVE_COLUMNS)
+    if len(curves) and target.metric not in curves:
+        raise InputError(SCALING / "curves.csv", f"no column for the target metric {target.metric!r}; received "
+                         f"{', '.join(map(str, curves.columns))}", "python -m stages.scaling summarize")
+    choices = choose_rates(trials, curves, target, margin)
     max_bs = probe_m.get("max_batch_size")
     useful = thr_m.get("largest_useful_batch_size")
     return Measurements(
@@ -68,15 +92,24 @@ def read_measurements() -> Measurements:
         max_batch_size=int(max_bs) if _num(max_bs) else None,
         throughput=_read_csv(THROUGHPUT / "throughput.csv"),
         largest_useful_batch_size=int(useful) if _num(useful) else None,
-        steps=_read_csv(SCALING / "steps_to_target.csv"),
-        skipped=_skipped(_read_csv(trials)) if trials.exists() else {},
+        steps=trusted_steps(_read_csv(SCALING / "steps_to_target.csv"), choices),
+        skipped=_skipped(trials),
         critical_batch_size=_num(sc_m.get("critical_batch_size")),
         critical_batch_size_kind=str(sc_m.get("critical_batch_size_kind") or "estimate"),
         critical_batch_size_ci=(_num(sc_m.get("ci_low")), _num(sc_m.get("ci_high"))),
         s_min=_num(sc_m.get("s_min")),
         perfect_scaling_up_to=int(sc_m["perfect_scaling_up_to"]) if _num(sc_m.get("perfect_scaling_up_to")) else None,
         device=str(probe_m.get("device") or thr_m.get("device") or "device"),
-    )
+    ), choices
+
+
+def tie_label(sel: Selection) -> str:
+    """A short label of the tie rule's outcome, '128~256: chose 128 (fewer devices, then smaller batch)' or
+    'none'. The review of a pull request reads the sizes back from it (stages/report/review.tied_sizes):
+    DVC leaves list metrics such as tied_batch_sizes out of its diffs."""
+    if not sel.tied:
+        return "none"
+    return "~".join(map(str, sel.tied)) + f": chose {int(sel.chosen['batch_size'])} (fewer devices, then smaller batch)"
 
 
 def initial_config(sel: Selection, params, target: Target) -> dict:
@@ -122,7 +155,7 @@ def main() -> None:
                     workload.chance_score, better_than_chance(workload))
     study = Study(params.scaling.max_steps, params.scaling.lr_min, params.scaling.lr_max)
     try:
-        measurements = read_measurements()
+        measurements, choices = read_measurements(target, params.select.step_budget_margin)
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from None
     sel = select(measurements, params.select, target, study)  # raises (writing nothing) if not reasonable
@@ -144,6 +177,11 @@ def main() -> None:
         "runner_up_objective_value": float(sel.runner_up[OBJECTIVE_COLUMN[sel.objective]]) if sel.runner_up else None,
         "candidates": int(sel.table["considered"].sum()),
         "critical_batch_size": measurements.critical_batch_size,
+        # the chosen rate's steps over its seeds: the interval a reviewer compares a change with
+        **{k: float(choices.set_index("batch_size").at[int(c["batch_size"]), k])
+           for k in ("steps_to_target_min", "steps_to_target_max")},
+        "tied_batch_sizes": sel.tied,
+        "tie": tie_label(sel),
     })
     write_text(OUT / "reasoning.md", reasoning_markdown(sel, measurements, target, params.select, study, config["optimizer"]))
     plot(sel.table, "training_time_s", "Training time to target by batch size", "training time (s)", OUT / "training_time.png")
