@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from stages.probe import memory
+from stages.probe import memory, search
 from stages.core.config import validate
 from stages.core.errors import ConfigError
 from stages.workloads.base import make_workload
@@ -71,20 +71,20 @@ def test_search_stops_at_first_failure_and_bisects(bisect, tried, best):
         calls.append(b)
         return b <= 40  # a fake OOM above 40
 
-    assert memory.search(POWERS, fits, bisect) == (tried, best)
+    assert search.search(POWERS, fits, bisect) == (tried, best)
     assert calls == tried
 
 
 def test_search_when_nothing_fits_or_everything_fits():
-    assert memory.search(POWERS, lambda b: False, True) == ([1], None)
-    assert memory.search([4, 16], lambda b: True, True) == ([4, 16], 16)
+    assert search.search(POWERS, lambda b: False, True) == ([1], None)
+    assert search.search([4, 16], lambda b: True, True) == ([4, 16], 16)
 
 
 def test_candidates_are_capped_at_the_dataset_size():
-    assert memory.candidate_batch_sizes(4, 64) == [4, 8, 16, 32, 64]
-    assert memory.candidate_batch_sizes(1, 4096, [48, 16, 128]) == [16, 48, 128]
-    assert memory.cap_candidates([256, 512, 1024, 2048, 4096], 1438) == ([256, 512, 1024], [2048, 4096])
-    assert memory.cap_candidates([1, 2], None) == ([1, 2], [])
+    assert search.candidate_batch_sizes(4, 64) == [4, 8, 16, 32, 64]
+    assert search.candidate_batch_sizes(1, 4096, [48, 16, 128]) == [16, 48, 128]
+    assert search.cap_candidates([256, 512, 1024, 2048, 4096], 1438) == ([256, 512, 1024], [2048, 4096])
+    assert search.cap_candidates([1, 2], None) == ([1, 2], [])
     p = params({"min_batch_size": 2048, "max_batch_size": 4096})
     with pytest.raises(ConfigError, match="exceeds the workload's 1438 training examples"):
         plan_candidates(p.probe, 1438)

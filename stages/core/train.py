@@ -18,9 +18,9 @@ import torch
 from stages.core.config import OptimizerSettings
 from stages.core.device import seed_everything, synchronize
 from stages.core.optim import build_optimizer
+from stages.core.types import Steps
 from stages.workloads.base import Batch, Workload, target_reached, to_device
 
-Steps = int
 Outcome = Literal["reached", "not_reached", "diverged", "stopped_early"]
 
 

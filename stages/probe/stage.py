@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from stages.probe import memory
+from stages.probe import memory, search
 from stages.core.config import Params, ProbeSettings
 from stages.core.errors import ConfigError
 from stages.core.log import human_bytes, info
@@ -78,11 +78,11 @@ def record_from_report(batch_size: int, report: dict, limit: int, trial: int) ->
 
 def plan_candidates(settings: ProbeSettings, num_train_examples: int | None) -> tuple[list[int], list[int]]:
     """(sizes to try, sizes capped at the training-set size); ConfigError if nothing is left to try."""
-    candidates = memory.candidate_batch_sizes(settings.min_batch_size, settings.max_batch_size, settings.batch_sizes)
+    candidates = search.candidate_batch_sizes(settings.min_batch_size, settings.max_batch_size, settings.batch_sizes)
     if not candidates:
         raise ConfigError(f"probe: no power of two lies in [min_batch_size, max_batch_size] = "
                           f"[{settings.min_batch_size}, {settings.max_batch_size}]; allowed: a range holding one, or probe.batch_sizes")
-    kept, capped = memory.cap_candidates(candidates, num_train_examples)
+    kept, capped = search.cap_candidates(candidates, num_train_examples)
     if not kept:
         raise ConfigError(f"probe: every candidate batch size {candidates} exceeds the workload's {num_train_examples} "
                           f"training examples; allowed: probe.min_batch_size (or probe.batch_sizes) at most {num_train_examples}")
@@ -147,7 +147,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
                       f"{rec.steps_run} steps  {rec.seconds:.2f} s" + ("" if rec.status == "fits" else f"  {rec.rule + ': ' if rec.rule else ''}{rec.reason}"))
         return rec.status == "fits"
 
-    tried, best = memory.search(kept, fits, settings.bisect)
+    tried, best = search.search(kept, fits, settings.bisect)
     seconds = time.perf_counter() - start
     records += [TrialRecord(b, "capped", f"exceeds the {num_train_examples} training examples; not run") for b in capped]
     records += [TrialRecord(b, "capped", "batch norm cannot train on a single example (its batch statistics "

@@ -22,10 +22,8 @@ import pandas as pd
 
 from stages.core.config import SelectSettings
 from stages.core.errors import ConfigError
+from stages.core.types import BatchSize, Seconds, Steps
 
-BatchSize = int
-Steps = int
-Seconds = float
 
 
 class NotReasonable(ConfigError):
