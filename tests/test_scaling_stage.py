@@ -33,7 +33,7 @@ def write_project(root: Path) -> Path:
     probe = root / "reports" / "probe"
     probe.mkdir(parents=True)
     rows = ["batch_size,status,peak_memory_bytes,reason"] + [f"{b},fits,{1000 * b}," for b in SIZES[:-1]]
-    rows.append("256,out_of_memory,,CUDA out of memory (tried to allocate 2.0 GiB)")
+    rows.append("256,oom,,CUDA out of memory (tried to allocate 2.0 GiB)")
     (probe / "probe.csv").write_text("\n".join(rows) + "\n")
     (probe / "metrics.json").write_text(json.dumps({"max_batch_size": 128}))
     throughput = root / "reports" / "throughput"

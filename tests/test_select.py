@@ -204,14 +204,19 @@ def digits_fixture(root: Path, *, steps: dict[int, float] | None = None) -> None
                         "reason": ["" if steps[b] == steps[b] else "no learning rate reached the target (not_reached 8)"
                                    for b in SIZES],
                         "regime": ["perfect_scaling"] * 2 + ["diminishing_returns"] * 4 + ["no_further_gain"] * 2})
-    trials = pd.DataFrame({"batch_size": SIZES, "learning_rate": [0.1] * 8, "outcome": ["reached"] * 8, "reason": [""] * 8})
+    trials = pd.DataFrame({"batch_size": SIZES, "learning_rate": [0.1] * 8, "seed": [0] * 8, "phase": ["search"] * 8,
+                           "outcome": ["reached"] * 8, "steps_to_target": [100] * 8, "steps_run": [100] * 8,
+                           "examples_run": [100 * b for b in SIZES], "max_steps": [2000] * 8, "seconds": [0.1] * 8,
+                           "effective_learning_rate": [1.0] * 8, "reason": [""] * 8})
     files = {
         "probe/probe.csv": probe, "throughput/throughput.csv": throughput,
         "scaling/steps_to_target.csv": stt, "scaling/trials.csv": trials,
         "probe/metrics.json": {"max_batch_size": 1024, "memory_budget_bytes": 2**33, "device": "cpu"},
         "throughput/metrics.json": {"largest_useful_batch_size": 512, "device": "cpu", "threads": 2},
         "scaling/metrics.json": {"critical_batch_size": 60.0, "critical_batch_size_kind": "estimate",
-                                 "ci_low": 40.0, "ci_high": 90.0, "s_min": 60.0, "perfect_scaling_up_to": 16},
+                                 "ci_low": 40.0, "ci_high": 90.0, "s_min": 60.0, "perfect_scaling_up_to": 16,
+                                 "batch_sizes": SIZES, "max_steps": 2000, "learning_rate_min_tried": 0.01,
+                                 "learning_rate_max_tried": 2.0},
     }
     for name, data in files.items():
         path = root / "reports" / name

@@ -17,14 +17,12 @@ import resource
 import signal
 import sys
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from stages.core.types import BatchSize, Bytes
 
-Status = Literal["fits", "oom", "over_budget", "killed", "capped"]
 
 # ---------------------------------------------------------------------------- OOM classification
 

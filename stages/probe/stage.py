@@ -16,7 +16,6 @@ Any other error in the model stops the stage with the trial's traceback.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -24,11 +23,12 @@ import torch
 
 from stages.probe import memory, search
 from stages.core.config import Params, ProbeSettings
-from stages.core.errors import ConfigError
+from stages.core import outputs as out
+from stages.core.errors import ConfigError, StudyError
 from stages.core.log import human_bytes, info
+from stages.core.types import ProbeStatus
 from stages.probe.trials import Isolation, ProbeJob, TrialError, TrialRunner
 
-OUT_DIR = "reports/probe"
 
 
 # ---------------------------------------------------------------------------- the probe
@@ -36,7 +36,7 @@ OUT_DIR = "reports/probe"
 @dataclass
 class TrialRecord:
     batch_size: int
-    status: memory.Status
+    status: ProbeStatus
     reason: str
     rule: str = ""                            # which OOM rule fired (oom, killed)
     peak_memory_bytes: int | None = None      # see metrics.json peak_memory_measure
@@ -69,7 +69,7 @@ def record_from_report(batch_size: int, report: dict, limit: int, trial: int) ->
         raise TrialError(f"batch size {batch_size}: the trial ran {res['steps_run']} steps and {res['examples_run']} "
                          f"examples; a trial that ran nothing is a failure, not a fit")
     checked = max(res["peak_memory_bytes"], res["peak_reserved_bytes"] or 0)
-    status: memory.Status = "fits" if checked <= limit else "over_budget"
+    status: ProbeStatus = "fits" if checked <= limit else "over_budget"
     reason = f"peak {human_bytes(checked)} {'within' if status == 'fits' else 'exceeds'} the limit {human_bytes(limit)}"
     return TrialRecord(batch_size, status, reason, "", res["peak_memory_bytes"], res["peak_reserved_bytes"],
                        res["baseline_memory_bytes"], res["steps_run"], res["examples_run"], seconds,
@@ -178,7 +178,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
 
 # ---------------------------------------------------------------------------- outputs
 
-def write_outputs(outcome: ProbeOutcome, out_dir: str = OUT_DIR) -> None:
+def write_outputs(outcome: ProbeOutcome) -> None:
     import pandas as pd
 
     from stages.core.io import write_csv, write_json
@@ -186,9 +186,9 @@ def write_outputs(outcome: ProbeOutcome, out_dir: str = OUT_DIR) -> None:
     frame = pd.DataFrame([asdict(r) for r in outcome.records]).sort_values("batch_size", kind="stable")
     for column in ("peak_memory_bytes", "peak_reserved_bytes", "baseline_memory_bytes", "trial"):
         frame[column] = frame[column].astype("Int64")
-    write_csv(f"{out_dir}/probe.csv", frame)
-    write_json(f"{out_dir}/metrics.json", outcome.metrics)
-    plot_memory(frame, outcome.metrics, f"{out_dir}/memory.png")
+    write_csv(out.PROBE_CSV.path, frame)
+    write_json(out.PROBE_METRICS.path, outcome.metrics)
+    plot_memory(frame, outcome.metrics, out.PROBE_PLOT.path)
 
 
 def plot_memory(frame, metrics: dict, path: str) -> None:
@@ -236,18 +236,14 @@ def main() -> None:
 
     with TrialRunner() as runner:  # its server warms up (imports) while params.yaml is validated
         ctx = setup()
-        try:
-            outcome = run_probe(ctx.params, ctx.device, ctx.workload.num_train_examples, runner)
-        except TrialError as e:
-            print(f"kickoff: error: probe: {e}", file=sys.stderr)
-            sys.exit(1)
-    write_outputs(outcome)
+        outcome = run_probe(ctx.params, ctx.device, ctx.workload.num_train_examples, runner)
+    write_outputs(outcome)  # also when nothing fits: probe.csv records why each size failed
     best = outcome.max_batch_size
     if best is None:
         failure = outcome.metrics["first_failure"]
-        print(f"kickoff: error: probe: no batch size fits: batch size {failure['batch_size']} was {failure['status']} "
-              f"({failure['reason']}); see {OUT_DIR}/probe.csv", file=sys.stderr)
-        sys.exit(1)
+        raise StudyError(f"probe: no batch size fits: batch size {failure['batch_size']} was {failure['status']} "
+                         f"({failure['reason']}); see {out.PROBE_CSV.path}; lower probe.min_batch_size, shrink the "
+                         f"model, or raise probe.memory_budget")
     info("probe", f"max batch size {best} (memory model predicts {outcome.metrics['predicted_max_batch_size']}); "
-                  f"wrote {OUT_DIR}/probe.csv, metrics.json, memory.png")
+                  f"wrote {out.PROBE_CSV.path}, {out.PROBE_METRICS.path}, {out.PROBE_PLOT.path}")
 
