@@ -293,7 +293,7 @@ def test_stage_stops_on_a_non_oom_error_with_its_traceback(tmp_path):
     proc = run_stage(tmp_path, {"workload": {"name": FAKE, "kwargs": {"error_at": 4}},
                                 "runtime": {"device": "cpu", "threads": 1}, "probe": {"max_batch_size": 16}})
     assert proc.returncode == 2  # the user's model failed: a StudyError carrying the model's own traceback
-    assert proc.stderr.startswith("kickoff: error: batch size 4: the workload failed")
+    assert "\nkickoff: error: batch size 4: the workload failed" in proc.stderr  # after the progress lines
     assert "not out-of-memory" in proc.stderr and "Traceback" in proc.stderr
     assert "ValueError: fake model bug at batch size 4" in proc.stderr
     assert not (tmp_path / "reports/probe/probe.csv").exists()

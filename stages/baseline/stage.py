@@ -19,12 +19,13 @@ import yaml
 
 from stages.core import log
 from stages.core import plotting
-from stages.core.config import PARAMS_FILE, Params, load_params, validate
+from stages.core.config import Params, validate
 from stages.core import outputs as out
 from stages.core.errors import ConfigError, InputError
 from stages.core.device import describe, resolve_device, configure_cpu
 from stages.core.io import write_csv, write_json
 from stages.core.train import TrialResult, eval_schedule, train_to_target
+from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import Workload, make_workload, target_reached
 
 def read_initial_config(source: out.Output = out.SELECT_CONFIG) -> tuple[dict, Params, Workload]:
@@ -106,7 +107,7 @@ def plot_curve(curve: pd.DataFrame, workload: Workload, path: str) -> None:
 
 
 def main() -> None:
-    params = load_params(PARAMS_FILE)
+    params = load_stage_params("baseline")
     config, sections, workload = read_initial_config()
     configure_cpu(params.runtime.threads)
     device = resolve_device(params.runtime.device)

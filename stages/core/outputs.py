@@ -22,14 +22,14 @@ from typing import Any, Literal
 from stages.core.errors import InputError
 from stages.core.types import Outcome, ProbeStatus
 
-Kind = Literal["out", "metrics", "image"]
+OutputKind = Literal["out", "metrics", "image"]
 
 
 @dataclass(frozen=True)
 class Output:
     path: str                                 # relative to the project root; may hold {batch_size}
     producer: str                             # the command that writes it (the declaration checks it)
-    kind: Kind = "out"
+    kind: OutputKind = "out"
     cache: bool = False                       # small outputs are tracked by git so branches compare without a DVC remote
     columns: tuple[str, ...] = ()             # CSV: columns a reader relies on
     numeric: tuple[str, ...] = ()             # CSV: columns that must hold numbers (empty cells allowed)

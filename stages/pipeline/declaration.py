@@ -159,6 +159,21 @@ def stage(name: str) -> Stage:
     raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
 
 
+def declared_keys(name: str) -> tuple[str, ...]:
+    """The params keys stage `name` may read: its params, plus the list a fan-out stage iterates over."""
+    s = stage(name)
+    return s.params + ((s.foreach[1],) if s.foreach else ())
+
+
+def load_stage_params(name: str, path: str | Path = "params.yaml"):
+    """params.yaml validated as a whole (ConfigError on any bad value), handed back narrowed to what
+    stage `name` declares: reading any other key raises UndeclaredParamError (a kickoff bug)."""
+    from stages.core.config import load_params
+    from stages.core.declared import restrict
+
+    return restrict(load_params(path), declared_keys(name), name)
+
+
 # ---------------------------------------------------------------------------- code dependencies
 
 def workload_sources(params: dict) -> list[str]:

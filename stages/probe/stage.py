@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from stages.probe import memory, search
-from stages.core.config import Params, ProbeSettings
+from stages.core.config import OptimizerSettings, Params, ProbeSettings
 from stages.core import outputs as out
+from stages.core.declared import replace_sections
 from stages.core.errors import ConfigError, StudyError
 from stages.core.log import human_bytes, info
 from stages.core.types import ProbeStatus
@@ -120,7 +121,10 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
     start = time.perf_counter()
     records: list[TrialRecord] = []
     methods: list[str] = []  # what peak_memory_bytes is, as the trial processes measured it
-    runner.load(ProbeJob(params, str(device)))
+    # Only the optimizer's name and momentum size its state (the probe declares just those); the other
+    # optimizer values keep their defaults in the trials, so the probe's result cannot depend on them.
+    state_only = OptimizerSettings(name=params.optimizer.name, momentum=params.optimizer.momentum)
+    runner.load(ProbeJob(replace_sections(params, optimizer=state_only), str(device)))
     about = query_device(runner)
     budget = memory.resolve_budget(settings.memory_budget, about["capacity_bytes"])
     limit = memory.memory_limit(budget, settings.safety_margin)
@@ -233,9 +237,10 @@ def plot_memory(frame, metrics: dict, path: str) -> None:
 
 def main() -> None:
     from stages.core.context import setup
+    from stages.pipeline.declaration import load_stage_params
 
     with TrialRunner() as runner:  # its server warms up (imports) while params.yaml is validated
-        ctx = setup()
+        ctx = setup(params=load_stage_params("probe"))
         outcome = run_probe(ctx.params, ctx.device, ctx.workload.num_train_examples, runner)
     write_outputs(outcome)  # also when nothing fits: probe.csv records why each size failed
     best = outcome.max_batch_size

@@ -18,6 +18,7 @@ from stages.core import io
 from stages.core import outputs as out
 from stages.core import log
 from stages.core.context import Context, setup
+from stages.pipeline.declaration import load_stage_params
 from stages.scaling.noise_scale import measure_noise_scale
 from stages.core.optim import fixed_values
 from stages.scaling.fit import FitError, ScalingFit, fit_critical_batch_size
@@ -94,7 +95,7 @@ def best_curves(curve_frames: list[pd.DataFrame], table: pd.DataFrame, seed: int
 
 
 def main_summarize() -> None:
-    ctx = setup()
+    ctx = setup(params=load_stage_params("scaling"))
     p, w = ctx.params, ctx.workload
     # Every per-size file is checked (complete rows, known outcomes, only its own batch size) before any work.
     frames = [out.read_csv(out.SCALING_TRIALS, batch_size=b, expect_batch_sizes=[b], allow_repeats=True)

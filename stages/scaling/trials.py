@@ -27,6 +27,7 @@ from stages.scaling.lr_search import (JOURNAL_DIR, Journal, Trial, best_steps, f
 from stages.core.optim import effective_learning_rate
 from stages.scaling.tables import TRIAL_COLUMNS, curve_rows, skip_reason, skipped_row, trial_row
 from stages.core.train import train_to_target
+from stages.pipeline.declaration import load_stage_params
 
 STAGE = "scaling"
 TRIAL_CODE = "stages.core.train"  # a trial's result depends on this module and everything it imports
@@ -104,7 +105,7 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
 
 
 def main_trials(batch_size: int) -> None:
-    ctx = setup()
+    ctx = setup(params=load_stage_params("scaling_trials"))
     s, w = ctx.params.scaling, ctx.workload
     if batch_size not in s.batch_sizes:
         raise ConfigError(f"--batch-size: received {batch_size}; allowed: one of scaling.batch_sizes {s.batch_sizes}")

@@ -22,11 +22,11 @@ from matplotlib.ticker import FuncFormatter
 
 from stages.core import log
 from stages.core import plotting
-from stages.core.config import PARAMS_FILE, load_params
 from stages.core.context import build_workload
 from stages.core import outputs as out
 from stages.core.io import write_csv, write_json, write_text
 from stages.core.optim import fixed_values
+from stages.pipeline.declaration import load_stage_params
 from stages.select.reasoning import reasoning_markdown
 from stages.select.decide import OBJECTIVE_COLUMN, Measurements, Selection, Study, Target, select
 from stages.workloads.base import better_than_chance
@@ -112,7 +112,7 @@ def plot(table: pd.DataFrame, column: str, title: str, ylabel: str, path: str) -
 
 
 def main() -> None:
-    params = load_params(PARAMS_FILE)
+    params = load_stage_params("select")
     measurements, study = read_inputs()
     workload = build_workload(params)
     target = Target(workload.target_metric, workload.target_value, workload.target_direction,

@@ -26,7 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stages.throughput import timing
-from stages.core.config import ThroughputSettings, load_params
+from stages.core.config import ThroughputSettings
 from stages.core.errors import ConfigError, StudyError
 from stages.core.context import Context, setup
 from stages.core.device import describe, synchronize
@@ -36,6 +36,7 @@ from stages.core.log import info
 from stages.core.optim import build_optimizer
 from stages.core.plotting import figure, save
 from stages.core.train import build_model, train_step
+from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import parameter_count, to_device
 
 STAGE = "throughput"
@@ -238,7 +239,7 @@ def plot(frame: pd.DataFrame, largest: int) -> None:
 
 def main() -> None:
     started = time.perf_counter()
-    params = load_params()
+    params = load_stage_params("throughput")
     s = params.throughput
     check_settings(s)
     feasible = feasible_batch_sizes()  # inputs checked before any measuring (and before any output is written)
