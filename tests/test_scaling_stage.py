@@ -172,3 +172,22 @@ def test_a_study_with_every_size_ruled_out_still_writes_its_outputs(tmp_path, ca
     assert m["critical_batch_size"] is None and m["critical_batch_size_kind"] == "undetermined"
     assert m["skipped_batch_sizes"] == SIZES and m["studied_batch_sizes"] == []
     assert "no batch size fits" in pd.read_csv(root / "reports/scaling/trials.csv")["reason"][0]
+
+
+def test_summarize_refuses_a_trials_file_cut_mid_row(study, tmp_path):
+    """Issue 15: a bs_64.csv cut inside an outcome ('reache') was read with exit 0 and moved B_crit.
+    Now summarize stops before any work, names the file and its job, and leaves every output as it was."""
+    root = tmp_path / "copy"
+    shutil.copytree(study, root)
+    trials = root / "reports/scaling/trials/bs_64.csv"
+    text = trials.read_text()
+    cut = text.index(",reached,", text.index("\n") + 1) + len(",reache")
+    trials.write_text(text[:cut])
+    before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
+    proc = run_cli(["summarize"], root)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("kickoff: error: reports/scaling/trials/bs_64.csv: ends in the middle of a row")
+    assert "`python -m stages.scaling trials --batch-size 64`" in lines[0]
+    assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before
