@@ -286,6 +286,8 @@ def test_stage_smoke_on_the_default_workload(tmp_path):
     assert set(METRIC_KEYS) <= set(metrics)
     assert metrics["max_batch_size"] == 1024 and metrics["capped_at"] == 1438 and metrics["has_batch_norm"] is False
     assert (out / "memory.png").stat().st_size > 10_000
+    assert "isolation_note" not in metrics and all(not isinstance(v, str) or len(v) <= 40 for v in metrics.values())
+    assert "## Peak memory\n\npeak resident set size" in (out / "notes.md").read_text()  # the prose kept out of metrics.json
     assert proc.stderr.count("batch size") >= 3  # one progress line per trial
 
 

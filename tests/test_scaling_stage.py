@@ -191,3 +191,12 @@ def test_summarize_refuses_a_trials_file_cut_mid_row(study, tmp_path):
     assert lines[0].startswith("kickoff: error: reports/scaling/trials/bs_64.csv: ends in the middle of a row")
     assert "`python -m stages.scaling trials --batch-size 64`" in lines[0]
     assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before
+
+
+def test_metrics_hold_numbers_and_short_labels_and_the_prose_has_its_own_file(study):
+    metrics = json.loads((study / "reports/scaling/metrics.json").read_text())
+    assert all(not isinstance(v, str) or len(v) <= 40 for v in metrics.values()), metrics
+    assert metrics["batch_sizes"] == SIZES and metrics["max_steps"] == PARAMS["scaling"]["max_steps"]
+    assert PARAMS["scaling"]["lr_min"] <= metrics["learning_rate_min_tried"] <= metrics["learning_rate_max_tried"] <= PARAMS["scaling"]["lr_max"]
+    notes = (study / "reports/scaling/notes.md").read_text()
+    assert notes.startswith("## Critical batch size\n\n") and "B_crit" in notes and "## Gradient noise scale" in notes

@@ -60,6 +60,7 @@ PROBE_CSV = Output("reports/probe/probe.csv", PROBE_CMD, columns=("batch_size", 
                    numeric=("batch_size", "peak_memory_bytes"), allowed=(("status", _STATUS),))
 PROBE_METRICS = Output("reports/probe/metrics.json", PROBE_CMD, "metrics", keys=("max_batch_size",))
 PROBE_PLOT = Output("reports/probe/memory.png", PROBE_CMD, "image")
+PROBE_NOTES = Output("reports/probe/notes.md", PROBE_CMD)  # the first failure's message, how trials were isolated
 
 # ---------------------------------------------------------------------------- throughput
 THROUGHPUT_CSV = Output("reports/throughput/throughput.csv", THROUGHPUT_CMD,
@@ -92,6 +93,7 @@ SCALING_NOISE = Output("reports/scaling/noise_scale.csv", SCALING_CMD)
 SCALING_METRICS = Output("reports/scaling/metrics.json", SCALING_CMD, "metrics",
                          keys=("critical_batch_size", "critical_batch_size_kind", "ci_low", "ci_high", "s_min",
                                "batch_sizes", "max_steps", "learning_rate_min_tried", "learning_rate_max_tried"))
+SCALING_NOTES = Output("reports/scaling/notes.md", SCALING_CMD)  # what the fit and the noise-scale run concluded, in words
 SCALING_PLOTS = tuple(Output(f"reports/scaling/{name}.png", SCALING_CMD, "image")
                       for name in ("steps_to_target", "examples_to_target", "learning_rate", "curves"))
 
@@ -109,6 +111,12 @@ BASELINE_METRICS = Output("reports/baseline/metrics.json", BASELINE_CMD, "metric
 BASELINE_CURVE = Output("reports/baseline/curve.csv", BASELINE_CMD)
 BASELINE_PLOT = Output("reports/baseline/curve.png", BASELINE_CMD, "image")
 REPORT = Output("reports/REPORT.md", REPORT_CMD)
+
+
+def notes_markdown(sections: dict[str, str | None]) -> str:
+    """A notes output: one `##` section per non-empty text (the prose kept out of a metrics file)."""
+    parts = [f"## {title}\n\n{text.strip()}\n" for title, text in sections.items() if text and text.strip()]
+    return "\n".join(parts) if parts else "Nothing to note.\n"
 
 
 # ---------------------------------------------------------------------------- validated readers

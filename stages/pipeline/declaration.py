@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from stages.core import outputs as out
-from stages.core.imports import PACKAGE, ROOT, code_deps
+from stages.core.imports import ROOT, code_deps
 from stages.core.outputs import Output
 
 WORKLOADS_DIR = "stages/workloads"
@@ -69,7 +69,7 @@ STAGES: tuple[Stage, ...] = (
         name="probe",
         cmd=out.PROBE_CMD,
         params=("workload", "optimizer.name", "optimizer.momentum", "runtime", "probe"),  # name, momentum: optimizer state size
-        outputs=(out.PROBE_CSV, out.PROBE_METRICS, out.PROBE_PLOT),
+        outputs=(out.PROBE_CSV, out.PROBE_METRICS, out.PROBE_NOTES, out.PROBE_PLOT),
         plots=(Plot(out.PROBE_CSV.path, "batch_size", "peak_memory_bytes", "Peak memory by batch size",
                     "loglog", "batch size", "peak memory (bytes)"),),
         resources=GPU_JOB,
@@ -107,7 +107,7 @@ STAGES: tuple[Stage, ...] = (
                 "scaling.noise_scale_batch_sizes"),
         inputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         outputs=(out.SCALING_ALL_TRIALS, out.SCALING_STEPS, out.SCALING_CURVES, out.SCALING_NOISE,
-                 out.SCALING_METRICS, *out.SCALING_PLOTS),
+                 out.SCALING_METRICS, out.SCALING_NOTES, *out.SCALING_PLOTS),
         plots=(Plot(out.SCALING_STEPS.path, "batch_size", ["steps_to_target", "perfect_scaling_steps", "fitted_steps"],
                     "Steps to target by batch size", "loglog", "batch size", "steps to target"),
                Plot(out.SCALING_STEPS.path, "batch_size", "examples_to_target", "Examples to target by batch size",
@@ -142,9 +142,9 @@ STAGES: tuple[Stage, ...] = (
         name="report",
         cmd=out.REPORT_CMD,
         params=(),
-        inputs=(out.SELECT_CONFIG, out.PROBE_METRICS, out.PROBE_CSV, out.THROUGHPUT_METRICS, out.THROUGHPUT_NOTES,
-                out.THROUGHPUT_CSV, out.SCALING_METRICS, out.SCALING_STEPS, out.SELECT_METRICS, out.SELECT_DECISION,
-                out.SELECT_REASONING, out.BASELINE_METRICS),
+        inputs=(out.SELECT_CONFIG, out.PROBE_METRICS, out.PROBE_NOTES, out.PROBE_CSV, out.THROUGHPUT_METRICS,
+                out.THROUGHPUT_NOTES, out.THROUGHPUT_CSV, out.SCALING_METRICS, out.SCALING_NOTES, out.SCALING_STEPS,
+                out.SELECT_METRICS, out.SELECT_DECISION, out.SELECT_REASONING, out.BASELINE_METRICS),
         outputs=(out.REPORT,),
         uses_workload=False,
         resources={"mem_mb": 1000, "runtime": 5},

@@ -40,7 +40,7 @@ class TrialRecord:
     status: ProbeStatus
     reason: str
     rule: str = ""                            # which OOM rule fired (oom, killed)
-    peak_memory_bytes: int | None = None      # see metrics.json peak_memory_measure
+    peak_memory_bytes: int | None = None      # what it measures: notes.md, 'Peak memory'
     peak_reserved_bytes: int | None = None    # CUDA only: peak held by the caching allocator
     baseline_memory_bytes: int | None = None  # CPU only: RSS at trial start (interpreter, libraries, data)
     steps_run: int = 0
@@ -185,13 +185,23 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
 def write_outputs(outcome: ProbeOutcome) -> None:
     import pandas as pd
 
-    from stages.core.io import write_csv, write_json
+    from stages.core.io import write_csv, write_json, write_text
 
     frame = pd.DataFrame([asdict(r) for r in outcome.records]).sort_values("batch_size", kind="stable")
     for column in ("peak_memory_bytes", "peak_reserved_bytes", "baseline_memory_bytes", "trial"):
         frame[column] = frame[column].astype("Int64")
+    # Prose (an out-of-memory message runs to hundreds of characters) goes to notes.md, numbers to metrics.json.
+    metrics = {k: v for k, v in outcome.metrics.items() if k not in ("isolation_note", "peak_memory_measure")}
+    failure = metrics["first_failure"]
+    if failure is not None:
+        metrics["first_failure"] = {k: v for k, v in failure.items() if k != "reason"}
+    notes = {"First size that did not fit": failure and f"Batch size {failure['batch_size']} ({failure['status']}): "
+                                                         f"{failure['reason']}",
+             "Peak memory": outcome.metrics.get("peak_memory_measure"),
+             "Trial isolation": outcome.metrics.get("isolation_note")}
     write_csv(out.PROBE_CSV.path, frame)
-    write_json(out.PROBE_METRICS.path, outcome.metrics)
+    write_json(out.PROBE_METRICS.path, metrics)
+    write_text(out.PROBE_NOTES.path, out.notes_markdown(notes))
     plot_memory(frame, outcome.metrics, out.PROBE_PLOT.path)
 
 

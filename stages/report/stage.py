@@ -98,6 +98,7 @@ def probe_section(inputs: Inputs) -> list[str]:
                   f"{fmt(_metric(m, 'device'))}). Memory model: peak = "
                   f"{fmt(_metric(m, 'memory_fixed_bytes'), 'memory_fixed_bytes')} fixed + "
                   f"{fmt(_metric(m, 'memory_per_example_bytes'), 'memory_per_example_bytes')} per example.", ""]
+    lines += _notes(out.PROBE_NOTES, "probe", inputs)
     return lines + _evidence("probe", inputs, m, metrics_path, f"Every trial (`{csv_path}`):", csv_path, PROBE_COLUMNS)
 
 
@@ -109,9 +110,7 @@ def throughput_section(inputs: Inputs) -> list[str]:
         lines += [f"**Decision:** the largest useful batch size is **{fmt(_metric(m, 'largest_useful_batch_size'))}**: "
                   "the largest size whose doubling still raised examples per second enough. Larger sizes are "
                   "not studied further.", ""]
-        notes = inputs.text(out.THROUGHPUT_NOTES.path, "throughput")
-        if notes is not None:
-            lines += [_demote(notes.strip()), ""]
+        lines += _notes(out.THROUGHPUT_NOTES, "throughput", inputs)
     return lines + _evidence("throughput", inputs, m, metrics_path, f"Per batch size (`{csv_path}`):", csv_path,
                              THROUGHPUT_COLUMNS)
 
@@ -128,6 +127,7 @@ def scaling_section(inputs: Inputs) -> list[str]:
                   f"S_min = {fmt(_metric(m, 's_min'))} steps, E_min = {fmt(_metric(m, 'e_min'))} examples. "
                   "Up to it, doubling the batch size nearly halves the steps; beyond it the gain shrinks. "
                   f"The gradient noise scale (the cheap predictor) says {fmt(_metric(m, 'gradient_noise_scale'))}.", ""]
+    lines += _notes(out.SCALING_NOTES, "scaling", inputs)
     caption = f"Best trial per batch size (`{csv_path}`; every trial is in `{out.SCALING_ALL_TRIALS.path}`):"
     return lines + _evidence("scaling", inputs, m, metrics_path, caption, csv_path, SCALING_COLUMNS)
 
@@ -135,6 +135,12 @@ def scaling_section(inputs: Inputs) -> list[str]:
 def _demote(markdown: str, levels: int = 2) -> str:
     """Nest a stage's own markdown under this report's section headings."""
     return re.sub(r"^(#{1,4}) ", lambda mt: "#" * min(6, len(mt.group(1)) + levels) + " ", markdown, flags=re.M)
+
+
+def _notes(notes: out.Output, stage: str, inputs: Inputs) -> list[str]:
+    """A stage's prose (kept out of its metrics.json), nested under the section's heading."""
+    text = inputs.text(notes.path, stage)
+    return [_demote(text.strip()), ""] if text is not None else [inputs.notes_for(notes.path), ""]
 
 
 def select_section(inputs: Inputs) -> list[str]:

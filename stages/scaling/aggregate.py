@@ -131,7 +131,10 @@ def main_summarize() -> None:
     io.write_csv(out.SCALING_STEPS.path, table)
     io.write_csv(out.SCALING_CURVES.path, curves)
     io.write_csv(out.SCALING_NOISE.path, gns_rows)
+    notes = {"Critical batch size": metrics.pop("critical_batch_size_message"),  # prose: kept out of metrics.json
+             "Gradient noise scale": metrics.pop("gradient_noise_scale_reason", None)}
     io.write_json(out.SCALING_METRICS.path, metrics)
+    io.write_text(out.SCALING_NOTES.path, out.notes_markdown(notes))
     gns_value = gns.get("gradient_noise_scale")
     steps_png, examples_png, lr_png, curves_png = (o.path for o in out.SCALING_PLOTS)
     steps_figure(table, fit, gns_value, steps_png)

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from stages.core.config import SelectSettings
-from stages.core.errors import ConfigError, StudyError
-from stages.core.types import BatchSize, Seconds, Steps
+from stages.core.errors import StudyError
+from stages.core.types import BatchSize, Steps
 
 
 
