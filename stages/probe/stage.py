@@ -6,13 +6,15 @@ Reads params.yaml (workload, optimizer.name/momentum, runtime, probe) and writes
     reports/probe/probe.csv      one row per batch size: tried ones (fits, oom, over_budget, killed)
                                  and sizes above the training-set size (capped, never run)
     reports/probe/metrics.json   max_batch_size, memory budget and limit, memory model, device, caps
+    reports/probe/notes.md       the first failure's message, what the peak measures, trial isolation
     reports/probe/memory.png     peak memory against batch size, with the limit and the fitted line
 
 A trial is real training: `probe.steps` full steps (forward, backward, optimizer step) of
-stages.train.train_step on workload.fake_batch(B), then one evaluation forward at B under no_grad,
-each in a fresh process (stages/probe_trials.py). Sizes are tried in increasing order until the
-first that does not fit (out of memory, over the memory limit, or killed), then optionally bisected.
-Any other error in the model stops the stage with the trial's traceback.
+stages.core.train.train_step on workload.fake_batch(B), then one evaluation forward at B under no_grad,
+each in a fresh process (stages/probe/trials.py). Sizes are tried in increasing order until the
+first that does not fit (out of memory, over the memory limit, or killed), then optionally bisected
+(stages/probe/search.py). Any other error in the model stops the stage (exit 2) with the trial's
+traceback; so does a study where no size fits, after writing probe.csv and notes.md that say why.
 """
 from __future__ import annotations
 

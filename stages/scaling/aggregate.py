@@ -4,8 +4,10 @@ Reads reports/scaling/trials/bs_{B}.csv for every B in scaling.batch_sizes and w
 reports/scaling/trials.csv (every trial, skipped sizes included), steps_to_target.csv (per size: best
 learning rate, steps to target over seeds with their spread, examples, regime, learning-rate
 heuristics), curves.csv (the best trials' learning curves), noise_scale.csv (the gradient-noise-scale
-run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved) and
-four PNGs.
+run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved, and
+the study's limits -- batch sizes, max_steps, learning-rate range tried -- that select names), notes.md
+(the fit's and the noise-scale run's conclusions in words) and four PNGs. Every per-size file is
+checked before any work: a missing, cut-off or inconsistent one stops with the job that rewrites it.
 """
 from __future__ import annotations
 

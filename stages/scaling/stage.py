@@ -1,8 +1,8 @@
 """Stage `scaling`: steps to the target per batch size, the learning rate retuned per size, and the
 critical batch size (McCandlish et al. 2018).
 
-    python -m stages.scaling trials --batch-size 64   # one job per size (scaling_trials@64): stages/scaling_trials.py
-    python -m stages.scaling summarize                # the aggregate stage: stages/scaling_aggregate.py
+    python -m stages.scaling trials --batch-size 64   # one job per size (scaling_trials@64): stages/scaling/trials.py
+    python -m stages.scaling summarize                # the aggregate stage: stages/scaling/aggregate.py
     python -m stages.scaling fit TABLE.csv            # the fit alone, on any batch_size,steps_to_target[,seed] CSV
 
 `fit` prints one JSON object (critical_batch_size, kind, ci_low, ci_high, s_min, e_min, ...); a table

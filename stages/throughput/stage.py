@@ -12,9 +12,9 @@ params sections workload, optimizer, runtime, throughput. Writes reports/through
   diagnosis.md        the diagnosis in words, and how FLOPs, intervals and the time split were measured
   examples_per_s.png, time_per_step.png, time_split.png
 
-Every step is `stages.train.train_step` with the configured optimizer at a small fixed learning
+Every step is `stages.core.train.train_step` with the configured optimizer at a small fixed learning
 rate (the value does not change the work of a step; small keeps the weights finite). How timing
-works and what the intervals mean: stages/timing.py.
+works and what the intervals mean: stages/throughput/timing.py.
 """
 from __future__ import annotations
 
