@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from stages.probe import memory
+from stages.probe import memory, search
 from stages.core.config import validate
 from stages.core.errors import ConfigError
 from stages.workloads.base import make_workload
@@ -71,20 +71,20 @@ def test_search_stops_at_first_failure_and_bisects(bisect, tried, best):
         calls.append(b)
         return b <= 40  # a fake OOM above 40
 
-    assert memory.search(POWERS, fits, bisect) == (tried, best)
+    assert search.search(POWERS, fits, bisect) == (tried, best)
     assert calls == tried
 
 
 def test_search_when_nothing_fits_or_everything_fits():
-    assert memory.search(POWERS, lambda b: False, True) == ([1], None)
-    assert memory.search([4, 16], lambda b: True, True) == ([4, 16], 16)
+    assert search.search(POWERS, lambda b: False, True) == ([1], None)
+    assert search.search([4, 16], lambda b: True, True) == ([4, 16], 16)
 
 
 def test_candidates_are_capped_at_the_dataset_size():
-    assert memory.candidate_batch_sizes(4, 64) == [4, 8, 16, 32, 64]
-    assert memory.candidate_batch_sizes(1, 4096, [48, 16, 128]) == [16, 48, 128]
-    assert memory.cap_candidates([256, 512, 1024, 2048, 4096], 1438) == ([256, 512, 1024], [2048, 4096])
-    assert memory.cap_candidates([1, 2], None) == ([1, 2], [])
+    assert search.candidate_batch_sizes(4, 64) == [4, 8, 16, 32, 64]
+    assert search.candidate_batch_sizes(1, 4096, [48, 16, 128]) == [16, 48, 128]
+    assert search.cap_candidates([256, 512, 1024, 2048, 4096], 1438) == ([256, 512, 1024], [2048, 4096])
+    assert search.cap_candidates([1, 2], None) == ([1, 2], [])
     p = params({"min_batch_size": 2048, "max_batch_size": 4096})
     with pytest.raises(ConfigError, match="exceeds the workload's 1438 training examples"):
         plan_candidates(p.probe, 1438)
@@ -286,13 +286,16 @@ def test_stage_smoke_on_the_default_workload(tmp_path):
     assert set(METRIC_KEYS) <= set(metrics)
     assert metrics["max_batch_size"] == 1024 and metrics["capped_at"] == 1438 and metrics["has_batch_norm"] is False
     assert (out / "memory.png").stat().st_size > 10_000
+    assert "isolation_note" not in metrics and all(not isinstance(v, str) or len(v) <= 40 for v in metrics.values())
+    assert "## Peak memory\n\npeak resident set size" in (out / "notes.md").read_text()  # the prose kept out of metrics.json
     assert proc.stderr.count("batch size") >= 3  # one progress line per trial
 
 
 def test_stage_stops_on_a_non_oom_error_with_its_traceback(tmp_path):
     proc = run_stage(tmp_path, {"workload": {"name": FAKE, "kwargs": {"error_at": 4}},
                                 "runtime": {"device": "cpu", "threads": 1}, "probe": {"max_batch_size": 16}})
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # the user's model failed: a StudyError carrying the model's own traceback
+    assert "\nkickoff: error: batch size 4: the workload failed" in proc.stderr  # after the progress lines
     assert "not out-of-memory" in proc.stderr and "Traceback" in proc.stderr
     assert "ValueError: fake model bug at batch size 4" in proc.stderr
     assert not (tmp_path / "reports/probe/probe.csv").exists()

@@ -57,6 +57,11 @@ def write_outputs(root: Path) -> None:
     (root / "reports/select/decision.csv").write_text(
         "batch_size,feasible,steps_to_target,training_time_s,resource_cost,chosen,why\n"
         "64,True,380,40.1,0.011,False,slower: 40.1 s vs 31 s\n128,True,250,31.0,0.0086,True,minimises training time\n")
+    (root / "reports/probe/notes.md").write_text("## Trial isolation\n\nEvery trial ran in a forked process.\n")
+    (root / "reports/scaling/notes.md").write_text(
+        "## Critical batch size\n\nB_crit = 182 (95% CI 120 .. 260) within the studied range 64 .. 256\n")
+    (root / "reports/throughput/diagnosis.md").write_text(
+        "## Diagnosis\n\nCompute-bound: doubling 256 -> 512 clearly raised examples/s by less than 1.1x.\n")
     (root / "reports/select/reasoning.md").write_text(
         "# Why batch size 128\n\n- 512 fits but throughput stops rising after 256, so it is not considered.\n"
         "- 128 minimises training time: 31 s vs 40 s for 64.\n")
@@ -105,7 +110,10 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
     for expected in ("largest batch size that ran and fit is **1024**", "6.0 GiB", "49.6 MiB fixed",
                      "largest useful batch size is **256**", "about **181.5**", "interval 120 to 260",
                      "| `compute_saved_fraction` | 62.0% |", "| 256 | 0.3 | n/a | n/a | n/a | not reached |",
-                     "training set has 1438 examples", "128 minimises training time: 31 s vs 40 s for 64"):
+                     "training set has 1438 examples", "128 minimises training time: 31 s vs 40 s for 64",
+                     "#### Diagnosis\n\nCompute-bound: doubling 256 -> 512",  # each stage's prose, from its own file
+                     "#### Trial isolation\n\nEvery trial ran in a forked process.",
+                     "#### Critical batch size\n\nB_crit = 182 (95% CI 120 .. 260)"):
         assert expected in text, expected
     assert "\n### Why batch size 128" in text  # the stage's own heading nested under section 4
     baseline = text.split("## 5.")[1]  # select's predictions next to the baseline's measurements

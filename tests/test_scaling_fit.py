@@ -144,7 +144,7 @@ def test_fit_cli_prints_one_json_object(tmp_path):
 def test_fit_cli_reports_a_degenerate_table_clearly(tmp_path):
     (tmp_path / "two.csv").write_text("batch_size,steps_to_target\n16,100\n32,50\n")
     proc = _fit_cli(tmp_path / "two.csv")
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""  # a StudyError: one line, exit 2
     assert "3 distinct batch sizes" in proc.stderr
     (tmp_path / "bad.csv").write_text("bs,steps\n16,100\n")
     proc = _fit_cli(tmp_path / "bad.csv")

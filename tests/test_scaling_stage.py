@@ -33,7 +33,7 @@ def write_project(root: Path) -> Path:
     probe = root / "reports" / "probe"
     probe.mkdir(parents=True)
     rows = ["batch_size,status,peak_memory_bytes,reason"] + [f"{b},fits,{1000 * b}," for b in SIZES[:-1]]
-    rows.append("256,out_of_memory,,CUDA out of memory (tried to allocate 2.0 GiB)")
+    rows.append("256,oom,,CUDA out of memory (tried to allocate 2.0 GiB)")
     (probe / "probe.csv").write_text("\n".join(rows) + "\n")
     (probe / "metrics.json").write_text(json.dumps({"max_batch_size": 128}))
     throughput = root / "reports" / "throughput"
@@ -172,3 +172,31 @@ def test_a_study_with_every_size_ruled_out_still_writes_its_outputs(tmp_path, ca
     assert m["critical_batch_size"] is None and m["critical_batch_size_kind"] == "undetermined"
     assert m["skipped_batch_sizes"] == SIZES and m["studied_batch_sizes"] == []
     assert "no batch size fits" in pd.read_csv(root / "reports/scaling/trials.csv")["reason"][0]
+
+
+def test_summarize_refuses_a_trials_file_cut_mid_row(study, tmp_path):
+    """Issue 15: a bs_64.csv cut inside an outcome ('reache') was read with exit 0 and moved B_crit.
+    Now summarize stops before any work, names the file and its job, and leaves every output as it was."""
+    root = tmp_path / "copy"
+    shutil.copytree(study, root)
+    trials = root / "reports/scaling/trials/bs_64.csv"
+    text = trials.read_text()
+    cut = text.index(",reached,", text.index("\n") + 1) + len(",reache")
+    trials.write_text(text[:cut])
+    before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
+    proc = run_cli(["summarize"], root)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("kickoff: error: reports/scaling/trials/bs_64.csv: ends in the middle of a row")
+    assert "`python -m stages.scaling trials --batch-size 64`" in lines[0]
+    assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before
+
+
+def test_metrics_hold_numbers_and_short_labels_and_the_prose_has_its_own_file(study):
+    metrics = json.loads((study / "reports/scaling/metrics.json").read_text())
+    assert all(not isinstance(v, str) or len(v) <= 40 for v in metrics.values()), metrics
+    assert metrics["batch_sizes"] == SIZES and metrics["max_steps"] == PARAMS["scaling"]["max_steps"]
+    assert PARAMS["scaling"]["lr_min"] <= metrics["learning_rate_min_tried"] <= metrics["learning_rate_max_tried"] <= PARAMS["scaling"]["lr_max"]
+    notes = (study / "reports/scaling/notes.md").read_text()
+    assert notes.startswith("## Critical batch size\n\n") and "B_crit" in notes and "## Gradient noise scale" in notes

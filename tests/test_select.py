@@ -196,7 +196,8 @@ def study_rows(batch_size: int, lr: float, seed_steps: dict[int, int | None], *,
         end = 1000 if steps is None else math.ceil(steps * hold)
         trials.append({"batch_size": batch_size, "learning_rate": lr, "seed": seed,
                        "phase": "search" if seed == 0 else "seed", "outcome": "reached" if steps else "not_reached",
-                       "steps_to_target": steps, "reason": ""})
+                       "steps_to_target": steps, "steps_run": end, "examples_run": end * batch_size, "max_steps": 2000,
+                       "seconds": 0.1, "effective_learning_rate": lr * 10, "reason": ""})
         dip = (dip_at or {}).get(seed)
         for step in sorted({*range(1, 20), *range(20, end + 1, 5), end} | ({steps} if steps else set()) | ({dip} if dip else set())):
             if dip and step > dip:
@@ -241,7 +242,9 @@ def digits_fixture(root: Path, *, steps: dict[int, float] | None = None, trials:
         "probe/metrics.json": {"max_batch_size": 1024, "memory_budget_bytes": 2**33, "device": "cpu"},
         "throughput/metrics.json": {"largest_useful_batch_size": 512, "device": "cpu", "threads": 2},
         "scaling/metrics.json": {"critical_batch_size": 60.0, "critical_batch_size_kind": "estimate",
-                                 "ci_low": 40.0, "ci_high": 90.0, "s_min": 60.0, "perfect_scaling_up_to": 16},
+                                 "ci_low": 40.0, "ci_high": 90.0, "s_min": 60.0, "perfect_scaling_up_to": 16,
+                                 "batch_sizes": SIZES, "max_steps": 2000, "learning_rate_min_tried": 0.01,
+                                 "learning_rate_max_tried": 2.0},
     }
     for name, data in files.items():
         path = root / "reports" / name

@@ -3,8 +3,8 @@
     python -m stages.baseline
 
 Reads reports/select/initial_config.yaml (batch size, learning rate, step budget, optimizer with its
-fixed values, workload) and params (runtime: device, threads, seed; baseline); trains for the whole
-step budget from the seed (no stop at the target, so the learning curve is complete) and writes
+fixed values, workload, seed) and params (runtime.device, runtime.threads; baseline); trains for the
+whole step budget from the selected seed (no stop at the target, so the learning curve is complete) and writes
 reports/baseline/:
     metrics.json  the target metric's final value under its own name (e.g. `accuracy`) and the other
                   final metrics, reached_target, final_meets_target, steps_to_target, train_seconds
@@ -18,47 +18,40 @@ reports/baseline/:
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
-import yaml
 
 from stages.core import log
 from stages.core import plotting
-from stages.core.config import PARAMS_FILE, Params, load_params, validate
-from stages.core.errors import ConfigError
+from stages.core.config import Params, validate
+from stages.core import outputs as out
+from stages.core.errors import ConfigError, InputError
 from stages.core.device import describe, resolve_device, configure_cpu
 from stages.core.io import write_csv, write_json
 from stages.core.train import TrialResult, eval_schedule, train_to_target
+from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import Workload, make_workload, target_reached
 
-CONFIG = Path("reports/select/initial_config.yaml")
-OUT = Path("reports/baseline")
-REQUIRED = ("batch_size", "learning_rate", "train_steps", "optimizer", "workload")
 PREDICTED = ("steps_to_target", "time_per_step_s", "expected_time_to_target_s")  # select's predictions, checked here
 
 
-def read_initial_config(path: Path = CONFIG) -> tuple[dict, Params, Workload]:
+def read_initial_config(source: out.Output = out.SELECT_CONFIG) -> tuple[dict, Params, Workload]:
     """The selected configuration, its optimizer/workload validated like params.yaml sections, and the workload."""
-    if not path.exists():
-        raise ConfigError(f"{path} does not exist: run `python -m stages.select` first (dvc repro or snakemake)")
-    config = yaml.safe_load(path.read_text()) or {}
-    missing = [k for k in REQUIRED if k not in config]
-    if missing:
-        raise ConfigError(f"{path}: missing {', '.join(missing)}; allowed: the file `python -m stages.select` writes "
-                          f"(keys {', '.join(REQUIRED)}, ...)")
+    config = out.read_yaml(source)  # a missing file or key: InputError naming select
+    path = source.path
     for key in ("batch_size", "train_steps"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise ConfigError(f"{path}: {key}: received {config[key]!r}; allowed: a positive integer")
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
+            raise InputError(path, f"{key}: received {config[key]!r}; allowed: a positive integer", source.producer)
+    if not isinstance(config["seed"], int) or isinstance(config["seed"], bool) or config["seed"] < 0:
+        raise InputError(path, f"seed: received {config['seed']!r}; allowed: a non-negative integer", source.producer)
     for key in ("learning_rate", *PREDICTED):
         if key in config and (isinstance(config[key], bool) or not isinstance(config[key], (int, float))
                               or not config[key] > 0):
-            raise ConfigError(f"{path}: {key}: received {config[key]!r}; allowed: a positive number")
-    sections = validate({"optimizer": config["optimizer"], "workload": config["workload"]}, str(path))
+            raise InputError(path, f"{key}: received {config[key]!r}; allowed: a positive number", source.producer)
     try:
+        sections = validate({"optimizer": config["optimizer"], "workload": config["workload"]}, str(path))
         workload = make_workload(sections.workload.name, sections.workload.kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise InputError(path, str(e).removeprefix(f"{path}: "), source.producer) from None
     return config, sections, workload
 
 
@@ -135,7 +128,7 @@ def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed
     }
 
 
-def plot_curve(curve: pd.DataFrame, workload: Workload, path: Path) -> None:
+def plot_curve(curve: pd.DataFrame, workload: Workload, path: str) -> None:
     fig, ax = plotting.figure("Baseline learning curve", "step", "training loss", logx=False)
     ax.plot(curve["step"], curve["train_loss"], color="tab:blue", marker=".", label="training loss")
     ax.set_yscale("log")
@@ -152,11 +145,11 @@ def plot_curve(curve: pd.DataFrame, workload: Workload, path: Path) -> None:
 
 
 def main() -> None:
-    params = load_params(PARAMS_FILE)
+    params = load_stage_params("baseline")
     config, sections, workload = read_initial_config()
     configure_cpu(params.runtime.threads)
     device = resolve_device(params.runtime.device)
-    seed = params.runtime.seed
+    seed = int(config["seed"])  # the seed select chose with, so the baseline retraces the study's run
     log.info("baseline", f"training batch size {config['batch_size']}, lr {config['learning_rate']:.3g}, "
                          f"{config['train_steps']} steps, seed {seed} on {describe(device)}")
     result = run_baseline(workload, config, sections, seed, device, params.baseline.eval_every)
@@ -165,8 +158,7 @@ def main() -> None:
                          f"after {result.steps_run} steps ({result.seconds:.3g} s training, {result.eval_seconds:.3g} s "
                          f"evaluating); steps to target {result.steps_to_target} (predicted {config.get('steps_to_target')})")
     curve = pd.DataFrame(result.curve)
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_csv(OUT / "curve.csv", curve)
-    plot_curve(curve, workload, OUT / "curve.png")
-    write_json(OUT / "metrics.json", metrics)
+    write_csv(out.BASELINE_CURVE.path, curve)
+    plot_curve(curve, workload, out.BASELINE_PLOT.path)
+    write_json(out.BASELINE_METRICS.path, metrics)
 

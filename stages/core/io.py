@@ -67,9 +67,3 @@ def save_figure(path: str | os.PathLike, fig) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first (dvc repro or snakemake)")
-    return json.loads(path.read_text())

@@ -16,17 +16,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
 from stages.core.config import OptimizerSettings
 from stages.core.device import seed_everything, synchronize
 from stages.core.optim import build_optimizer
+from stages.core.types import Outcome, Steps
 from stages.workloads.base import Batch, Workload, target_reached, to_device
 
-Steps = int
-Outcome = Literal["reached", "not_reached", "diverged", "stopped_early"]
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, workload: Workload, batch: Batch) -> torch.Tensor:

@@ -6,29 +6,32 @@ Reads params.yaml (workload, optimizer.name/momentum, runtime, probe) and writes
     reports/probe/probe.csv      one row per batch size: tried ones (fits, oom, over_budget, killed)
                                  and sizes above the training-set size (capped, never run)
     reports/probe/metrics.json   max_batch_size, memory budget and limit, memory model, device, caps
+    reports/probe/notes.md       the first failure's message, what the peak measures, trial isolation
     reports/probe/memory.png     peak memory against batch size, with the limit and the fitted line
 
 A trial is real training: `probe.steps` full steps (forward, backward, optimizer step) of
-stages.train.train_step on workload.fake_batch(B), then one evaluation forward at B under no_grad,
-each in a fresh process (stages/probe_trials.py). Sizes are tried in increasing order until the
-first that does not fit (out of memory, over the memory limit, or killed), then optionally bisected.
-Any other error in the model stops the stage with the trial's traceback.
+stages.core.train.train_step on workload.fake_batch(B), then one evaluation forward at B under no_grad,
+each in a fresh process (stages/probe/trials.py). Sizes are tried in increasing order until the
+first that does not fit (out of memory, over the memory limit, or killed), then optionally bisected
+(stages/probe/search.py). Any other error in the model stops the stage (exit 2) with the trial's
+traceback; so does a study where no size fits, after writing probe.csv and notes.md that say why.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from stages.probe import memory
-from stages.core.config import Params, ProbeSettings
-from stages.core.errors import ConfigError
+from stages.probe import memory, search
+from stages.core.config import OptimizerSettings, Params, ProbeSettings
+from stages.core import outputs as out
+from stages.core.declared import replace_sections
+from stages.core.errors import ConfigError, StudyError
 from stages.core.log import human_bytes, info
+from stages.core.types import ProbeStatus
 from stages.probe.trials import Isolation, ProbeJob, TrialError, TrialRunner
 
-OUT_DIR = "reports/probe"
 
 
 # ---------------------------------------------------------------------------- the probe
@@ -36,10 +39,10 @@ OUT_DIR = "reports/probe"
 @dataclass
 class TrialRecord:
     batch_size: int
-    status: memory.Status
+    status: ProbeStatus
     reason: str
     rule: str = ""                            # which OOM rule fired (oom, killed)
-    peak_memory_bytes: int | None = None      # see metrics.json peak_memory_measure
+    peak_memory_bytes: int | None = None      # what it measures: notes.md, 'Peak memory'
     peak_reserved_bytes: int | None = None    # CUDA only: peak held by the caching allocator
     baseline_memory_bytes: int | None = None  # CPU only: RSS at trial start (interpreter, libraries, data)
     steps_run: int = 0
@@ -69,7 +72,7 @@ def record_from_report(batch_size: int, report: dict, limit: int, trial: int) ->
         raise TrialError(f"batch size {batch_size}: the trial ran {res['steps_run']} steps and {res['examples_run']} "
                          f"examples; a trial that ran nothing is a failure, not a fit")
     checked = max(res["peak_memory_bytes"], res["peak_reserved_bytes"] or 0)
-    status: memory.Status = "fits" if checked <= limit else "over_budget"
+    status: ProbeStatus = "fits" if checked <= limit else "over_budget"
     reason = f"peak {human_bytes(checked)} {'within' if status == 'fits' else 'exceeds'} the limit {human_bytes(limit)}"
     return TrialRecord(batch_size, status, reason, "", res["peak_memory_bytes"], res["peak_reserved_bytes"],
                        res["baseline_memory_bytes"], res["steps_run"], res["examples_run"], seconds,
@@ -78,11 +81,11 @@ def record_from_report(batch_size: int, report: dict, limit: int, trial: int) ->
 
 def plan_candidates(settings: ProbeSettings, num_train_examples: int | None) -> tuple[list[int], list[int]]:
     """(sizes to try, sizes capped at the training-set size); ConfigError if nothing is left to try."""
-    candidates = memory.candidate_batch_sizes(settings.min_batch_size, settings.max_batch_size, settings.batch_sizes)
+    candidates = search.candidate_batch_sizes(settings.min_batch_size, settings.max_batch_size, settings.batch_sizes)
     if not candidates:
         raise ConfigError(f"probe: no power of two lies in [min_batch_size, max_batch_size] = "
                           f"[{settings.min_batch_size}, {settings.max_batch_size}]; allowed: a range holding one, or probe.batch_sizes")
-    kept, capped = memory.cap_candidates(candidates, num_train_examples)
+    kept, capped = search.cap_candidates(candidates, num_train_examples)
     if not kept:
         raise ConfigError(f"probe: every candidate batch size {candidates} exceeds the workload's {num_train_examples} "
                           f"training examples; allowed: probe.min_batch_size (or probe.batch_sizes) at most {num_train_examples}")
@@ -120,7 +123,10 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
     start = time.perf_counter()
     records: list[TrialRecord] = []
     methods: list[str] = []  # what peak_memory_bytes is, as the trial processes measured it
-    runner.load(ProbeJob(params, str(device)))
+    # Only the optimizer's name and momentum size its state (the probe declares just those); the other
+    # optimizer values keep their defaults in the trials, so the probe's result cannot depend on them.
+    state_only = OptimizerSettings(name=params.optimizer.name, momentum=params.optimizer.momentum)
+    runner.load(ProbeJob(replace_sections(params, optimizer=state_only), str(device)))
     about = query_device(runner)
     budget = memory.resolve_budget(settings.memory_budget, about["capacity_bytes"])
     limit = memory.memory_limit(budget, settings.safety_margin)
@@ -147,7 +153,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
                       f"{rec.steps_run} steps  {rec.seconds:.2f} s" + ("" if rec.status == "fits" else f"  {rec.rule + ': ' if rec.rule else ''}{rec.reason}"))
         return rec.status == "fits"
 
-    tried, best = memory.search(kept, fits, settings.bisect)
+    tried, best = search.search(kept, fits, settings.bisect)
     seconds = time.perf_counter() - start
     records += [TrialRecord(b, "capped", f"exceeds the {num_train_examples} training examples; not run") for b in capped]
     records += [TrialRecord(b, "capped", "batch norm cannot train on a single example (its batch statistics "
@@ -178,17 +184,27 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
 
 # ---------------------------------------------------------------------------- outputs
 
-def write_outputs(outcome: ProbeOutcome, out_dir: str = OUT_DIR) -> None:
+def write_outputs(outcome: ProbeOutcome) -> None:
     import pandas as pd
 
-    from stages.core.io import write_csv, write_json
+    from stages.core.io import write_csv, write_json, write_text
 
     frame = pd.DataFrame([asdict(r) for r in outcome.records]).sort_values("batch_size", kind="stable")
     for column in ("peak_memory_bytes", "peak_reserved_bytes", "baseline_memory_bytes", "trial"):
         frame[column] = frame[column].astype("Int64")
-    write_csv(f"{out_dir}/probe.csv", frame)
-    write_json(f"{out_dir}/metrics.json", outcome.metrics)
-    plot_memory(frame, outcome.metrics, f"{out_dir}/memory.png")
+    # Prose (an out-of-memory message runs to hundreds of characters) goes to notes.md, numbers to metrics.json.
+    metrics = {k: v for k, v in outcome.metrics.items() if k not in ("isolation_note", "peak_memory_measure")}
+    failure = metrics["first_failure"]
+    if failure is not None:
+        metrics["first_failure"] = {k: v for k, v in failure.items() if k != "reason"}
+    notes = {"First size that did not fit": failure and f"Batch size {failure['batch_size']} ({failure['status']}): "
+                                                         f"{failure['reason']}",
+             "Peak memory": outcome.metrics.get("peak_memory_measure"),
+             "Trial isolation": outcome.metrics.get("isolation_note")}
+    write_csv(out.PROBE_CSV.path, frame)
+    write_json(out.PROBE_METRICS.path, metrics)
+    write_text(out.PROBE_NOTES.path, out.notes_markdown(notes))
+    plot_memory(frame, outcome.metrics, out.PROBE_PLOT.path)
 
 
 def plot_memory(frame, metrics: dict, path: str) -> None:
@@ -233,21 +249,18 @@ def plot_memory(frame, metrics: dict, path: str) -> None:
 
 def main() -> None:
     from stages.core.context import setup
+    from stages.pipeline.declaration import load_stage_params
 
     with TrialRunner() as runner:  # its server warms up (imports) while params.yaml is validated
-        ctx = setup()
-        try:
-            outcome = run_probe(ctx.params, ctx.device, ctx.workload.num_train_examples, runner)
-        except TrialError as e:
-            print(f"kickoff: error: probe: {e}", file=sys.stderr)
-            sys.exit(1)
-    write_outputs(outcome)
+        ctx = setup(params=load_stage_params("probe"))
+        outcome = run_probe(ctx.params, ctx.device, ctx.workload.num_train_examples, runner)
+    write_outputs(outcome)  # also when nothing fits: probe.csv records why each size failed
     best = outcome.max_batch_size
     if best is None:
         failure = outcome.metrics["first_failure"]
-        print(f"kickoff: error: probe: no batch size fits: batch size {failure['batch_size']} was {failure['status']} "
-              f"({failure['reason']}); see {OUT_DIR}/probe.csv", file=sys.stderr)
-        sys.exit(1)
+        raise StudyError(f"probe: no batch size fits: batch size {failure['batch_size']} was {failure['status']} "
+                         f"({failure['reason']}); see {out.PROBE_CSV.path}; lower probe.min_batch_size, shrink the "
+                         f"model, or raise probe.memory_budget")
     info("probe", f"max batch size {best} (memory model predicts {outcome.metrics['predicted_max_batch_size']}); "
-                  f"wrote {OUT_DIR}/probe.csv, metrics.json, memory.png")
+                  f"wrote {out.PROBE_CSV.path}, {out.PROBE_METRICS.path}, {out.PROBE_PLOT.path}")
 

@@ -30,6 +30,7 @@ import torch
 from stages.probe import memory
 from stages.core.config import OptimizerSettings, Params
 from stages.core.device import describe, configure_cpu, synchronize
+from stages.core.errors import StudyError
 from stages.core.log import info
 from stages.core.optim import build_optimizer
 from stages.core.train import build_model, train_step
@@ -39,8 +40,9 @@ ANY_LR = 1.0e-3  # the probe measures memory; the learning rate does not change 
 Isolation = Literal["auto", "fork_server", "spawn"]
 
 
-class TrialError(RuntimeError):
-    """A trial failed for a reason other than memory: the probe cannot go on."""
+class TrialError(StudyError):
+    """A trial failed for a reason other than memory (the workload raised, or ran nothing): the probe cannot
+    go on. The message carries the workload's own traceback, since the fix is in the user's model."""
 
 
 @dataclass(frozen=True)

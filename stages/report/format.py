@@ -1,4 +1,4 @@
-"""Reading the stages' output files forgivingly, and formatting their numbers as markdown, for stages/report.py.
+"""Reading the stages' output files forgivingly, and formatting their numbers as markdown, for stages/report/stage.py.
 
 `Inputs` turns a missing, unreadable or partial file into a problem string naming the file and
 the stage that writes it (collected in `Inputs.problems`) and returns None, so the report shows a

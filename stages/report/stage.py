@@ -14,13 +14,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from stages.pipeline import declaration as pipeline
-
+from stages.core import outputs as out
 from stages.core.io import write_text
 from stages.core.log import info
 from stages.report.format import Inputs, fmt, key_value_table, metrics_table, table
 
-REPORT = "reports/REPORT.md"
+REPORT = out.REPORT.path
+IMAGES = {"probe": (out.PROBE_PLOT,), "throughput": out.THROUGHPUT_PLOTS, "scaling": out.SCALING_PLOTS,
+          "select": out.SELECT_PLOTS, "baseline": (out.BASELINE_PLOT,)}
 
 # CSV columns shown per table (contract columns first); a column missing from the file is named in a note.
 PROBE_COLUMNS = ["batch_size", "status", "peak_memory_bytes", "steps_run", "seconds", "reason"]
@@ -33,16 +34,14 @@ CONFIG_KEYS = ["batch_size", "learning_rate", "train_steps", "expected_training_
 
 
 def _images(stage_name: str, inputs: Inputs) -> list[str]:
-    """The stage's PNGs as declared in stages/pipeline.py, linked relative to reports/."""
+    """The stage's PNGs as declared in stages/core/outputs.py, linked relative to reports/."""
     lines = []
-    for out in pipeline.stage(stage_name).outputs:
-        if out.kind != "image":
-            continue
-        if inputs.exists(out.path):
-            rel = Path(out.path).relative_to("reports").as_posix()
-            lines += [f"![{Path(out.path).stem.replace('_', ' ')}]({rel})", ""]
+    for image in IMAGES[stage_name]:
+        if inputs.exists(image.path):
+            rel = Path(image.path).relative_to("reports").as_posix()
+            lines += [f"![{Path(image.path).stem.replace('_', ' ')}]({rel})", ""]
         else:
-            lines += [inputs.missing_note(out.path, stage_name), ""]
+            lines += [inputs.missing_note(image.path, stage_name), ""]
     return lines
 
 
@@ -51,7 +50,7 @@ def _metric(metrics: dict | None, key: str):
 
 
 def recommended(inputs: Inputs) -> list[str]:
-    path = f"{pipeline.SELECT}/initial_config.yaml"
+    path = out.SELECT_CONFIG.path
     config = inputs.yaml(path, "select")
     lines = ["## Recommended initial configuration", ""]
     if config is None:
@@ -72,7 +71,7 @@ def recommended(inputs: Inputs) -> list[str]:
     extra = {k: v for k, v in config.items() if k not in CONFIG_KEYS and k not in ("optimizer", "workload")}
     if extra:
         lines += ["", "Also in the file: " + ", ".join(f"{k} = {fmt(v, k)}" for k, v in extra.items()) + "."]
-    baseline = inputs.json(f"{pipeline.BASELINE}/metrics.json", "baseline")
+    baseline = inputs.json(out.BASELINE_METRICS.path, "baseline")
     if baseline is not None:
         reached = baseline.get("reached_target")
         verdict = ("reached the target" if reached else "did **not** reach the target") if reached is not None else "ran"
@@ -93,7 +92,7 @@ def _evidence(stage: str, inputs: Inputs, m: dict | None, metrics_path: str, cap
 
 
 def probe_section(inputs: Inputs) -> list[str]:
-    metrics_path, csv_path = f"{pipeline.PROBE}/metrics.json", f"{pipeline.PROBE}/probe.csv"
+    metrics_path, csv_path = out.PROBE_METRICS.path, out.PROBE_CSV.path
     m = inputs.json(metrics_path, "probe")
     lines = ["## 1. Probe: which batch sizes fit in memory", ""]
     if m is not None:
@@ -102,25 +101,25 @@ def probe_section(inputs: Inputs) -> list[str]:
                   f"{fmt(_metric(m, 'device'))}). Memory model: peak = "
                   f"{fmt(_metric(m, 'memory_fixed_bytes'), 'memory_fixed_bytes')} fixed + "
                   f"{fmt(_metric(m, 'memory_per_example_bytes'), 'memory_per_example_bytes')} per example.", ""]
+    lines += _notes(out.PROBE_NOTES, "probe", inputs)
     return lines + _evidence("probe", inputs, m, metrics_path, f"Every trial (`{csv_path}`):", csv_path, PROBE_COLUMNS)
 
 
 def throughput_section(inputs: Inputs) -> list[str]:
-    metrics_path, csv_path = f"{pipeline.THROUGHPUT}/metrics.json", f"{pipeline.THROUGHPUT}/throughput.csv"
+    metrics_path, csv_path = out.THROUGHPUT_METRICS.path, out.THROUGHPUT_CSV.path
     m = inputs.json(metrics_path, "throughput")
     lines = ["## 2. Throughput: which batch sizes are worth using", ""]
     if m is not None:
         lines += [f"**Decision:** the largest useful batch size is **{fmt(_metric(m, 'largest_useful_batch_size'))}**: "
                   "the largest size whose doubling still raised examples per second enough. Larger sizes are "
                   "not studied further.", ""]
-        if _metric(m, "diagnosis"):
-            lines += [f"> {fmt(m['diagnosis'])}", ""]
+        lines += _notes(out.THROUGHPUT_NOTES, "throughput", inputs)
     return lines + _evidence("throughput", inputs, m, metrics_path, f"Per batch size (`{csv_path}`):", csv_path,
                              THROUGHPUT_COLUMNS)
 
 
 def scaling_section(inputs: Inputs) -> list[str]:
-    metrics_path, csv_path = f"{pipeline.SCALING}/metrics.json", f"{pipeline.SCALING}/steps_to_target.csv"
+    metrics_path, csv_path = out.SCALING_METRICS.path, out.SCALING_STEPS.path
     m = inputs.json(metrics_path, "scaling")
     lines = ["## 3. Scaling: steps to the target with the learning rate retuned per batch size", ""]
     if m is not None:
@@ -131,7 +130,8 @@ def scaling_section(inputs: Inputs) -> list[str]:
                   f"S_min = {fmt(_metric(m, 's_min'))} steps, E_min = {fmt(_metric(m, 'e_min'))} examples. "
                   "Up to it, doubling the batch size nearly halves the steps; beyond it the gain shrinks. "
                   f"The gradient noise scale (the cheap predictor) says {fmt(_metric(m, 'gradient_noise_scale'))}.", ""]
-    caption = f"Best trial per batch size (`{csv_path}`; every trial is in `{pipeline.SCALING}/trials.csv`):"
+    lines += _notes(out.SCALING_NOTES, "scaling", inputs)
+    caption = f"Best trial per batch size (`{csv_path}`; every trial is in `{out.SCALING_ALL_TRIALS.path}`):"
     return lines + _evidence("scaling", inputs, m, metrics_path, caption, csv_path, SCALING_COLUMNS)
 
 
@@ -140,9 +140,15 @@ def _demote(markdown: str, levels: int = 2) -> str:
     return re.sub(r"^(#{1,4}) ", lambda mt: "#" * min(6, len(mt.group(1)) + levels) + " ", markdown, flags=re.M)
 
 
+def _notes(notes: out.Output, stage: str, inputs: Inputs) -> list[str]:
+    """A stage's prose (kept out of its metrics.json), nested under the section's heading."""
+    text = inputs.text(notes.path, stage)
+    return [_demote(text.strip()), ""] if text is not None else [inputs.notes_for(notes.path), ""]
+
+
 def select_section(inputs: Inputs) -> list[str]:
-    metrics_path, csv_path = f"{pipeline.SELECT}/metrics.json", f"{pipeline.SELECT}/decision.csv"
-    reasoning_path = f"{pipeline.SELECT}/reasoning.md"
+    metrics_path, csv_path = out.SELECT_METRICS.path, out.SELECT_DECISION.path
+    reasoning_path = out.SELECT_REASONING.path
     lines = ["## 4. Select: the batch size that trains fastest (or cheapest)", ""]
     reasoning = inputs.text(reasoning_path, "select")
     lines += [_demote(reasoning.strip()) if reasoning is not None else inputs.notes_for(reasoning_path), ""]
@@ -173,7 +179,7 @@ def predictions_table(m: dict | None) -> list[str]:
 
 
 def baseline_section(inputs: Inputs) -> list[str]:
-    metrics_path = f"{pipeline.BASELINE}/metrics.json"
+    metrics_path = out.BASELINE_METRICS.path
     lines = ["## 5. Baseline: the configuration trained once", "",
              "These are the numbers `dvc metrics diff` compares across branches and against a pinned baseline tag.", ""]
     m = inputs.json(metrics_path, "baseline")

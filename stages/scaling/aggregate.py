@@ -5,26 +5,31 @@ reports/scaling/trials.csv (every trial, skipped sizes included), steps_to_targe
 learning rate, steps to target over seeds with their spread, examples, regime, learning-rate
 heuristics), curves.csv (the learning curves of every seed of each rate that reached the target;
 curves.png draws the best rate's at the search seed), noise_scale.csv (the gradient-noise-scale
-run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved) and
-four PNGs.
+run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved, and
+the study's limits -- batch sizes, max_steps, learning-rate range tried -- that select names), notes.md
+(the fit's and the noise-scale run's conclusions in words) and four PNGs. Every per-size file is
+checked before any work: a missing, cut-off or inconsistent one stops with the job that rewrites it.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 
 from stages.core import io
+from stages.core import outputs as out
 from stages.core import log
-from stages.core.errors import ConfigError
 from stages.core.context import Context, setup
+from stages.pipeline.declaration import load_stage_params
 from stages.scaling.noise_scale import measure_noise_scale
 from stages.core.optim import fixed_values
 from stages.scaling.fit import FitError, ScalingFit, fit_critical_batch_size
 from stages.scaling.plots import curves_figure, examples_figure, fmt, learning_rate_figure, steps_figure
 from stages.scaling.tables import (TRIAL_COLUMNS, add_fit_columns, compute_saved, fit_rows,
                                     learning_rate_exponent, per_size_table)
-from stages.scaling.trials import OUT, STAGE, trials_paths
+
+STAGE = "scaling"  # the log label
 
 
 def _noise_scale_sizes(ctx: Context, table: pd.DataFrame) -> tuple[int, int] | None:
@@ -73,6 +78,13 @@ def _fit(rows: pd.DataFrame, bootstrap: int, seed: int) -> tuple[ScalingFit | No
                  "confidence": fit.confidence, "s_min": fit.s_min, "e_min": fit.e_min}
 
 
+def learning_rate_range(trials: pd.DataFrame) -> dict:
+    """The smallest and largest learning rates the study tried (None if every size was skipped)."""
+    rates = trials.loc[trials["outcome"] != "skipped", "learning_rate"].dropna()
+    return {"learning_rate_min_tried": float(rates.min()) if len(rates) else None,
+            "learning_rate_max_tried": float(rates.max()) if len(rates) else None}
+
+
 def best_curves(curve_frames: list[pd.DataFrame], table: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The learning curve of each size's best learning rate at the search seed."""
     frames = [f for f in curve_frames if not f.empty]
@@ -99,16 +111,12 @@ def reached_curves(curve_frames: list[pd.DataFrame], trials: pd.DataFrame) -> pd
 
 
 def main_summarize() -> None:
-    ctx = setup()
+    ctx = setup(params=load_stage_params("scaling"))
     p, w = ctx.params, ctx.workload
-    frames, curve_frames = [], []
-    for b in p.scaling.batch_sizes:
-        csv_path, curves_path = trials_paths(b)
-        if not csv_path.exists():
-            raise ConfigError(f"{csv_path} is missing: run `python -m stages.scaling trials --batch-size {b}` "
-                                    f"(or dvc repro / snakemake) first")
-        frames.append(pd.read_csv(csv_path))
-        curve_frames.append(pd.read_csv(curves_path))
+    # Every per-size file is checked (complete rows, known outcomes, only its own batch size) before any work.
+    frames = [out.read_csv(out.SCALING_TRIALS, batch_size=b, expect_batch_sizes=[b], allow_repeats=True)
+              for b in p.scaling.batch_sizes]
+    curve_frames = [out.read_csv(out.SCALING_TRIAL_CURVES, batch_size=b) for b in p.scaling.batch_sizes]
     trials = pd.concat(frames, ignore_index=True)[TRIAL_COLUMNS]
     table = per_size_table(trials, p.scaling.batch_sizes)
     fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed)
@@ -125,6 +133,8 @@ def main_summarize() -> None:
         **fit_metrics, **gns,
         "compute_saved_fraction": saved, "examples_run": spent, "examples_if_every_trial_ran_to_max_steps": full,
         "trials": int((trials["outcome"] != "skipped").sum()), "seconds": float(trials["seconds"].sum()),
+        # the study's limits, so select can say what to change without reading scaling's params
+        "batch_sizes": list(p.scaling.batch_sizes), "max_steps": p.scaling.max_steps, **learning_rate_range(trials),
         "studied_batch_sizes": [int(b) for b in table[table["status"].isin(["reached", "not_reached"])]["batch_size"]],
         "reached_batch_sizes": [int(b) for b in reached["batch_size"]],
         "skipped_batch_sizes": [int(b) for b in table[table["status"] == "skipped"]["batch_size"]],
@@ -133,16 +143,20 @@ def main_summarize() -> None:
         "target_metric": w.target_metric, "target_value": w.target_value, "target_direction": w.target_direction,
         "optimizer": fixed_values(p.optimizer), "workload": w.name,
     }
-    io.write_csv(OUT / "trials.csv", trials)
-    io.write_csv(OUT / "steps_to_target.csv", table)
-    io.write_csv(OUT / "curves.csv", reached_curves(curve_frames, trials))
-    io.write_csv(OUT / "noise_scale.csv", gns_rows)
-    io.write_json(OUT / "metrics.json", metrics)
+    io.write_csv(out.SCALING_ALL_TRIALS.path, trials)
+    io.write_csv(out.SCALING_STEPS.path, table)
+    io.write_csv(out.SCALING_CURVES.path, reached_curves(curve_frames, trials))
+    io.write_csv(out.SCALING_NOISE.path, gns_rows)
+    notes = {"Critical batch size": metrics.pop("critical_batch_size_message"),  # prose: kept out of metrics.json
+             "Gradient noise scale": metrics.pop("gradient_noise_scale_reason", None)}
+    io.write_json(out.SCALING_METRICS.path, metrics)
+    io.write_text(out.SCALING_NOTES.path, out.notes_markdown(notes))
     gns_value = gns.get("gradient_noise_scale")
-    steps_figure(table, fit, gns_value, OUT / "steps_to_target.png")
-    examples_figure(table, fit, gns_value, OUT / "examples_to_target.png")
+    steps_png, examples_png, lr_png, curves_png = (o.path for o in out.SCALING_PLOTS)
+    steps_figure(table, fit, gns_value, steps_png)
+    examples_figure(table, fit, gns_value, examples_png)
     note = f"lr / (1 - {p.optimizer.momentum:g})" if p.optimizer.name == "sgd" else "lr"
-    learning_rate_figure(table, note, OUT / "learning_rate.png")
-    curves_figure(curves, w.target_metric, w.target_value, OUT / "curves.png")
-    log.info(STAGE, f"wrote {OUT}: B_crit {fmt(fit_metrics['critical_batch_size'])} ({fit_metrics['critical_batch_size_kind']}), "
+    learning_rate_figure(table, note, lr_png)
+    curves_figure(curves, w.target_metric, w.target_value, curves_png)
+    log.info(STAGE, f"wrote {Path(out.SCALING_METRICS.path).parent}: B_crit {fmt(fit_metrics['critical_batch_size'])} ({fit_metrics['critical_batch_size_kind']}), "
                     f"noise scale {fmt(gns_value)}, compute saved {fmt(saved)}")

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 Kind = Literal["estimate", "lower_bound", "upper_bound"]
-Regime = Literal["perfect_scaling", "diminishing_returns", "no_further_gain"]
+ScalingRegime = Literal["perfect_scaling", "diminishing_returns", "no_further_gain"]
 
 MIN_BATCH_SIZES = 3
 RISING_SLOPE = 0.1        # log2 steps per log2 batch size above which the table counts as rising
@@ -205,7 +205,7 @@ def fit_critical_batch_size(batch_sizes: Sequence[float], steps_to_target: Seque
 
 # ---------------------------------------------------------------------------- regimes
 
-def regime(batch_size: float, fitted_critical_batch_size: float) -> Regime:
+def regime(batch_size: float, fitted_critical_batch_size: float) -> ScalingRegime:
     """Where a batch size sits on the fitted curve, judged by what the next doubling would save:
     <= 60% of the steps kept -> perfect scaling (B <= B_crit / 4); >= 90% kept -> no further gain
     (B >= 4 B_crit); in between, diminishing returns."""

@@ -26,6 +26,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from stages.core.ranking import rank_key
 from stages.core.train import TrialResult
 
 JOURNAL_DIR = Path(".kickoff") / "journal" / "scaling"
@@ -185,13 +186,6 @@ def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | No
         if on_trial:
             on_trial(trials[-1])
     return trials
-
-
-def rank_key(steps: list[int | None], learning_rate: float) -> tuple:
-    """Sort key of a learning rate by its steps to target over seeds: median (a seed that did not
-    reach counts as infinitely slow), then the best seed, then the smaller rate."""
-    values = sorted(math.inf if s is None else s for s in steps)
-    return (float(np.median(values)), values[0], learning_rate)
 
 
 def rerun_seeds(search_trials: list[Trial], run: RunTrial, seeds: list[int], top: int, *,

@@ -1,12 +1,12 @@
 """Stage `scaling`: steps to the target per batch size, the learning rate retuned per size, and the
 critical batch size (McCandlish et al. 2018).
 
-    python -m stages.scaling trials --batch-size 64   # one job per size (scaling_trials@64): stages/scaling_trials.py
-    python -m stages.scaling summarize                # the aggregate stage: stages/scaling_aggregate.py
+    python -m stages.scaling trials --batch-size 64   # one job per size (scaling_trials@64): stages/scaling/trials.py
+    python -m stages.scaling summarize                # the aggregate stage: stages/scaling/aggregate.py
     python -m stages.scaling fit TABLE.csv            # the fit alone, on any batch_size,steps_to_target[,seed] CSV
 
 `fit` prints one JSON object (critical_batch_size, kind, ci_low, ci_high, s_min, e_min, ...); a table
-that cannot bound B_crit exits 1 with the reason on stderr. The subcommands import what they need
+that cannot bound B_crit exits 2 with the reason on stderr. The subcommands import what they need
 when they run, so `fit` starts without loading torch.
 """
 from __future__ import annotations
@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, StudyError
 
 
 # ---------------------------------------------------------------------------- fit CLI
@@ -39,8 +38,7 @@ def main_fit(path: str, bootstrap: int, confidence: float) -> None:
         fit = fit_critical_batch_size(table["batch_size"], steps, table["seed"] if "seed" in table else None,
                                       bootstrap=bootstrap, confidence=confidence)
     except FitError as e:
-        print(f"kickoff: error: {path}: {e}", file=sys.stderr)
-        sys.exit(1)
+        raise StudyError(f"{path}: {e}") from None
     out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fit.as_dict().items()}
     print(json.dumps(out))
 

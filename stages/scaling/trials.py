@@ -17,6 +17,8 @@ import pandas as pd
 import torch
 
 from stages.core import io
+from stages.core import outputs as out
+from stages.core.imports import code_hash
 from stages.core import log
 from stages.core.errors import ConfigError
 from stages.core.context import Context, setup
@@ -25,23 +27,23 @@ from stages.scaling.lr_search import (JOURNAL_DIR, Journal, Trial, best_steps, f
 from stages.core.optim import effective_learning_rate
 from stages.scaling.tables import TRIAL_COLUMNS, curve_rows, skip_reason, skipped_row, trial_row
 from stages.core.train import train_to_target
+from stages.pipeline.declaration import load_stage_params
 
 STAGE = "scaling"
-OUT = Path("reports/scaling")
-PROBE_CSV, PROBE_METRICS = Path("reports/probe/probe.csv"), Path("reports/probe/metrics.json")
-THROUGHPUT_METRICS = Path("reports/throughput/metrics.json")
-_CODE = ("stages/train.py", "stages/optim.py", "stages/workload.py", "stages/device.py")
-
-
-def trials_paths(batch_size: int) -> tuple[Path, Path]:
-    return OUT / "trials" / f"bs_{batch_size}.csv", OUT / "trials" / f"bs_{batch_size}_curves.csv"
+TRIAL_CODE = "stages.core.train"  # a trial's result depends on this module and everything it imports
 
 
 def _file_hash(path: str | Path) -> str:
+    """A workload source (relative to the project root, where the stages run): a file's bytes, or a folder's
+    files (names and bytes, in order) -- workload.sources may name folders."""
     p = Path(path)
-    if not p.is_absolute():
-        p = Path(__file__).resolve().parent.parent / p
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else "absent"
+    if not p.exists():
+        return "absent"
+    files = sorted(f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts) if p.is_dir() else [p]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(p) if p.is_dir() else f.name).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def trial_identity(ctx: Context, batch_size: int) -> dict:
@@ -51,15 +53,12 @@ def trial_identity(ctx: Context, batch_size: int) -> dict:
             "optimizer": asdict(p.optimizer), "batch_size": batch_size, "max_steps": p.scaling.max_steps,
             "eval_resolution": p.scaling.eval_resolution, "hold_factor": p.scaling.hold_factor, "device": ctx.device.type, "threads": ctx.threads,
             "torch": torch.__version__,
-            "code": {str(f): _file_hash(f) for f in (*_CODE, *w.source_files(), *p.workload.sources)}}
+            "code": {TRIAL_CODE: code_hash(TRIAL_CODE),
+                     **{str(f): _file_hash(f) for f in (*w.source_files(), *p.workload.sources)}}}
 
 
 def journal_path(ctx: Context, batch_size: int) -> Path:
     return JOURNAL_DIR / f"bs_{batch_size}-{journal_key(trial_identity(ctx, batch_size))}.jsonl"
-
-
-def _read_optional_csv(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.exists() else None
 
 
 def _neighbour_hint(ctx: Context, batch_size: int, grid: list[float]) -> float | None:
@@ -107,15 +106,17 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
 
 
 def main_trials(batch_size: int) -> None:
-    ctx = setup()
+    ctx = setup(params=load_stage_params("scaling_trials"))
     s, w = ctx.params.scaling, ctx.workload
     if batch_size not in s.batch_sizes:
         raise ConfigError(f"--batch-size: received {batch_size}; allowed: one of scaling.batch_sizes {s.batch_sizes}")
-    csv_path, curves_path = trials_paths(batch_size)
-    probe_metrics = io.read_json(PROBE_METRICS) if PROBE_METRICS.exists() else None
-    throughput_metrics = io.read_json(THROUGHPUT_METRICS) if THROUGHPUT_METRICS.exists() else None
-    reason = skip_reason(batch_size, _read_optional_csv(PROBE_CSV), probe_metrics, throughput_metrics,
-                         w.num_train_examples)
+    csv_path, curves_path = out.SCALING_TRIALS.at(batch_size=batch_size), out.SCALING_TRIAL_CURVES.at(batch_size=batch_size)
+    # The earlier stages' verdicts are optional (the study can run alone), but a file that exists is checked.
+    probe_rows, probe_metrics, throughput_metrics = (
+        reader(o) if o.at().exists() else None for reader, o in ((out.read_csv, out.PROBE_CSV),
+                                                             (out.read_json, out.PROBE_METRICS),
+                                                             (out.read_json, out.THROUGHPUT_METRICS)))
+    reason = skip_reason(batch_size, probe_rows, probe_metrics, throughput_metrics, w.num_train_examples)
     if reason is not None:
         log.info(STAGE, f"bs {batch_size}: skipped ({reason})")
         io.write_csv(csv_path, pd.DataFrame([skipped_row(batch_size, reason)], columns=TRIAL_COLUMNS))

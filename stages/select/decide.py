@@ -27,14 +27,12 @@ import numpy as np
 import pandas as pd
 
 from stages.core.config import SelectSettings
-from stages.core.errors import ConfigError
-
-BatchSize = int
-Steps = int
-Seconds = float
+from stages.core.errors import StudyError
+from stages.core.types import BatchSize, Steps
 
 
-class NotReasonable(ConfigError):
+
+class NotReasonable(StudyError):
     """The study cannot yield a 'reasonable performance' configuration: change the target or the study."""
 
 
@@ -49,10 +47,10 @@ class Target:
 
 @dataclass(frozen=True)
 class Study:
-    """The scaling study's limits, named in messages that say what to change."""
+    """The scaling study's limits (from its metrics.json), named in messages that say what to change."""
     max_steps: Steps
-    lr_min: float
-    lr_max: float
+    lr_min: float  # the smallest learning rate tried
+    lr_max: float  # the largest
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stages.scaling.lr_search import rank_key
+from stages.core.ranking import rank_key
+from stages.core.types import Steps
 from stages.select.decide import Target, step_budget
 from stages.workloads.base import target_reached
 
-Steps = int
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
     python -m stages.select
 
-Reads params (workload, optimizer, runtime.seed, select, and the scaling study's limits for its
-messages) and reports/{probe,throughput,scaling}/ -- from scaling: steps_to_target.csv, metrics.json,
-trials.csv and curves.csv (every seed's learning curve, to keep only rates that hold the target
-through the step budget: stages/select/rates.py); writes reports/select/:
+Reads params (workload, optimizer, runtime.seed, select) and reports/{probe,throughput,scaling}/ --
+from scaling: steps_to_target.csv, metrics.json (the study's limits, named in its messages), trials.csv
+and curves.csv (every seed's learning curve, to keep only rates that hold the target through the step
+budget: stages/select/rates.py); writes reports/select/:
     initial_config.yaml  batch size, learning rate, step budget, optimizer with fixed values, workload,
                          expected training time, objective, devices, seed -- the input of a training run
     decision.csv         per batch size: feasible?, throughput regime, steps, time, resource, chosen, why
@@ -18,46 +18,22 @@ saying what to change (target, scaling.max_steps, learning-rate range) and write
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import pandas as pd
 import yaml
 from matplotlib.ticker import FuncFormatter
 
 from stages.core import log
 from stages.core import plotting
-from stages.core.config import PARAMS_FILE, load_params
 from stages.core.context import build_workload
-from stages.core.errors import ConfigError, InputError
-from stages.core.io import read_json, write_csv, write_json, write_text
+from stages.core import outputs as out
+from stages.core.errors import InputError
+from stages.core.io import write_csv, write_json, write_text
 from stages.core.optim import fixed_values
+from stages.pipeline.declaration import load_stage_params
 from stages.select.reasoning import reasoning_markdown
 from stages.select.decide import OBJECTIVE_COLUMN, Measurements, Selection, Study, Target, select
 from stages.select.rates import choose_rates, trusted_steps
 from stages.workloads.base import better_than_chance
-
-PROBE, THROUGHPUT, SCALING, OUT = Path("reports/probe"), Path("reports/throughput"), Path("reports/scaling"), Path("reports/select")
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first (dvc repro or snakemake)")
-    return pd.read_csv(path)
-
-
-TRIAL_COLUMNS = ("batch_size", "learning_rate", "seed", "outcome", "steps_to_target")
-CURVE_COLUMNS = ("batch_size", "learning_rate", "seed", "step")
-
-
-def _read_checked(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """A CSV scaling writes, with the columns select needs (an empty curves file is fine)."""
-    frame = _read_csv(path)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing and len(frame):
-        raise InputError(path, f"missing column(s) {', '.join(missing)}; received {', '.join(map(str, frame.columns))}",
-                         "python -m stages.scaling summarize")
-    return frame
-
 
 def _skipped(trials: pd.DataFrame) -> dict[int, str]:
     """Batch sizes whose every trial was skipped by the scaling study, with the reason."""
@@ -75,24 +51,30 @@ def _num(x):
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def read_measurements(target: Target, margin: float) -> tuple[Measurements, pd.DataFrame]:
-    """The earlier stages' files; per studied size the learning rate that holds the target (and the
-    per-size rate choices, for the reasoning)."""
-    probe_m, thr_m, sc_m = read_json(PROBE / "metrics.json"), read_json(THROUGHPUT / "metrics.json"), read_json(SCALING / "metrics.json")
-    trials = _read_checked(SCALING / "trials.csv", TRIAL_COLUMNS)
-    curves = _read_checked(SCALING / "curves.csv", CURVE_COLUMNS)
+def _study(sc_m: dict) -> Study:
+    lr_min, lr_max = _num(sc_m.get("learning_rate_min_tried")), _num(sc_m.get("learning_rate_max_tried"))
+    return Study(int(sc_m["max_steps"]), math.nan if lr_min is None else lr_min, math.nan if lr_max is None else lr_max)
+
+
+def read_inputs(target: Target, margin: float) -> tuple[Measurements, Study, pd.DataFrame]:
+    """Every input, checked (complete, the declared columns and values, one row per studied batch size);
+    per studied size the learning rate that holds the target (and the per-size rate choices, for the reasoning)."""
+    probe_m, thr_m, sc_m = (out.read_json(o) for o in (out.PROBE_METRICS, out.THROUGHPUT_METRICS, out.SCALING_METRICS))
+    sizes = [int(b) for b in sc_m["batch_sizes"]]
+    trials = out.read_csv(out.SCALING_ALL_TRIALS, expect_batch_sizes=sizes, allow_repeats=True)
+    curves = out.read_csv(out.SCALING_CURVES)
     if len(curves) and target.metric not in curves:
-        raise InputError(SCALING / "curves.csv", f"no column for the target metric {target.metric!r}; received "
-                         f"{', '.join(map(str, curves.columns))}", "python -m stages.scaling summarize")
+        raise InputError(out.SCALING_CURVES.path, f"no column for the target metric {target.metric!r}; received "
+                         f"{', '.join(map(str, curves.columns))}", out.SCALING_CURVES.rerun())
     choices = choose_rates(trials, curves, target, margin)
     max_bs = probe_m.get("max_batch_size")
     useful = thr_m.get("largest_useful_batch_size")
     return Measurements(
-        probe=_read_csv(PROBE / "probe.csv"),
+        probe=out.read_csv(out.PROBE_CSV),
         max_batch_size=int(max_bs) if _num(max_bs) else None,
-        throughput=_read_csv(THROUGHPUT / "throughput.csv"),
+        throughput=out.read_csv(out.THROUGHPUT_CSV),
         largest_useful_batch_size=int(useful) if _num(useful) else None,
-        steps=trusted_steps(_read_csv(SCALING / "steps_to_target.csv"), choices),
+        steps=trusted_steps(out.read_csv(out.SCALING_STEPS, expect_batch_sizes=sizes), choices),
         skipped=_skipped(trials),
         critical_batch_size=_num(sc_m.get("critical_batch_size")),
         critical_batch_size_kind=str(sc_m.get("critical_batch_size_kind") or "estimate"),
@@ -100,7 +82,7 @@ def read_measurements(target: Target, margin: float) -> tuple[Measurements, pd.D
         s_min=_num(sc_m.get("s_min")),
         perfect_scaling_up_to=int(sc_m["perfect_scaling_up_to"]) if _num(sc_m.get("perfect_scaling_up_to")) else None,
         device=str(probe_m.get("device") or thr_m.get("device") or "device"),
-    ), choices
+    ), _study(sc_m), choices
 
 
 def tie_label(sel: Selection) -> str:
@@ -113,6 +95,7 @@ def tie_label(sel: Selection) -> str:
 
 
 def initial_config(sel: Selection, params, target: Target) -> dict:
+    """initial_config.yaml: everything a training run (and the baseline stage) needs, seed included."""
     c = sel.chosen
     return {
         "batch_size": int(c["batch_size"]),
@@ -131,7 +114,7 @@ def initial_config(sel: Selection, params, target: Target) -> dict:
     }
 
 
-def plot(table: pd.DataFrame, column: str, title: str, ylabel: str, path: Path) -> None:
+def plot(table: pd.DataFrame, column: str, title: str, ylabel: str, path: str) -> None:
     fig, ax = plotting.figure(title, "batch size", ylabel, logx=True, logy=True)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 256, not 2^8
     data = table[table[column].notna() & (table[column] > 0)].copy()
@@ -149,15 +132,11 @@ def plot(table: pd.DataFrame, column: str, title: str, ylabel: str, path: Path) 
 
 
 def main() -> None:
-    params = load_params(PARAMS_FILE)
+    params = load_stage_params("select")
     workload = build_workload(params)
     target = Target(workload.target_metric, workload.target_value, workload.target_direction,
                     workload.chance_score, better_than_chance(workload))
-    study = Study(params.scaling.max_steps, params.scaling.lr_min, params.scaling.lr_max)
-    try:
-        measurements, choices = read_measurements(target, params.select.step_budget_margin)
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from None
+    measurements, study, choices = read_inputs(target, params.select.step_budget_margin)
     sel = select(measurements, params.select, target, study)  # raises (writing nothing) if not reasonable
     c = sel.chosen
     log.info("select", f"batch size {int(c['batch_size'])}, lr {c['best_learning_rate']:.3g}, {sel.train_steps} steps, "
@@ -165,9 +144,8 @@ def main() -> None:
     config = initial_config(sel, params, target)
     header = ("# Initial configuration chosen by `python -m stages.select` (see reasoning.md next to it).\n"
               "# Train it with `python -m stages.baseline`.\n")
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_csv(OUT / "decision.csv", sel.table)
-    write_json(OUT / "metrics.json", {
+    write_csv(out.SELECT_DECISION.path, sel.table)
+    write_json(out.SELECT_METRICS.path, {
         **{k: config[k] for k in ("batch_size", "learning_rate", "train_steps", "devices", "objective",
                                   "expected_training_time_s", "expected_time_to_target_s", "steps_to_target",
                                   "time_per_step_s")},
@@ -183,8 +161,8 @@ def main() -> None:
         "tied_batch_sizes": sel.tied,
         "tie": tie_label(sel),
     })
-    write_text(OUT / "reasoning.md", reasoning_markdown(sel, measurements, target, params.select, study, config["optimizer"]))
-    plot(sel.table, "training_time_s", "Training time to target by batch size", "training time (s)", OUT / "training_time.png")
-    plot(sel.table, "resource_cost", "Resource use to target by batch size", "device-hours x cost per hour", OUT / "resource_use.png")
-    write_text(OUT / "initial_config.yaml", header + yaml.safe_dump(config, sort_keys=False))  # last: baseline's input
+    write_text(out.SELECT_REASONING.path, reasoning_markdown(sel, measurements, target, params.select, study, config["optimizer"]))
+    plot(sel.table, "training_time_s", "Training time to target by batch size", "training time (s)", out.SELECT_PLOTS[0].path)
+    plot(sel.table, "resource_cost", "Resource use to target by batch size", "device-hours x cost per hour", out.SELECT_PLOTS[1].path)
+    write_text(out.SELECT_CONFIG.path, header + yaml.safe_dump(config, sort_keys=False))  # last: baseline's input
 

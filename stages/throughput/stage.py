@@ -8,39 +8,38 @@ params sections workload, optimizer, runtime, throughput. Writes reports/through
   throughput.csv      one row per batch size: median examples/s and interval, time per step, the
                       data wait / copy / compute split, on-device examples/s and the input-bound
                       flag, the doubling ratio with its interval and regime, FLOPs and utilisation
-  metrics.json        largest useful batch size, peak FLOP/s, device, threads, diagnosis
+  metrics.json        largest useful batch size, peak FLOP/s, device, threads (numbers and short labels)
+  diagnosis.md        the diagnosis in words, and how FLOPs, intervals and the time split were measured
   examples_per_s.png, time_per_step.png, time_split.png
 
-Every step is `stages.train.train_step` with the configured optimizer at a small fixed learning
+Every step is `stages.core.train.train_step` with the configured optimizer at a small fixed learning
 rate (the value does not change the work of a step; small keeps the weights finite). How timing
-works and what the intervals mean: stages/timing.py.
+works and what the intervals mean: stages/throughput/timing.py.
 """
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stages.throughput import timing
-from stages.core.config import ThroughputSettings, load_params
-from stages.core.errors import ConfigError
+from stages.core.config import ThroughputSettings
+from stages.core.errors import ConfigError, StudyError
 from stages.core.context import Context, setup
 from stages.core.device import describe, synchronize
-from stages.core.io import read_json, write_csv, write_json
+from stages.core import outputs as out
+from stages.core.io import write_csv, write_json, write_text
 from stages.core.log import info
 from stages.core.optim import build_optimizer
 from stages.core.plotting import figure, save
 from stages.core.train import build_model, train_step
+from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import parameter_count, to_device
 
 STAGE = "throughput"
-PROBE_DIR = Path("reports/probe")
-OUT_DIR = Path("reports/throughput")
 MEASURE_LR = 1.0e-4  # learning rate of the timed steps
 NOISY_SPREAD = 2.0   # fastest / slowest window of one size above this: the machine was not quiet
 FLOPS_COUNTED = ("torch.utils.flop_counter.FlopCounterMode over one full training step (forward, backward, "
@@ -48,6 +47,8 @@ FLOPS_COUNTED = ("torch.utils.flop_counter.FlopCounterMode over one full trainin
                  "(forward and backward) and scaled-dot-product / flash / efficient / flex attention (forward and "
                  "backward). Not counted: elementwise ops, activations, normalisation, reductions, losses, the "
                  "optimizer update.")
+INTERVAL_METHOD = ("examples/s: median over windows, distribution-free order-statistic interval; ratios: "
+                   "ratio of medians, percentile bootstrap (2000 resamples, fixed seed)")
 SPLIT_METHOD = ("median seconds per step of each phase over split_steps extra steps, timed separately from the "
                 "throughput windows with a device sync between phases (so they need not add up exactly to "
                 "time_per_step_s; on a GPU they lose copy/compute overlap)")
@@ -55,10 +56,8 @@ SPLIT_METHOD = ("median seconds per step of each phase over split_steps extra st
 
 # ---------------------------------------------------------------------------- inputs
 
-def feasible_batch_sizes(probe_csv: Path) -> list[int]:
-    if not probe_csv.exists():
-        raise FileNotFoundError(f"{probe_csv} does not exist: run the probe stage first (python -m stages.probe)")
-    probe = pd.read_csv(probe_csv)
+def feasible_batch_sizes() -> list[int]:
+    probe = out.read_csv(out.PROBE_CSV)
     return sorted(int(b) for b in probe.loc[probe["status"] == "fits", "batch_size"].unique())
 
 
@@ -195,9 +194,17 @@ def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, 
                                 "diagnosis": diagnosis}
 
 
+def notes_markdown(diagnosis: str, peak_method: str) -> str:
+    """diagnosis.md: the sentences behind the numbers in metrics.json."""
+    return (f"## Diagnosis\n\n{diagnosis}\n\n## How it was measured\n\n"
+            f"- Intervals: {INTERVAL_METHOD}.\n- Time split: {SPLIT_METHOD}.\n"
+            f"- FLOPs per example: {FLOPS_COUNTED}\n- Peak FLOP/s: {peak_method}.\n")
+
+
 # ---------------------------------------------------------------------------- plots
 
-def plot(frame: pd.DataFrame, largest: int, out: Path) -> None:
+def plot(frame: pd.DataFrame, largest: int) -> None:
+    examples_png, step_png, split_png = (o.path for o in out.THROUGHPUT_PLOTS)
     b = frame.batch_size
     fig, ax = figure("Throughput by batch size", "batch size", "examples / s", logx=True, logy=True)
     ax.errorbar(b, frame.examples_per_s, yerr=[frame.examples_per_s - frame.examples_per_s_ci_low,
@@ -206,12 +213,12 @@ def plot(frame: pd.DataFrame, largest: int, out: Path) -> None:
     ax.plot(b, frame.examples_per_s.iloc[0] * b / b.iloc[0], ":", color="gray", label="ideal doubling")
     ax.axvline(largest, color="green", alpha=0.4, label=f"largest useful ({largest})")
     ax.legend()
-    save(fig, out / "examples_per_s.png")
+    save(fig, examples_png)
 
     fig, ax = figure("Time per step by batch size", "batch size", "seconds / step", logx=True, logy=True)
     ax.errorbar(b, frame.time_per_step_s, yerr=[frame.time_per_step_s - b / frame.examples_per_s_ci_high,
                 b / frame.examples_per_s_ci_low - frame.time_per_step_s], marker="o", capsize=3)
-    save(fig, out / "time_per_step.png")
+    save(fig, step_png)
 
     fig, ax = figure("Where a step's time goes", "batch size", "share of the step (%)")
     total = frame[list(timing.PHASES)].sum(axis=1)
@@ -225,23 +232,24 @@ def plot(frame: pd.DataFrame, largest: int, out: Path) -> None:
         ax.text(i, 101, f"{t * 1e3:.2g} ms", ha="center", va="bottom", fontsize=7, rotation=90)
     ax.set_ylim(0, 122)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=7, frameon=False)
-    save(fig, out / "time_split.png")
+    save(fig, split_png)
 
 
 # ---------------------------------------------------------------------------- main
 
 def main() -> None:
     started = time.perf_counter()
-    params = load_params()
+    params = load_stage_params("throughput")
     s = params.throughput
     check_settings(s)
-    ctx = setup(params=params)
-    feasible = feasible_batch_sizes(PROBE_DIR / "probe.csv")
-    probe_metrics = read_json(PROBE_DIR / "metrics.json")
+    feasible = feasible_batch_sizes()  # inputs checked before any measuring (and before any output is written)
+    probe_metrics = out.read_json(out.PROBE_METRICS)
     sizes = [b for b in feasible if s.max_batch_size is None or b <= s.max_batch_size]
     if not sizes:
-        raise SystemExit(f"kickoff: error: no batch size to measure: probe found {feasible or 'none'} feasible"
-                         + (f", throughput.max_batch_size is {s.max_batch_size}" if s.max_batch_size else ""))
+        raise StudyError(f"throughput: no batch size to measure: probe found {feasible or 'none'} feasible"
+                         + (f", throughput.max_batch_size is {s.max_batch_size}" if s.max_batch_size else "")
+                         + f" (see {out.PROBE_CSV.path})")
+    ctx = setup(params=params)
     info(STAGE, f"{ctx.workload.name} on {describe(ctx.device)}, {ctx.threads} threads; sizes {sizes}")
     peak, peak_method = peak_flops(ctx, s)
     info(STAGE, f"peak matmul: {'n/a' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} ({peak_method})")
@@ -262,23 +270,20 @@ def main() -> None:
         "input_bound_batch_sizes": [int(b) for b in frame.batch_size[frame.input_bound]],
         "regimes": {str(r.batch_size): r.regime for r in frame.itertuples()},
         "peak_flops_per_s": peak,
-        "peak_flops_method": peak_method,
-        "flops_counted": FLOPS_COUNTED,
         "device": describe(ctx.device),
         "probe_device": probe_metrics.get("device"),
         "threads": ctx.threads,
         "confidence": s.confidence,
-        "interval_method": ("examples/s: median over windows, distribution-free order-statistic interval; ratios: "
-                            "ratio of medians, percentile bootstrap (2000 resamples, fixed seed)"),
-        "time_split_method": SPLIT_METHOD,
         "learning_rate": MEASURE_LR,
         "workload": ctx.workload.name,
         "parameter_count": parameter_count(model),
         "seconds": time.perf_counter() - started,
     }
-    write_csv(OUT_DIR / "windows.csv", frame_windows)
-    write_csv(OUT_DIR / "throughput.csv", frame)
-    write_json(OUT_DIR / "metrics.json", metrics)
-    plot(frame, largest, OUT_DIR)
+    metrics.pop("diagnosis")  # prose: it goes to diagnosis.md, so `dvc metrics diff` rows stay short
+    write_csv(out.THROUGHPUT_WINDOWS.path, frame_windows)
+    write_csv(out.THROUGHPUT_CSV.path, frame)
+    write_json(out.THROUGHPUT_METRICS.path, metrics)
+    write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method))
+    plot(frame, largest)
     info(STAGE, f"largest useful batch size {largest}. {diagnosis}")
 

@@ -32,9 +32,9 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-Seconds = float
-ExamplesPerS = float
-Regime = Literal["reference", "scaling", "partial", "saturated", "inconclusive"]
+from stages.core.types import ExamplesPerS, Seconds
+
+ThroughputRegime = Literal["reference", "scaling", "partial", "saturated", "inconclusive"]
 PHASES = ("data_wait_s", "copy_s", "compute_s")
 PHASE_NAMES = {"data_wait_s": "data wait (next(iterator))", "copy_s": "host-to-device copy",
                "compute_s": "compute (forward, backward, optimizer step)"}
@@ -238,7 +238,7 @@ def split_steps(next_batch: Callable[[], object], copy: Callable[[object], objec
 
 # ---------------------------------------------------------------------------- doubling analysis
 
-def classify(ratio_low: float, ratio_high: float, doubling_threshold: float, scaling_ratio: float) -> Regime:
+def classify(ratio_low: float, ratio_high: float, doubling_threshold: float, scaling_ratio: float) -> ThroughputRegime:
     """Regime of a doubling from its ratio interval (see module docstring)."""
     if ratio_low >= scaling_ratio:
         return "scaling"
@@ -264,7 +264,7 @@ class Doubling:
     doubling_ratio: float            # throughput gain per doubling of the batch size
     doubling_ratio_low: float
     doubling_ratio_high: float
-    regime: Regime
+    regime: ThroughputRegime
     grew_most: str | None            # the phase whose time per step grew most (non-scaling doublings)
     growth_s: dict[str, Seconds]     # per-step growth of each phase from doubling_from
 

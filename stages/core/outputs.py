@@ -1,0 +1,220 @@
+"""Every file a stage writes, declared once: its path, the stage that writes it, and what a reader
+needs to check it (required columns, numeric columns, allowed values, required keys).
+
+The stages write to these paths, the pipeline declaration (stages/pipeline/declaration.py) lists
+them as outputs and inputs, and `read_csv` / `read_json` / `read_yaml` / `read_text` below are the
+one way a stage reads another stage's file: a missing, cut-off or inconsistent file stops with an
+`InputError` naming the file and the command that rewrites it -- before any output is touched.
+
+Metrics files (kind "metrics") hold numbers and short labels only, so `dvc metrics diff` stays
+readable; prose goes to its own markdown output.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from stages.core.errors import InputError
+from stages.core.types import Outcome, ProbeStatus
+
+OutputKind = Literal["out", "metrics", "image"]
+
+
+@dataclass(frozen=True)
+class Output:
+    path: str                                 # relative to the project root; may hold {batch_size}
+    producer: str                             # the command that writes it (the declaration checks it)
+    kind: OutputKind = "out"
+    cache: bool = False                       # small outputs are tracked by git so branches compare without a DVC remote
+    columns: tuple[str, ...] = ()             # CSV: columns a reader relies on
+    numeric: tuple[str, ...] = ()             # CSV: columns that must hold numbers (empty cells allowed)
+    allowed: tuple[tuple[str, tuple], ...] = ()  # CSV: (column, allowed values); empty cells allowed
+    keys: tuple[str, ...] = ()                # JSON / YAML: keys a reader relies on
+
+    def at(self, **wildcards: Any) -> Path:
+        """The path with its wildcards filled in, e.g. SCALING_TRIALS.at(batch_size=64)."""
+        return Path(self.path.format(**wildcards))
+
+    def rerun(self, **wildcards: Any) -> str:
+        return self.producer.format(**wildcards)
+
+
+PROBE_CMD = "python -m stages.probe"
+THROUGHPUT_CMD = "python -m stages.throughput"
+SCALING_TRIALS_CMD = "python -m stages.scaling trials --batch-size {batch_size}"
+SCALING_CMD = "python -m stages.scaling summarize"
+SELECT_CMD = "python -m stages.select"
+BASELINE_CMD = "python -m stages.baseline"
+REPORT_CMD = "python -m stages.report"
+
+_STATUS = tuple(typing.get_args(ProbeStatus))
+_OUTCOME = (*typing.get_args(Outcome), "skipped")  # skipped: a size the earlier stages ruled out
+
+# ---------------------------------------------------------------------------- probe
+PROBE_CSV = Output("reports/probe/probe.csv", PROBE_CMD, columns=("batch_size", "status", "reason", "peak_memory_bytes"),
+                   numeric=("batch_size", "peak_memory_bytes"), allowed=(("status", _STATUS),))
+PROBE_METRICS = Output("reports/probe/metrics.json", PROBE_CMD, "metrics", keys=("max_batch_size",))
+PROBE_PLOT = Output("reports/probe/memory.png", PROBE_CMD, "image")
+PROBE_NOTES = Output("reports/probe/notes.md", PROBE_CMD)  # the first failure's message, how trials were isolated
+
+# ---------------------------------------------------------------------------- throughput
+THROUGHPUT_CSV = Output("reports/throughput/throughput.csv", THROUGHPUT_CMD,
+                        columns=("batch_size", "examples_per_s", "time_per_step_s", "regime"),
+                        numeric=("batch_size", "examples_per_s", "time_per_step_s"))
+THROUGHPUT_WINDOWS = Output("reports/throughput/windows.csv", THROUGHPUT_CMD)
+THROUGHPUT_METRICS = Output("reports/throughput/metrics.json", THROUGHPUT_CMD, "metrics",
+                            keys=("largest_useful_batch_size",))
+THROUGHPUT_NOTES = Output("reports/throughput/diagnosis.md", THROUGHPUT_CMD)  # the diagnosis and the methods, in words
+THROUGHPUT_PLOTS = tuple(Output(f"reports/throughput/{name}.png", THROUGHPUT_CMD, "image")
+                         for name in ("examples_per_s", "time_per_step", "time_split"))
+
+# ---------------------------------------------------------------------------- scaling
+_TRIAL_CHECKS = dict(columns=("batch_size", "learning_rate", "seed", "phase", "outcome", "steps_to_target",
+                              "steps_run", "examples_run", "max_steps", "seconds", "effective_learning_rate", "reason"),
+                     numeric=("batch_size", "learning_rate", "seed", "steps_to_target", "steps_run", "examples_run",
+                              "max_steps", "seconds", "effective_learning_rate"),
+                     allowed=(("outcome", _OUTCOME),))
+SCALING_TRIALS = Output("reports/scaling/trials/bs_{batch_size}.csv", SCALING_TRIALS_CMD, **_TRIAL_CHECKS)
+SCALING_TRIAL_CURVES = Output("reports/scaling/trials/bs_{batch_size}_curves.csv", SCALING_TRIALS_CMD,
+                              columns=("batch_size", "learning_rate", "seed", "phase", "examples", "step"),
+                              numeric=("batch_size", "learning_rate", "seed", "examples", "step"))
+SCALING_ALL_TRIALS = Output("reports/scaling/trials.csv", SCALING_CMD, **_TRIAL_CHECKS)
+SCALING_STEPS = Output("reports/scaling/steps_to_target.csv", SCALING_CMD,
+                       columns=("batch_size", "status", "best_learning_rate", "steps_to_target", "regime"),
+                       numeric=("batch_size", "best_learning_rate", "steps_to_target"),
+                       allowed=(("status", ("reached", "not_reached", "skipped", "missing")),))
+SCALING_CURVES = Output("reports/scaling/curves.csv", SCALING_CMD,  # every seed of each rate that reached the target
+                        columns=("batch_size", "learning_rate", "seed", "step"),
+                        numeric=("batch_size", "learning_rate", "seed", "step"))
+SCALING_NOISE = Output("reports/scaling/noise_scale.csv", SCALING_CMD)
+SCALING_METRICS = Output("reports/scaling/metrics.json", SCALING_CMD, "metrics",
+                         keys=("critical_batch_size", "critical_batch_size_kind", "ci_low", "ci_high", "s_min",
+                               "batch_sizes", "max_steps", "learning_rate_min_tried", "learning_rate_max_tried"))
+SCALING_NOTES = Output("reports/scaling/notes.md", SCALING_CMD)  # what the fit and the noise-scale run concluded, in words
+SCALING_PLOTS = tuple(Output(f"reports/scaling/{name}.png", SCALING_CMD, "image")
+                      for name in ("steps_to_target", "examples_to_target", "learning_rate", "curves"))
+
+# ---------------------------------------------------------------------------- select
+SELECT_CONFIG = Output("reports/select/initial_config.yaml", SELECT_CMD,
+                       keys=("batch_size", "learning_rate", "train_steps", "optimizer", "workload", "seed"))
+SELECT_DECISION = Output("reports/select/decision.csv", SELECT_CMD)
+SELECT_METRICS = Output("reports/select/metrics.json", SELECT_CMD, "metrics")
+SELECT_REASONING = Output("reports/select/reasoning.md", SELECT_CMD)
+SELECT_PLOTS = tuple(Output(f"reports/select/{name}.png", SELECT_CMD, "image")
+                     for name in ("training_time", "resource_use"))
+
+# ---------------------------------------------------------------------------- baseline, report
+BASELINE_METRICS = Output("reports/baseline/metrics.json", BASELINE_CMD, "metrics")
+BASELINE_CURVE = Output("reports/baseline/curve.csv", BASELINE_CMD)
+BASELINE_PLOT = Output("reports/baseline/curve.png", BASELINE_CMD, "image")
+REPORT = Output("reports/REPORT.md", REPORT_CMD)
+
+
+def notes_markdown(sections: dict[str, str | None]) -> str:
+    """A notes output: one `##` section per non-empty text (the prose kept out of a metrics file)."""
+    parts = [f"## {title}\n\n{text.strip()}\n" for title, text in sections.items() if text and text.strip()]
+    return "\n".join(parts) if parts else "Nothing to note.\n"
+
+
+# ---------------------------------------------------------------------------- validated readers
+
+def _raw(out: Output, wildcards: dict) -> tuple[Path, str]:
+    path = out.at(**wildcards)
+    if not path.is_file():
+        raise InputError(path, "does not exist", out.rerun(**wildcards))
+    try:
+        return path, path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot be read ({type(e).__name__}: {e})", out.rerun(**wildcards)) from None
+
+
+def read_csv(out: Output, *, expect_batch_sizes: list[int] | None = None, allow_repeats: bool = False,
+             **wildcards: Any):
+    """The CSV as a DataFrame after checking it is complete: it ends with a newline (not cut mid-row),
+    every row has the header's number of fields, the declared columns exist, numeric columns hold
+    numbers, labelled columns hold allowed values, and (with `expect_batch_sizes`) there is exactly
+    the expected set of batch sizes, each once (or, with `allow_repeats`, each at least once)."""
+    import pandas as pd
+
+    path, text = _raw(out, wildcards)
+    fail = lambda problem: InputError(path, problem, out.rerun(**wildcards))  # noqa: E731
+    if not text.strip():
+        raise fail("is empty")
+    if not text.endswith("\n"):
+        raise fail("ends in the middle of a row (the file was cut off)")
+    rows = list(csv.reader(io.StringIO(text)))
+    width = len(rows[0])
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != width:
+            raise fail(f"line {i} has {len(row)} fields, the header has {width}")
+    try:
+        frame = pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise fail(f"is not a readable CSV ({type(e).__name__}: {e})") from None
+    missing = [c for c in out.columns if c not in frame.columns]
+    if missing:
+        raise fail(f"lacks column(s) {', '.join(missing)}; received columns {', '.join(map(str, frame.columns))}")
+    for column in out.numeric:
+        values = frame[column]
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = values[numbers.isna() & values.notna()]
+        if len(bad):
+            raise fail(f"column {column} holds {bad.iloc[0]!r} in row {bad.index[0] + 1}; allowed: numbers")
+        frame[column] = numbers
+    for column, allowed in out.allowed:
+        values = frame[column]
+        bad = values[values.notna() & ~values.isin(allowed)]
+        if len(bad):
+            raise fail(f"column {column} holds {bad.iloc[0]!r} in row {bad.index[0] + 1}; allowed: "
+                       f"{', '.join(map(str, allowed))}")
+    if expect_batch_sizes is not None:
+        found = [int(b) for b in frame["batch_size"].dropna()]
+        missing_sizes = [b for b in expect_batch_sizes if b not in found]
+        extra = sorted({b for b in found if b not in expect_batch_sizes})
+        twice = [] if allow_repeats else sorted({b for b in found if found.count(b) > 1})
+        if missing_sizes or extra or twice or frame["batch_size"].isna().any():
+            detail = "; ".join(part for part in (
+                f"no row for batch size(s) {missing_sizes}" if missing_sizes else "",
+                f"unexpected batch size(s) {extra}" if extra else "",
+                f"more than one row for {twice}" if twice else "",
+                "a row without a batch size" if frame["batch_size"].isna().any() else "") if part)
+            raise fail(f"{detail}; expected {'rows' if allow_repeats else 'one row'} per batch size {expect_batch_sizes}")
+    return frame
+
+
+def _keys(out: Output, path: Path, data: Any, wildcards: dict, what: str) -> Any:
+    if not isinstance(data, dict):
+        raise InputError(path, f"holds a {type(data).__name__}, not a {what} of named values", out.rerun(**wildcards))
+    missing = [k for k in out.keys if k not in data]
+    if missing:
+        raise InputError(path, f"lacks key(s) {', '.join(missing)}", out.rerun(**wildcards))
+    return data
+
+
+def read_json(out: Output, **wildcards: Any) -> dict:
+    path, text = _raw(out, wildcards)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"is not valid JSON ({e}; cut off?)", out.rerun(**wildcards)) from None
+    return _keys(out, path, data, wildcards, "JSON object")
+
+
+def read_yaml(out: Output, **wildcards: Any) -> dict:
+    import yaml
+
+    path, text = _raw(out, wildcards)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(path, f"is not valid YAML ({str(e).splitlines()[0]})", out.rerun(**wildcards)) from None
+    return _keys(out, path, data, wildcards, "mapping")
+
+
+def read_text(out: Output, **wildcards: Any) -> str:
+    return _raw(out, wildcards)[1]

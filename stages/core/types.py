@@ -1,0 +1,14 @@
+"""Domain type aliases, defined once: annotations say what a number is and its unit."""
+from __future__ import annotations
+
+from typing import Literal
+
+BatchSize = int      # examples per optimizer step (per device)
+Steps = int          # optimizer steps
+Seconds = float      # wall-clock seconds
+Bytes = int          # memory, bytes
+ExamplesPerS = float  # throughput, examples per second
+
+# Labels that files carry, so writers and the readers that validate them share one list.
+ProbeStatus = Literal["fits", "oom", "over_budget", "killed", "capped"]       # a probe trial (probe.csv)
+Outcome = Literal["reached", "not_reached", "diverged", "stopped_early"]  # a training run (a trial row may also be "skipped")
