@@ -20,6 +20,7 @@ import math
 import sys
 from typing import Any
 
+from stages.core import outputs as out
 from stages.pipeline import declaration as pipeline
 from stages.report.format import fmt
 
@@ -94,8 +95,8 @@ def markdown(diff: dict, what: str, old_name: str = "base", new_name: str = "thi
 
 # ---------------------------------------------------------------------------- the recommendation first
 
-SELECT_METRICS, SCALING_METRICS, BASELINE_METRICS = (f"{d}/metrics.json" for d in
-                                                     (pipeline.SELECT, pipeline.SCALING, pipeline.BASELINE))
+SELECT_METRICS, SCALING_METRICS, BASELINE_METRICS = (o.path for o in (out.SELECT_METRICS, out.SCALING_METRICS,
+                                                                        out.BASELINE_METRICS))
 BEYOND, NOISE, SAME, NO_INTERVAL = "**changed** (beyond the interval)", "within noise", "same", "changed (no interval recorded)"
 
 

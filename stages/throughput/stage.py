@@ -18,7 +18,6 @@ works and what the intervals mean: stages/throughput/timing.py.
 """
 from __future__ import annotations
 
-import math
 import time
 import numpy as np
 import pandas as pd
