@@ -4,8 +4,8 @@ Reads reports/scaling/trials/bs_{B}.csv for every B in scaling.batch_sizes and w
 reports/scaling/trials.csv (every trial, skipped sizes included), steps_to_target.csv (per size: best
 learning rate, steps to target over seeds with their spread, examples, regime, learning-rate
 heuristics), curves.csv (the best trials' learning curves), noise_scale.csv (the gradient-noise-scale
-run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved) and
-four PNGs.
+run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved,
+search cost), confidence.md (how sure B_crit is and what would tighten it, in words) and four PNGs.
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from stages.scaling.noise_scale import measure_noise_scale
 from stages.core.optim import fixed_values
 from stages.scaling.fit import FitError, ScalingFit, fit_critical_batch_size
 from stages.scaling.plots import curves_figure, examples_figure, fmt, learning_rate_figure, steps_figure
-from stages.scaling.tables import (TRIAL_COLUMNS, add_fit_columns, compute_saved, fit_rows,
-                                    learning_rate_exponent, per_size_table)
+from stages.scaling.confidence import confidence_text
+from stages.scaling.tables import (PHASES, TRIAL_COLUMNS, add_fit_columns, compute_saved, fit_rows,
+                                    learning_rate_exponent, per_size_table, search_cost_ratio)
 from stages.scaling.trials import OUT, STAGE, trials_paths
 
 
@@ -59,9 +60,12 @@ def noise_scale(ctx: Context, table: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
              "gradient_noise_scale_reason": result.reason}, pd.DataFrame(result.rows))
 
 
-def _fit(rows: pd.DataFrame, bootstrap: int, seed: int) -> tuple[ScalingFit | None, dict]:
+def _fit(rows: pd.DataFrame, bootstrap: int, seed: int, resolution: float) -> tuple[ScalingFit | None, dict]:
+    """The fit, its interval covering the seed spread and each size's remaining uncertainty about the
+    optimum's steps: the rate's bracket ratio times one evaluation interval."""
     try:
         fit = fit_critical_batch_size(rows["batch_size"], rows["steps_to_target"], rows["seed"],
+                                      lr_resolution=rows["lr_resolution_ratio"].astype(float) * (1 + resolution),
                                       bootstrap=bootstrap, rng_seed=seed)
     except FitError as e:
         return None, {"critical_batch_size": None, "critical_batch_size_kind": "undetermined",
@@ -96,8 +100,8 @@ def main_summarize() -> None:
         frames.append(pd.read_csv(csv_path))
         curve_frames.append(pd.read_csv(curves_path))
     trials = pd.concat(frames, ignore_index=True)[TRIAL_COLUMNS]
-    table = per_size_table(trials, p.scaling.batch_sizes)
-    fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed)
+    table = per_size_table(trials, p.scaling.batch_sizes, p.scaling.eval_resolution)
+    fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed, p.scaling.eval_resolution)
     log.info(STAGE, f"critical batch size: {fit_metrics['critical_batch_size_kind']} -- {fit_metrics['critical_batch_size_message']}")
     table = add_fit_columns(table, fit)
     gns, gns_rows = noise_scale(ctx, table)
@@ -109,6 +113,9 @@ def main_summarize() -> None:
     perfect = reached[reached["regime"] == "perfect_scaling"]["batch_size"]
     metrics = {
         **fit_metrics, **gns,
+        "search_cost_ratio": search_cost_ratio(trials, table),
+        "trials_by_phase": {ph: int(((trials["phase"] == ph) & (trials["outcome"] != "skipped")).sum()) for ph in PHASES},
+        "boundary_batch_sizes": [int(b) for b in table[table["status"] == "boundary"]["batch_size"]],
         "compute_saved_fraction": saved, "examples_run": spent, "examples_if_every_trial_ran_to_max_steps": full,
         "trials": int((trials["outcome"] != "skipped").sum()), "seconds": float(trials["seconds"].sum()),
         "studied_batch_sizes": [int(b) for b in table[table["status"].isin(["reached", "not_reached"])]["batch_size"]],
@@ -124,6 +131,7 @@ def main_summarize() -> None:
     io.write_csv(OUT / "curves.csv", curves)
     io.write_csv(OUT / "noise_scale.csv", gns_rows)
     io.write_json(OUT / "metrics.json", metrics)
+    io.write_text(OUT / "confidence.md", confidence_text(fit_metrics, table, p.scaling.eval_resolution))
     gns_value = gns.get("gradient_noise_scale")
     steps_figure(table, fit, gns_value, OUT / "steps_to_target.png")
     examples_figure(table, fit, gns_value, OUT / "examples_to_target.png")

@@ -148,7 +148,7 @@ RunTrial = Callable[[float, int, "int | None"], TrialResult]  # (learning rate, 
 class Trial:
     learning_rate: float
     seed: int
-    phase: Literal["search", "seed"]
+    phase: Literal["coarse", "widen", "refine", "seed"]  # see refine.py for the last three
     order: int                  # position in the order the trials were run
     give_up_after: int | None
     result: TrialResult
@@ -181,7 +181,7 @@ def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | No
         give_up = best_steps(list(tried.values()), keep) if early_stopping else None
         result, resumed = run_cached(run, journal, grid[i], seed, give_up)
         tried[i] = result
-        trials.append(Trial(grid[i], seed, "search", len(trials), give_up, result, resumed))
+        trials.append(Trial(grid[i], seed, "coarse", len(trials), give_up, result, resumed))
         if on_trial:
             on_trial(trials[-1])
     return trials
@@ -194,33 +194,17 @@ def rank_key(steps: list[int | None], learning_rate: float) -> tuple:
     return (float(np.median(values)), values[0], learning_rate)
 
 
-def rerun_seeds(search_trials: list[Trial], run: RunTrial, seeds: list[int], top: int, *,
-                journal: Journal | None = None, on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
-    """Rerun the `top` best learning rates of the search with each extra seed, to the target or
-    max_steps (no early stopping: these measure the spread)."""
-    reached = sorted((t for t in search_trials if t.result.steps_to_target is not None),
-                     key=lambda t: (t.result.steps_to_target, t.learning_rate))
-    out: list[Trial] = []
-    order = len(search_trials)
-    for t in reached[:top]:
-        for s in seeds:
-            result, resumed = run_cached(run, journal, t.learning_rate, s, None)
-            out.append(Trial(t.learning_rate, s, "seed", order, None, result, resumed))
-            order += 1
-            if on_trial:
-                on_trial(out[-1])
-    return out
-
-
 def best_learning_rate(rows: list[tuple[float, str, int | None]]) -> float | None:
     """The best rate from (learning rate, phase, steps to target) rows of one batch size: among the
-    rates rerun with seeds (phase 'seed') if any, else all, the one with the best rank_key."""
+    rates rerun with seeds (phase 'seed') if any -- of those, the ones that got the most seeds, i.e.
+    survived the successive halving -- else all, the one with the best rank_key (median first)."""
     seeded = {lr for lr, phase, _ in rows if phase == "seed"}
     by_lr: dict[float, list[int | None]] = {}
     for lr, _, steps in rows:
         if lr in seeded or not seeded:
             by_lr.setdefault(lr, []).append(steps)
-    candidates = [lr for lr, steps in by_lr.items() if any(s is not None for s in steps)]
+    most = max((len(v) for v in by_lr.values()), default=0)
+    candidates = [lr for lr, steps in by_lr.items() if any(s is not None for s in steps) and len(steps) == most]
     if not candidates:
         return None
     return min(candidates, key=lambda lr: rank_key(by_lr[lr], lr))

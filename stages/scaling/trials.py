@@ -1,5 +1,6 @@
-"""`python -m stages.scaling trials --batch-size B`: the learning-rate search and seed reruns at one
-batch size -- one job of the scaling study's fan-out (scaling_trials@B).
+"""`python -m stages.scaling trials --batch-size B`: the learning-rate search at one batch size --
+coarse grid, widening at an edge and refinement around the best (refine.py), then seeds for the
+rates in contention -- one job of the scaling study's fan-out (scaling_trials@B).
 
 Writes reports/scaling/trials/bs_{B}.csv (every trial; or one `skipped` row with the reason when the
 probe or throughput stage rules the size out, or it exceeds the training set) and bs_{B}_curves.csv.
@@ -21,7 +22,8 @@ from stages.core import log
 from stages.core.errors import ConfigError
 from stages.core.context import Context, setup
 from stages.scaling.lr_search import (JOURNAL_DIR, Journal, Trial, best_steps, final_metric_score, journal_key,
-                              learning_rate_grid, rerun_seeds, search)
+                                      learning_rate_grid, search)
+from stages.scaling.refine import resolve, successive_halving
 from stages.core.optim import effective_learning_rate
 from stages.scaling.tables import TRIAL_COLUMNS, curve_rows, skip_reason, skipped_row, trial_row
 from stages.core.train import train_to_target
@@ -30,7 +32,7 @@ STAGE = "scaling"
 OUT = Path("reports/scaling")
 PROBE_CSV, PROBE_METRICS = Path("reports/probe/probe.csv"), Path("reports/probe/metrics.json")
 THROUGHPUT_METRICS = Path("reports/throughput/metrics.json")
-_CODE = ("stages/train.py", "stages/optim.py", "stages/workload.py", "stages/device.py")
+_CODE = ("core/train.py", "core/optim.py", "workloads/base.py", "core/device.py")  # relative to stages/
 
 
 def trials_paths(batch_size: int) -> tuple[Path, Path]:
@@ -49,7 +51,8 @@ def trial_identity(ctx: Context, batch_size: int) -> dict:
     p, w = ctx.params, ctx.workload
     return {"workload": p.workload.name, "kwargs": p.workload.kwargs, "hyperparameters": w.hyperparameters(),
             "optimizer": asdict(p.optimizer), "batch_size": batch_size, "max_steps": p.scaling.max_steps,
-            "eval_resolution": p.scaling.eval_resolution, "device": ctx.device.type, "threads": ctx.threads,
+            "eval_resolution": p.scaling.eval_resolution, "plateau_tolerance": p.scaling.plateau_tolerance,
+            "device": ctx.device.type, "threads": ctx.threads,
             "torch": torch.__version__,
             "code": {str(f): _file_hash(f) for f in (*_CODE, *w.source_files(), *p.workload.sources)}}
 
@@ -62,47 +65,66 @@ def _read_optional_csv(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def _neighbour_hint(ctx: Context, batch_size: int, grid: list[float]) -> float | None:
-    """Best rate so far at half this size (if its journal exists), scaled by sqrt(2)."""
-    if ctx.params.scaling.lr_start != "neighbour" or batch_size < 2:
-        return None
-    path = journal_path(ctx, batch_size // 2)
+def _best_journalled_rate(ctx: Context, batch_size: int) -> float | None:
+    """Fewest steps at the search seed among the finished trials of another size (None: no journal)."""
+    path = journal_path(ctx, batch_size)
     if not path.exists():
         return None
     entries = [e for e in Journal.open(path).entries.values()
                if e["seed"] == ctx.params.runtime.seed and e["result"]["steps_to_target"] is not None]
     if not entries:
         return None
-    best = min(entries, key=lambda e: (e["result"]["steps_to_target"], e["learning_rate"]))
-    return best["learning_rate"] * math.sqrt(2)
+    return min(entries, key=lambda e: (e["result"]["steps_to_target"], e["learning_rate"]))["learning_rate"]
+
+
+def _neighbour_hint(ctx: Context, batch_size: int) -> float | None:
+    """The rate predicted from the smaller sizes already searched (their journals): extrapolate the
+    learning-rate exponent of B/4 -> B/2 (clamped to [0, 1]: between no and linear scaling), or, with
+    only B/2, scale its best by sqrt(2)."""
+    if ctx.params.scaling.lr_start != "neighbour" or batch_size < 2:
+        return None
+    half = _best_journalled_rate(ctx, batch_size // 2)
+    if half is None:
+        return None
+    quarter = _best_journalled_rate(ctx, batch_size // 4) if batch_size >= 4 else None
+    exponent = 0.5 if quarter is None else min(1.0, max(0.0, math.log(half / quarter) / math.log(2)))
+    return half * 2 ** exponent
 
 
 def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[Trial]:
-    """The learning-rate search at one batch size, then the seed reruns; one progress line per trial."""
+    """Coarse grid, widen/refine, then successive halving over seeds; one progress line per trial."""
     s, seed = ctx.params.scaling, ctx.params.runtime.seed
     grid = learning_rate_grid(s.lr_min, s.lr_max, s.lr_points, s.lr_grid, seed)
-    hint = _neighbour_hint(ctx, batch_size, grid)
-    total = len(grid) + s.seeds * min(s.rerun_top, len(grid))
+    hint = _neighbour_hint(ctx, batch_size)
+    keep = s.rerun_top if s.seeds else 1
+    count = [0]
 
     def run(lr: float, trial_seed: int, give_up: int | None):
         return train_to_target(ctx.workload, ctx.params.optimizer, lr, batch_size, trial_seed, ctx.device,
-                               s.max_steps, give_up_after=give_up, resolution=s.eval_resolution)
+                               s.max_steps, give_up_after=give_up, resolution=s.eval_resolution,
+                               plateau_tolerance=s.plateau_tolerance)
 
     def progress(t: Trial) -> None:
         r = t.result
+        count[0] += 1
         what = f"{r.outcome} at step {r.steps_to_target}" if r.steps_to_target else f"{r.outcome} after {r.steps_run} steps"
-        log.info(STAGE, f"bs {batch_size} lr {t.learning_rate:.4g} seed {t.seed}: {what} "
+        log.info(STAGE, f"bs {batch_size} {t.phase} lr {t.learning_rate:.4g} seed {t.seed}: {what} "
                         f"({r.examples_run} examples, {r.seconds:.2f} s{', from journal' if t.resumed else ''}) "
-                        f"[{t.order + 1}/{total}]")
+                        f"[trial {count[0]}]")
 
     if hint:
-        log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (best at batch size {batch_size // 2} x sqrt 2)")
-    trials = search(grid, run, seed, journal=journal, hint=hint, early_stopping=s.early_stopping,
+        log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the smaller batch sizes)")
+    coarse = search(grid, run, seed, journal=journal, hint=hint, early_stopping=s.early_stopping,
                     score=final_metric_score(ctx.workload.target_metric, ctx.workload.target_direction),
-                    keep=s.rerun_top if s.seeds else 1,
-                    on_trial=progress)
+                    keep=keep, on_trial=progress)
+    widen_step = grid[1] / grid[0] if len(grid) > 1 else 2.0
+    refined = resolve(coarse, run, seed, ratio=s.lr_refine_ratio, max_trials=s.lr_refine_trials,
+                      resolution=s.eval_resolution, low_limit=s.lr_min / s.lr_widen_factor,
+                      high_limit=s.lr_max * s.lr_widen_factor, widen_step=widen_step, hint=hint,
+                      early_stopping=s.early_stopping, keep=keep, journal=journal, on_trial=progress)
+    searched = coarse + refined
     extra = [seed + k for k in range(1, s.seeds + 1)]
-    return trials + rerun_seeds(trials, run, extra, s.rerun_top, journal=journal, on_trial=progress)
+    return searched + successive_halving(searched, run, extra, s.rerun_top, journal=journal, on_trial=progress)
 
 
 def main_trials(batch_size: int) -> None:
@@ -127,7 +149,7 @@ def main_trials(batch_size: int) -> None:
     rows = [trial_row(batch_size, t, s.max_steps, w.target_metric,
                       effective_learning_rate(ctx.params.optimizer, t.learning_rate)) for t in trials]
     curves = [row for t in trials for row in curve_rows(batch_size, t)]
-    best = best_steps([t.result for t in trials if t.phase == "search"])
+    best = best_steps([t.result for t in trials if t.phase != "seed"])
     log.info(STAGE, f"bs {batch_size}: best steps to target {best} over {len(trials)} trials")
     io.write_csv(csv_path, pd.DataFrame(rows, columns=TRIAL_COLUMNS))
     io.write_csv(curves_path, pd.DataFrame(curves))
