@@ -126,11 +126,11 @@ def bowl(optimum, depth=1000.0, curvature=4.0):
     return lambda lr, seed: int(round(depth * (1 + curvature * math.log(lr / optimum) ** 2)))
 
 
-def _search_and_refine(run, lo=0.01, hi=2.0, points=6, ratio=1.1, max_trials=20, widen=4.0, hint=None):
+def _search_and_refine(run, lo=0.01, hi=2.0, points=6, ratio=1.1, max_trials=20, widen=4.0):
     grid = learning_rate_grid(lo, hi, points)
     coarse = search(grid, run, seed=0)
     refined = resolve(coarse, run, 0, ratio=ratio, max_trials=max_trials, resolution=0.0, low_limit=lo / widen,
-                      high_limit=hi * widen, widen_step=grid[1] / grid[0], hint=hint)
+                      high_limit=hi * widen, widen_step=grid[1] / grid[0])
     return coarse, refined
 
 
@@ -146,13 +146,6 @@ def test_refinement_finds_a_rate_within_the_set_ratio_of_the_true_optimum(optimu
     assert {t.phase for t in refined} == ({"refine", "widen"} if at_edge else {"refine"}) and len(refined) <= 10
     # every refinement trial gave up at the best steps known when it started (early stopping stays)
     assert all(t.give_up_after is not None for t in refined)
-
-
-def test_the_rate_predicted_from_neighbouring_sizes_is_tried_first_and_saves_trials():
-    plain = _search_and_refine(fake_run(bowl(0.6)))[1]
-    hinted = _search_and_refine(fake_run(bowl(0.6)), hint=0.6)[1]
-    assert hinted[0].learning_rate == pytest.approx(0.6)
-    assert len(hinted) < len(plain)
 
 
 def test_refinement_stops_when_neighbours_tie_at_the_evaluation_resolution():
@@ -319,3 +312,14 @@ def test_noise_scale_run_trains_to_the_target(nqm):
     assert result.reason.startswith("target reached")
     assert result.gradient_noise_scale is not None and result.gradient_noise_scale > 0
     assert len(result.rows) == result.steps_run
+
+
+@pytest.mark.parametrize("optimum", [0.012, 0.3, 1.9])
+def test_unimodal_grid_stops_once_bracketed_with_the_exhaustive_grids_best(optimum):
+    grid = learning_rate_grid(0.01, 2.0, 8)
+    run = fake_run(bowl(optimum))
+    full = search(grid, run, seed=0)
+    short = search(grid, run, seed=0, unimodal=True, resolution=0.05)
+    rows = lambda trials: [(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials]  # noqa: E731
+    assert best_learning_rate(rows(short)) == best_learning_rate(rows(full))
+    assert len(short) < len(full) and len(short) <= 4

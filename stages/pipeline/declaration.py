@@ -114,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
         cmd="python -m stages.scaling trials --batch-size {batch_size}",
         params=("workload", "optimizer", "runtime", "scaling.lr_min", "scaling.lr_max", "scaling.lr_points",
                 "scaling.lr_grid", "scaling.lr_start", "scaling.max_steps", "scaling.eval_resolution",
-                "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top", "scaling.lr_refine_ratio",
+                "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top", "scaling.lr_unimodal", "scaling.lr_refine_ratio",
                 "scaling.lr_refine_trials", "scaling.lr_widen_factor", "scaling.plateau_tolerance"),
         inputs=(f"{PROBE}/probe.csv", f"{PROBE}/metrics.json", f"{THROUGHPUT}/metrics.json"),
         outputs=(_out(f"{SCALING}/trials/bs_{{batch_size}}.csv"), _out(f"{SCALING}/trials/bs_{{batch_size}}_curves.csv")),

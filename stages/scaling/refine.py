@@ -6,8 +6,7 @@
 - Refine: bisect in log space between the best rate and its wider-apart neighbour until both tried
   neighbours lie within `ratio` of it, or a neighbour is no worse than the best by more than the
   evaluation resolution (the optimum lies between the two, where steps cannot tell rates apart), or
-  `max_trials` refinement trials were spent. The rate predicted from the neighbouring batch sizes
-  (`hint`) is tried first when it falls inside the bracket. Each trial gives up once it cannot beat
+  `max_trials` refinement trials were spent. Each trial gives up once it cannot beat
   the best (early stopping), so a refinement trial costs at most the best's steps.
 - Seeds (successive halving): the `top` rates of the search get a second seed; contenders whose
   range of steps over seeds no longer overlaps the leader's drop out, and at most half stay for the
@@ -20,7 +19,7 @@ import math
 from typing import Callable
 
 from stages.core.train import TrialResult
-from stages.scaling.lr_search import Journal, RunTrial, Trial, best_steps, rank_key, run_cached
+from stages.scaling.lr_search import Journal, RunTrial, Trial, best_steps, measurably_worse, rank_key, run_cached
 
 OnTrial = Callable[[Trial], None] | None
 
@@ -30,13 +29,8 @@ def _best_rate(tried: dict[float, TrialResult]) -> float | None:
     return min(reached)[1] if reached else None
 
 
-def measurably_worse(result: TrialResult, best: int, resolution: float) -> bool:
-    """Did this trial need more than one evaluation interval beyond the best's steps (or never reach)?"""
-    return result.steps_to_target is None or result.steps_to_target > best * (1 + resolution)
-
-
 def next_rate(tried: dict[float, TrialResult], *, ratio: float, resolution: float, low_limit: float,
-              high_limit: float, widen_step: float, hint: float | None = None) -> tuple[str, float] | None:
+              high_limit: float, widen_step: float) -> tuple[str, float] | None:
     """The next (phase, learning rate) to try at the search seed, or None when resolved (or at a cap)."""
     best = _best_rate(tried)
     if best is None:
@@ -56,14 +50,12 @@ def next_rate(tried: dict[float, TrialResult], *, ratio: float, resolution: floa
     sides = [(r, n) for r, n in ((best / lo, lo), (hi / best, hi)) if r > ratio]
     if not sides:
         return None
-    if hint is not None and lo < hint < hi and all(abs(math.log(hint / r)) > math.log(ratio) / 2 for r in (lo, best, hi)):
-        return "refine", float(hint)
     _, other = max(sides)  # the wider gap first (ties: the lower side, it comes first)
     return "refine", math.sqrt(best * other)
 
 
 def resolve(coarse: list[Trial], run: RunTrial, seed: int, *, ratio: float, max_trials: int, resolution: float,
-            low_limit: float, high_limit: float, widen_step: float, hint: float | None = None,
+            low_limit: float, high_limit: float, widen_step: float,
             early_stopping: bool = True, keep: int = 1, journal: Journal | None = None,
             on_trial: OnTrial = None) -> list[Trial]:
     """Widen and refine after the coarse trials (same seed); returns the new trials only."""
@@ -71,7 +63,7 @@ def resolve(coarse: list[Trial], run: RunTrial, seed: int, *, ratio: float, max_
     out: list[Trial] = []
     refined = 0
     while (step := next_rate(tried, ratio=ratio, resolution=resolution, low_limit=low_limit,
-                             high_limit=high_limit, widen_step=widen_step, hint=hint)) is not None:
+                             high_limit=high_limit, widen_step=widen_step)) is not None:
         phase, lr = step
         if phase == "refine":
             if refined >= max_trials:

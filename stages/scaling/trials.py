@@ -78,17 +78,25 @@ def _best_journalled_rate(ctx: Context, batch_size: int) -> float | None:
 
 
 def _neighbour_hint(ctx: Context, batch_size: int) -> float | None:
-    """The rate predicted from the smaller sizes already searched (their journals): extrapolate the
-    learning-rate exponent of B/4 -> B/2 (clamped to [0, 1]: between no and linear scaling), or, with
-    only B/2, scale its best by sqrt(2)."""
-    if ctx.params.scaling.lr_start != "neighbour" or batch_size < 2:
+    """The rate predicted from the two nearest smaller sizes already searched (their journals): their
+    learning-rate exponent (clamped to [0, 1]: between no and linear scaling) extrapolated to this
+    size; with one such size, its best scaled by the square root of the size ratio."""
+    if ctx.params.scaling.lr_start != "neighbour":
         return None
-    half = _best_journalled_rate(ctx, batch_size // 2)
-    if half is None:
+    known: list[tuple[int, float]] = []
+    for smaller in sorted((b for b in ctx.params.scaling.batch_sizes if b < batch_size), reverse=True):
+        rate = _best_journalled_rate(ctx, smaller)
+        if rate is not None:
+            known.append((smaller, rate))
+        if len(known) == 2:
+            break
+    if not known:
         return None
-    quarter = _best_journalled_rate(ctx, batch_size // 4) if batch_size >= 4 else None
-    exponent = 0.5 if quarter is None else min(1.0, max(0.0, math.log(half / quarter) / math.log(2)))
-    return half * 2 ** exponent
+    (b1, lr1), exponent = known[0], 0.5
+    if len(known) == 2:
+        b2, lr2 = known[1]
+        exponent = min(1.0, max(0.0, math.log(lr1 / lr2) / math.log(b1 / b2)))
+    return lr1 * (batch_size / b1) ** exponent
 
 
 def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[Trial]:
@@ -116,11 +124,11 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
         log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the smaller batch sizes)")
     coarse = search(grid, run, seed, journal=journal, hint=hint, early_stopping=s.early_stopping,
                     score=final_metric_score(ctx.workload.target_metric, ctx.workload.target_direction),
-                    keep=keep, on_trial=progress)
+                    keep=keep, unimodal=s.lr_unimodal, resolution=s.eval_resolution, on_trial=progress)
     widen_step = grid[1] / grid[0] if len(grid) > 1 else 2.0
     refined = resolve(coarse, run, seed, ratio=s.lr_refine_ratio, max_trials=s.lr_refine_trials,
                       resolution=s.eval_resolution, low_limit=s.lr_min / s.lr_widen_factor,
-                      high_limit=s.lr_max * s.lr_widen_factor, widen_step=widen_step, hint=hint,
+                      high_limit=s.lr_max * s.lr_widen_factor, widen_step=widen_step,
                       early_stopping=s.early_stopping, keep=keep, journal=journal, on_trial=progress)
     searched = coarse + refined
     extra = [seed + k for k in range(1, s.seeds + 1)]
