@@ -322,4 +322,6 @@ def test_unimodal_grid_stops_once_bracketed_with_the_exhaustive_grids_best(optim
     short = search(grid, run, seed=0, unimodal=True, resolution=0.05)
     rows = lambda trials: [(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials]  # noqa: E731
     assert best_learning_rate(rows(short)) == best_learning_rate(rows(full))
-    assert len(short) < len(full) and len(short) <= 4
+    assert len(short) < len(full)
+    hinted = search(grid, run, seed=0, hint=optimum, unimodal=True, resolution=0.05)  # started at the predicted rate
+    assert best_learning_rate(rows(hinted)) == best_learning_rate(rows(full)) and len(hinted) <= 3
