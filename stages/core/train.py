@@ -23,7 +23,8 @@ from stages.workloads.base import Batch, Workload, target_reached, to_device
 
 Steps = int
 Outcome = Literal["reached", "not_reached", "diverged", "stopped_early", "plateaued"]
-PLATEAU_MIN_STEPS = 16  # the first plateau check; fewer steps are too few to tell a floor from a slow start
+PLATEAU_MIN_STEPS = 64  # the first plateau check; fewer steps are too few to tell a floor from a slow start
+PLATEAU_CHECKS = 2      # consecutive stalled doublings before a trial stops (a slow start stalls once, a floor twice)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, workload: Workload, batch: Batch) -> torch.Tensor:
@@ -105,7 +106,8 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     `give_up_after`: stop as soon as the step count passes this without reaching the target
     (a trial that cannot beat the best steps-to-target found so far). `stop_at_target=False` keeps
     training to `max_steps` (the baseline's full learning curve). `plateau_tolerance` > 0: check
-    `plateaued` each time the step count doubles (from PLATEAU_MIN_STEPS) while the target is unmet."""
+    `plateaued` each time the step count doubles (from PLATEAU_MIN_STEPS) while the target is unmet,
+    and stop after PLATEAU_CHECKS stalled checks in a row."""
     model = build_model(workload, seed, device)
     optimizer = build_optimizer(model.parameters(), optimizer_settings, learning_rate)
     schedule = eval_steps if eval_steps is not None else eval_schedule(max_steps, resolution)
@@ -122,7 +124,7 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     start = time.perf_counter()
     next_eval = iter(schedule)
     target_step = next(next_eval)
-    plateau_check = PLATEAU_MIN_STEPS
+    plateau_check, stalls = PLATEAU_MIN_STEPS, 0
     loss = torch.tensor(float("nan"))
     while step < max_steps:
         loss = train_step(model, optimizer, workload, to_device(next(data), device))
@@ -144,10 +146,13 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
                 break
         if steps_to_target is None and plateau_tolerance > 0 and step >= plateau_check:
             plateau_check = 2 * step
-            if plateaued([r["step"] for r in curve], [r[workload.target_metric] for r in curve],
-                         workload.target_value, workload.target_direction, plateau_tolerance):
+            stalled = plateaued([r["step"] for r in curve], [r[workload.target_metric] for r in curve],
+                                workload.target_value, workload.target_direction, plateau_tolerance)
+            stalls = stalls + 1 if stalled else 0
+            if stalls >= PLATEAU_CHECKS:
                 outcome, reason = "plateaued", (f"{workload.target_metric} stalled at {value:.4g} by step {step} "
-                                                f"(best of the last half gained < {plateau_tolerance:g} of the distance to the target)")
+                                                f"(over each of the last {PLATEAU_CHECKS} doublings of steps the best "
+                                                f"gained < {plateau_tolerance:g} of the distance to the target)")
                 break
         if steps_to_target is None and step >= limit and limit < max_steps:
             outcome, reason = "stopped_early", f"not reached by step {step}, so it cannot beat {give_up_after} steps"
