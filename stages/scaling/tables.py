@@ -104,9 +104,18 @@ def steps_interval(steps: list[float], spread: float, df: int, resolution: float
     return math.exp(centre - half) / (1 + resolution), math.exp(centre + half)
 
 
+def measured_runs(ran: pd.DataFrame, lr: float) -> pd.DataFrame:
+    """The runs that measure a rate's steps to target: its seed reruns when there are at least two --
+    the search seed's run chose the rate, so it is the lucky draw among the rates compared (winner's
+    curse) -- else every run of it."""
+    runs = ran[ran["learning_rate"] == lr]
+    fresh = runs[runs["phase"] == "seed"]
+    return fresh if len(fresh) >= 2 else runs
+
+
 def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: float = 0.05) -> pd.DataFrame:
     """One row per batch size: status, best learning rate, its bracket and the trials each phase
-    spent, steps to target over its seeds with an interval (seed spread pooled over sizes)."""
+    spent, steps to target (median over `measured_runs`) with an interval (seed spread pooled over sizes)."""
     rows = []
     for b in batch_sizes:
         t = trials[trials["batch_size"] == b]
@@ -125,7 +134,7 @@ def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: flo
             outcomes = ", ".join(f"{k} {v}" for k, v in ran["outcome"].value_counts().items())
             rows.append({**row, "status": "not_reached", "reason": f"no learning rate reached the target ({outcomes})"})
             continue
-        best = ran[ran["learning_rate"] == lr]
+        best = measured_runs(ran, lr)
         steps = [_steps(s) for s in best["steps_to_target"]]
         reached = [s for s in steps if s is not None]
         median = float(np.median([math.inf if s is None else s for s in steps]))
@@ -182,11 +191,12 @@ def search_cost_ratio(trials: pd.DataFrame, table: pd.DataFrame) -> float | None
 
 
 def fit_rows(trials: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """(batch_size, steps_to_target, seed, lr_resolution_ratio) of every seed run of each size's best
-    learning rate (boundary sizes left out: their best rate is not an optimum)."""
+    """(batch_size, steps_to_target, seed, lr_resolution_ratio) of the runs that measure each size's
+    best learning rate (`measured_runs`; boundary sizes left out: their best rate is not an optimum)."""
     parts = []
     for r in table[table["status"] == "reached"].itertuples():
-        t = trials[(trials["batch_size"] == r.batch_size) & (trials["learning_rate"] == r.best_learning_rate)]
+        t = measured_runs(trials[(trials["batch_size"] == r.batch_size) & (trials["outcome"] != "skipped")],
+                          r.best_learning_rate)
         parts.append(t[["batch_size", "steps_to_target", "seed"]].assign(lr_resolution_ratio=r.lr_resolution_ratio))
     if not parts:
         return pd.DataFrame(columns=["batch_size", "steps_to_target", "seed", "lr_resolution_ratio"])

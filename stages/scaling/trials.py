@@ -131,7 +131,9 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
     refined = resolve(coarse, run, seed, ratio=s.lr_refine_ratio, max_trials=s.lr_refine_trials,
                       resolution=s.eval_resolution, low_limit=s.lr_min / s.lr_widen_factor,
                       high_limit=s.lr_max * s.lr_widen_factor, widen_step=widen_step,
-                      early_stopping=s.early_stopping, keep=keep, journal=journal, on_trial=progress)
+                      early_stopping=s.early_stopping, keep=1, journal=journal, on_trial=progress)
+    # keep=1: a refinement trial gives up at the best steps; every earlier best it displaces stays a
+    # reached rate, so the seeds still have contenders to compare.
     searched = coarse + refined
     extra = [seed + k for k in range(1, s.seeds + 1)]
     return searched + successive_halving(searched, run, extra, s.rerun_top, journal=journal, on_trial=progress)
