@@ -42,7 +42,7 @@ def confidence_text(fit: dict, table: pd.DataFrame, resolution: float) -> str:
         seed_sd = spread / math.sqrt(seeds) if math.isfinite(spread) else math.nan
         rate_sd = math.log(float(ratios.max())) / math.sqrt(12)
         lines.append(f"Seeds: steps to target scatter by about {100 * (math.exp(spread) - 1):.0f}% between seeds "
-                     f"({seeds:g} per size). Learning rate: known within a factor {float(worst['lr_resolution_ratio']):.3g} "
+                     f"({seeds:g} runs per size measure it). Learning rate: known within a factor {float(worst['lr_resolution_ratio']):.3g} "
                      f"at worst (batch size {int(worst['batch_size'])}), plus {100 * resolution:g}% evaluation resolution."
                      if math.isfinite(spread) else
                      f"Seeds: only one per size, so the seed spread is estimated from the scatter about the fit. "
