@@ -158,7 +158,7 @@ class ScalingSettings:
     lr_points: int = setting(6, "coarse-grid learning rates per batch size (all are tried; early stopping makes most cheap); the refinement then resolves the best", min=1)
     lr_unimodal: bool = setting(True, "assume steps to target have one minimum in the learning rate: the coarse grid stops once its best rate has measurably worse tried neighbours on both sides (false: every grid rate is tried, the result of an exhaustive grid)")
     lr_refine_ratio: float = setting(1.1, "refine until both tried neighbours of the best rate lie within this factor of it (or steps no longer tell them apart)", min=1.0, min_exclusive=True)
-    lr_refine_trials: int = setting(5, "most refinement trials per batch size (bisection in log space around the best rate; 0 = coarse grid only)", min=0)
+    lr_refine_trials: int = setting(7, "most refinement trials per batch size (bisection in log space around the best rate; 0 = coarse grid only)", min=0)
     lr_widen_factor: float = setting(4.0, "a best rate at the edge of [lr_min, lr_max] widens the range that way, at most to [lr_min / this, lr_max x this]; beyond it the size is marked boundary", min=1.0)
     plateau_tolerance: float = setting(0.01, "stop a search trial whose best metric gained less than this fraction of its distance to the target over each of two doublings of steps in a row (from step 64): a noise floor; seed reruns never stop this way; 0 = never", min=0.0, max=1.0)
     lr_grid: Literal["log", "sobol"] = setting("log", "log-spaced grid or scrambled Sobol points in log space")

@@ -104,7 +104,6 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
     s, seed = ctx.params.scaling, ctx.params.runtime.seed
     grid = learning_rate_grid(s.lr_min, s.lr_max, s.lr_points, s.lr_grid, seed)
     hint = _neighbour_hint(ctx, batch_size)
-    keep = s.rerun_top if s.seeds else 1
     count = [0]
 
     def run(lr: float, trial_seed: int, give_up: int | None):
@@ -126,14 +125,15 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
         log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the smaller batch sizes)")
     coarse = search(grid, run, seed, journal=journal, hint=hint, early_stopping=s.early_stopping,
                     score=final_metric_score(ctx.workload.target_metric, ctx.workload.target_direction),
-                    keep=keep, unimodal=s.lr_unimodal, resolution=s.eval_resolution, on_trial=progress)
+                    keep=1, unimodal=s.lr_unimodal, resolution=s.eval_resolution, on_trial=progress)
     widen_step = grid[1] / grid[0] if len(grid) > 1 else 2.0
     refined = resolve(coarse, run, seed, ratio=s.lr_refine_ratio, max_trials=s.lr_refine_trials,
                       resolution=s.eval_resolution, low_limit=s.lr_min / s.lr_widen_factor,
                       high_limit=s.lr_max * s.lr_widen_factor, widen_step=widen_step,
                       early_stopping=s.early_stopping, keep=1, journal=journal, on_trial=progress)
-    # keep=1: a refinement trial gives up at the best steps; every earlier best it displaces stays a
-    # reached rate, so the seeds still have contenders to compare.
+    # keep=1: every trial gives up at the best steps so far (with keep=k, the k-th best, a trial runs
+    # uncapped until k rates reached: at large batch sizes the costliest part of the search). Every
+    # earlier best a trial displaces stays a reached rate, so the seeds still have contenders.
     searched = coarse + refined
     extra = [seed + k for k in range(1, s.seeds + 1)]
     return searched + successive_halving(searched, run, extra, s.rerun_top, journal=journal, on_trial=progress)
