@@ -169,6 +169,7 @@ def test_a_best_rate_beyond_the_cap_is_marked_boundary_with_the_way_to_widen(opt
     rows = [trial_row(64, t, 10_000, "loss", t.learning_rate) for t in coarse + refined]
     table = per_size_table(pd.DataFrame(rows, columns=TRIAL_COLUMNS), [64])
     assert table["status"].iloc[0] == "boundary" and table["boundary"].iloc[0] == edge
+    assert math.isnan(table["steps_to_target"].iloc[0]) and table["steps_to_target_at_edge"].iloc[0] > 0  # no finding
     assert ("lr_max" if edge == "higher" else "lr_min") in table["reason"].iloc[0]
 
 

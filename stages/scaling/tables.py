@@ -172,6 +172,11 @@ def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: flo
             table.at[i, "_seed_steps"], spread, df, resolution)
     table["seed_log_spread"] = spread
     table = table.drop(columns=["_seed_steps"], errors="ignore")
+    # A boundary size's steps belong to a rate at the edge of the search, not to an optimum: kept
+    # apart, so no later stage (fit, select, report) takes them for a finding.
+    edge = table["status"] == "boundary"
+    table["steps_to_target_at_edge"] = table["steps_to_target"].where(edge)
+    table.loc[edge, ["steps_to_target", "steps_to_target_ci_low", "steps_to_target_ci_high"]] = np.nan
     table["examples_to_target"] = table["batch_size"] * table["steps_to_target"]
     return table
 
