@@ -8,9 +8,10 @@
    (`python -m stages.scaling trials --batch-size B`, process start included), then `summarize`,
    in a fresh temporary directory (no journal to replay; no probe/throughput outputs, so every
    size in scaling.batch_sizes is studied).
-2. Compute (examples processed) of the study's search against an exhaustive grid -- every learning
-   rate at every size without early stopping -- with the best learning rate and steps to target
-   per size from both, side by side. They must agree: early stopping may only save compute.
+2. Compute (examples processed) of the study's coarse grid against an exhaustive grid -- every
+   learning rate at every size without early stopping -- with the best learning rate and steps to
+   target per size from both, side by side. They must agree: early stopping may only save compute.
+   The refined result (after widening, refinement and seeds) is printed next to them.
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ def main() -> None:
         print("full study (one process per batch size, then summarize):")
         wall, _ = run_study(workdir)
         trials = pd.read_csv(workdir / "reports/scaling/trials.csv")
+        refined = pd.read_csv(workdir / "reports/scaling/steps_to_target.csv")
         metrics = pd.read_json(workdir / "reports/scaling/metrics.json", typ="series")
         print(f"study wall time: {wall:.1f} s  (B_crit {metrics['critical_batch_size']} "
               f"[{metrics['critical_batch_size_kind']}], noise scale {metrics['gradient_noise_scale']})")
@@ -107,27 +109,31 @@ def main() -> None:
         print("exhaustive grid (every rate, no early stopping):")
         grid = exhaustive_grid(workdir)
 
-    search_rows = trials[(trials["phase"] == "search")]
+    search_rows = trials[(trials["phase"] == "coarse")]
     study = []
     for b, part in search_rows.groupby("batch_size"):
         study.append({"batch_size": b,
                       "study_best_learning_rate": best_learning_rate([(r.learning_rate, r.phase, None if pd.isna(r.steps_to_target) else int(r.steps_to_target)) for r in part.itertuples()]),
                       "study_steps_to_target": part["steps_to_target"].min(),
                       "study_examples": int(part["examples_run"].sum())})
-    table = pd.DataFrame(study).merge(grid, on="batch_size")
+    table = pd.DataFrame(study).merge(grid, on="batch_size").merge(
+        refined[["batch_size", "best_learning_rate", "steps_to_target", "trials_refine"]].rename(
+            columns={"best_learning_rate": "refined_learning_rate", "steps_to_target": "refined_median_steps"}),
+        on="batch_size")
     table["same_result"] = (table["study_best_learning_rate"] == table["grid_best_learning_rate"]) & \
                            (table["study_steps_to_target"] == table["grid_steps_to_target"])
     table["examples_ratio"] = table["study_examples"] / table["grid_examples"]
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 20)
     print(table[["batch_size", "study_best_learning_rate", "grid_best_learning_rate", "study_steps_to_target",
-                 "grid_steps_to_target", "same_result", "study_examples", "grid_examples",
+                 "grid_steps_to_target", "same_result", "refined_learning_rate", "refined_median_steps", "trials_refine", "study_examples", "grid_examples",
                  "grid_examples_to_max_steps", "examples_ratio"]].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     seeds = int(trials[trials["phase"] == "seed"]["examples_run"].sum())
     s, g, full = table["study_examples"].sum(), table["grid_examples"].sum(), table["grid_examples_to_max_steps"].sum()
     print(f"search examples: study {s:,} vs exhaustive grid {g:,} (ratio {s / g:.3f}, saved {1 - s / g:.1%}); "
           f"every trial to max_steps {full:,} (saved {1 - s / full:.1%}); seed reruns add {seeds:,}")
-    print(f"all sizes give the same best rate and steps: {bool(table['same_result'].all())}")
+    print(f"all sizes give the same best rate and steps on the coarse grid: {bool(table['same_result'].all())}; "
+          f"search cost (all examples / the best rates' runs alone): {metrics['search_cost_ratio']:.2f}")
 
 
 if __name__ == "__main__":

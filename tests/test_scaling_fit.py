@@ -161,3 +161,45 @@ def test_the_fit_example_in_the_docs_gives_the_documented_result():
     assert fit.kind == documented["kind"]
     assert fit.critical_batch_size == pytest.approx(documented["critical_batch_size"], abs=0.01)
     assert fit.ci_low == pytest.approx(documented["ci_low"], abs=0.1)
+
+
+# ---------------------------------------------------------------------------- interval calibration
+
+def _noisy_study(rng, b_crit=100.0, s_min=40.0, seeds=3, sigma=0.2, resolution=0.05):
+    """A study as the search leaves it: per size the best rate is known within a bracket ratio rho
+    (the steps at the found rate exceed the optimum's by rho^U, U uniform), each seed scatters
+    log-normally, and the target is read on an evaluation schedule (up to `resolution` late)."""
+    sizes = 2.0 ** np.arange(2, 13)
+    rho = rng.uniform(1.05, 1.6, len(sizes))
+    miss = rho ** rng.uniform(0, 1, len(sizes))
+    b, s, r = [], [], []
+    for size, m, p in zip(sizes, miss, rho):
+        for _ in range(seeds):
+            truth = s_min * (1 + b_crit / size) * m * math.exp(sigma * rng.standard_normal())
+            b.append(size)
+            s.append(math.ceil(truth * rng.uniform(1, 1 + resolution)))
+            r.append(p * (1 + resolution))
+    return np.array(b), np.array(s), np.array(r), np.tile(np.arange(seeds), len(sizes))
+
+
+def test_interval_with_rate_resolution_covers_the_true_b_crit_in_90_percent_of_studies():
+    rng = np.random.default_rng(7)
+    covered, widths = 0, []
+    studies = 60
+    for i in range(studies):
+        b, s, r, seeds = _noisy_study(rng)
+        fit = fit_critical_batch_size(b, s, seeds, lr_resolution=r, bootstrap=200, rng_seed=i)
+        low, high = fit.ci_low or 0.0, fit.ci_high or math.inf
+        covered += low <= 100 <= high
+        widths.append(high / max(low, 1e-12))
+    assert covered / studies >= 0.9
+    assert np.median(widths) < 3  # covering by being uninformative would not count
+
+
+def test_a_coarser_rate_resolution_widens_the_interval():
+    rng = np.random.default_rng(3)
+    b, s, _, seeds = _noisy_study(rng, sigma=0.05)
+    fine = fit_critical_batch_size(b, s, seeds, lr_resolution=np.full(len(b), 1.05), bootstrap=200)
+    coarse = fit_critical_batch_size(b, s, seeds, lr_resolution=np.full(len(b), 1.6), bootstrap=200)
+    assert coarse.critical_batch_size == fine.critical_batch_size  # the point estimate is the data's
+    assert coarse.ci_high / coarse.ci_low > 1.3 * fine.ci_high / fine.ci_low

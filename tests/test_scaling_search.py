@@ -5,14 +5,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from stages.core.config import OptimizerSettings
-from stages.scaling.lr_search import (Journal, best_learning_rate, best_steps, learning_rate_grid, next_index,
-                              rerun_seeds, search, start_index)
+from stages.scaling.lr_search import (Journal, Trial, best_learning_rate, best_steps, learning_rate_grid, next_index,
+                                      search, start_index)
+from stages.scaling.refine import next_rate, resolve, successive_halving
+from stages.scaling.tables import TRIAL_COLUMNS, per_size_table, search_cost_ratio, trial_row
 from stages.scaling.noise_scale import MovingAverage, chunk_gradient_norms, measure_noise_scale, unbiased_estimates
-from stages.core.train import TrialResult, build_model, train_to_target
+from stages.core.train import TrialResult, build_model, plateaued, train_to_target
 from stages.workloads.base import make_workload, to_device
 
 CPU = torch.device("cpu")
@@ -95,11 +98,142 @@ def test_seed_reruns_give_a_spread_and_pick_the_best_by_median(nqm):
     grid = learning_rate_grid(0.05, 1.0, 4)
     trials = search(grid, runner(nqm, 4), seed=0, keep=2)  # early stopping keeps the top two known
     assert sum(t.result.outcome == "reached" for t in trials) >= 2
-    seeded = rerun_seeds(trials, runner(nqm, 4), [1, 2], top=2)
-    assert len(seeded) == 4 and {t.seed for t in seeded} == {1, 2}
+    seeded = successive_halving(trials, runner(nqm, 4), [1, 2], top=2)
+    assert {t.seed for t in seeded} == {1, 2} and 3 <= len(seeded) <= 4
     assert all(t.give_up_after is None and t.phase == "seed" for t in seeded)
     best = best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials + seeded])
-    assert best in {t.learning_rate for t in seeded}
+    assert best in {t.learning_rate for t in seeded if t.seed == 2}
+
+
+# ---------------------------------------------------------------------------- refinement (known optimum)
+
+def fake_run(steps_at, calls=None, diverge_above=math.inf):
+    """A trial whose steps to target are a known function of (lr, seed), with the real give-up rule."""
+    def run(lr, seed, give_up):
+        if calls is not None:
+            calls.append((lr, seed, give_up))
+        if lr > diverge_above:
+            return TrialResult("diverged", None, 3, 3, 0.0, {"loss": math.nan}, reason="non-finite")
+        steps = steps_at(lr, seed)
+        if give_up is not None and steps > give_up:
+            return TrialResult("stopped_early", None, give_up, give_up, 0.0, {"loss": 1.0})
+        return TrialResult("reached", steps, steps, steps, 0.0, {"loss": 0.0})
+    return run
+
+
+def bowl(optimum, depth=1000.0, curvature=4.0):
+    """Steps to target with a single minimum at `optimum` (quadratic in log lr), integer steps."""
+    return lambda lr, seed: int(round(depth * (1 + curvature * math.log(lr / optimum) ** 2)))
+
+
+def _search_and_refine(run, lo=0.01, hi=2.0, points=6, ratio=1.1, max_trials=20, widen=4.0):
+    grid = learning_rate_grid(lo, hi, points)
+    coarse = search(grid, run, seed=0)
+    refined = resolve(coarse, run, 0, ratio=ratio, max_trials=max_trials, resolution=0.0, low_limit=lo / widen,
+                      high_limit=hi * widen, widen_step=grid[1] / grid[0])
+    return coarse, refined
+
+
+@pytest.mark.parametrize("optimum", [0.037, 0.21, 0.9, 1.77])
+def test_refinement_finds_a_rate_within_the_set_ratio_of_the_true_optimum(optimum):
+    coarse, refined = _search_and_refine(fake_run(bowl(optimum)))
+    trials = coarse + refined
+    best = best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials])
+    coarse_best = best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in coarse])
+    assert max(best / optimum, optimum / best) <= 1.1
+    assert max(coarse_best / optimum, optimum / coarse_best) > 1.1 or optimum == 0.21  # the grid alone was coarser
+    at_edge = coarse_best in (min(t.learning_rate for t in coarse), max(t.learning_rate for t in coarse))
+    assert {t.phase for t in refined} == ({"refine", "widen"} if at_edge else {"refine"}) and len(refined) <= 10
+    # every refinement trial gave up at the best steps known when it started (early stopping stays)
+    assert all(t.give_up_after is not None for t in refined)
+
+
+def test_refinement_stops_when_neighbours_tie_at_the_evaluation_resolution():
+    flat = lambda lr, seed: 100 if 0.05 <= lr <= 1.0 else 400  # noqa: E731 -- a plateau of equally good rates
+    coarse, refined = _search_and_refine(fake_run(flat))
+    assert refined == []  # the best (0.083) ties with its upper neighbour (0.24): nothing to gain between them
+
+
+def test_a_best_rate_beyond_the_range_widens_it_within_the_cap():
+    coarse, refined = _search_and_refine(fake_run(bowl(5.0)), widen=4.0)  # lr_max 2, cap 8
+    assert any(t.phase == "widen" for t in refined)
+    best = best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in coarse + refined])
+    assert max(best / 5.0, 5.0 / best) <= 1.1
+
+
+@pytest.mark.parametrize("optimum,edge", [(50.0, "higher"), (1e-4, "lower")])
+def test_a_best_rate_beyond_the_cap_is_marked_boundary_with_the_way_to_widen(optimum, edge):
+    coarse, refined = _search_and_refine(fake_run(bowl(optimum)), widen=2.0)
+    tried = sorted(t.learning_rate for t in coarse + refined)
+    assert tried[-1] == pytest.approx(4.0) if edge == "higher" else tried[0] == pytest.approx(0.005)
+    rows = [trial_row(64, t, 10_000, "loss", t.learning_rate) for t in coarse + refined]
+    table = per_size_table(pd.DataFrame(rows, columns=TRIAL_COLUMNS), [64])
+    assert table["status"].iloc[0] == "boundary" and table["boundary"].iloc[0] == edge
+    assert math.isnan(table["steps_to_target"].iloc[0]) and table["steps_to_target_at_edge"].iloc[0] > 0  # no finding
+    assert ("lr_max" if edge == "higher" else "lr_min") in table["reason"].iloc[0]
+
+
+def test_next_rate_bisects_the_wider_gap_in_log_space():
+    r = lambda s: TrialResult("reached", s, s, s, 0.0, {})  # noqa: E731
+    tried = {0.1: r(300), 0.4: r(100), 0.8: r(200)}
+    phase, lr = next_rate(tried, ratio=1.1, resolution=0.05, low_limit=0.01, high_limit=10, widen_step=2)
+    assert phase == "refine" and lr == pytest.approx(0.2)  # 0.4 / 0.1 = 4 > 0.8 / 0.4 = 2
+    tried = {0.38: r(120), 0.4: r(100), 0.42: r(130)}  # neighbours within ratio 1.1: resolved
+    assert next_rate(tried, ratio=1.1, resolution=0.05, low_limit=0.01, high_limit=10, widen_step=2) is None
+
+
+# ---------------------------------------------------------------------------- seeds: successive halving
+
+def test_successive_halving_drops_clear_losers_and_picks_by_median_not_the_luckiest_run():
+    table = {(0.1, 0): 90, (0.1, 1): 150, (0.1, 2): 160,     # lucky once
+             (0.2, 0): 100, (0.2, 1): 105, (0.2, 2): 104,    # steady
+             (0.4, 0): 200, (0.4, 1): 210, (0.4, 2): 205}    # clearly worse
+    run = fake_run(lambda lr, seed: table[(lr, seed)])
+    searched = [Trial(lr, 0, "coarse", i, None, run(lr, 0, None), False) for i, lr in enumerate([0.1, 0.2, 0.4])]
+    seeded = successive_halving(searched, run, [1, 2], top=3)
+    assert [(t.learning_rate, t.seed) for t in seeded] == [(0.1, 1), (0.2, 1), (0.4, 1), (0.2, 2), (0.1, 2)]
+    rows = [(t.learning_rate, t.phase, t.result.steps_to_target) for t in searched + seeded]
+    assert best_learning_rate(rows) == 0.2
+
+
+def test_per_size_table_gives_bracket_phase_counts_interval_and_search_cost():
+    steps = {(0.1, 0): 300, (0.2, 0): 120, (0.28, 0): 110, (0.4, 0): 150, (0.28, 1): 118, (0.28, 2): 104}
+    kinds = {0.1: "coarse", 0.4: "coarse", 0.2: "refine", 0.28: "refine"}
+    trials = []
+    for (lr, seed), s in steps.items():
+        result = TrialResult("reached", s, s, s * 64, 0.0, {"loss": 0.0})
+        trials.append(Trial(lr, seed, kinds[lr] if seed == 0 else "seed", len(trials), None, result, False))
+    rows = pd.DataFrame([trial_row(64, t, 1000, "loss", t.learning_rate) for t in trials], columns=TRIAL_COLUMNS)
+    table = per_size_table(rows, [64], resolution=0.05)
+    r = table.iloc[0]
+    assert r["status"] == "reached" and r["best_learning_rate"] == 0.28
+    assert (r["lr_bracket_low"], r["lr_bracket_high"]) == (0.2, 0.4)
+    assert r["lr_resolution_ratio"] == pytest.approx(0.4 / 0.28)
+    assert (r["trials_coarse"], r["trials_refine"], r["trials_seed"], r["trials_widen"]) == (2, 2, 2, 0)
+    assert r["steps_to_target"] == 111  # median of the fresh seeds (118, 104): the search seed's 110 chose the rate
+    assert r["steps_to_target_ci_low"] < 104 / 1.05 and r["steps_to_target_ci_high"] > 118
+    assert search_cost_ratio(rows, table) == pytest.approx(sum(steps.values()) / (110 + 118 + 104))
+
+
+# ---------------------------------------------------------------------------- plateau stop
+
+def test_plateau_is_a_stall_short_of_the_target_not_slow_progress():
+    steps = [1, 2, 4, 8, 16, 32]
+    assert plateaued(steps, [1.0, 0.6, 0.5, 0.49, 0.5, 0.495], 0.05, "below", 0.01)        # floor at 0.49
+    assert not plateaued(steps, [1.0, 0.6, 0.5, 0.4, 0.3, 0.2], 0.05, "below", 0.01)        # still falling
+    assert plateaued(steps, [0.1, 0.5, 0.8, 0.9, 0.9, 0.899], 0.95, "above", 0.01)          # accuracy stuck at 0.9
+    assert not plateaued(steps, [0.1, 0.5, 0.8, 0.9, 0.92, 0.93], 0.95, "above", 0.01)
+
+
+def test_a_trial_at_its_noise_floor_stops_as_plateaued(nqm):
+    # lr 1 at batch size 1: the loss settles at a floor far above the target 0.05 within ~30 steps
+    r = train_to_target(nqm, SGD, 1.0, 1, 0, CPU, 2000, plateau_tolerance=0.01)
+    assert r.outcome == "plateaued" and r.steps_run < 300 and "stalled" in r.reason
+    off = train_to_target(nqm, SGD, 1.0, 1, 0, CPU, 300)
+    assert off.outcome == "not_reached" and off.steps_run == 300
+    # a trial that reaches the target is unaffected
+    good = [train_to_target(nqm, SGD, 0.5, 64, 0, CPU, 2000, plateau_tolerance=t).steps_to_target for t in (0.0, 0.01)]
+    assert good[0] is not None and good[0] == good[1]
 
 
 # ---------------------------------------------------------------------------- resume
@@ -179,3 +313,16 @@ def test_noise_scale_run_trains_to_the_target(nqm):
     assert result.reason.startswith("target reached")
     assert result.gradient_noise_scale is not None and result.gradient_noise_scale > 0
     assert len(result.rows) == result.steps_run
+
+
+@pytest.mark.parametrize("optimum", [0.012, 0.3, 1.9])
+def test_unimodal_grid_stops_once_bracketed_with_the_exhaustive_grids_best(optimum):
+    grid = learning_rate_grid(0.01, 2.0, 8)
+    run = fake_run(bowl(optimum))
+    full = search(grid, run, seed=0)
+    short = search(grid, run, seed=0, unimodal=True, resolution=0.05)
+    rows = lambda trials: [(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials]  # noqa: E731
+    assert best_learning_rate(rows(short)) == best_learning_rate(rows(full))
+    assert len(short) < len(full)
+    hinted = search(grid, run, seed=0, hint=optimum, unimodal=True, resolution=0.05)  # started at the predicted rate
+    assert best_learning_rate(rows(hinted)) == best_learning_rate(rows(full)) and len(hinted) <= 3

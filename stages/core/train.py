@@ -4,7 +4,8 @@
 report comes from the same code path. `train_to_target` is the trial loop of scaling and baseline:
 evaluate on a geometric schedule (steps to target resolved within `resolution`), stop when the
 target is reached, when the loss or metric is not finite (diverged), at `max_steps` (censored),
-or when `give_up_after` steps pass without reaching it (stopped early: it can no longer win).
+when `give_up_after` steps pass without reaching it (stopped early: it can no longer win), or, with a
+`plateau_tolerance`, when its metric has stalled short of the target (a noise floor: `plateaued`).
 With `hold_factor` > 1 a trial that reached the target at step s keeps training to s x hold_factor,
 so its curve shows whether the metric stays at the target (select only trusts rates that hold);
 it stops at the first evaluation that falls back below the target.
@@ -25,6 +26,8 @@ from stages.core.optim import build_optimizer
 from stages.core.types import Outcome, Steps
 from stages.workloads.base import Batch, Workload, target_reached, to_device
 
+PLATEAU_MIN_STEPS = 64  # the first plateau check; fewer steps are too few to tell a floor from a slow start
+PLATEAU_CHECKS = 2      # consecutive stalled doublings before a trial stops (a slow start stalls once, a floor twice)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, workload: Workload, batch: Batch) -> torch.Tensor:
@@ -63,6 +66,20 @@ def eval_schedule(max_steps: Steps, resolution: float = 0.05, first: Steps = 1) 
     return steps
 
 
+def plateaued(steps: list[Steps], values: list[float], target: float, direction: str, tolerance: float) -> bool:
+    """Has the metric stalled short of the target? The best value over the last half of the steps
+    gained less than `tolerance` x the remaining distance to the target over the best of the first
+    half (a trial at its noise floor, or crawling so slowly that it cannot matter)."""
+    half = steps[-1] / 2
+    sign = 1.0 if direction == "above" else -1.0  # oriented so that higher is better
+    first = [sign * v for s, v in zip(steps, values) if s <= half]
+    second = [sign * v for s, v in zip(steps, values) if s > half]
+    if not first or not second:
+        return False
+    gap = sign * target - max(first)
+    return gap > 0 and max(second) - max(first) < tolerance * gap
+
+
 @dataclass
 class TrialResult:
     outcome: Outcome
@@ -88,14 +105,16 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
                     batch_size: int, seed: int, device: torch.device, max_steps: Steps,
                     *, give_up_after: Steps | None = None, resolution: float = 0.05,
                     eval_steps: list[Steps] | None = None, stop_at_target: bool = True,
-                    hold_factor: float = 1.0) -> TrialResult:
+                    hold_factor: float = 1.0, plateau_tolerance: float = 0.0) -> TrialResult:
     """Train from `seed` until the target is reached (or one of the other stop rules fires).
 
     `give_up_after`: stop as soon as the step count passes this without reaching the target
     (a trial that cannot beat the best steps-to-target found so far). `stop_at_target=False` keeps
     training to `max_steps` (the baseline's full learning curve). `hold_factor`: after reaching the
     target at step s, train on to ceil(s x hold_factor) (at most `max_steps`), evaluated at the end,
-    unless an evaluation falls back below the target first. `seconds` counts training steps only."""
+    unless an evaluation falls back below the target first. `seconds` counts training steps only.
+    `plateau_tolerance` > 0: check `plateaued` each time the step count doubles (from PLATEAU_MIN_STEPS)
+    while the target is unmet, and stop after PLATEAU_CHECKS stalled checks in a row."""
     model = build_model(workload, seed, device)
     optimizer = build_optimizer(model.parameters(), optimizer_settings, learning_rate)
     schedule = eval_steps if eval_steps is not None else eval_schedule(max_steps, resolution)
@@ -114,6 +133,7 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     synchronize(device)
     start = time.perf_counter()
     pending = sorted(schedule, reverse=True)  # evaluation steps still to come; the next one last
+    plateau_check, stalls = PLATEAU_MIN_STEPS, 0
     loss = torch.tensor(float("nan"))
     while step < max_steps:
         loss = train_step(model, optimizer, workload, to_device(next(data), device))
@@ -151,6 +171,16 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
         if hold_until is not None and step >= hold_until:
             reason += f"; held to step {step}"
             break
+        if steps_to_target is None and plateau_tolerance > 0 and step >= plateau_check:
+            plateau_check = 2 * step
+            stalled = plateaued([r["step"] for r in curve], [r[workload.target_metric] for r in curve],
+                                workload.target_value, workload.target_direction, plateau_tolerance)
+            stalls = stalls + 1 if stalled else 0
+            if stalls >= PLATEAU_CHECKS:
+                outcome, reason = "plateaued", (f"{workload.target_metric} stalled at {value:.4g} by step {step} "
+                                                f"(over each of the last {PLATEAU_CHECKS} doublings of steps the best "
+                                                f"gained < {plateau_tolerance:g} of the distance to the target)")
+                break
         if steps_to_target is None and step >= limit and limit < max_steps:
             outcome, reason = "stopped_early", f"not reached by step {step}, so it cannot beat {give_up_after} steps"
             break

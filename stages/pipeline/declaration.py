@@ -94,7 +94,9 @@ STAGES: tuple[Stage, ...] = (
         cmd=out.SCALING_TRIALS_CMD,
         params=("workload", "optimizer", "runtime", "scaling.lr_min", "scaling.lr_max", "scaling.lr_points",
                 "scaling.lr_grid", "scaling.lr_start", "scaling.max_steps", "scaling.eval_resolution",
-                "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top", "scaling.hold_factor"),  # + the fan-out list, scaling.batch_sizes
+                "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top", "scaling.hold_factor",
+                "scaling.lr_unimodal", "scaling.lr_refine_ratio", "scaling.lr_refine_trials", "scaling.lr_widen_factor",
+                "scaling.plateau_tolerance"),  # + the fan-out list, scaling.batch_sizes
         inputs=(out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
         outputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         foreach=("batch_size", "scaling.batch_sizes"),
@@ -104,7 +106,7 @@ STAGES: tuple[Stage, ...] = (
         name="scaling",
         cmd=out.SCALING_CMD,
         params=("workload", "optimizer", "runtime", "scaling.batch_sizes", "scaling.max_steps", "scaling.bootstrap",
-                "scaling.noise_scale_batch_sizes"),
+                "scaling.noise_scale_batch_sizes", "scaling.eval_resolution"),
         inputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         outputs=(out.SCALING_ALL_TRIALS, out.SCALING_STEPS, out.SCALING_CURVES, out.SCALING_NOISE,
                  out.SCALING_METRICS, out.SCALING_NOTES, *out.SCALING_PLOTS),

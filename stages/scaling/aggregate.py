@@ -5,9 +5,10 @@ reports/scaling/trials.csv (every trial, skipped sizes included), steps_to_targe
 learning rate, steps to target over seeds with their spread, examples, regime, learning-rate
 heuristics), curves.csv (the learning curves of every seed of each rate that reached the target;
 curves.png draws the best rate's at the search seed), noise_scale.csv (the gradient-noise-scale
-run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved, and
-the study's limits -- batch sizes, max_steps, learning-rate range tried -- that select names), notes.md
-(the fit's and the noise-scale run's conclusions in words) and four PNGs. Every per-size file is
+run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved,
+search cost, and the study's limits -- batch sizes, max_steps, learning-rate range tried -- that select names), notes.md
+(how sure B_crit is and what would tighten it, the fit's and the noise-scale run's conclusions,
+in words) and four PNGs. Every per-size file is
 checked before any work: a missing, cut-off or inconsistent one stops with the job that rewrites it.
 """
 from __future__ import annotations
@@ -26,8 +27,9 @@ from stages.scaling.noise_scale import measure_noise_scale
 from stages.core.optim import fixed_values
 from stages.scaling.fit import FitError, ScalingFit, fit_critical_batch_size
 from stages.scaling.plots import curves_figure, examples_figure, fmt, learning_rate_figure, steps_figure
-from stages.scaling.tables import (TRIAL_COLUMNS, add_fit_columns, compute_saved, fit_rows,
-                                    learning_rate_exponent, per_size_table)
+from stages.scaling.confidence import confidence_text
+from stages.scaling.tables import (PHASES, TRIAL_COLUMNS, add_fit_columns, compute_saved, fit_rows,
+                                    learning_rate_exponent, per_size_table, search_cost_ratio)
 
 STAGE = "scaling"  # the log label
 
@@ -65,9 +67,12 @@ def noise_scale(ctx: Context, table: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
              "gradient_noise_scale_reason": result.reason}, pd.DataFrame(result.rows))
 
 
-def _fit(rows: pd.DataFrame, bootstrap: int, seed: int) -> tuple[ScalingFit | None, dict]:
+def _fit(rows: pd.DataFrame, bootstrap: int, seed: int, resolution: float) -> tuple[ScalingFit | None, dict]:
+    """The fit, its interval covering the seed spread and each size's remaining uncertainty about the
+    optimum's steps: the rate's bracket ratio times one evaluation interval."""
     try:
         fit = fit_critical_batch_size(rows["batch_size"], rows["steps_to_target"], rows["seed"],
+                                      lr_resolution=rows["lr_resolution_ratio"].astype(float) * (1 + resolution),
                                       bootstrap=bootstrap, rng_seed=seed)
     except FitError as e:
         return None, {"critical_batch_size": None, "critical_batch_size_kind": "undetermined",
@@ -118,8 +123,8 @@ def main_summarize() -> None:
               for b in p.scaling.batch_sizes]
     curve_frames = [out.read_csv(out.SCALING_TRIAL_CURVES, batch_size=b) for b in p.scaling.batch_sizes]
     trials = pd.concat(frames, ignore_index=True)[TRIAL_COLUMNS]
-    table = per_size_table(trials, p.scaling.batch_sizes)
-    fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed)
+    table = per_size_table(trials, p.scaling.batch_sizes, p.scaling.eval_resolution)
+    fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed, p.scaling.eval_resolution)
     log.info(STAGE, f"critical batch size: {fit_metrics['critical_batch_size_kind']} -- {fit_metrics['critical_batch_size_message']}")
     table = add_fit_columns(table, fit)
     gns, gns_rows = noise_scale(ctx, table)
@@ -131,6 +136,9 @@ def main_summarize() -> None:
     perfect = reached[reached["regime"] == "perfect_scaling"]["batch_size"]
     metrics = {
         **fit_metrics, **gns,
+        "search_cost_ratio": search_cost_ratio(trials, table),
+        "trials_by_phase": {ph: int(((trials["phase"] == ph) & (trials["outcome"] != "skipped")).sum()) for ph in PHASES},
+        "boundary_batch_sizes": [int(b) for b in table[table["status"] == "boundary"]["batch_size"]],
         "compute_saved_fraction": saved, "examples_run": spent, "examples_if_every_trial_ran_to_max_steps": full,
         "trials": int((trials["outcome"] != "skipped").sum()), "seconds": float(trials["seconds"].sum()),
         # the study's limits, so select can say what to change without reading scaling's params
@@ -147,7 +155,8 @@ def main_summarize() -> None:
     io.write_csv(out.SCALING_STEPS.path, table)
     io.write_csv(out.SCALING_CURVES.path, reached_curves(curve_frames, trials))
     io.write_csv(out.SCALING_NOISE.path, gns_rows)
-    notes = {"Critical batch size": metrics.pop("critical_batch_size_message"),  # prose: kept out of metrics.json
+    notes = {"How sure": confidence_text(fit_metrics, table, p.scaling.eval_resolution),  # prose: kept out of metrics.json
+             "Critical batch size": metrics.pop("critical_batch_size_message"),
              "Gradient noise scale": metrics.pop("gradient_noise_scale_reason", None)}
     io.write_json(out.SCALING_METRICS.path, metrics)
     io.write_text(out.SCALING_NOTES.path, out.notes_markdown(notes))

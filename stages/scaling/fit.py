@@ -13,7 +13,12 @@ How the fit works, and why:
 - Batch sizes and steps are normalised by their geometric means first, so scaling every step
   count by k leaves B_crit unchanged and scaling every batch size by k multiplies it by k.
 - Confidence interval: bootstrap (seeds resampled within each batch size when every size has
-  at least two; residuals resampled otherwise), percentile interval.
+  at least two; residuals resampled otherwise), percentile interval. Given each row's learning-rate
+  resolution (the factor between the best rate and its farthest tried neighbour), a parametric
+  bootstrap instead: per size, the mean log steps redrawn with the seed spread pooled over sizes
+  (its own uncertainty drawn too, chi-square), and lowered by a log-uniform factor in
+  [1 / resolution, 1] -- the true optimum lies somewhere in the bracket and may need fewer steps,
+  by up to that factor when steps fall as 1 / rate (tests/test_scaling_fit.py checks coverage).
 - B_crit is only an `estimate` when the data pin it: the fit lies inside the studied range and
   the interval is finite. Otherwise `lower_bound` (steps still halving at the largest size: B_crit
   is at least the value), `upper_bound` (flat from the smallest size: at most the value), or a
@@ -78,7 +83,8 @@ def _fit_normalised(x: np.ndarray, log_y: np.ndarray, c_lo: float, c_hi: float) 
         return float(((r - log_a) ** 2).sum()), log_a
 
     grid = np.linspace(math.log(c_lo), math.log(c_hi), 161)
-    sses = np.array([sse_and_a(g)[0] for g in grid])
+    r_all = log_y[None, :] - np.log1p(np.exp(grid)[:, None] * x[None, :])    # (grid, rows), all at once
+    sses = ((r_all - r_all.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
     i = int(np.argmin(sses))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
     best_log_c, best_sse = grid[i], sses[i]
@@ -130,21 +136,54 @@ def rising_slope(batch_sizes: np.ndarray, steps: np.ndarray) -> float:
     return float((lx * (ly - ly.mean())).sum() / (lx ** 2).sum())
 
 
+def _draws_with_resolution(b: np.ndarray, s: np.ndarray, resolution: np.ndarray, distinct: list[float],
+                           fitted: np.ndarray, bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """B_crit over parametric resamples: per size mean log steps + pooled seed noise / sqrt(n), lowered
+    by a log-uniform factor in [1 / resolution, 1] (see the module docstring)."""
+    groups = [np.flatnonzero(b == x) for x in distinct]
+    logs = np.log(s)
+    means = np.array([logs[g].mean() for g in groups])
+    counts = np.array([len(g) for g in groups], dtype=float)
+    res = np.array([float(np.max(resolution[g])) for g in groups])
+    df = int(sum(len(g) - 1 for g in groups))
+    if df >= 1:
+        spread = math.sqrt(sum(((logs[g] - logs[g].mean()) ** 2).sum() for g in groups) / df)
+    else:  # one seed per size: the scatter about the fit stands in for the seed spread
+        df = max(len(groups) - 2, 1)
+        spread = math.sqrt(float(((logs - np.log(fitted)) ** 2).sum()) / df)
+    sizes = np.array(distinct)
+    draws = np.empty(bootstrap)
+    for k in range(bootstrap):
+        sigma = spread * math.sqrt(df / rng.chisquare(df))
+        y = means + sigma * rng.standard_normal(len(groups)) / np.sqrt(counts)
+        y -= rng.uniform(0.0, 1.0, len(groups)) * np.log(res)
+        draws[k] = _fit_raw(sizes, np.exp(y))[2]
+    return draws
+
+
 def fit_critical_batch_size(batch_sizes: Sequence[float], steps_to_target: Sequence[float],
-                            seeds: Sequence | None = None, *, bootstrap: int = 200,
-                            confidence: float = 0.95, rng_seed: int = 0) -> ScalingFit:
+                            seeds: Sequence | None = None, *, lr_resolution: Sequence[float] | None = None,
+                            bootstrap: int = 200, confidence: float = 0.95, rng_seed: int = 0) -> ScalingFit:
     """Fit S(B) = S_min (1 + B_crit / B) to rows (batch size, steps to target[, seed]).
 
+    `lr_resolution`: per row, the factor within which the best learning rate is known (>= 1; NaN or
+    inf count as 1); with it the interval covers both the seed spread and the rate's resolution.
     Rows whose steps are missing (target not reached) are ignored. Raises FitError when the
     table cannot bound B_crit at all."""
     b = np.asarray(batch_sizes, dtype=float)
     s = np.asarray(steps_to_target, dtype=float)
     if b.shape != s.shape or b.ndim != 1:
         raise FitError(f"batch_size and steps_to_target must be columns of equal length, got {b.shape} and {s.shape}")
+    res = None if lr_resolution is None else np.asarray(lr_resolution, dtype=float)
+    if res is not None and res.shape != b.shape:
+        raise FitError(f"lr_resolution must have one value per row, got {res.shape} for {b.shape} rows")
     keep = np.isfinite(s) & np.isfinite(b)
     if np.any(b[keep] <= 0) or np.any(s[keep] <= 0):
         raise FitError("batch sizes and steps to target must be positive")
     b, s = b[keep], s[keep]
+    if res is not None:
+        res = res[keep]
+        res = np.where(np.isfinite(res) & (res >= 1), res, 1.0)
     distinct = sorted(set(b.tolist()))
     if len(distinct) < MIN_BATCH_SIZES:
         raise FitError(f"need steps to target at >= {MIN_BATCH_SIZES} distinct batch sizes to fit B_crit, got "
@@ -163,13 +202,15 @@ def fit_critical_batch_size(batch_sizes: Sequence[float], steps_to_target: Seque
     fitted = s_min + e_min / b
     residuals = np.log(s) - np.log(fitted)
     draws = np.empty(bootstrap)
-    for k in range(bootstrap):
+    for k in range(bootstrap if res is None else 0):
         if stratified:
             idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
             bb, ss = b[idx], s[idx]
         else:
             bb, ss = b, fitted * np.exp(rng.choice(residuals, size=len(residuals), replace=True))
         draws[k] = _fit_raw(bb, ss)[2]
+    if res is not None:
+        draws = _draws_with_resolution(b, s, res, distinct, fitted, bootstrap, rng)
     ci_low, ci_high = _quantiles(draws, confidence)
 
     lo, hi = distinct[0], distinct[-1]

@@ -1,6 +1,7 @@
 """The learning-rate search at one batch size: grid, trial order, early stopping, resume journal.
 
-Every learning rate of the grid is tried (so the result equals an exhaustive grid), but cheaply:
+Every learning rate of the grid is tried (so the result equals an exhaustive grid) -- or, with
+`unimodal`, only until the best is flanked by worse neighbours -- and cheaply:
 - Order: start at the geometric centre of the range (or at a hint, e.g. the best learning rate of
   the neighbouring batch size), then always try the untried rate nearest the best one so far --
   good rates come early.
@@ -84,6 +85,23 @@ def final_metric_score(metric: str, direction: str) -> Callable[[TrialResult], f
     return score
 
 
+def measurably_worse(result: TrialResult, best: int, resolution: float) -> bool:
+    """Did this trial need more than one evaluation interval beyond the best's steps (or never reach)?"""
+    return result.steps_to_target is None or result.steps_to_target > best * (1 + resolution)
+
+
+def bracketed(grid: list[float], tried: dict[int, TrialResult], resolution: float) -> bool:
+    """Is the best grid rate flanked on each side (that has grid points) by a tried, measurably worse
+    neighbour? If steps to target are unimodal in the rate, no untried grid rate can beat it."""
+    reached = [i for i, r in tried.items() if r.steps_to_target is not None]
+    if not reached:
+        return False
+    b = min(reached, key=lambda i: (tried[i].steps_to_target, i))
+    steps = tried[b].steps_to_target
+    return all(n < 0 or n >= len(grid) or (n in tried and measurably_worse(tried[n], steps, resolution))
+               for n in (b - 1, b + 1))
+
+
 def best_steps(results: list[TrialResult], k: int = 1) -> int | None:
     """The k-th fewest steps to target among the results (None while fewer than k reached it)."""
     reached = sorted(r.steps_to_target for r in results if r.steps_to_target is not None)
@@ -149,7 +167,7 @@ RunTrial = Callable[[float, int, "int | None"], TrialResult]  # (learning rate, 
 class Trial:
     learning_rate: float
     seed: int
-    phase: Literal["search", "seed"]
+    phase: Literal["coarse", "widen", "refine", "seed"]  # see refine.py for the last three
     order: int                  # position in the order the trials were run
     give_up_after: int | None
     result: TrialResult
@@ -171,50 +189,39 @@ def run_cached(run: RunTrial, journal: Journal | None, learning_rate: float, see
 def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | None = None,
            hint: float | None = None, early_stopping: bool = True,
            score: Callable[[TrialResult], float] | None = None, keep: int = 1,
+           unimodal: bool = False, resolution: float = 0.05,
            on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
-    """Try every rate of `grid` at one seed, in the order above, each giving up once it cannot beat
+    """Try the rates of `grid` at one seed, in the order above, each giving up once it cannot beat
     the `keep`-th best so far -- i.e. can no longer enter the top `keep` that get seed reruns
-    (unless `early_stopping` is False: the exhaustive grid)."""
+    (unless `early_stopping` is False: the exhaustive grid). Every rate is tried unless `unimodal`:
+    then the grid stops once the best is `bracketed` (rates farther out cannot win if steps to target
+    have one minimum in the rate), which saves the costliest trials, the far ones."""
     start = start_index(grid, hint)
     tried: dict[int, TrialResult] = {}
     trials: list[Trial] = []
     while (i := next_index(grid, tried, start, score)) is not None:
+        if unimodal and bracketed(grid, tried, resolution):
+            break
         give_up = best_steps(list(tried.values()), keep) if early_stopping else None
         result, resumed = run_cached(run, journal, grid[i], seed, give_up)
         tried[i] = result
-        trials.append(Trial(grid[i], seed, "search", len(trials), give_up, result, resumed))
+        trials.append(Trial(grid[i], seed, "coarse", len(trials), give_up, result, resumed))
         if on_trial:
             on_trial(trials[-1])
     return trials
 
 
-def rerun_seeds(search_trials: list[Trial], run: RunTrial, seeds: list[int], top: int, *,
-                journal: Journal | None = None, on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
-    """Rerun the `top` best learning rates of the search with each extra seed, to the target or
-    max_steps (no early stopping: these measure the spread)."""
-    reached = sorted((t for t in search_trials if t.result.steps_to_target is not None),
-                     key=lambda t: (t.result.steps_to_target, t.learning_rate))
-    out: list[Trial] = []
-    order = len(search_trials)
-    for t in reached[:top]:
-        for s in seeds:
-            result, resumed = run_cached(run, journal, t.learning_rate, s, None)
-            out.append(Trial(t.learning_rate, s, "seed", order, None, result, resumed))
-            order += 1
-            if on_trial:
-                on_trial(out[-1])
-    return out
-
-
 def best_learning_rate(rows: list[tuple[float, str, int | None]]) -> float | None:
     """The best rate from (learning rate, phase, steps to target) rows of one batch size: among the
-    rates rerun with seeds (phase 'seed') if any, else all, the one with the best rank_key."""
+    rates rerun with seeds (phase 'seed') if any -- of those, the ones that got the most seeds, i.e.
+    survived the successive halving -- else all, the one with the best rank_key (median first)."""
     seeded = {lr for lr, phase, _ in rows if phase == "seed"}
     by_lr: dict[float, list[int | None]] = {}
     for lr, _, steps in rows:
         if lr in seeded or not seeded:
             by_lr.setdefault(lr, []).append(steps)
-    candidates = [lr for lr, steps in by_lr.items() if any(s is not None for s in steps)]
+    most = max((len(v) for v in by_lr.values()), default=0)
+    candidates = [lr for lr, steps in by_lr.items() if any(s is not None for s in steps) and len(steps) == most]
     if not candidates:
         return None
     return min(candidates, key=lambda lr: rank_key(by_lr[lr], lr))

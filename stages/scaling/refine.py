@@ -1,0 +1,105 @@
+"""After the coarse grid (lr_search.search): resolve the best learning rate at one batch size.
+
+- Widen: a best rate at the edge of what was tried says nothing about rates beyond it, so try one
+  coarse-grid step further out, up to [lr_min / widen_factor, lr_max * widen_factor]; a best still
+  at that edge is a `boundary` result (tables.py marks it and says which way to widen), never a finding.
+- Refine: bisect in log space between the best rate and its wider-apart neighbour until both tried
+  neighbours lie within `ratio` of it, or a neighbour is no worse than the best by more than the
+  evaluation resolution (the optimum lies between the two, where steps cannot tell rates apart), or
+  `max_trials` refinement trials were spent. Each trial gives up once it cannot beat
+  the best (early stopping), so a refinement trial costs at most the best's steps.
+- Seeds (successive halving): the `top` rates of the search get a second seed; contenders whose
+  range of steps over seeds no longer overlaps the leader's drop out, and at most half stay for the
+  next seed. The final pick is by the median over the survivors' seeds (lr_search.best_learning_rate),
+  not by the luckiest run.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from stages.core.train import TrialResult
+from stages.scaling.lr_search import Journal, RunTrial, Trial, best_steps, measurably_worse, rank_key, run_cached
+
+OnTrial = Callable[[Trial], None] | None
+
+
+def _best_rate(tried: dict[float, TrialResult]) -> float | None:
+    reached = [(r.steps_to_target, lr) for lr, r in tried.items() if r.steps_to_target is not None]
+    return min(reached)[1] if reached else None
+
+
+def next_rate(tried: dict[float, TrialResult], *, ratio: float, resolution: float, low_limit: float,
+              high_limit: float, widen_step: float) -> tuple[str, float] | None:
+    """The next (phase, learning rate) to try at the search seed, or None when resolved (or at a cap)."""
+    best = _best_rate(tried)
+    if best is None:
+        return None  # nothing reached the target: there is no optimum to resolve
+    rates = sorted(tried)
+    i = rates.index(best)
+    if i == 0 or i == len(rates) - 1:
+        out = max(best / widen_step, low_limit) if i == 0 else min(best * widen_step, high_limit)
+        if abs(math.log(out / best)) < 1e-9:
+            return None  # at the cap: a boundary result
+        return "widen", out
+    lo, hi, steps = rates[i - 1], rates[i + 1], tried[best].steps_to_target
+    if not (measurably_worse(tried[lo], steps, resolution) and measurably_worse(tried[hi], steps, resolution)):
+        # A neighbour ties with the best: the optimum lies between them (steps are unimodal in the
+        # rate), where no rate can beat the best by more than the evaluation resolution.
+        return None
+    sides = [(r, n) for r, n in ((best / lo, lo), (hi / best, hi)) if r > ratio]
+    if not sides:
+        return None
+    _, other = max(sides)  # the wider gap first (ties: the lower side, it comes first)
+    return "refine", math.sqrt(best * other)
+
+
+def resolve(coarse: list[Trial], run: RunTrial, seed: int, *, ratio: float, max_trials: int, resolution: float,
+            low_limit: float, high_limit: float, widen_step: float,
+            early_stopping: bool = True, keep: int = 1, journal: Journal | None = None,
+            on_trial: OnTrial = None) -> list[Trial]:
+    """Widen and refine after the coarse trials (same seed); returns the new trials only."""
+    tried = {t.learning_rate: t.result for t in coarse if t.seed == seed}
+    out: list[Trial] = []
+    refined = 0
+    while (step := next_rate(tried, ratio=ratio, resolution=resolution, low_limit=low_limit,
+                             high_limit=high_limit, widen_step=widen_step)) is not None:
+        phase, lr = step
+        if phase == "refine":
+            if refined >= max_trials:
+                break
+            refined += 1
+        give_up = best_steps(list(tried.values()), keep) if early_stopping else None
+        result, resumed = run_cached(run, journal, lr, seed, give_up)
+        tried[lr] = result
+        out.append(Trial(lr, seed, phase, len(coarse) + len(out), give_up, result, resumed))
+        if on_trial:
+            on_trial(out[-1])
+    return out
+
+
+def successive_halving(search_trials: list[Trial], run: RunTrial, seeds: list[int], top: int, *,
+                       journal: Journal | None = None, on_trial: OnTrial = None) -> list[Trial]:
+    """More seeds for fewer rates: the `top` rates of the search each get the first extra seed; then
+    only contenders whose steps over seeds overlap the leader's (at most half, at least the leader)
+    get the next. Seed runs train to the target or max_steps (no early stopping: they measure the spread)."""
+    reached = sorted({(t.result.steps_to_target, t.learning_rate) for t in search_trials
+                      if t.result.steps_to_target is not None})
+    contenders = [lr for _, lr in reached[:top]]
+    steps = {lr: [s for s, r in reached if r == lr] for lr in contenders}
+    out: list[Trial] = []
+    order = len(search_trials)
+    for k, s in enumerate(seeds):
+        if k > 0 and len(contenders) > 1:
+            ranked = sorted(contenders, key=lambda lr: rank_key(steps[lr], lr))
+            lead_worst = max(math.inf if x is None else x for x in steps[ranked[0]])
+            overlap = [lr for lr in ranked if min(math.inf if x is None else x for x in steps[lr]) <= lead_worst]
+            contenders = overlap[:max(1, math.ceil(len(contenders) / 2))]
+        for lr in contenders:
+            result, resumed = run_cached(run, journal, lr, s, None)
+            steps[lr].append(result.steps_to_target)
+            out.append(Trial(lr, s, "seed", order, None, result, resumed))
+            order += 1
+            if on_trial:
+                on_trial(out[-1])
+    return out
