@@ -420,13 +420,19 @@ def _train(script, **kwargs):
                            eval_steps=list(range(1, 201)), **kwargs)
 
 
-def test_a_trial_holds_past_the_target_and_stops_where_it_falls_back():
+def test_a_crossing_that_falls_back_does_not_count_and_the_one_that_holds_does():
     rises_then_dips = lambda s: 0.96 if 20 <= s < 33 else 0.9  # noqa: E731
     plain = _train(rises_then_dips)
     assert (plain.outcome, plain.steps_to_target, plain.steps_run) == ("reached", 20, 20)  # stops at the target
-    held = _train(rises_then_dips, hold_factor=2.0)
-    assert (held.outcome, held.steps_to_target, held.fell_back_at, held.steps_run) == ("reached", 20, 33, 33)
-    assert "fell back to 0.9 at step 33 (held until 40)" in held.reason
+    never_holds = _train(rises_then_dips, hold_factor=2.0)
+    assert (never_holds.outcome, never_holds.steps_to_target, never_holds.fell_back_at) == ("not_reached", None, 33)
+    assert never_holds.steps_run == 200 and "fell back 1 time(s) (last at step 33, to 0.9)" in never_holds.reason
+    dips_then_holds = lambda s: 0.96 if 20 <= s < 33 or s >= 50 else 0.9  # noqa: E731
+    held = _train(dips_then_holds, hold_factor=2.0)
+    assert (held.outcome, held.steps_to_target, held.fell_back_at, held.steps_run) == ("reached", 50, 33, 100)
+    assert "after falling back below the target 1 time(s)" in held.reason and "held to step 100" in held.reason
+    gives_up = _train(rises_then_dips, hold_factor=2.0, give_up_after=40)  # early stopping still applies after a fall
+    assert (gives_up.outcome, gives_up.steps_run) == ("stopped_early", 40)
     steady = _train(lambda s: 0.96 if s >= 20 else 0.9, hold_factor=1.55)
     assert (steady.steps_to_target, steady.fell_back_at, steady.steps_run) == (20, None, 31)  # ceil(20 x 1.55)
     assert steady.curve[-1]["step"] == 31 and "held to step 31" in steady.reason

@@ -8,7 +8,9 @@ when `give_up_after` steps pass without reaching it (stopped early: it can no lo
 `plateau_tolerance`, when its metric has stalled short of the target (a noise floor: `plateaued`).
 With `hold_factor` > 1 a trial that reached the target at step s keeps training to s x hold_factor,
 so its curve shows whether the metric stays at the target (select only trusts rates that hold);
-it stops at the first evaluation that falls back below the target.
+a crossing that falls back below the target within its hold does not count (a first crossing that
+does not last is not a result a training run can rely on): training goes on, and steps to target is
+the first step of a crossing that holds.
 The clock covers the training steps alone: evaluations are timed apart (`eval_seconds`), so a
 time to target compares with throughput's time per step.
 """
@@ -91,7 +93,7 @@ class TrialResult:
     curve: list[dict] = field(default_factory=list)  # rows: step, train_loss, <metrics...>, train_seconds
     reason: str = ""
     eval_seconds: float = 0.0       # spent in evaluations, not part of `seconds`
-    fell_back_at: Steps | None = None  # first evaluated step after the target at which it was missed again
+    fell_back_at: Steps | None = None  # the last evaluated step at which a crossing fell back below the target
 
 
 def build_model(workload: Workload, seed: int, device: torch.device) -> torch.nn.Module:
@@ -111,8 +113,9 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     `give_up_after`: stop as soon as the step count passes this without reaching the target
     (a trial that cannot beat the best steps-to-target found so far). `stop_at_target=False` keeps
     training to `max_steps` (the baseline's full learning curve). `hold_factor`: after reaching the
-    target at step s, train on to ceil(s x hold_factor) (at most `max_steps`), evaluated at the end,
-    unless an evaluation falls back below the target first. `seconds` counts training steps only.
+    target at step s, train on to ceil(s x hold_factor) (at most `max_steps`), evaluated at the end;
+    if an evaluation falls back below the target first, the crossing does not count and training goes
+    on (steps to target: the first step of a crossing that holds). `seconds` counts training steps only.
     `plateau_tolerance` > 0: check `plateaued` each time the step count doubles (from PLATEAU_MIN_STEPS)
     while the target is unmet, and stop after PLATEAU_CHECKS stalled checks in a row."""
     model = build_model(workload, seed, device)
@@ -129,6 +132,7 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     step = 0
     hold_until: Steps | None = None  # with stop_at_target: the last step of the hold after the target
     fell_back_at: Steps | None = None
+    falls = 0  # times the metric crossed the target and fell back before its hold ended
     eval_seconds = 0.0
     synchronize(device)
     start = time.perf_counter()
@@ -152,16 +156,22 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
         value = metrics[workload.target_metric]
         finite = math.isfinite(train_loss) and math.isfinite(value)
         met = finite and target_reached(value, workload.target_value, workload.target_direction)
-        if hold_until is not None and not met:  # a trial that diverges in its hold stays 'reached'
-            fell_back_at = step
-            reason += f"; fell back to {value:.4g} at step {step} (held until {hold_until})"
-            break
+        if hold_until is not None and not met:
+            # The target did not hold. A first crossing that does not last is not a result a training
+            # run can rely on, so train on: steps to target is where the metric reaches the target and
+            # then stays there through its hold (and until then the trial may still stop early).
+            fell_back_at, falls = step, falls + 1
+            steps_to_target, hold_until, outcome = None, None, "not_reached"
+            reason = (f"{workload.target_metric} reached the target but fell back {falls} time(s) (last at step "
+                      f"{step}, to {value:.4g}); not held by step {max_steps}")
         if not finite:
             outcome, reason = "diverged", f"non-finite {'train loss' if not math.isfinite(train_loss) else workload.target_metric} at step {step}"
             break
         if steps_to_target is None and met:
             steps_to_target = step
             outcome, reason = "reached", f"{workload.target_metric} {value:.4g} at step {step}"
+            if falls:
+                reason += f" (after falling back below the target {falls} time(s))"
             if stop_at_target:
                 hold_until = min(max_steps, math.ceil(step * hold_factor - 1e-9))
                 if hold_until <= step:
@@ -171,7 +181,8 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
         if hold_until is not None and step >= hold_until:
             reason += f"; held to step {step}"
             break
-        if steps_to_target is None and plateau_tolerance > 0 and step >= plateau_check:
+        if steps_to_target is None and not falls and plateau_tolerance > 0 and step >= plateau_check:
+            # (a trial that already crossed the target oscillates around it: not a floor short of it)
             plateau_check = 2 * step
             stalled = plateaued([r["step"] for r in curve], [r[workload.target_metric] for r in curve],
                                 workload.target_value, workload.target_direction, plateau_tolerance)

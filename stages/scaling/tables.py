@@ -137,6 +137,11 @@ def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: flo
         best = measured_runs(ran, lr)
         steps = [_steps(s) for s in best["steps_to_target"]]
         reached = [s for s in steps if s is not None]
+        if not reached:  # the rate's seed reruns all missed (or fell back from) the target: not a result to use
+            outcomes = ", ".join(f"{k} {v}" for k, v in best["outcome"].value_counts().items())
+            rows.append({**row, "status": "not_reached", "reason": f"no learning rate reached and held the target on "
+                                                                   f"its seed reruns (best lr {lr:.4g}: {outcomes})"})
+            continue
         median = float(np.median([math.inf if s is None else s for s in steps]))
         low, high, edge = search_bracket(ran, lr)
         status, reason = "reached", ""

@@ -60,7 +60,7 @@ def fell_back(curve: pd.DataFrame, target: Target, reached_at: Steps, budget: St
             return ""
     last = int(rows["step"].max()) if len(rows) else reached_at
     return (f"was evaluated only up to step {last}, before the budget's end ({budget}): not shown to hold "
-            f"(raise scaling.hold_factor)")
+            f"(raise scaling.hold_factor, or scaling.max_steps where the trial stopped there)")
 
 
 def check_rate(batch_size: int, learning_rate: float, trials: pd.DataFrame, curves: pd.DataFrame,
