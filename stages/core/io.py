@@ -9,10 +9,22 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+
+def normal_write_mode(path: Path) -> int:
+    """The mode a plain open(path, "w") would leave: an existing file keeps its own, a new one gets 0o666
+    less the umask. mkstemp creates 0600 files, which would hide the reports from the other users of a
+    shared checkout."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only portable way to read the umask is to set it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -25,6 +37,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, normal_write_mode(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -30,17 +30,26 @@ STAGE = "scaling"
 OUT = Path("reports/scaling")
 PROBE_CSV, PROBE_METRICS = Path("reports/probe/probe.csv"), Path("reports/probe/metrics.json")
 THROUGHPUT_METRICS = Path("reports/throughput/metrics.json")
-_CODE = ("stages/train.py", "stages/optim.py", "stages/workload.py", "stages/device.py")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # stages/
+# The code a trial's result depends on besides the workload's own (paths relative to stages/).
+_CODE = ("core/train.py", "core/optim.py", "workloads/base.py", "core/device.py")
 
 
 def trials_paths(batch_size: int) -> tuple[Path, Path]:
     return OUT / "trials" / f"bs_{batch_size}.csv", OUT / "trials" / f"bs_{batch_size}_curves.csv"
 
 
-def _file_hash(path: str | Path) -> str:
+def content_hash(path: str | Path, base: Path | None = None) -> str:
+    """A file's content hash; a folder's covers every file under it (relative names and contents,
+    sorted, __pycache__ left out) since `workload.sources` may list folders; "absent" if missing."""
     p = Path(path)
     if not p.is_absolute():
-        p = Path(__file__).resolve().parent.parent / p
+        p = (Path.cwd() if base is None else base) / p
+    if p.is_dir():
+        digest = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file() and "__pycache__" not in q.relative_to(p).parts):
+            digest.update(f.relative_to(p).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        return digest.hexdigest()[:16]
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else "absent"
 
 
@@ -51,7 +60,8 @@ def trial_identity(ctx: Context, batch_size: int) -> dict:
             "optimizer": asdict(p.optimizer), "batch_size": batch_size, "max_steps": p.scaling.max_steps,
             "eval_resolution": p.scaling.eval_resolution, "device": ctx.device.type, "threads": ctx.threads,
             "torch": torch.__version__,
-            "code": {str(f): _file_hash(f) for f in (*_CODE, *w.source_files(), *p.workload.sources)}}
+            "code": {**{f: content_hash(f, PACKAGE_DIR) for f in _CODE},
+                     **{str(f): content_hash(f) for f in (*w.source_files(), *p.workload.sources)}}}
 
 
 def journal_path(ctx: Context, batch_size: int) -> Path:
