@@ -17,7 +17,7 @@ import yaml
 from stages.core import io
 from stages.core.config import validate
 from stages.core.errors import ConfigError
-from stages.scaling.trials import content_hash
+from stages.core.io import content_hash
 from stages.workloads.base import make_workload
 from tests.test_scaling_stage import PARAMS, write_project
 

@@ -1,11 +1,13 @@
 """Atomic output writers: every file a stage writes goes to a temp file, then is renamed.
 
 A crash (or Ctrl-C) mid-write therefore never leaves a half-written report: either the old file
-is still there, or the new one is complete.
+is still there, or the new one is complete. Also here: the one content hash of files and folders
+(the scaling journal's identity, Snakemake's code trigger).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -86,3 +88,18 @@ def read_json(path: str | os.PathLike) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the stage that writes it first (dvc repro or snakemake)")
     return json.loads(path.read_text())
+
+
+def content_hash(path: str | Path, base: Path | None = None) -> str:
+    """A file's content hash; a folder's covers every file under it (relative names and contents,
+    sorted; __pycache__ and .pyc left out, as .dvcignore does) since `workload.sources` may list folders; "absent" if missing."""
+    p = Path(path)
+    if not p.is_absolute():
+        p = (Path.cwd() if base is None else base) / p
+    if p.is_dir():
+        digest = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file() and q.suffix != ".pyc"
+                        and "__pycache__" not in q.relative_to(p).parts):
+            digest.update(f.relative_to(p).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        return digest.hexdigest()[:16]
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else "absent"

@@ -8,7 +8,6 @@ before a run -- so an interrupted job resumes without redoing them.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 
 from stages.core import io
+from stages.core.io import content_hash
 from stages.core import log
 from stages.core.errors import ConfigError
 from stages.core.context import Context, setup
@@ -37,20 +37,6 @@ _CODE = ("core/train.py", "core/optim.py", "workloads/base.py", "core/device.py"
 
 def trials_paths(batch_size: int) -> tuple[Path, Path]:
     return OUT / "trials" / f"bs_{batch_size}.csv", OUT / "trials" / f"bs_{batch_size}_curves.csv"
-
-
-def content_hash(path: str | Path, base: Path | None = None) -> str:
-    """A file's content hash; a folder's covers every file under it (relative names and contents,
-    sorted, __pycache__ left out) since `workload.sources` may list folders; "absent" if missing."""
-    p = Path(path)
-    if not p.is_absolute():
-        p = (Path.cwd() if base is None else base) / p
-    if p.is_dir():
-        digest = hashlib.sha256()
-        for f in sorted(q for q in p.rglob("*") if q.is_file() and "__pycache__" not in q.relative_to(p).parts):
-            digest.update(f.relative_to(p).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
-        return digest.hexdigest()[:16]
-    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else "absent"
 
 
 def trial_identity(ctx: Context, batch_size: int) -> dict:
