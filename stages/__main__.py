@@ -12,4 +12,4 @@ def main() -> None:
     print(yaml.safe_dump(ctx.params.as_dict(), sort_keys=False), end="")
 
 
-run_main(main, "params check")
+run_main(main, "params check", lock=False)  # writes nothing

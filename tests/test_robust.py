@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,107 @@ def test_scaling_fit_still_treats_an_empty_cell_as_not_reached(tmp_path):
     proc = stage_cli("stages.scaling", ["fit", "t.csv", "--bootstrap", "20"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["critical_batch_size"] == pytest.approx(64, rel=1e-3)
+
+
+# ---------------------------------------------------------------------------- 10: one run per output set
+
+HOLD = ("import sys, time\n"
+        "sys.argv = ['{argv0}', *{args!r}]\n"
+        "from stages.core.errors import run_main\n"
+        "run_main(lambda: (print('holding', flush=True), time.sleep(120)), {stage!r})\n")
+
+
+def hold_lock(root: Path, stage: str, args: list[str]) -> subprocess.Popen:
+    """A run of `stage args` that holds its lock (sleeping instead of working) until killed."""
+    code = HOLD.format(argv0=f"stages/{stage}/__main__.py", args=args, stage=stage)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "holding\n"
+    return proc
+
+
+def test_a_second_run_of_a_stage_says_who_holds_it_and_changes_nothing(tmp_path):
+    root = params_project(tmp_path, {"runtime": {"device": "cpu"}})
+    out = root / "reports/select"
+    out.mkdir(parents=True)
+    (out / "reasoning.md").write_text("the finished run's reasoning\n")
+    holder = hold_lock(root, "select", [])
+    try:
+        proc = stage_cli("stages.select", [], root)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith(f"kickoff: error: select is already running (pid {holder.pid}, `python")
+        assert "started 20" in proc.stderr and ".kickoff/locks/select.lock" in proc.stderr
+        assert (out / "reasoning.md").read_text() == "the finished run's reasoning\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed without any clean-up: the kernel released the lock, so the next run goes ahead
+    proc = stage_cli("stages.select", [], root)
+    assert "already running" not in proc.stderr
+
+
+def test_scaling_jobs_of_different_batch_sizes_run_side_by_side_but_not_the_same_one(tmp_path):
+    root = write_project(tmp_path / "p")
+    holder = hold_lock(root, "scaling", ["trials", "--batch-size", "4"])
+    try:
+        same = stage_cli("stages.scaling", ["trials", "--batch-size", "4"], root)
+        assert same.returncode == 2 and "scaling trials --batch-size 4 is already running" in same.stderr
+        other = stage_cli("stages.scaling", ["trials", "--batch-size", "256"], root)  # skipped size: quick
+        assert other.returncode == 0, other.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (root / "reports/scaling/trials/bs_4.csv").exists()
+
+
+# ---------------------------------------------------------------------------- 12: Ctrl-C
+
+def interrupt_when(proc: subprocess.Popen, marker: str) -> str:
+    """Read stderr until `marker`, then Ctrl-C as a terminal sends it (SIGINT to the process group)."""
+    seen = ""
+    while marker not in seen:
+        line = proc.stderr.readline()
+        assert line, f"ended before {marker!r}:\n{seen}"
+        seen += line
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    return seen + rest
+
+
+def popen_stage(module: str, args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_ctrl_c_during_the_scaling_study_prints_one_line_and_a_rerun_resumes(tmp_path):
+    root = write_project(tmp_path / "p")
+    proc = popen_stage("stages.scaling", ["trials", "--batch-size", "4"], root)
+    err = interrupt_when(proc, "[scaling] bs 4 lr")
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1].startswith("kickoff: interrupted scaling trials --batch-size 4; ")
+    assert not (root / "reports/scaling/trials/bs_4.csv").exists()
+    rerun = stage_cli("stages.scaling", ["trials", "--batch-size", "4"], root)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "from journal" in rerun.stderr
+
+
+@pytest.mark.parametrize("when", ["starting", "trials"])
+def test_ctrl_c_during_the_probe_leaves_no_child_traceback(tmp_path, when):
+    """Early (the stage and its trial server still importing torch) or during the trials: one line."""
+    root = params_project(tmp_path, {"runtime": {"device": "cpu", "threads": 1},
+                                     "probe": {"batch_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], "steps": 50}})
+    proc = popen_stage("stages.probe", [], root)
+    if when == "starting":
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    else:
+        err = interrupt_when(proc, "batch size      1:")  # the trial server is up and forking trials
+    assert proc.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err and "Error" not in err, err
+    assert err.strip().splitlines()[-1].startswith("kickoff: interrupted probe; ")
+    assert not (root / "reports").exists()

@@ -34,16 +34,46 @@ class StudyError(KickoffError):
     """The measurements cannot support a decision (e.g. no batch size reached the target)."""
 
 
-def run_main(main: Callable[[], Any], what: str | None = None) -> None:
-    """Run a stage's main(): a KickoffError becomes one line on stderr and exit code 2; Ctrl-C one line
-    and exit 130 (finished trials are journaled, so a rerun resumes)."""
+def _interrupted_message(job: str) -> str:
+    return (f"kickoff: interrupted {job}; outputs already written are complete, and rerunning resumes "
+            f"from the finished trials")
+
+
+def _one_line_interrupt(exc_type, exc, tb, _previous=sys.excepthook) -> None:
+    """A Ctrl-C before run_main starts (while a stage imports torch, seconds) is one line too -- also
+    when the interrupted import then failed otherwise (numpy's lazy imports recurse)."""
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen and not isinstance(e, KeyboardInterrupt):
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    if isinstance(e, KeyboardInterrupt):
+        print(_interrupted_message(" ".join([Path(sys.argv[0]).parent.name or "stage", *sys.argv[1:]])),
+              file=sys.stderr)
+        return
+    _previous(exc_type, exc, tb)
+
+
+if Path(sys.argv[0] if sys.argv else "").name == "__main__.py":  # a `python -m stages...` command only
+    sys.excepthook = _one_line_interrupt
+
+
+def run_main(main: Callable[[], Any], what: str | None = None, lock: bool = True) -> None:
+    """Run a stage's main() holding its output lock (stages/core/lock.py: one run per output set): a
+    KickoffError becomes one line on stderr and exit code 2; Ctrl-C one line and exit 130 (finished
+    trials are journaled, so a rerun resumes)."""
+    name = what or Path(sys.argv[0]).parent.name or "stage"
+    job = " ".join([name, *sys.argv[1:]])
     try:
-        main()
+        if lock:
+            from stages.core.lock import exclusive, lock_name  # lock.py imports this module
+
+            with exclusive(lock_name(name, sys.argv[1:]), job):
+                main()
+        else:
+            main()
     except KickoffError as e:
         print(f"kickoff: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        name = what or Path(sys.argv[0]).parent.name or "stage"
-        print(f"kickoff: interrupted {name}; outputs already written are complete, and rerunning resumes "
-              f"from the finished trials", file=sys.stderr)
+        print(_interrupted_message(job), file=sys.stderr)
         sys.exit(130)

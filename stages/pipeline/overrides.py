@@ -89,4 +89,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(sys.argv[1:]))
+    run_main(lambda: main(sys.argv[1:]), lock=False)  # prints arguments, writes nothing

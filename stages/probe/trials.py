@@ -124,6 +124,7 @@ def _fork_one(job: ProbeJob, workload: Workload, request: tuple) -> dict:
     if pid == 0:  # the trial process: report through the pipe, never return into the server loop
         code = 1
         try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends a trial at once and silently
             os.close(read_fd)
             memory.volunteer_for_oom_killer()
             configure_cpu(job.params.runtime.threads)
@@ -169,6 +170,7 @@ def _load(job: ProbeJob) -> tuple[dict, Workload | None]:
 
 def _serve(conn) -> None:
     """Requests: ('load', job) builds the workload; other requests fork a trial; None ends."""
+    # Started with Ctrl-C ignored (see _sigint_ignored); the stage stops this server on Ctrl-C.
     torch.set_num_threads(1)  # no OpenMP pool here: a child forked after one hangs in its first parallel op
     # Python >= 3.12 warns on fork() with threads alive; the only ones here are idle BLAS pools
     # (numpy/scipy's OpenBLAS), which re-initialise in the child through their atfork handlers.
@@ -191,6 +193,7 @@ def _serve(conn) -> None:
 
 
 def _spawned_trial(job: ProbeJob, request: tuple, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends a trial at once and silently
     memory.volunteer_for_oom_killer()
     configure_cpu(job.params.runtime.threads)
     try:
@@ -199,6 +202,18 @@ def _spawned_trial(job: ProbeJob, request: tuple, conn) -> None:
         conn.send({"kind": "error", "message": traceback.format_exc()})
         return
     conn.send(_child_main(job, workload, request))
+
+
+class _sigint_ignored:
+    """Start child processes with Ctrl-C ignored (a disposition that survives exec, so a spawned
+    interpreter never turns it into a KeyboardInterrupt traceback while importing): the stage alone
+    reports the interrupt, in one line, and stops them."""
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
 
 
 class TrialRunner:
@@ -214,7 +229,8 @@ class TrialRunner:
         if isolation == "fork_server":
             self._conn, child_conn = self._ctx.Pipe()
             self._server = self._ctx.Process(target=_serve, args=(child_conn,), daemon=True)
-            self._server.start()
+            with _sigint_ignored():
+                self._server.start()
             child_conn.close()
 
     @property
@@ -252,7 +268,8 @@ class TrialRunner:
         else:
             reader, writer = self._ctx.Pipe(duplex=False)
             proc = self._ctx.Process(target=_spawned_trial, args=(self.job, request, writer))
-            proc.start()
+            with _sigint_ignored():
+                proc.start()
             writer.close()
             try:
                 result = reader.recv()
