@@ -5,6 +5,7 @@ The end-to-end cases that need the real `dvc` / `snakemake` live in tests/test_r
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import stat
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -278,3 +280,35 @@ def test_ctrl_c_during_the_probe_leaves_no_child_traceback(tmp_path, when):
     assert "Traceback" not in err and "Error" not in err, err
     assert err.strip().splitlines()[-1].startswith("kickoff: interrupted probe; ")
     assert not (root / "reports").exists()
+
+
+# ---------------------------------------------------------------------------- 6: NaN from step 1
+
+def diverged_study(root: Path, outcomes: list[str]) -> None:
+    """The select fixture, with no size reaching the target and trials with these outcomes (at step 1)."""
+    from tests.test_select import SIZES, digits_fixture
+
+    digits_fixture(root, steps={b: math.nan for b in SIZES})
+    rows = [{"batch_size": b, "learning_rate": lr, "seed": 0, "outcome": outcome,
+             "steps_run": 1 if outcome == "diverged" else 2000,
+             "reason": "non-finite train loss at step 1" if outcome == "diverged" else "target not reached"}
+            for b in SIZES for lr, outcome in zip((0.01, 0.1), outcomes)]
+    pd.DataFrame(rows).to_csv(root / "reports/scaling/trials.csv", index=False)
+
+
+def test_select_says_every_trial_diverged_instead_of_advising_an_easier_target(tmp_path):
+    diverged_study(tmp_path, ["diverged", "diverged"])
+    proc = stage_cli("stages.select", [], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "every one of the 16 scaling trials diverged (non-finite loss) within 1 steps" in proc.stderr
+    assert "even at the smallest learning rate 0.01" in proc.stderr
+    assert "Check the loss and the model first" in proc.stderr and "lower the learning-rate range" in proc.stderr
+    assert "Change one of: an easier target" not in proc.stderr
+    assert not (tmp_path / "reports/select").exists()
+
+
+def test_select_still_advises_an_easier_target_when_some_trials_ran_without_diverging(tmp_path):
+    diverged_study(tmp_path, ["not_reached", "diverged"])
+    proc = stage_cli("stages.select", [], tmp_path)
+    assert proc.returncode == 2
+    assert "an easier target in workload.kwargs" in proc.stderr and "diverged (non-finite" not in proc.stderr

@@ -76,6 +76,7 @@ def read_measurements() -> Measurements:
         s_min=_num(sc_m.get("s_min")),
         perfect_scaling_up_to=int(sc_m["perfect_scaling_up_to"]) if _num(sc_m.get("perfect_scaling_up_to")) else None,
         device=str(probe_m.get("device") or thr_m.get("device") or "device"),
+        trials=_read_csv(trials) if trials.exists() else None,  # outcomes: did every trial diverge?
     )
 
 
