@@ -312,3 +312,69 @@ def test_select_still_advises_an_easier_target_when_some_trials_ran_without_dive
     proc = stage_cli("stages.select", [], tmp_path)
     assert proc.returncode == 2
     assert "an easier target in workload.kwargs" in proc.stderr and "diverged (non-finite" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------- 4: a model too big for memory
+
+def test_the_auto_budget_reads_this_processs_own_cgroup_v2_walking_up(tmp_path):
+    from stages.probe.memory import cgroup_memory_limit
+
+    leaf = tmp_path / "system.slice" / "job_42" / "step_0"
+    leaf.mkdir(parents=True)
+    (tmp_path / "system.slice" / "memory.max").write_text("max\n")          # no limit there
+    (tmp_path / "system.slice" / "job_42" / "memory.max").write_text("4294967296\n")  # the SLURM job: 4 GiB
+    (leaf / "memory.high").write_text("2147483648\n")                       # the step: 2 GiB, tighter
+    (leaf / "memory.max").write_text("max\n")
+    assert cgroup_memory_limit("0::/system.slice/job_42/step_0\n", str(tmp_path)) == (2**31, str(leaf / "memory.high"))
+    assert cgroup_memory_limit("0::/system.slice/job_42\n", str(tmp_path)) == (
+        2**32, str(tmp_path / "system.slice/job_42/memory.max"))
+    assert cgroup_memory_limit("0::/\n", str(tmp_path)) is None  # the top level has no limit file
+
+
+def test_the_auto_budget_reads_a_cgroup_v1_memory_controller(tmp_path):
+    from stages.probe.memory import cgroup_memory_limit
+
+    job = tmp_path / "memory" / "slurm" / "uid_0" / "job_7"
+    job.mkdir(parents=True)
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    (job / "memory.limit_in_bytes").write_text("1073741824\n")
+    text = "12:pids:/slurm/uid_0/job_7\n5:memory:/slurm/uid_0/job_7\n1:name=systemd:/x\n"
+    assert cgroup_memory_limit(text, str(tmp_path)) == (2**30, str(job / "memory.limit_in_bytes"))
+
+
+def test_training_state_is_parameters_gradients_and_optimizer_state():
+    from stages.core.config import OptimizerSettings
+    from stages.core.optim import state_copies
+    from stages.probe.memory import training_state_bytes
+
+    assert [state_copies(OptimizerSettings(name=n, momentum=m)) for n, m in
+            [("sgd", 0.0), ("sgd", 0.9), ("adam", 0.9), ("adamw", 0.9)]] == [0, 1, 2, 2]
+    assert training_state_bytes(4000, 2) == 16000
+
+
+def test_a_model_too_big_for_the_budget_is_refused_before_any_trial_builds_it(tmp_path):
+    # 64 -> 20000 -> 20000 -> 10: 401,520,010 float32 parameters; SGD with momentum keeps one more copy
+    params = 64 * 20000 + 20000 + 20000 * 20000 + 20000 + 20000 * 10 + 10
+    root = params_project(tmp_path, {"workload": {"name": "digits_mlp", "kwargs": {"hidden": [20000, 20000]}},
+                                     "runtime": {"device": "cpu"}, "probe": {"memory_budget": "1GiB"}})
+    proc = stage_cli("stages.probe", [], root)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    need_gib = params * 4 * 3 / 2**30
+    assert (f"probe.memory_budget: received '1GiB' (1.0 GiB, limit 921.6 MiB after the 10% margin), but the "
+            f"model's {params:,} parameters need {need_gib:.1f} GiB before any batch") in proc.stderr
+    assert "1 optimizer-state copy (sgd)" in proc.stderr and "batch size" not in proc.stderr  # no trial ran
+    assert not (root / "reports").exists()
+
+
+def test_a_cpu_trial_cannot_grow_past_the_budget_and_fails_alone(tmp_path):
+    # batch 2048 of 3x64x64 images through 32-channel convolutions: ~1 GiB per activation, over the limit
+    root = params_project(tmp_path, {"workload": {"name": "synthetic_cnn",
+                                                  "kwargs": {"width": 32, "image_size": 64, "depth": 2}},
+                                     "runtime": {"device": "cpu", "threads": 1},
+                                     "probe": {"memory_budget": "1GiB", "batch_sizes": [2, 2048], "steps": 1}})
+    proc = stage_cli("stages.probe", [], root)
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_csv(root / "reports/probe/probe.csv").set_index("batch_size")
+    assert rows.loc[2, "status"] == "fits"
+    assert rows.loc[2048, "status"] == "oom" and rows.loc[2048, "rule"] == "message:cpu", rows.loc[2048].to_dict()
+    assert json.loads((root / "reports/probe/metrics.json").read_text())["max_batch_size"] == 2

@@ -8,8 +8,9 @@ an OpenMP pool exists hangs in its first parallel op) and forks one trial proces
 trial costs a fork, not an interpreter start. Elsewhere (macOS: fork is unsafe there, MPS), or when
 the workload initialises CUDA while being built, every trial is a freshly spawned process instead.
 
-Requests: ('info',) -> device capacity, batch norm, parameter count; ('trial', batch_size,
-memory_fraction) -> steps and examples run, peak memory, or the OOM rule that fired.
+Requests: ('info',) -> device capacity, batch norm, parameter count and bytes (model on the meta
+device); ('trial', batch_size, memory_fraction, cpu_limit_bytes) -> steps and examples run, peak
+memory, or the OOM rule that fired.
 Reports: {"result": dict or None, "signal": int or None, "exitcode": int or None, "seconds": float}.
 """
 from __future__ import annotations
@@ -61,12 +62,17 @@ def _info(job: ProbeJob, workload: Workload) -> dict:
         model = workload.init_model()
     return {"kind": "info", "capacity_bytes": capacity, "capacity_source": source, "device": describe(device),
             "threads": torch.get_num_threads(), "has_batch_norm": has_batch_norm(model),
-            "parameter_count": parameter_count(model)}
+            "parameter_count": parameter_count(model),
+            "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 
-def _trial(job: ProbeJob, workload: Workload, batch_size: int, memory_fraction: float | None) -> dict:
-    """`probe.steps` training steps and one evaluation forward at `batch_size` on the fake batch."""
+def _trial(job: ProbeJob, workload: Workload, batch_size: int, memory_fraction: float | None,
+           cpu_limit_bytes: int | None = None) -> dict:
+    """`probe.steps` training steps and one evaluation forward at `batch_size` on the fake batch. On the
+    CPU the process cannot grow past `cpu_limit_bytes`: a bigger allocation fails here, as an oom."""
     device = torch.device(job.device)
+    if device.type == "cpu" and cpu_limit_bytes is not None:
+        memory.limit_address_space(cpu_limit_bytes)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         if memory_fraction is not None and memory_fraction < 1:
