@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from stages.pipeline import declaration as pipeline
+from stages.pipeline import freshness
 from stages.core.config import validate
 from stages.core.errors import ConfigError
 
@@ -44,7 +45,7 @@ def inputs_of(s):
         paths = pipeline.snakemake_inputs(s, config)
         if RerunTrigger.MTIME in workflow.rerun_triggers:
             return paths
-        same = pipeline.unchanged_inputs(s, wildcards[s.foreach[0]] if s.foreach else None, config)
+        same = freshness.unchanged_inputs(s, wildcards[s.foreach[0]] if s.foreach else None, config)
         return [ancient(f) if f in same else f for f in paths]
 
     return inputs
@@ -60,7 +61,7 @@ def declare(s):
         # update(): Snakemake keeps the old outputs while the job runs (and restores them if it fails)
         # instead of deleting them first, so a params typo cannot cost the committed results.
         output: [report(update(o.path), category=s.name) if o.kind == "image" else update(o.path) for o in s.outputs]  # PNGs go into `snakemake --report`
-        params: **pipeline.snakemake_params(s, config)  # the params keys it reads, and its code's hash
+        params: **freshness.snakemake_params(s, config)  # the params keys it reads, and its code's hash
         log: pipeline.snakemake_log(s)
         threads: PARAMS.runtime.threads if s.uses_workload else 1
         resources: **s.resources
