@@ -1,6 +1,7 @@
 """Issue 15 through the real `dvc` and `snakemake` in a temporary git repository: a params typo never
-deletes committed results (case 1), and a fresh clone of a project with committed results is up to
-date for both tools (case 13).
+deletes committed results (case 1), a second run of a running stage through either tool changes
+nothing (case 10), and a fresh clone of a project with committed results is up to date for both
+tools (case 13).
 
 The committed results are stand-ins (each output holds its own path): these tests are about which
 files the tools keep, remove or plan to rerun, not about what the stages compute, so no stage has
@@ -101,6 +102,27 @@ def test_dvc_yaml_marks_every_output_persistent():
             for entry in body.get(section, []):
                 (options,) = entry.values()
                 assert options["persist"] is True, entry
+
+
+# ---------------------------------------------------------------------------- 10: two tools at once
+
+def test_while_a_stage_runs_a_second_run_through_either_tool_stops_and_changes_nothing(results_project):
+    """`dvc repro` and `snakemake` on the same stage at once: the second waits for nothing and
+    mixes nothing -- it names the run that holds the stage and fails, the outputs stay as they are."""
+    from tests.test_robust import hold_lock
+
+    root, before = results_project
+    holder = hold_lock(root, "select", [])
+    try:
+        for cmd in (["dvc", "repro", "--single-item", "--force", "select"],
+                    [sys.executable, "-m", "snakemake", "-c1", "--forcerun", "select", "reports/select/reasoning.md"]):
+            proc = run(cmd, root, check=False)
+            assert proc.returncode != 0, cmd
+            assert f"select is already running (pid {holder.pid}," in proc.stderr + proc.stdout, cmd
+            assert_untouched(root, before)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # ---------------------------------------------------------------------------- 13: a fresh clone
