@@ -53,7 +53,13 @@ def _one_line_interrupt(exc_type, exc, tb, _previous=sys.excepthook) -> None:
     _previous(exc_type, exc, tb)
 
 
-if Path(sys.argv[0] if sys.argv else "").name == "__main__.py":  # a `python -m stages...` command only
+def _is_stage_command() -> bool:
+    """Is this process `python -m stages...`? (sys.argv[0] is then a __main__.py inside the package)"""
+    script = Path(sys.argv[0] if sys.argv else "").resolve()
+    return script.name == "__main__.py" and script.is_relative_to(Path(__file__).resolve().parents[1])
+
+
+if _is_stage_command():  # never in a process that merely imports kickoff (tests, notebooks, Snakemake)
     sys.excepthook = _one_line_interrupt
 
 
