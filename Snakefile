@@ -7,10 +7,13 @@
 #   snakemake --profile profiles/slurm              # fan the scaling trials out on a SLURM cluster
 #
 # Each rule's `params:` holds the values of the params keys its stage reads and a hash of its code
-# and the workload's sources, so Snakemake reruns it exactly when one of them changes by content --
-# as DVC does. profiles/default/config.yaml (loaded by Snakemake by itself) therefore drops the
-# `mtime` rerun trigger, which would rerun the whole study on a fresh clone.
+# and the workload's sources, so Snakemake reruns it when one of them changes by content, as DVC
+# does. profiles/default/config.yaml (loaded by Snakemake by itself) drops the `mtime` rerun trigger
+# and the inputs dvc.lock records unchanged are marked ancient (stages/pipeline/freshness.py): file
+# times, which a fresh clone scrambles, would otherwise rerun the whole study.
 import sys
+
+from snakemake.settings.types import RerunTrigger
 
 sys.path.insert(0, workflow.basedir)
 
@@ -28,9 +31,6 @@ except ConfigError as e:
 
 wildcard_constraints:
     batch_size=r"\d+",
-
-
-from snakemake.settings.types import RerunTrigger
 
 
 def inputs_of(s):

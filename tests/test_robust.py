@@ -107,6 +107,13 @@ def test_a_folder_hash_covers_its_files_names_and_contents_but_not_pycache(tmp_p
     assert content_hash("mylib", base=tmp_path) == content_hash(lib)
 
 
+def test_the_journal_identity_hashes_code_that_exists():
+    """Paths that went stale in a reorganisation would hash as "absent" and stop invalidating journals."""
+    from stages.scaling.trials import _CODE, PACKAGE_DIR
+
+    assert all(content_hash(f, PACKAGE_DIR) != "absent" for f in _CODE), _CODE
+
+
 def test_scaling_trials_with_a_folder_in_sources_runs_and_a_change_in_it_starts_a_new_journal(tmp_path):
     root = write_project(tmp_path / "p")
     (root / "mylib").mkdir()

@@ -285,6 +285,8 @@ def tracked_params(s: Stage, params: dict) -> dict:
     return {k.replace(".", "__"): param_value(params, k) for k in s.params}
 
 
+# ---------------------------------------------------------------------------- dvc.yaml
+
 def _dvc_path(path: str, s: Stage) -> str:
     return path.replace(f"{{{s.foreach[0]}}}", "${item}") if s.foreach else path
 
