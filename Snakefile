@@ -20,12 +20,18 @@ sys.path.insert(0, workflow.basedir)
 from stages.pipeline import declaration as pipeline
 from stages.pipeline import freshness
 from stages.core.config import validate
-from stages.core.errors import ConfigError
+from stages.core.context import check_sources
+from stages.core.errors import ConfigError, KickoffError
+from stages.workloads.base import workload_factory
 
 configfile: "params.yaml"
 
 try:  # the same validation the stages run, on the values Snakemake's YAML 1.1 loader produced
     PARAMS = validate(config, "params.yaml (as read by Snakemake)")
+    # and, before any job, the stages' checks that need no device and build nothing: Snakemake
+    # deletes a job's outputs before running it, so a typo the job itself would catch costs them
+    check_sources(PARAMS)
+    workload_factory(PARAMS.workload.name, PARAMS.workload.kwargs)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
@@ -42,10 +48,15 @@ def inputs_of(s):
     rules. A function: the rerun triggers are known when the DAG is built, not when this is parsed."""
 
     def inputs(wildcards):
+        item = wildcards[s.foreach[0]] if s.foreach else None
+        try:  # before Snakemake deletes the job's outputs under a run that is writing them
+            freshness.check_not_running(s, item)
+        except KickoffError as e:
+            raise WorkflowError(str(e)) from None
         paths = pipeline.snakemake_inputs(s, config)
         if RerunTrigger.MTIME in workflow.rerun_triggers:
             return paths
-        same = freshness.unchanged_inputs(s, wildcards[s.foreach[0]] if s.foreach else None, config)
+        same = freshness.unchanged_inputs(s, item, config)
         return [ancient(f) if f in same else f for f in paths]
 
     return inputs
@@ -58,9 +69,10 @@ def declare(s):
     rule:
         name: s.name
         input: inputs_of(s)
-        # update(): Snakemake keeps the old outputs while the job runs (and restores them if it fails)
-        # instead of deleting them first, so a params typo cannot cost the committed results.
-        output: [report(update(o.path), category=s.name) if o.kind == "image" else update(o.path) for o in s.outputs]  # PNGs go into `snakemake --report`
+        # Not update(): it would keep the old outputs while a job runs and restore them if it fails,
+        # but Snakemake then records the failed run's params for them -- a job that failed with new
+        # params (killed, out of memory) would count as done. Params are checked above instead.
+        output: [report(o.path, category=s.name) if o.kind == "image" else o.path for o in s.outputs]  # PNGs go into `snakemake --report`
         params: **freshness.snakemake_params(s, config)  # the params keys it reads, and its code's hash
         log: pipeline.snakemake_log(s)
         threads: PARAMS.runtime.threads if s.uses_workload else 1

@@ -78,9 +78,9 @@ def test_a_typo_under_dvc_repro_keeps_the_committed_results(results_project, typ
         (root / "params.yaml").write_text(original)
 
 
-def test_a_failing_job_under_snakemake_keeps_the_committed_results(results_project):
-    """Snakemake validates the params schema itself; a type error in the workload's kwargs reaches
-    the job, which fails -- and its outputs must still be the committed ones."""
+def test_a_typo_under_snakemake_stops_before_any_job_and_keeps_the_committed_results(results_project):
+    """Snakemake removes a job's outputs before running it: the Snakefile checks what the stage would
+    (here a type error in the workload's kwargs) before any job starts."""
     root, before = results_project
     original = (root / "params.yaml").read_text()
     try:
@@ -88,7 +88,7 @@ def test_a_failing_job_under_snakemake_keeps_the_committed_results(results_proje
         targets = [o.path for o in pipeline.stage("probe").outputs]
         proc = run([sys.executable, "-m", "snakemake", "-c1", "--forcerun", "probe", *targets], root, check=False)
         assert proc.returncode != 0
-        assert TYPOS[1][1] in proc.stderr + proc.stdout
+        assert TYPOS[1][1] in proc.stderr + proc.stdout and "Error in rule" not in proc.stderr  # no job ran
         assert_untouched(root, before)
     finally:
         (root / "params.yaml").write_text(original)

@@ -59,6 +59,23 @@ def exclusive(name: str, what: str, lock_dir: Path = LOCK_DIR) -> Iterator[Path]
         os.close(fd)  # releases the lock
 
 
+def check_not_running(name: str, what: str, lock_dir: Path = LOCK_DIR) -> None:
+    """Raise LockedError if a run holds `name` now (for a tool that would delete that run's outputs
+    before starting its own -- Snakemake does). Creates nothing."""
+    path = lock_dir / f"{name}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise LockedError(f"{what} is already running ({_holder(path)}; lock {path}); wait for it to finish "
+                          f"(or stop it), then rerun") from None
+    finally:
+        os.close(fd)
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text())

@@ -9,11 +9,12 @@ outputs it writes. Code dependencies are not typed by hand: they are the stage's
 the user's `workload.sources` for stages that build the workload -- so editing any of them makes
 exactly the right stages stale in both tools.
 
-Outputs are never deleted before a stage runs: DVC marks them `persist: true` and the Snakefile
-`update()`, because both tools otherwise remove a stage's outputs before its command starts -- and a
-stage that refuses a params typo would already have lost the committed results. Stages write every
-output atomically and only after their work is done, so an output is either the old or the new one;
-Snakemake also restores its backup of an `update()` output when the job fails.
+A params typo must not cost committed results, yet both tools remove a stage's outputs before its
+command starts. DVC: every output is `persist: true` (kept), and stages write each output atomically
+and only after their work is done, so an output is either the old or the new one. Snakemake: the
+Snakefile runs the stages' params, sources and workload-argument checks before any job (its update()
+flag would keep outputs too, but then records a failed job's params for the restored files, so a job
+that failed with new params would count as done).
 
 A stage with `foreach` fans out over a params list (one job per item): DVC renders it as a
 `foreach` stage (`scaling_trials@64`), Snakemake as a rule with a `{batch_size}` wildcard.

@@ -133,3 +133,14 @@ def snakemake_params(s: Stage, params: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- dvc.yaml
+
+
+def check_not_running(s: Stage, item=None, root: Path = ROOT) -> None:
+    """LockedError if the job's stage command is running now (by `dvc repro`, another Snakemake, by
+    hand): Snakemake would delete its outputs before starting the job, under the running one."""
+    from stages.core.lock import LOCK_DIR, check_not_running as check, lock_name
+
+    cmd = s.cmd.replace(f"{{{s.foreach[0]}}}", str(item)) if s.foreach else s.cmd
+    _python, _m, module, *args = cmd.split()
+    what = module.rsplit(".", 1)[-1]  # as each stage's __main__ names itself to run_main
+    check(lock_name(what, args), " ".join([what, *args]), root / LOCK_DIR)

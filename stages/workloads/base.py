@@ -185,8 +185,9 @@ def check_kwarg_types(name: str, factory: Any, kwargs: dict) -> None:
                               f"{_describe_type(tp)} (the annotation of {key!r} in {name!r})")
 
 
-def make_workload(name: str, kwargs: dict | None = None) -> Workload:
-    """Build a workload by built-in name or import path; bad names and arguments raise ConfigError."""
+def workload_factory(name: str, kwargs: dict | None = None):
+    """The factory `name` resolves to, checked against `kwargs` (names and types) without building
+    anything: cheap enough for the Snakefile to run before any job. Raises ConfigError."""
     kwargs = dict(kwargs or {})
     if name in BUILTINS:
         factory = _import(BUILTINS[name])
@@ -203,6 +204,13 @@ def make_workload(name: str, kwargs: dict | None = None) -> Workload:
             allowed = "see the factory's signature"
         raise ConfigError(f"workload.kwargs: received {kwargs!r}, which {name!r} does not accept ({e}); allowed arguments: {allowed}") from None
     check_kwarg_types(name, factory, kwargs)
+    return factory
+
+
+def make_workload(name: str, kwargs: dict | None = None) -> Workload:
+    """Build a workload by built-in name or import path; bad names and arguments raise ConfigError."""
+    kwargs = dict(kwargs or {})
+    factory = workload_factory(name, kwargs)
     try:
         workload = factory(**kwargs)
     except (ValueError, TypeError) as e:
