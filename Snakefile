@@ -45,7 +45,8 @@ def inputs_of(s):
     look older than the code; and Snakemake 9 compares times even without the `mtime` trigger (its
     "Updated input files" check ignores the setting). An input edited since the recorded run, or
     written by a job that is not current, is compared by time as usual: both tools rerun the same
-    rules. A function: the rerun triggers are known when the DAG is built, not when this is parsed."""
+    rules. A function: the rerun triggers are known when the DAG is built, not when this is parsed.
+    It also refuses to plan a job whose stage is running now (stages/core/lock.py)."""
 
     def inputs(wildcards):
         item = wildcards[s.foreach[0]] if s.foreach else None
