@@ -96,7 +96,8 @@ def run(module: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def files_under(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".kickoff" not in p.relative_to(root).parts}  # .kickoff/: run state (locks), not outputs
 
 
 def assert_refused(proc: subprocess.CompletedProcess, path: str, problem: str, producer: str) -> None:

@@ -60,6 +60,11 @@ def dvc_view(root: Path) -> dict[str, dict]:
     return json.loads(run([sys.executable, "-c", script], root).stdout)
 
 
+def files(listing: str) -> list[str]:
+    """A dry run's file list, without flag notes such as ' (update)' (outputs kept while a job runs)."""
+    return sorted(re.sub(r" \([a-z ]+\)$", "", f) for f in listing.split(", ") if f)
+
+
 def snakemake_jobs(root: Path, *args: str) -> dict[str, dict]:
     """Jobs of a Snakemake dry run: name (fan-out as name@wildcard) -> input, output, shell, reason."""
     text = run([sys.executable, "-m", "snakemake", "-n", "-p", *args], root).stdout
@@ -73,8 +78,7 @@ def snakemake_jobs(root: Path, *args: str) -> dict[str, dict]:
         name = m.group(1)
         if "wildcards" in fields:
             name += "@" + fields["wildcards"].split("=", 1)[1]
-        jobs[name] = {"input": sorted(filter(None, fields.get("input", "").split(", "))),
-                      "output": sorted(filter(None, fields.get("output", "").split(", "))),
+        jobs[name] = {"input": files(fields.get("input", "")), "output": files(fields.get("output", "")),
                       "shell": shell.group(1) if shell else None, "reason": fields.get("reason", "")}
     jobs.pop("all", None)
     return jobs

@@ -265,9 +265,13 @@ def test_budget_is_honoured_on_cpu_with_real_peaks(runner):
     assert first.metrics["memory_per_example_bytes"] > 128 * 2**10, first.metrics
     limit = (peak[256] + peak[512]) // 2
     second = probe_fake(runner, {"batch_sizes": sizes, "safety_margin": 0.0, "memory_budget": f"{limit}B"}, wide=True)
-    assert [(r.batch_size, r.status) for r in second.records] == [(64, "fits"), (128, "fits"), (256, "fits"), (512, "over_budget")], (peak, limit, second.records)
+    # 512 cannot fit: the trial's address-space bound stops its allocation (oom, from torch's CPU
+    # allocator) or, if what it reserved stays under the bound, its measured peak is over the limit
+    assert [(r.batch_size, r.status) for r in second.records[:3]] == [(64, "fits"), (128, "fits"), (256, "fits")], (peak, limit, second.records)
+    last = second.records[-1]
+    assert (last.batch_size, last.status in ("oom", "over_budget")) == (512, True), last
+    assert last.rule == "message:cpu" if last.status == "oom" else last.peak_memory_bytes > limit, last
     assert second.max_batch_size == 256 and second.metrics["memory_limit_bytes"] == limit
-    assert second.records[-1].peak_memory_bytes > limit
 
 
 # ---------------------------------------------------------------------------- the stage command

@@ -277,7 +277,7 @@ def test_slow_data_loader_is_input_bound(tmp_path):
 
 
 def test_bad_settings_stop_before_any_work(tmp_path, monkeypatch, capsys):
-    from stages.core.errors import run_main
+    from stages.core.cli import run_main
     from stages.throughput.stage import main
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"runtime": {"device": "cpu"},

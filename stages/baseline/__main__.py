@@ -1,5 +1,5 @@
 """`python -m stages.baseline`: see stages/baseline/stage.py."""
-from stages.core.errors import run_main
+from stages.core.cli import run_main
 from stages.baseline.stage import main
 
 run_main(main, "baseline")

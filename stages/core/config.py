@@ -12,6 +12,7 @@ string that looks like a number is rejected with a hint to write `1.0e-3`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -28,10 +29,11 @@ PARAMS_FILE = "params.yaml"
 
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
             min_exclusive: bool = False, max_exclusive: bool = False,
-            check: Callable[[Any], str | None] | None = None) -> Any:
-    """A dataclass field carrying its meaning (`help`) and its allowed range."""
+            check: Callable[[Any], str | None] | None = None, finite: bool = True) -> Any:
+    """A dataclass field carrying its meaning (`help`) and its allowed range. Numbers must be finite
+    (YAML's .nan/.inf would pass every range check and fail later) unless `finite=False`."""
     meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive,
-            "max_exclusive": max_exclusive, "check": check}
+            "max_exclusive": max_exclusive, "check": check, "finite": finite}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -313,6 +315,8 @@ def _check_range(key: str, value: Any, meta: dict) -> None:
     for v in values:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
+        if meta.get("finite", True) and not math.isfinite(v):
+            raise ConfigError(f"{key}: received {value!r}; allowed: a finite number ({meta['help']})")
         bad_lo = lo is not None and (v <= lo if meta.get("min_exclusive") else v < lo)
         bad_hi = hi is not None and (v >= hi if meta.get("max_exclusive") else v > hi)
         if bad_lo or bad_hi:

@@ -1,15 +1,13 @@
 """The one error family. A user error -- bad params, a missing or corrupt input, a study that cannot
 reach its target -- is a `KickoffError` whose message says what is wrong, where, and what to do;
-`run_main` prints it on one line and exits 2. Anything else is a bug and keeps its traceback.
+`stages.core.cli.run_main` prints it on one line and exits 2. Anything else is a bug and keeps its traceback.
 
 This module sits at the bottom of the package (it imports nothing from `stages`), so config,
 device and workloads share the family without importing each other.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any, Callable
 
 
 class KickoffError(Exception):
@@ -32,18 +30,3 @@ class InputError(KickoffError):
 
 class StudyError(KickoffError):
     """The measurements cannot support a decision (e.g. no batch size reached the target)."""
-
-
-def run_main(main: Callable[[], Any], what: str | None = None) -> None:
-    """Run a stage's main(): a KickoffError becomes one line on stderr and exit code 2; Ctrl-C one line
-    and exit 130 (finished trials are journaled, so a rerun resumes)."""
-    try:
-        main()
-    except KickoffError as e:
-        print(f"kickoff: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        name = what or Path(sys.argv[0]).parent.name or "stage"
-        print(f"kickoff: interrupted {name}; outputs already written are complete, and rerunning resumes "
-              f"from the finished trials", file=sys.stderr)
-        sys.exit(130)

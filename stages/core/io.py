@@ -1,18 +1,32 @@
 """Atomic output writers: every file a stage writes goes to a temp file, then is renamed.
 
 A crash (or Ctrl-C) mid-write therefore never leaves a half-written report: either the old file
-is still there, or the new one is complete.
+is still there, or the new one is complete. Also here: the one content hash of files and folders
+(the scaling journal's identity, Snakemake's code trigger).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+
+def normal_write_mode(path: Path) -> int:
+    """The mode a plain open(path, "w") would leave: an existing file keeps its own, a new one gets 0o666
+    less the umask. mkstemp creates 0600 files, which would hide the reports from the other users of a
+    shared checkout."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only portable way to read the umask is to set it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -25,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, normal_write_mode(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -67,3 +82,17 @@ def save_figure(path: str | os.PathLike, fig) -> None:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
+
+def content_hash(path: str | Path, base: Path | None = None) -> str:
+    """A file's content hash; a folder's covers every file under it (relative names and contents,
+    sorted; __pycache__ and .pyc left out, as .dvcignore does) since `workload.sources` may list folders; "absent" if missing."""
+    p = Path(path)
+    if not p.is_absolute():
+        p = (Path.cwd() if base is None else base) / p
+    if p.is_dir():
+        digest = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file() and q.suffix != ".pyc"
+                        and "__pycache__" not in q.relative_to(p).parts):
+            digest.update(f.relative_to(p).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+        return digest.hexdigest()[:16]
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.exists() else "absent"

@@ -22,6 +22,14 @@ def effective_learning_rate(settings: OptimizerSettings, lr: float) -> float:
     return lr / (1.0 - settings.momentum) if settings.name == "sgd" else lr
 
 
+def state_copies(settings: OptimizerSettings) -> int:
+    """Tensors of each parameter's size the optimizer keeps: SGD's momentum buffer (none without
+    momentum), Adam's and AdamW's first and second moments."""
+    if settings.name == "sgd":
+        return 1 if settings.momentum > 0 else 0
+    return 2
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], settings: OptimizerSettings, lr: float) -> torch.optim.Optimizer:
     if not lr > 0:
         raise ValueError(f"learning rate must be positive, got {lr}")

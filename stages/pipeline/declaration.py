@@ -9,6 +9,13 @@ outputs it writes. Code dependencies are not typed by hand: they are the stage's
 the user's `workload.sources` for stages that build the workload -- so editing any of them makes
 exactly the right stages stale in both tools.
 
+A params typo must not cost committed results, yet both tools remove a stage's outputs before its
+command starts. DVC: every output is `persist: true` (kept), and stages write each output atomically
+and only after their work is done, so an output is either the old or the new one. Snakemake: the
+Snakefile runs the stages' params, sources and workload-argument checks before any job (its update()
+flag would keep outputs too, but then records a failed job's params for the restored files, so a job
+that failed with new params would count as done).
+
 A stage with `foreach` fans out over a params list (one job per item): DVC renders it as a
 `foreach` stage (`scaling_trials@64`), Snakemake as a rule with a `{batch_size}` wildcard.
 """
@@ -251,7 +258,7 @@ def render_dvc(params: dict) -> dict:
         if s.params:
             body["params"] = list(s.params)
         for section, kind in (("outs", "out"), ("metrics", "metrics"), ("outs", "image")):
-            entries = [{_dvc_path(o.path, s): {"cache": o.cache}} for o in s.outputs if o.kind == kind]
+            entries = [{_dvc_path(o.path, s): {"cache": o.cache, "persist": True}} for o in s.outputs if o.kind == kind]
             if entries:
                 body.setdefault(section, []).extend(entries)
         stages[s.name] = {"foreach": f"${{{s.foreach[1]}}}", "do": body} if s.foreach else body

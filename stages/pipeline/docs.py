@@ -279,6 +279,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from stages.core.errors import run_main
+    from stages.core.cli import run_main
 
     run_main(lambda: sys.exit(main()), "docs")

@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from stages.core.config import PARAMS_FILE, validate
-from stages.core.errors import ConfigError, run_main
+from stages.core.cli import run_main
+from stages.core.errors import ConfigError
 
 def _value(value: Any) -> str:
     """A value in Hydra's override grammar (what `dvc exp run -S` parses)."""
@@ -89,4 +90,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(sys.argv[1:]))
+    run_main(lambda: main(sys.argv[1:]), lock=False)  # prints arguments, writes nothing

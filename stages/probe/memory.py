@@ -4,8 +4,9 @@
   of device messages, then a child killed by a signal. Each answer names the rule that fired.
 - Peak memory of the current process on its device (`PeakMeter`): CUDA peak allocated/reserved
   (reset at start), MPS driver memory sampled per step, CPU peak resident set size (reset at start).
-- Memory budget: 'auto' = the device's capacity (CPU: physical RAM, or the cgroup limit if lower),
-  minus a safety margin.
+- Memory budget: 'auto' = the device's capacity (CPU: physical RAM, or the limit of this process's
+  own cgroup or an ancestor if lower), minus a safety margin; a CPU trial's address space is bounded
+  to it; the parameters, gradients and optimizer state alone must fit it.
 - The memory model peak = fixed + per_example x batch_size, and the size it predicts for the limit.
 """
 from __future__ import annotations
@@ -181,17 +182,71 @@ class PeakMeter:
 
 # ---------------------------------------------------------------------------- budget
 
-def physical_memory_bytes() -> tuple[Bytes, str]:
-    """(bytes, source): physical RAM, or the cgroup memory limit of this container if lower."""
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = open(path).read().strip()
-        except OSError:
+def cgroup_memory_limit(proc_cgroup: str, root: str = "/sys/fs/cgroup") -> tuple[Bytes, str] | None:
+    """(bytes, file) of the tightest memory limit on this process's own cgroup and its ancestors, or
+    None. `proc_cgroup` is /proc/self/cgroup's text: under SLURM or a systemd scope the limit sits on
+    the job's cgroup, not the top level. v2: memory.max and memory.high ("max" = none); v1: the
+    memory controller's memory.limit_in_bytes (a huge number = none)."""
+    limits: list[tuple[Bytes, str]] = []
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
             continue
-        if text.isdigit() and 0 < int(text) < ram:
-            return int(text), f"cgroup memory limit ({path})"
+        _, controllers, path = parts
+        if controllers == "":  # v2 unified hierarchy
+            base, files = root, ("memory.max", "memory.high")
+        elif "memory" in controllers.split(","):
+            base, files = os.path.join(root, "memory"), ("memory.limit_in_bytes",)
+        else:
+            continue
+        rel = path.strip("/")
+        while True:  # this cgroup, then each ancestor up to the root
+            for name in files:
+                file = os.path.join(base, rel, name) if rel else os.path.join(base, name)
+                try:
+                    text = open(file).read().strip()
+                except OSError:
+                    continue
+                if text.isdigit() and 0 < int(text) < 2**60:
+                    limits.append((int(text), file))
+            if not rel:
+                break
+            rel = os.path.dirname(rel)
+    return min(limits) if limits else None
+
+
+def physical_memory_bytes() -> tuple[Bytes, str]:
+    """(bytes, source): physical RAM, or this process's cgroup memory limit if lower."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = cgroup_memory_limit(open("/proc/self/cgroup").read())
+    except OSError:
+        limit = None
+    if limit is not None and limit[0] < ram:
+        return limit[0], f"cgroup memory limit ({limit[1]})"
     return ram, "physical RAM"
+
+
+def training_state_bytes(parameter_bytes: Bytes, optimizer_state_copies: int) -> Bytes:
+    """Memory every training step holds whatever the batch size: the parameters, their gradients and
+    the optimizer's per-parameter state (copies of the parameters' size)."""
+    return parameter_bytes * (2 + optimizer_state_copies)
+
+
+def limit_address_space(limit: Bytes) -> Bytes | None:
+    """Bound this (CPU trial) process so it cannot grow its resident memory past `limit`: its address
+    space may grow by `limit` less what is resident now. An allocation beyond fails in this process
+    alone -- torch's CPU allocator raises, the trial is recorded as oom -- instead of the kernel's
+    OOM killer (or swapping) taking the machine. Returns the bound set, or None where not possible."""
+    size, resident = _proc_status_bytes("VmSize"), _proc_status_bytes("VmRSS")
+    if size is None or resident is None:
+        return None
+    bound = size + max(limit - resident, 0)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (bound, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    except (ValueError, OSError):
+        return None
+    return bound
 
 
 def device_capacity_bytes(device: torch.device) -> tuple[Bytes, str]:

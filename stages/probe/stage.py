@@ -29,6 +29,7 @@ from stages.core import outputs as out
 from stages.core.declared import replace_sections
 from stages.core.errors import ConfigError, StudyError
 from stages.core.log import human_bytes, info
+from stages.core.optim import state_copies
 from stages.core.types import ProbeStatus
 from stages.probe.trials import Isolation, ProbeJob, TrialError, TrialRunner
 
@@ -104,6 +105,22 @@ def query_device(runner: TrialRunner) -> dict:
                      f"exit code {report['exitcode']})")
 
 
+def check_training_state_fits(params: Params, about: dict, budget: int, limit: int) -> None:
+    """Refuse before any trial builds the model for real: parameters, gradients and optimizer state
+    (counted on the meta device) need memory whatever the batch size, so if they alone exceed the
+    limit no batch size can fit -- and a real build could take the machine down with it."""
+    copies = state_copies(params.optimizer)
+    need = memory.training_state_bytes(about["parameter_bytes"], copies)
+    if need > limit:
+        raise ConfigError(
+            f"probe.memory_budget: received {params.probe.memory_budget!r} ({human_bytes(budget)}, limit "
+            f"{human_bytes(limit)} after the {params.probe.safety_margin:.0%} margin), but the model's "
+            f"{about['parameter_count']:,} parameters need {human_bytes(need)} before any batch: weights, "
+            f"gradients and {copies} optimizer-state cop{'y' if copies == 1 else 'ies'} ({params.optimizer.name}) of "
+            f"{human_bytes(about['parameter_bytes'])} each; allowed: a budget above {human_bytes(need)} "
+            f"(plus the margin and the activations), or a smaller model in workload.kwargs")
+
+
 @dataclass
 class ProbeOutcome:
     records: list[TrialRecord]  # tried sizes in the order tried, then capped sizes
@@ -134,6 +151,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
     info("probe", f"{about['device']}: budget {human_bytes(budget)} ({settings.memory_budget}), limit "
                   f"{human_bytes(limit)} after the {settings.safety_margin:.0%} margin; candidates {kept}"
                   + (f"; capped at {num_train_examples} training examples: {capped}" if capped else ""))
+    check_training_state_fits(params, about, budget, limit)
     below_batch_norm = []
     if about["has_batch_norm"]:
         info("probe", "the model has batch-norm layers: their statistics depend on the batch size (see the playbook)")
@@ -144,7 +162,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
                               f"which cannot train on one example; allowed: batch sizes of at least 2")
 
     def fits(batch_size: int) -> bool:
-        report = runner.run(("trial", batch_size, fraction))
+        report = runner.run(("trial", batch_size, fraction, limit if device.type == "cpu" else None))
         rec = record_from_report(batch_size, report, limit, len(records) + 1)
         if report["result"] and report["result"].get("method"):
             methods.append(report["result"]["method"])

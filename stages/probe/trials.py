@@ -8,8 +8,9 @@ an OpenMP pool exists hangs in its first parallel op) and forks one trial proces
 trial costs a fork, not an interpreter start. Elsewhere (macOS: fork is unsafe there, MPS), or when
 the workload initialises CUDA while being built, every trial is a freshly spawned process instead.
 
-Requests: ('info',) -> device capacity, batch norm, parameter count; ('trial', batch_size,
-memory_fraction) -> steps and examples run, peak memory, or the OOM rule that fired.
+Requests: ('info',) -> device capacity, batch norm, parameter count and bytes (model on the meta
+device); ('trial', batch_size, memory_fraction, cpu_limit_bytes) -> steps and examples run, peak
+memory, or the OOM rule that fired.
 Reports: {"result": dict or None, "signal": int or None, "exitcode": int or None, "seconds": float}.
 """
 from __future__ import annotations
@@ -63,12 +64,17 @@ def _info(job: ProbeJob, workload: Workload) -> dict:
         model = workload.init_model()
     return {"kind": "info", "capacity_bytes": capacity, "capacity_source": source, "device": describe(device),
             "threads": torch.get_num_threads(), "has_batch_norm": has_batch_norm(model),
-            "parameter_count": parameter_count(model)}
+            "parameter_count": parameter_count(model),
+            "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 
-def _trial(job: ProbeJob, workload: Workload, batch_size: int, memory_fraction: float | None) -> dict:
-    """`probe.steps` training steps and one evaluation forward at `batch_size` on the fake batch."""
+def _trial(job: ProbeJob, workload: Workload, batch_size: int, memory_fraction: float | None,
+           cpu_limit_bytes: int | None = None) -> dict:
+    """`probe.steps` training steps and one evaluation forward at `batch_size` on the fake batch. On the
+    CPU the process cannot grow past `cpu_limit_bytes`: a bigger allocation fails here, as an oom."""
     device = torch.device(job.device)
+    if device.type == "cpu" and cpu_limit_bytes is not None:
+        memory.limit_address_space(cpu_limit_bytes)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         if memory_fraction is not None and memory_fraction < 1:
@@ -126,6 +132,7 @@ def _fork_one(job: ProbeJob, workload: Workload, request: tuple) -> dict:
     if pid == 0:  # the trial process: report through the pipe, never return into the server loop
         code = 1
         try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends a trial at once and silently
             os.close(read_fd)
             memory.volunteer_for_oom_killer()
             configure_cpu(job.params.runtime.threads)
@@ -171,6 +178,7 @@ def _load(job: ProbeJob) -> tuple[dict, Workload | None]:
 
 def _serve(conn) -> None:
     """Requests: ('load', job) builds the workload; other requests fork a trial; None ends."""
+    # Started with Ctrl-C ignored (see _sigint_ignored); the stage stops this server on Ctrl-C.
     torch.set_num_threads(1)  # no OpenMP pool here: a child forked after one hangs in its first parallel op
     # Python >= 3.12 warns on fork() with threads alive; the only ones here are idle BLAS pools
     # (numpy/scipy's OpenBLAS), which re-initialise in the child through their atfork handlers.
@@ -193,6 +201,7 @@ def _serve(conn) -> None:
 
 
 def _spawned_trial(job: ProbeJob, request: tuple, conn) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends a trial at once and silently
     memory.volunteer_for_oom_killer()
     configure_cpu(job.params.runtime.threads)
     try:
@@ -201,6 +210,18 @@ def _spawned_trial(job: ProbeJob, request: tuple, conn) -> None:
         conn.send({"kind": "error", "message": traceback.format_exc()})
         return
     conn.send(_child_main(job, workload, request))
+
+
+class _sigint_ignored:
+    """Start child processes with Ctrl-C ignored (a disposition that survives exec, so a spawned
+    interpreter never turns it into a KeyboardInterrupt traceback while importing): the stage alone
+    reports the interrupt, in one line, and stops them."""
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
 
 
 class TrialRunner:
@@ -216,7 +237,8 @@ class TrialRunner:
         if isolation == "fork_server":
             self._conn, child_conn = self._ctx.Pipe()
             self._server = self._ctx.Process(target=_serve, args=(child_conn,), daemon=True)
-            self._server.start()
+            with _sigint_ignored():
+                self._server.start()
             child_conn.close()
 
     @property
@@ -254,7 +276,8 @@ class TrialRunner:
         else:
             reader, writer = self._ctx.Pipe(duplex=False)
             proc = self._ctx.Process(target=_spawned_trial, args=(self.job, request, writer))
-            proc.start()
+            with _sigint_ignored():
+                proc.start()
             writer.close()
             try:
                 result = reader.recv()

@@ -33,14 +33,36 @@ def main_fit(path: str, bootstrap: int, confidence: float) -> None:
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(sorted(missing))}; received columns "
                           f"{', '.join(table.columns)}; allowed: a CSV with batch_size,steps_to_target[,seed]")
-    steps = pd.to_numeric(table["steps_to_target"], errors="coerce")
+    batch_sizes = _numeric_column(path, table, "batch_size", "positive integers", integer=True, blank_ok=False)
+    steps = _numeric_column(path, table, "steps_to_target", "positive numbers, or empty for 'not reached'",
+                            integer=False, blank_ok=True)
+    seeds = (_numeric_column(path, table, "seed", "integers", integer=True, blank_ok=False, positive=False)
+             if "seed" in table else None)
     try:
-        fit = fit_critical_batch_size(table["batch_size"], steps, table["seed"] if "seed" in table else None,
+        fit = fit_critical_batch_size(batch_sizes, steps, seeds,
                                       bootstrap=bootstrap, confidence=confidence)
     except FitError as e:
         raise StudyError(f"{path}: {e}") from None
     out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fit.as_dict().items()}
     print(json.dumps(out))
+
+
+def _numeric_column(path: str, table, column: str, allowed: str, *, integer: bool, blank_ok: bool,
+                    positive: bool = True):
+    """The column as numbers; text, NaN/inf, non-integers or non-positive values are a ConfigError
+    naming the row (a steps value `abc` must not silently count as 'not reached')."""
+    import pandas as pd
+
+    raw = table[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    for row, (text, value) in enumerate(zip(raw, values), start=2):  # row 1 is the header
+        if pd.isna(text) and blank_ok:
+            continue
+        bad = (pd.isna(value) or not math.isfinite(value) or (integer and value != int(value))
+               or (positive and value <= 0))
+        if bad:
+            raise ConfigError(f"{path}: row {row}, column {column}: received {text!r}; allowed: {allowed}")
+    return values.astype(int) if integer else values
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,6 @@ before a run -- so an interrupted job resumes without redoing them.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from stages.core import io
 from stages.core import outputs as out
 from stages.core.imports import code_hash
+from stages.core.io import content_hash
 from stages.core import log
 from stages.core.errors import ConfigError
 from stages.core.context import Context, setup
@@ -35,19 +35,6 @@ STAGE = "scaling"
 TRIAL_CODE = "stages.core.train"  # a trial's result depends on this module and everything it imports
 
 
-def _file_hash(path: str | Path) -> str:
-    """A workload source (relative to the project root, where the stages run): a file's bytes, or a folder's
-    files (names and bytes, in order) -- workload.sources may name folders."""
-    p = Path(path)
-    if not p.exists():
-        return "absent"
-    files = sorted(f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts) if p.is_dir() else [p]
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(str(f.relative_to(p) if p.is_dir() else f.name).encode() + b"\0" + f.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def trial_identity(ctx: Context, batch_size: int) -> dict:
     """Everything that decides a trial's result, hashed into the journal's file name."""
     p, w = ctx.params, ctx.workload
@@ -57,7 +44,7 @@ def trial_identity(ctx: Context, batch_size: int) -> dict:
             "plateau_tolerance": p.scaling.plateau_tolerance, "device": ctx.device.type, "threads": ctx.threads,
             "torch": torch.__version__,
             "code": {TRIAL_CODE: code_hash(TRIAL_CODE),
-                     **{str(f): _file_hash(f) for f in (*w.source_files(), *p.workload.sources)}}}
+                     **{str(f): content_hash(f) for f in (*w.source_files(), *p.workload.sources)}}}
 
 
 def journal_path(ctx: Context, batch_size: int) -> Path:

@@ -68,6 +68,7 @@ class Measurements:
     s_min: float | None = None
     perfect_scaling_up_to: BatchSize | None = None  # the scaling study's verdict
     device: str = "device"
+    trials: pd.DataFrame | None = None  # every trial (trials.csv): batch_size, learning_rate, outcome, steps_run
 
 
 @dataclass
@@ -328,7 +329,19 @@ def choose(table: pd.DataFrame, objective: str) -> pd.DataFrame:
     return table
 
 
-def _no_candidate_message(table: pd.DataFrame, target: Target, study: Study) -> str:
+def all_diverged(trials: pd.DataFrame | None) -> tuple[int, float, int] | None:
+    """(number of trials, smallest learning rate, most steps any ran) if every trained trial diverged --
+    the loss was not finite -- else None. Then no target or step budget is the problem."""
+    if trials is None or trials.empty or not {"outcome", "learning_rate", "steps_run"} <= set(trials.columns):
+        return None
+    trained = trials[trials["outcome"] != "skipped"]
+    if trained.empty or not (trained["outcome"] == "diverged").all():
+        return None
+    return len(trained), float(trained["learning_rate"].min()), int(trained["steps_run"].max())
+
+
+def _no_candidate_message(table: pd.DataFrame, target: Target, study: Study,
+                          trials: pd.DataFrame | None = None) -> str:
     goal = f"{target.metric} {'>=' if target.direction == 'above' else '<='} {target.value:g}"
     measured = table[table["steps_source"] == "measured"]
     not_held = table[table["steps_source"] == "not held"]
@@ -342,6 +355,14 @@ def _no_candidate_message(table: pd.DataFrame, target: Target, study: Study) -> 
         whys = "; ".join(f"{int(r.batch_size)}: {r.why}" for r in table.itertuples() if r.why)
         return (f"the scaling study trained no batch size, so nothing reached the target ({goal}) -- {whys}. "
                 f"Change the probe/throughput limits or scaling.batch_sizes. select wrote no configuration.")
+    diverged = all_diverged(trials)
+    if measured.empty and diverged:
+        n, lr_smallest, most_steps = diverged
+        return (f"every one of the {n} scaling trials diverged (non-finite loss) within {most_steps} steps, even at "
+                f"the smallest learning rate {lr_smallest:g}: an easier target or more steps cannot help. Check "
+                f"the loss and the model first (a NaN from the first step: inputs, labels, initialisation, a log "
+                f"or division by zero), then lower the learning-rate range (scaling.lr_min, scaling.lr_max; "
+                f"now {study.lr_min:g}..{study.lr_max:g}). select wrote no configuration.")
     if measured.empty:
         sizes = table[table["steps_source"].isin(["measured", "not reached"])]["batch_size"].tolist()
         return (f"no batch size reached the target ({goal}) in the scaling study (sizes {sizes}, up to "
@@ -358,7 +379,7 @@ def select(m: Measurements, settings: SelectSettings, target: Target, study: Stu
     check_reasonable(target)
     table = choose(decision_table(m, settings, study), settings.objective)
     if not table["chosen"].any():
-        raise NotReasonable(_no_candidate_message(table, target, study))
+        raise NotReasonable(_no_candidate_message(table, target, study, m.trials))
     chosen = table[table["chosen"]].iloc[0].to_dict()
     col = OBJECTIVE_COLUMN[settings.objective]
     others = table[table["considered"] & ~table["chosen"]].sort_values([col, "devices", "batch_size"])

@@ -82,6 +82,7 @@ def read_inputs(target: Target, margin: float) -> tuple[Measurements, Study, pd.
         s_min=_num(sc_m.get("s_min")),
         perfect_scaling_up_to=int(sc_m["perfect_scaling_up_to"]) if _num(sc_m.get("perfect_scaling_up_to")) else None,
         device=str(probe_m.get("device") or thr_m.get("device") or "device"),
+        trials=trials,  # outcomes: did every trial diverge?
     ), _study(sc_m), choices
 
 

@@ -13,9 +13,12 @@ Conventions:
 from __future__ import annotations
 
 import abc
+import collections.abc
 import importlib
 import inspect
 import math
+import types
+import typing
 from typing import Any, Iterator, Literal
 
 import torch
@@ -120,8 +123,71 @@ def _import(path: str, key: str = "workload.name"):
         raise ConfigError(f"{key}: received {path!r}, but module {module_name!r} has no attribute {attr!r}") from None
 
 
-def make_workload(name: str, kwargs: dict | None = None) -> Workload:
-    """Build a workload by built-in name or import path; bad names and arguments raise ConfigError."""
+def _matches(value: Any, tp: Any) -> bool:
+    """Does a YAML value fit annotation `tp`? Strict where YAML is ambiguous: a string is not a sequence
+    (`hidden: "64"` would otherwise build widths 6 and 4), a bool is not a number, numbers are finite.
+    Annotations this does not understand (user classes, callables, type variables) accept anything."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is str:
+        return isinstance(value, str)
+    container = origin or tp
+    if container in (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Iterable,
+                     collections.abc.Collection):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if container is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if container in (dict, collections.abc.Mapping):
+        return isinstance(value, dict) and (not args or all(_matches(k, args[0]) and _matches(v, args[1])
+                                                            for k, v in value.items()))
+    return True
+
+
+def _describe_type(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    scalar = {int: "an integer", float: "a finite number", bool: "true/false", str: "a string"}.get(tp)
+    if scalar:
+        return scalar
+    return getattr(tp, "__name__", None) if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def check_kwarg_types(name: str, factory: Any, kwargs: dict) -> None:
+    """Each kwarg against the factory's annotation (or, where it has none, its default's scalar type)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # annotations naming what cannot be imported here: fall back to the defaults
+        hints = {}
+    params = inspect.signature(factory).parameters
+    for key, value in kwargs.items():
+        tp = hints.get(key)
+        if tp is None and key in params and type(params[key].default) in (bool, int, float, str):
+            tp = type(params[key].default)
+            tp = float if tp is int and isinstance(value, float) else tp  # an int default does not forbid 0.5
+        if tp is not None and not _matches(value, tp):
+            raise ConfigError(f"workload.kwargs.{key}: received {value!r} ({type(value).__name__}); allowed: "
+                              f"{_describe_type(tp)} (the annotation of {key!r} in {name!r})")
+
+
+def workload_factory(name: str, kwargs: dict | None = None):
+    """The factory `name` resolves to, checked against `kwargs` (names and types) without building
+    anything: cheap enough for the Snakefile to run before any job. Raises ConfigError."""
     kwargs = dict(kwargs or {})
     if name in BUILTINS:
         factory = _import(BUILTINS[name])
@@ -137,6 +203,14 @@ def make_workload(name: str, kwargs: dict | None = None) -> Workload:
         except (TypeError, ValueError):
             allowed = "see the factory's signature"
         raise ConfigError(f"workload.kwargs: received {kwargs!r}, which {name!r} does not accept ({e}); allowed arguments: {allowed}") from None
+    check_kwarg_types(name, factory, kwargs)
+    return factory
+
+
+def make_workload(name: str, kwargs: dict | None = None) -> Workload:
+    """Build a workload by built-in name or import path; bad names and arguments raise ConfigError."""
+    kwargs = dict(kwargs or {})
+    factory = workload_factory(name, kwargs)
     try:
         workload = factory(**kwargs)
     except (ValueError, TypeError) as e:
