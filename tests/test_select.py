@@ -261,6 +261,20 @@ def run_stage(module: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def test_a_boundary_size_is_read_and_never_chosen(tmp_path):
+    """A size whose best rate sat at the edge of the widened range has no steps to target (status
+    boundary): select reads the table and chooses among the others."""
+    digits_fixture(tmp_path)
+    path = tmp_path / "reports/scaling/steps_to_target.csv"
+    table = pd.read_csv(path)
+    table.loc[table["batch_size"] == 64, ["status", "steps_to_target"]] = ["boundary", math.nan]
+    table.to_csv(path, index=False)
+    proc = run_stage("stages.select", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    config = yaml.safe_load((tmp_path / "reports/select/initial_config.yaml").read_text())
+    assert config["batch_size"] != 64
+
+
 def test_select_stage_writes_the_initial_configuration(tmp_path):
     digits_fixture(tmp_path)
     proc = run_stage("stages.select", tmp_path)
