@@ -29,11 +29,12 @@ from tests.conftest import make_project, tool_env  # noqa: E402  (the tests' pro
 RUNNING = re.compile(r"Running stage '([^']+)'")
 
 
-def run_pipeline(project: Path) -> tuple[int, list[tuple[str, float]], float, str]:
-    """Run `dvc repro`, streaming its output; returns (exit code, [(stage, seconds)], total seconds, output)."""
+def run_pipeline(project: Path, force: bool = False) -> tuple[int, list[tuple[str, float]], float, str]:
+    """Run `dvc repro` (`--force`: every stage, even where up to date), streaming its output; returns
+    (exit code, [(stage, seconds)], total seconds, output)."""
     start = time.perf_counter()
     # Own process group: if the benchmark is interrupted, dvc and the stage it runs go with it.
-    proc = subprocess.Popen(["dvc", "repro"], cwd=project, env=tool_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["dvc", "repro", *(["--force"] if force else [])], cwd=project, env=tool_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     stages: list[tuple[str, float]] = []  # (name, start offset)
     lines = []

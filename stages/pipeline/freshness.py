@@ -27,7 +27,8 @@ def code_hash(s: Stage, params: dict, root: Path = ROOT) -> str:
     Snakemake sees an edit by content once it has a record of the rule's last run."""
     from stages.core.io import content_hash
 
-    code = [d for d in deps_of(s, params) if d not in s.inputs]
+    earlier = {i.path for i in s.inputs}  # earlier stages' outputs: inputs, not code
+    code = [d for d in deps_of(s, params) if d not in earlier]
     listing = "\n".join(f"{path} {content_hash(path, root)}" for path in code)
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
