@@ -28,8 +28,11 @@ pipeline: setup
 snakemake: setup
 	$(BIN)/snakemake -c2
 
+# Two workers, one test file each at a time (--dist loadfile keeps a file's shared fixtures -- a
+# pipeline run in a temporary repository -- in one worker): 4.1 min instead of 7.4 on 2 idle cores.
+PYTEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: setup
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
