@@ -15,12 +15,14 @@ How the comparison is made fair:
 - Same reading: the study sees the loss on its evaluation schedule (every step, then every ~5%),
   so the closed form's step is also shown rounded up to that schedule (`exact_on_schedule`).
 - Not the same statistic: the closed form gives the first step at which the *expected* loss is at
-  the target; a trial is one trajectory, and its *first crossing* comes early when a fluctuation
-  dips below the target -- most at small batch sizes, where the gradient noise is large. So the
-  bench also measures that statistic at the ground-truth rate: the real workload trained at the
-  closed form's tuned rate with several seeds, read on the study's schedule (`mc_first_crossing`,
-  the median). Where it differs from the expectation's step by more than 15% the size is marked
-  noise-dominated: there the study is judged against `mc_first_crossing`, not the expectation.
+  the target; a trial is one trajectory, read as the study reads it: steps to target is the first
+  crossing that then *holds* through scaling.hold_factor x its step (a crossing that a fluctuation
+  undoes does not count). Under large gradient noise -- small batch sizes -- one trajectory's loss
+  scatters about its expectation, so holding below the target takes longer than the expectation's
+  crossing. So the bench also measures that statistic at the ground-truth rate: the real workload
+  trained with several seeds at the closed form's tuned rate and at a few smaller ones, read exactly
+  as a trial is (`mc_sustained`: the best rate's median). Where it differs from the expectation's step by more than 15% the
+  size is marked noise-dominated: there the study is judged against `mc_sustained`.
 """
 from __future__ import annotations
 
@@ -46,8 +48,9 @@ from stages.workloads.nqm import NoisyQuadratic  # noqa: E402
 from stages.scaling.fit import FitError, fit_critical_batch_size  # noqa: E402
 from stages.workloads.nqm_theory import NqmModel, tuned_steps_to_target  # noqa: E402
 
-NOISE_DOMINATED = 0.15  # median first crossing this far from the expectation's step: the statistic differs
+NOISE_DOMINATED = 0.15  # median sustained crossing this far from the expectation's step: the statistic differs
 MC_SEEDS = 5            # trajectories at the ground-truth rate per size
+MC_RATE_FACTORS = (1.0, 0.75, 0.56, 0.42, 0.32, 0.24)  # rates tried for the sustained yardstick, x the expectation's optimum
 
 
 def write_params(workdir: Path, args: argparse.Namespace) -> None:
@@ -81,15 +84,17 @@ def on_schedule(steps: int | None, max_steps: int, resolution: float) -> int | N
     return next(s for s in eval_schedule(max_steps, resolution) if s >= steps)
 
 
-def first_crossings(args: argparse.Namespace, batch_size: int, learning_rate: float, resolution: float) -> float | None:
-    """Median over MC_SEEDS trajectories of the real workload at this rate: steps to target as a trial reads them."""
+def sustained_crossings(args: argparse.Namespace, batch_size: int, learning_rate: float, resolution: float,
+                        hold_factor: float) -> float | None:
+    """Median over MC_SEEDS trajectories of the real workload at this rate: steps to target as a trial
+    reads them (the first crossing that holds through hold_factor x its step)."""
     import torch
 
     torch.set_num_threads(1)
     w = NoisyQuadratic(dim=args.dim, target=args.target)
     opt = OptimizerSettings(name="sgd", momentum=args.momentum)
     steps = [train_to_target(w, opt, learning_rate, batch_size, 1000 + k, torch.device("cpu"), args.max_steps,
-                             resolution=resolution).steps_to_target for k in range(MC_SEEDS)]
+                             resolution=resolution, hold_factor=hold_factor).steps_to_target for k in range(MC_SEEDS)]
     return float(np.median([math.inf if x is None else x for x in steps]))
 
 
@@ -128,11 +133,16 @@ def main() -> None:
         wall = run_study(workdir, args.sizes)
         table = pd.read_csv(workdir / "reports/scaling/steps_to_target.csv")
         metrics = pd.read_json(workdir / "reports/scaling/metrics.json", typ="series")
-        resolution = yaml.safe_load((workdir / "params.yaml").read_text())["scaling"].get("eval_resolution", 0.05)
+        scaling = yaml.safe_load((workdir / "params.yaml").read_text())["scaling"]
+        resolution, hold_factor = scaling.get("eval_resolution", 0.05), scaling.get("hold_factor", 2.0)
         confidence = (workdir / "reports/scaling/notes.md").read_text()
         trials = pd.read_csv(workdir / "reports/scaling/trials.csv")
 
-    mc = {b: first_crossings(args, b, exact[b][0], resolution) for b in args.sizes if exact[b][1] is not None}
+    # The sustained statistic has its own best rate (a smaller one holds below the target sooner under
+    # noise), so the yardstick is tuned for it too: the best median over rates at and below the
+    # expectation's optimum.
+    mc = {b: min(sustained_crossings(args, b, exact[b][0] * m, resolution, hold_factor) for m in MC_RATE_FACTORS)
+          for b in args.sizes if exact[b][1] is not None}
     rows = []
     for r in table.itertuples():
         lr_exact, steps_exact = exact[r.batch_size]
@@ -144,24 +154,24 @@ def main() -> None:
                      "study_steps": r.steps_to_target, "ci_low": r.steps_to_target_ci_low, "ci_high": r.steps_to_target_ci_high,
                      "exact_steps": steps_exact,
                      "exact_on_schedule": on_schedule(steps_exact, args.max_steps, resolution),
-                     "mc_first_crossing": crossing, "noise_dominated": noisy,
+                     "mc_sustained": crossing, "noise_dominated": noisy,
                      "study/yardstick": r.steps_to_target / yardstick if yardstick else math.nan,
                      "lr_bracket": f"{r.lr_bracket_low:.3g}..{r.lr_bracket_high:.3g}" if r.status == "reached" else "",
                      "trials": f"{r.trials_coarse:g}/{r.trials_widen:g}/{r.trials_refine:g}/{r.trials_seed:g}"})
     out = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
     print(out.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    print("(yardstick: exact_steps, or mc_first_crossing where noise-dominated; trials: coarse/widen/refine/seed)")
+    print("(yardstick: exact_steps, or mc_sustained where noise-dominated; trials: coarse/widen/refine/seed)")
 
     sizes = [b for b in args.sizes if exact[b][1] is not None]
     text, truth = fit_value(sizes, [exact[b][1] for b in sizes])
     print(f"B_crit closed form (expected loss): {text}")
     text, truth_mc = fit_value(sizes, [mc[b] for b in sizes])
-    print(f"B_crit of the median first crossing at the ground-truth rates: {text}")
+    print(f"B_crit of the median sustained crossing at the ground-truth rates: {text}")
     low, high = metrics.get("ci_low"), metrics.get("ci_high")
     print(f"B_crit study: {metrics['critical_batch_size']} ({metrics['critical_batch_size_kind']}, "
           f"95% interval {low} .. {high})")
-    for name, value in (("closed form", truth), ("first-crossing", truth_mc)):
+    for name, value in (("closed form", truth), ("sustained-crossing", truth_mc)):
         if value is not None and metrics["critical_batch_size"] is not None:
             ratio = metrics["critical_batch_size"] / value
             inside = (low is None or low <= value) and (high is None or value <= high)
