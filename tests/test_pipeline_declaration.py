@@ -32,7 +32,7 @@ TINY = {
     "runtime": {"device": "cpu", "seed": 0, "threads": 1},
     "probe": {"min_batch_size": 4, "max_batch_size": 32, "steps": 1},
     "throughput": {"warmup_steps": 1, "window_seconds": 0.01, "min_windows": 6, "max_seconds_per_size": 0.2, "split_steps": 3, "peak_seconds": 0.05},
-    "scaling": {"batch_sizes": [4, 8, 16], "lr_min": 0.01, "lr_max": 0.3, "lr_points": 2, "max_steps": 200,
+    "scaling": {"batch_sizes": [4, 8, 16], "lr_min": 0.01, "lr_max": 0.3, "lr_points": 2, "lr_refine_trials": 1, "max_steps": 200,
                 "seeds": 0, "bootstrap": 20},
 }
 
