@@ -1,4 +1,4 @@
-# kickoff's Snakemake workflow. Its rules are built from stages/pipeline.py -- the same declaration
+# kickoff's Snakemake workflow. Its rules are built from stages/pipeline/declaration.py -- the same declaration
 # dvc.yaml is rendered from -- so the two tools always agree on stages, commands, inputs, params and
 # outputs (tests/test_pipeline_declaration.py checks it through both tools).
 #

@@ -1,8 +1,8 @@
 """Apply a partial params file (such as the small CI configuration) on top of params.yaml as
 `dvc exp run --set-param` overrides, so the experiment keeps whatever else the branch changed.
 
-    dvc exp run $(python -m stages.overrides profiles/small/params.yaml)    # an experiment with them
-    python -m stages.overrides profiles/small/params.yaml                   # just print them
+    dvc exp run $(python -m stages.pipeline.overrides profiles/small/params.yaml)    # an experiment with them
+    python -m stages.pipeline.overrides profiles/small/params.yaml                   # just print them
 
 Prints one `--set-param=KEY=VALUE` per line (one shell word each: values are written without
 spaces). A mapping is walked down to its leaves, so keys the file does not name keep the

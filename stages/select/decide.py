@@ -16,7 +16,7 @@ else the point; time per step: throughput's examples/s interval). The candidates
 overlaps the fastest one's are tied, and among them select takes the one with fewer devices, then
 the smaller batch -- a choice within noise should not flip between runs.
 `python -m stages.select` reads the files, calls `select()` and writes what it returns (the reasoning:
-stages/select_reasoning.py).
+stages/select/reasoning.py).
 """
 from __future__ import annotations
 

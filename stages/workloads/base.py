@@ -216,5 +216,5 @@ def make_workload(name: str, kwargs: dict | None = None) -> Workload:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"workload.kwargs: {name!r} rejected {kwargs!r}: {e}") from None
     if not isinstance(workload, Workload):
-        raise ConfigError(f"workload.name: {name!r} returned {type(workload).__name__}; allowed: a factory returning a stages.workload.Workload")
+        raise ConfigError(f"workload.name: {name!r} returned {type(workload).__name__}; allowed: a factory returning a stages.workloads.base.Workload")
     return workload
