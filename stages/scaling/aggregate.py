@@ -90,29 +90,28 @@ def learning_rate_range(trials: pd.DataFrame) -> dict:
             "learning_rate_max_tried": float(rates.max()) if len(rates) else None}
 
 
+def _curves_of(curve_frames: list[pd.DataFrame], rates: set[tuple[int, float]]) -> pd.DataFrame:
+    """The learning-curve rows whose (batch size, learning rate) is one of `rates`."""
+    frames = [f for f in curve_frames if not f.empty]
+    if not frames or not rates:
+        return pd.DataFrame(columns=list(out.SCALING_TRIAL_CURVES.columns))
+    curves = pd.concat(frames, ignore_index=True)
+    mask = [(int(b), float(lr)) in rates for b, lr in zip(curves["batch_size"], curves["learning_rate"])]
+    return curves[mask].reset_index(drop=True)
+
+
 def best_curves(curve_frames: list[pd.DataFrame], table: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The learning curve of each size's best learning rate at the search seed."""
-    frames = [f for f in curve_frames if not f.empty]
     best = table[table["status"] == "reached"]
-    if not frames or best.empty:
-        return pd.DataFrame(columns=["batch_size", "learning_rate", "seed", "phase", "examples", "step"])
-    curves = pd.concat(frames, ignore_index=True)
-    keep = set(zip(best["batch_size"].astype(int), best["best_learning_rate"].astype(float)))
-    mask = [(int(b), float(lr)) in keep for b, lr in zip(curves["batch_size"], curves["learning_rate"])]
-    return curves[pd.Series(mask, index=curves.index) & (curves["seed"] == seed)].reset_index(drop=True)
+    curves = _curves_of(curve_frames, set(zip(best["batch_size"].astype(int), best["best_learning_rate"].astype(float))))
+    return curves[curves["seed"] == seed].reset_index(drop=True)
 
 
 def reached_curves(curve_frames: list[pd.DataFrame], trials: pd.DataFrame) -> pd.DataFrame:
     """The learning curves of every trial (all seeds) of each rate that reached the target at least
     once: select checks from them that a rate's every seed stays at the target through the budget."""
-    frames = [f for f in curve_frames if not f.empty]
     reached = trials[trials["outcome"] == "reached"]
-    if not frames or reached.empty:
-        return pd.DataFrame(columns=["batch_size", "learning_rate", "seed", "phase", "examples", "step"])
-    curves = pd.concat(frames, ignore_index=True)
-    keep = set(zip(reached["batch_size"].astype(int), reached["learning_rate"].astype(float)))
-    mask = [(int(b), float(lr)) in keep for b, lr in zip(curves["batch_size"], curves["learning_rate"])]
-    return curves[mask].reset_index(drop=True)
+    return _curves_of(curve_frames, set(zip(reached["batch_size"].astype(int), reached["learning_rate"].astype(float))))
 
 
 def main_summarize() -> None:
