@@ -118,7 +118,7 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
     assert "\n### Why batch size 128" in text  # the stage's own heading nested under section 4
     baseline = text.split("## 5.")[1]  # select's predictions next to the baseline's measurements
     for expected in ("times exclude the evaluations (4.2 s spent in them, timed apart)",
-                     "one-off start-up cost (7.4 ms) the prediction leaves out",
+                     "the first step (here 7.4 ms, start-up included); the predicted time to target adds",
                      "| steps to target | 250 | 310 | 1.24 |", "| time per training step | 3.1 ms | 3.3 ms | 1.06 |",
                      "| time to target (training clock) | 0.775 s | 1.02 s | 1.32 |"):
         assert expected in baseline, expected

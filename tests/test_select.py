@@ -261,6 +261,18 @@ def run_stage(module: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def test_predicted_times_include_the_first_step_overhead_throughput_measured(tmp_path):
+    """A run pays its first step's one-off cost once; the baseline's clock includes it, so the prediction must."""
+    digits_fixture(tmp_path)
+    path = tmp_path / "reports/throughput/metrics.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "first_step_overhead_s": 0.005}))
+    assert run_stage("stages.select", tmp_path).returncode == 0
+    config = yaml.safe_load((tmp_path / "reports/select/initial_config.yaml").read_text())
+    assert config["batch_size"] == 64 and config["first_step_overhead_s"] == 0.005  # a constant: same choice
+    assert config["expected_time_to_target_s"] == pytest.approx(0.005 + 0.00328 * 80)
+    assert config["expected_training_time_s"] == pytest.approx(0.005 + 0.00328 * 96)
+
+
 def test_a_boundary_size_is_read_and_never_chosen(tmp_path):
     """A size whose best rate sat at the edge of the widened range has no steps to target (status
     boundary): select reads the table and chooses among the others."""

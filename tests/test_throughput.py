@@ -248,6 +248,7 @@ def test_stage_smoke_on_a_tiny_workload(tmp_path):
     assert frame.flops_per_example.tolist() == pytest.approx([2528.0] * 3)
     assert metrics["feasible_batch_sizes"] == [1, 2, 4, 8] and metrics["threads"] == 1
     assert metrics["largest_useful_batch_size"] in (1, 2, 4)
+    assert metrics["first_step_overhead_s"] >= 0  # the first step of a fresh model and optimizer, beyond a steady one
     notes = (out / "diagnosis.md").read_text()  # prose lives apart from the metrics
     assert notes.startswith("## Diagnosis\n\n") and "FlopCounterMode" in notes
     assert all(not isinstance(v, str) or len(v) <= 80 for v in metrics.values()), "metrics.json: numbers and short labels only"

@@ -12,7 +12,7 @@ reports/baseline/:
                   batch_size, learning_rate -- what `dvc metrics diff` compares across team branches --
                   and select's predictions checked: predicted_ and measured steps_to_target,
                   time_per_step_s and time_to_target_s, each with its measured/predicted `_ratio`,
-                  and first_step_seconds (one-off start-up, outside the prediction)
+                  and first_step_seconds (the first step, one-off start-up included)
     curve.csv     step, train_loss, the workload's metrics at each evaluation, train_seconds (training clock so far)
     curve.png     the learning curve with the target
 """
@@ -75,9 +75,10 @@ def _ratio(measured: float | None, predicted: float | None) -> float | None:
 def predictions_checked(result: TrialResult, config: dict) -> dict:
     """select's predictions (initial_config.yaml) next to what this run measured, with measured/predicted.
     Times are the training clock alone, like throughput's time per step that select multiplied.
-    The first step carries one-off costs (allocations, lazy initialisation) that throughput's warm-up
-    steps keep out of the prediction: it is reported apart (`first_step_seconds`), the time per step
-    is the steady rate after it, and the time to target is the whole clock, start-up included."""
+    The first step carries one-off costs (allocations, lazy initialisation): it is reported apart
+    (`first_step_seconds`), the time per step is the steady rate after it, and the time to target is
+    the whole clock, start-up included -- as is its prediction, which adds the first-step overhead
+    throughput measured (`first_step_overhead_s` in initial_config.yaml)."""
     time_to_target = None
     if result.steps_to_target is not None:
         row = next(r for r in result.curve if r["step"] == result.steps_to_target)

@@ -167,9 +167,9 @@ def predictions_table(m: dict | None) -> list[str]:
         return []
     lines = ["Predicted by select (`initial_config.yaml`) and measured by this run; times exclude the "
              f"evaluations ({fmt(m.get('eval_seconds'), 'eval_seconds')} spent in them, timed apart). The time per "
-             "step is the steady rate after the first step, whose one-off start-up cost "
-             f"({fmt(m.get('first_step_seconds'), 'first_step_seconds')}) the prediction leaves out and the time to "
-             "target includes:", "",
+             "step is the steady rate after the first step (here "
+             f"{fmt(m.get('first_step_seconds'), 'first_step_seconds')}, start-up included); the predicted time to "
+             "target adds the one-off start-up cost throughput measured:", "",
              "| | predicted | measured | measured / predicted |", "|---|---:|---:|---:|"]
     for label, key, ratio in PREDICTIONS:
         r = m.get(ratio)

@@ -69,6 +69,7 @@ class Measurements:
     perfect_scaling_up_to: BatchSize | None = None  # the scaling study's verdict
     device: str = "device"
     trials: pd.DataFrame | None = None  # every trial (trials.csv): batch_size, learning_rate, outcome, steps_run
+    first_step_overhead_s: float = 0.0  # a run's one-off first-step cost (throughput), added to predicted times
 
 
 @dataclass

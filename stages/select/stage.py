@@ -82,6 +82,7 @@ def read_inputs(target: Target, margin: float) -> tuple[Measurements, Study, pd.
         s_min=_num(sc_m.get("s_min")),
         perfect_scaling_up_to=int(sc_m["perfect_scaling_up_to"]) if _num(sc_m.get("perfect_scaling_up_to")) else None,
         device=str(probe_m.get("device") or thr_m.get("device") or "device"),
+        first_step_overhead_s=_num(thr_m.get("first_step_overhead_s")) or 0.0,
         trials=trials,  # outcomes: did every trial diverge?
     ), _study(sc_m), choices
 
@@ -95,8 +96,9 @@ def tie_label(sel: Selection) -> str:
     return "~".join(map(str, sel.tied)) + f": chose {int(sel.chosen['batch_size'])} (fewer devices, then smaller batch)"
 
 
-def initial_config(sel: Selection, params, target: Target) -> dict:
-    """initial_config.yaml: everything a training run (and the baseline stage) needs, seed included."""
+def initial_config(sel: Selection, params, target: Target, first_step_overhead_s: float = 0.0) -> dict:
+    """initial_config.yaml: everything a training run (and the baseline stage) needs, seed included. The
+    expected times include a run's one-off first-step cost that throughput measured."""
     c = sel.chosen
     return {
         "batch_size": int(c["batch_size"]),
@@ -107,8 +109,9 @@ def initial_config(sel: Selection, params, target: Target) -> dict:
         "seed": params.runtime.seed,
         "devices": int(c["devices"]),
         "objective": sel.objective,
-        "expected_training_time_s": float(c["time_per_step_s"] * sel.train_steps),
-        "expected_time_to_target_s": float(c["training_time_s"]),
+        "expected_training_time_s": float(first_step_overhead_s + c["time_per_step_s"] * sel.train_steps),
+        "expected_time_to_target_s": float(first_step_overhead_s + c["training_time_s"]),
+        "first_step_overhead_s": float(first_step_overhead_s),
         "steps_to_target": float(c["steps_to_target"]),
         "time_per_step_s": float(c["time_per_step_s"]),
         "target": {"metric": target.metric, "value": target.value, "direction": target.direction},
@@ -142,7 +145,7 @@ def main() -> None:
     c = sel.chosen
     log.info("select", f"batch size {int(c['batch_size'])}, lr {c['best_learning_rate']:.3g}, {sel.train_steps} steps, "
                        f"{int(c['devices'])} device(s), {c['training_time_s']:.3g} s to target ({sel.objective})")
-    config = initial_config(sel, params, target)
+    config = initial_config(sel, params, target, measurements.first_step_overhead_s)
     header = ("# Initial configuration chosen by `python -m stages.select` (see reasoning.md next to it).\n"
               "# Train it with `python -m stages.baseline`.\n")
     write_csv(out.SELECT_DECISION.path, sel.table)

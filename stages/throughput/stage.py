@@ -80,9 +80,10 @@ def count_flops(step) -> float | None:
         return None
 
 
-def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tuple[list[dict], list[dict]]:
+def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tuple[list[dict], list[dict], float | None]:
     """Windows for every size in two modes (real pipeline; one batch kept on the device), interleaved
-    round-robin, then the phase split (also interleaved) and the FLOPs per example.
+    round-robin, then the phase split (also interleaved) and the FLOPs per example; also the time of
+    the very first training step (the smallest size's first warm-up step), or None without warm-up.
 
     One model and optimizer serve every size (their cost does not depend on the weights), so memory
     never exceeds what the probe found for the largest size plus the kept batches."""
@@ -101,11 +102,21 @@ def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tupl
         return lambda: train_step(model, optimizer, w, to_device(next(data), device))
 
     streams, data_of, extras = [], {}, []
+    first_step_s: float | None = None
     for b in sizes:
         data_of[b] = data = w.batches("train", b, ctx.params.runtime.seed)
         step = pipeline_step(data)
-        for _ in range(s.warmup_steps):
-            step()
+        for k in range(s.warmup_steps):
+            if not extras and k == 0:
+                # The very first step of a fresh model and optimizer carries one-off costs (optimizer
+                # state, autograd's first pass) that a training run pays once: timed on its own.
+                sync()
+                started = time.perf_counter()
+                step()
+                sync()
+                first_step_s = time.perf_counter() - started
+            else:
+                step()
         steps = timing.steps_per_window(step, sync, s.window_seconds, s.min_window_steps)
         resident = to_device(next(data), device)
         flops = count_flops(lambda: compute(resident))
@@ -133,7 +144,7 @@ def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tupl
     del model, optimizer, streams
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return rows, extras
+    return rows, extras, first_step_s
 
 
 def peak_flops(ctx: Context, s: ThroughputSettings) -> tuple[float | None, str]:
@@ -252,7 +263,7 @@ def main() -> None:
     info(STAGE, f"{ctx.workload.name} on {describe(ctx.device)}, {ctx.threads} threads; sizes {sizes}")
     peak, peak_method = peak_flops(ctx, s)
     info(STAGE, f"peak matmul: {'n/a' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} ({peak_method})")
-    windows, extras = measure_sizes(ctx, sizes, s)
+    windows, extras, first_step_s = measure_sizes(ctx, sizes, s)
     frame_windows = pd.DataFrame(windows)
     frame, decision = summarise(frame_windows, extras, s, peak, ctx.threads)
     largest, diagnosis = decision["largest_useful_batch_size"], decision["diagnosis"]
@@ -269,6 +280,10 @@ def main() -> None:
         "input_bound_batch_sizes": [int(b) for b in frame.batch_size[frame.input_bound]],
         "regimes": {str(r.batch_size): r.regime for r in frame.itertuples()},
         "peak_flops_per_s": peak,
+        # a run's one-off start-up: its first step's time beyond a steady step at that size (select adds it
+        # to the predicted time to target, which the baseline's clock includes)
+        "first_step_overhead_s": None if first_step_s is None else max(
+            0.0, first_step_s - float(frame.loc[frame["batch_size"] == sizes[0], "time_per_step_s"].iloc[0])),
         "device": describe(ctx.device),
         "probe_device": probe_metrics.get("device"),
         "threads": ctx.threads,
