@@ -22,6 +22,7 @@ from stages.pipeline import freshness
 from stages.core.config import validate
 from stages.core.context import check_sources
 from stages.core.errors import ConfigError, KickoffError
+from stages.core.model_choice import check_candidates
 from stages.workloads.base import workload_factory
 
 configfile: "params.yaml"
@@ -32,11 +33,13 @@ try:  # the same validation the stages run, on the values Snakemake's YAML 1.1 l
     # deletes a job's outputs before running it, so a typo the job itself would catch costs them
     check_sources(PARAMS)
     workload_factory(PARAMS.workload.name, PARAMS.workload.kwargs)
+    check_candidates(PARAMS.workload.name, PARAMS.workload.kwargs, PARAMS.family.candidates)
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
 
 wildcard_constraints:
     batch_size=r"\d+",
+    candidate=r"candidate\d+",
 
 
 def inputs_of(s):

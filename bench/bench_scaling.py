@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.config import load_params  # noqa: E402
-from stages.scaling.lr_search import best_learning_rate, best_steps, learning_rate_grid, search  # noqa: E402
+from stages.core.lr_search import best_learning_rate, best_steps, learning_rate_grid, search  # noqa: E402
 
 
 def write_params(workdir: Path, threads: int | None) -> None:

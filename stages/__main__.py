@@ -7,8 +7,10 @@ from stages.core.cli import run_main
 
 def main() -> None:
     from stages.core.context import setup
+    from stages.core.model_choice import check_candidates
 
-    ctx = setup()
+    ctx = setup(family_choice=False)  # the params as written: the family's choice is a result, not a setting
+    check_candidates(ctx.params.workload.name, ctx.params.workload.kwargs, ctx.params.family.candidates)
     print(yaml.safe_dump(ctx.params.as_dict(), sort_keys=False), end="")
 
 

@@ -29,6 +29,7 @@ def make(dim: int = 8, target: float = 0.3):
 
 TINY = {
     "workload": {"name": "userwl.model:make", "kwargs": {"dim": 8, "target": 0.3}, "sources": ["userwl/model.py"]},
+    "family": {"candidates": [{"dim": 4}, {"dim": 8}], "rule": "smallest", "batch_size": 8, "max_steps": 200},
     "runtime": {"device": "cpu", "seed": 0, "threads": 1},
     "probe": {"min_batch_size": 4, "max_batch_size": 32, "steps": 1},
     "throughput": {"warmup_steps": 1, "window_seconds": 0.01, "min_windows": 6, "max_seconds_per_size": 0.2, "split_steps": 3, "peak_seconds": 0.05},
@@ -38,7 +39,8 @@ TINY = {
 
 TINY_FULL = {**yaml.safe_load((ROOT / "params.yaml").read_text()), **TINY}
 FANOUT = [f"scaling_trials@{b}" for b in TINY["scaling"]["batch_sizes"]]
-USES_WORKLOAD = {"probe", "throughput", *FANOUT, "scaling", "select", "baseline"}
+FAMILY_FANOUT = [f"family_trial@candidate{i}" for i in range(len(TINY["family"]["candidates"]))]
+USES_WORKLOAD = {*FAMILY_FANOUT, "probe", "throughput", *FANOUT, "scaling", "select", "baseline"}
 DOWNSTREAM_OF_THROUGHPUT = {"throughput", *FANOUT, "scaling", "select", "baseline", "report"}
 
 
@@ -129,7 +131,7 @@ def test_dvc_yaml_is_up_to_date_with_the_declaration():
 def test_both_tools_see_the_same_stages_commands_inputs_and_outputs(ran_project):
     dvc = dvc_view(ran_project)
     snake = snakemake_jobs(ran_project, "--forceall")
-    assert set(dvc) == set(snake) == {s.name for s in pipeline.STAGES if not s.foreach} | set(FANOUT)
+    assert set(dvc) == set(snake) == {s.name for s in pipeline.STAGES if not s.foreach} | set(FANOUT) | set(FAMILY_FANOUT)
     for name, d in dvc.items():
         s = snake[name]
         assert s["shell"].split(" 2> ")[0] == d["cmd"], name
@@ -149,8 +151,13 @@ def test_after_one_run_both_tools_agree_nothing_is_stale(ran_project):
 
 
 def job_names(stage: pipeline.Stage) -> list[str]:
-    items = TINY["scaling"]["batch_sizes"] if stage.foreach else [None]
+    items = pipeline.items_of(stage, TINY_FULL) if stage.foreach else [None]
     return [f"{stage.name}@{b}" if stage.foreach else stage.name for b in items]
+
+
+def job_outputs(stage: pipeline.Stage, job: str) -> set[str]:
+    item = job.partition("@")[2]
+    return {o.path.replace(f"{{{stage.foreach[0]}}}", item) if stage.foreach else o.path for o in stage.outputs}
 
 
 def readers_of(key: str) -> set[str]:
@@ -164,7 +171,7 @@ def downstream_closure(jobs: set[str]) -> set[str]:
     produced = {}
     for s in pipeline.STAGES:
         for j in job_names(s):
-            produced[j] = {o.path.replace("{batch_size}", j.split("@")[1]) if s.foreach else o.path for o in s.outputs}
+            produced[j] = job_outputs(s, j)
     closure, changed = set(jobs), True
     while changed:
         changed = False
@@ -182,7 +189,7 @@ def own_reason(root: Path, job: str, marker: str) -> bool:
     Only that rule is allowed to run, and its outputs are the targets."""
     name, _, item = job.partition("@")
     s = pipeline.stage(name)
-    targets = [o.path.replace("{batch_size}", item) for o in s.outputs]
+    targets = sorted(job_outputs(s, job))
     jobs = snakemake_jobs(root, *targets, "--allowed-rules", name)  # last: it takes several values
     return marker in jobs.get(job, {}).get("reason", "")
 
@@ -204,6 +211,8 @@ PARAM_CHANGES = [
     ("scaling.lr_points", 3),
     ("scaling.bootstrap", 30),
     ("select.objective", "resource"),
+    ("family.candidates", [{"dim": 4}, {"dim": 16}]),  # issue 13: the family and every stage training its choice
+    ("family.rule", "fastest"),
     ("baseline.eval_every", 5),
 ]
 
@@ -233,10 +242,11 @@ def test_an_optimizer_value_marks_exactly_the_stages_that_read_it(ran_project):
     try:
         write_params(ran_project, {"optimizer": {"weight_decay": 1.0e-4}})
         stale = dvc_stale(ran_project)
-        assert stale == readers_of("optimizer.weight_decay") == {"throughput", *FANOUT, "scaling", "select"}
+        assert stale == readers_of("optimizer.weight_decay") == {*FAMILY_FANOUT, "throughput", *FANOUT, "scaling", "select"}
         for job in ["probe", "throughput", FANOUT[0], "scaling", "select", "baseline", "report"]:
             assert own_reason(ran_project, job, PARAMS_MARKER) == (job in stale), job
-        assert set(snakemake_jobs(ran_project)) == stale | {"baseline", "report"}
+        # Snakemake cannot know the family's choice stays the same: it reruns everything after it
+        assert set(snakemake_jobs(ran_project)) == downstream_closure(stale)
     finally:
         (ran_project / "params.yaml").write_text(original)
 
@@ -259,7 +269,7 @@ def test_editing_the_user_workload_source_marks_the_stages_that_use_it(ran_proje
         marker = "Updated input files: userwl/model.py"
         for job in ["probe", "throughput", FANOUT[0], "scaling", "select", "baseline", "report"]:
             assert own_reason(ran_project, job, marker) == (job in USES_WORKLOAD), job
-        assert set(snakemake_jobs(ran_project)) == USES_WORKLOAD | {"report"}
+        assert set(snakemake_jobs(ran_project)) == downstream_closure(USES_WORKLOAD)
 
 
 def test_editing_a_shared_module_marks_the_stages_that_import_it(ran_project):

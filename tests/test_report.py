@@ -31,6 +31,7 @@ def write_outputs(root: Path) -> None:
                                          "ci_low": 120.0, "ci_high": 260.0, "s_min": 95.0, "e_min": 17200.0,
                                          "gradient_noise_scale": 150.2, "compute_saved_fraction": 0.62},
         "reports/select/metrics.json": {"batch_size": 128, "expected_training_time_s": 31.0},
+        "reports/family/metrics.json": {"candidates": 2, "reached": 1, "chosen_parameters": 4810, "batch_size": 64},
         "reports/baseline/metrics.json": {"val_accuracy": 0.961, "reached_target": True, "final_meets_target": True,
                                           "steps_to_target": 310, "train_seconds": 29.5, "eval_seconds": 4.2,
                                           "predicted_steps_to_target": 250.0, "measured_steps_to_target": 310,
@@ -57,6 +58,14 @@ def write_outputs(root: Path) -> None:
     (root / "reports/select/decision.csv").write_text(
         "batch_size,feasible,steps_to_target,training_time_s,resource_cost,chosen,why\n"
         "64,True,380,40.1,0.011,False,slower: 40.1 s vs 31 s\n128,True,250,31.0,0.0086,True,minimises training time\n")
+    (root / "reports/family/candidates.csv").write_text(
+        "candidate,overrides,parameters,flops_per_example,status,learning_rate,steps_to_target,steps_low,steps_high,"
+        "time_per_step_s,time_to_target_s,final_metric,reason\n"
+        'candidate0,"{""hidden"": [8]}",610,2500,not_reached,,,,,0.0001,,0.93,no learning rate reached accuracy 0.95 within 1000 steps\n'
+        'candidate1,"{""hidden"": [64]}",4810,20000,reached,0.08,120,97,223,0.00016,0.02,0.972,\n')
+    (root / "reports/family/model.yaml").write_text(
+        "workload: digits_mlp\nchosen: candidate1\noverrides: {hidden: [64]}\nkwargs: {hidden: [64], target: 0.95}\n"
+        "rule: smallest\nreasoning: candidate1 is the smallest candidate that reached the target.\n")
     (root / "reports/probe/notes.md").write_text("## Trial isolation\n\nEvery trial ran in a forked process.\n")
     (root / "reports/scaling/notes.md").write_text(
         "## Critical batch size\n\nB_crit = 182 (95% CI 120 .. 260) within the studied range 64 .. 256\n")
@@ -95,7 +104,7 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
 
     headings = [line for line in text.splitlines() if line.startswith("## ")]
     assert headings[0] == "## Recommended initial configuration"
-    order = ["Probe", "Throughput", "Scaling", "Select", "Baseline"]
+    order = ["Family", "Probe", "Throughput", "Scaling", "Select", "Baseline"]
     assert [next(i for i, h in enumerate(headings) if o in h) for o in order] == sorted(
         next(i for i, h in enumerate(headings) if o in h) for o in order)
 
@@ -115,8 +124,8 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
                      "#### Trial isolation\n\nEvery trial ran in a forked process.",
                      "#### Critical batch size\n\nB_crit = 182 (95% CI 120 .. 260)"):
         assert expected in text, expected
-    assert "\n### Why batch size 128" in text  # the stage's own heading nested under section 4
-    baseline = text.split("## 5.")[1]  # select's predictions next to the baseline's measurements
+    assert "\n### Why batch size 128" in text  # the stage's own heading nested under section 5
+    baseline = text.split("## 6.")[1]  # select's predictions next to the baseline's measurements
     for expected in ("times exclude the evaluations (4.2 s spent in them, timed apart)",
                      "the first step (here 7.4 ms, start-up included); the predicted time to target adds",
                      "| steps to target | 250 | 310 | 1.24 |", "| time per training step | 3.1 ms | 3.3 ms | 1.06 |",
@@ -124,7 +133,9 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
         assert expected in baseline, expected
 
     html = render(text)
-    assert html.count("<table>") == 11
+    assert html.count("<table>") == 13  # family: its metrics and candidates tables
+    family = text.split("## 1.")[1].split("## 2.")[0]
+    assert "start from **{'hidden': [64]}**" in family and "| candidate0 |" in family
     images = [src for src in __import__("re").findall(r'<img src="([^"]+)"', html)]
     declared = [o.path for s in pipeline.STAGES for o in s.outputs if o.kind == "image"]
     assert sorted(images) == sorted(str(Path(p).relative_to("reports")) for p in declared)

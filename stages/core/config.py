@@ -112,6 +112,20 @@ def _check_noise_pair(value: list | None) -> str | None:
     return None
 
 
+def _check_candidates(value: list | None) -> str | None:
+    """null, or a non-empty list of distinct mappings of workload keyword arguments"""
+    if value is None:
+        return None
+    if not value:
+        return "null (skip the family stage) or a non-empty list of mappings, e.g. [{hidden: [16]}, {hidden: [64]}]"
+    for i, c in enumerate(value):
+        if not c or not all(isinstance(k, str) for k in c):
+            return f"a non-empty mapping of workload keyword arguments at every position; position {i} holds {c!r}"
+    if len({repr(sorted(c.items())) for c in value}) != len(value):
+        return "distinct candidates (two positions hold the same overrides)"
+    return None
+
+
 # ---------------------------------------------------------------------------- sections
 
 @dataclass(frozen=True)
@@ -121,6 +135,16 @@ class WorkloadSettings:
     name: str = setting("digits_mlp", "built-in workload name, or 'package.module:factory' for your own")
     kwargs: dict = setting({}, "keyword arguments passed to the workload factory (model hyperparameters, target, ...)")
     sources: list[str] = setting([], "your workload's source files/folders, so DVC and Snakemake rerun when they change; after editing the list, run `python -m stages.pipeline`")
+
+
+@dataclass(frozen=True)
+class FamilySettings:
+    """The model configuration to start from: the smallest (or fastest) candidate that reaches the target (docs/family.md)."""
+
+    candidates: list[dict] | None = setting(None, "model configurations to compare, each a mapping of workload.kwargs overrides (e.g. [{hidden: [16]}, {hidden: [64, 64]}]); one job each; null = skip the stage and use workload.kwargs as given", check=_check_candidates)
+    rule: Literal["smallest", "fastest"] = setting("smallest", "'smallest' = fewest parameters among the candidates that reach the target (the playbook's 'start simple'); 'fastest' = least time to the target")
+    batch_size: int | None = setting(None, "the one batch size every candidate is compared at; null = 64, or the largest power of two at most a quarter of the training set if that is smaller; a candidate that runs out of memory at it is recorded and never chosen", min=1)
+    max_steps: int = setting(1000, "a candidate's trial stops here if the target is not reached (censored; the candidate is then not chosen)", min=1)
 
 
 @dataclass(frozen=True)
@@ -224,6 +248,7 @@ class BaselineSettings:
 @dataclass(frozen=True)
 class Params:
     workload: WorkloadSettings
+    family: FamilySettings
     optimizer: OptimizerSettings
     runtime: RuntimeSettings
     probe: ProbeSettings

@@ -15,6 +15,7 @@ import yaml
 from stages.core.config import PARAMS_FILE, Params, load_params
 from stages.core.device import configure_cpu, resolve_device
 from stages.core.errors import ConfigError
+from stages.core.model_choice import apply_family_choice
 from stages.workloads.base import Workload, make_workload
 
 
@@ -64,9 +65,13 @@ def check_environment(params: Params, source: str = PARAMS_FILE) -> tuple[Worklo
         raise ConfigError(f"{source}: {e}") from None
 
 
-def setup(params_file: str = PARAMS_FILE, params: Params | None = None) -> Context:
-    """Validate everything (raising ConfigError before any work), then fix threads and pick the device."""
+def setup(params_file: str = PARAMS_FILE, params: Params | None = None, *, family_choice: bool = True) -> Context:
+    """Validate everything (raising ConfigError before any work), then fix threads and pick the device.
+    With `family_choice`, the workload is the model configuration the family stage chose
+    (reports/family/model.yaml, checked against params) whenever family.candidates is set."""
     params = params if params is not None else load_params(params_file)
+    if family_choice:
+        params = apply_family_choice(params)
     workload, device = check_environment(params, params_file)
     threads = configure_cpu(params.runtime.threads)
     return Context(params, device, threads, workload)

@@ -27,7 +27,7 @@ OutputKind = Literal["out", "metrics", "image"]
 
 @dataclass(frozen=True)
 class Output:
-    path: str                                 # relative to the project root; may hold {batch_size}
+    path: str                                 # relative to the project root; may hold {batch_size} or {candidate}
     producer: str                             # the command that writes it (the declaration checks it)
     kind: OutputKind = "out"
     cache: bool = False                       # small outputs are tracked by git so branches compare without a DVC remote
@@ -44,6 +44,8 @@ class Output:
         return self.producer.format(**wildcards)
 
 
+FAMILY_TRIAL_CMD = "python -m stages.family trial --candidate {candidate}"
+FAMILY_CMD = "python -m stages.family choose"
 PROBE_CMD = "python -m stages.probe"
 THROUGHPUT_CMD = "python -m stages.throughput"
 SCALING_TRIALS_CMD = "python -m stages.scaling trials --batch-size {batch_size}"
@@ -54,6 +56,21 @@ REPORT_CMD = "python -m stages.report"
 
 _STATUS = tuple(typing.get_args(ProbeStatus))
 _OUTCOME = (*typing.get_args(Outcome), "skipped")  # skipped: a size the earlier stages ruled out
+
+# ---------------------------------------------------------------------------- family
+_FAMILY_CHECKS = dict(columns=("candidate", "overrides", "parameters", "flops_per_example", "batch_size",
+                               "time_per_step_s", "status", "learning_rate", "steps_to_target", "steps_low",
+                               "steps_high", "time_to_target_s", "final_metric", "max_steps", "trials", "reason"),
+                      numeric=("parameters", "flops_per_example", "batch_size", "time_per_step_s", "learning_rate",
+                               "steps_to_target", "steps_low", "steps_high", "time_to_target_s", "final_metric",
+                               "max_steps", "trials"),
+                      allowed=(("status", ("reached", "not_reached", "out_of_memory", "failed")),))
+FAMILY_TRIAL = Output("reports/family/trials/{candidate}.csv", FAMILY_TRIAL_CMD, **_FAMILY_CHECKS)
+FAMILY_TABLE = Output("reports/family/candidates.csv", FAMILY_CMD, **_FAMILY_CHECKS)
+FAMILY_MODEL = Output("reports/family/model.yaml", FAMILY_CMD,
+                      keys=("workload", "kwargs", "overrides", "candidates", "rule", "chosen", "reasoning"))
+FAMILY_METRICS = Output("reports/family/metrics.json", FAMILY_CMD, "metrics")
+FAMILY_PLOT = Output("reports/family/candidates.png", FAMILY_CMD, "image")
 
 # ---------------------------------------------------------------------------- probe
 PROBE_CSV = Output("reports/probe/probe.csv", PROBE_CMD, columns=("batch_size", "status", "reason", "peak_memory_bytes"),

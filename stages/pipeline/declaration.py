@@ -17,7 +17,12 @@ flag would keep outputs too, but then records a failed job's params for the rest
 that failed with new params would count as done).
 
 A stage with `foreach` fans out over a params list (one job per item): DVC renders it as a
-`foreach` stage (`scaling_trials@64`), Snakemake as a rule with a `{batch_size}` wildcard.
+`foreach` stage (`scaling_trials@64`), Snakemake as a rule with a `{batch_size}` wildcard. An
+`indexed` fan-out runs over a list of mappings (the family's candidate models): its items are named
+by position, `candidate0`, `candidate1`, ... -- a DVC `matrix` stage (`family_trial@candidate0`, the
+name DVC gives the matrix's first item) and the same names as Snakemake's `{candidate}` wildcard. A
+null list has no items: dvc.yaml then renders no such stage (DVC cannot iterate over null), so
+switching the list between null and a list needs `python -m stages.pipeline` (the stage says so).
 """
 from __future__ import annotations
 
@@ -60,6 +65,7 @@ class Stage:
     plots: tuple[Plot, ...] = ()
     uses_workload: bool = True
     foreach: tuple[str, str] | None = None  # (wildcard, params key of the list), e.g. ("batch_size", "scaling.batch_sizes")
+    indexed: bool = False   # foreach items are named by position ({wildcard}0, {wildcard}1, ...), not by value
     # Snakemake resources (runtime in minutes). CPU-only stages carry no `gpu` key at all: the Kubernetes
     # executor requests a GPU node for any job that has one, even `gpu: 0`.
     resources: dict = field(default_factory=lambda: {"mem_mb": 4000, "runtime": 30})
@@ -71,11 +77,44 @@ class Stage:
 
 GPU_JOB = {"mem_mb": 8000, "runtime": 60, "gpu": 1}
 
+# The learning-rate search's settings: the family stage searches exactly as the scaling study does.
+SEARCH_KEYS = ("scaling.lr_min", "scaling.lr_max", "scaling.lr_points", "scaling.lr_grid", "scaling.eval_resolution",
+               "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top", "scaling.hold_factor",
+               "scaling.lr_unimodal", "scaling.lr_refine_ratio", "scaling.lr_refine_trials", "scaling.lr_widen_factor",
+               "scaling.plateau_tolerance")
+# The stages that train the chosen model read reports/family/model.yaml and check it was chosen from
+# these values -- so changing the candidates or the rule marks them stale at once, in both tools.
+FAMILY_CHOICE_KEYS = ("family.candidates", "family.rule")
+
 STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="family_trial",
+        cmd=out.FAMILY_TRIAL_CMD,
+        params=("workload", "optimizer", "runtime", "family.candidates", "family.batch_size", "family.max_steps",
+                *SEARCH_KEYS),  # + the fan-out list, family.candidates
+        outputs=(out.FAMILY_TRIAL,),
+        foreach=("candidate", "family.candidates"),
+        indexed=True,
+        resources=GPU_JOB,
+    ),
+    Stage(
+        name="family",
+        cmd=out.FAMILY_CMD,
+        params=("workload.name", "workload.kwargs", "family"),
+        inputs=(out.FAMILY_TRIAL,),
+        outputs=(out.FAMILY_TABLE, out.FAMILY_MODEL, out.FAMILY_METRICS, out.FAMILY_PLOT),
+        plots=(Plot(out.FAMILY_TABLE.path, "parameters", "steps_to_target", "Steps to target by model size",
+                    "loglog", "parameters", "steps to target"),
+               Plot(out.FAMILY_TABLE.path, "parameters", "time_to_target_s", "Time to target by model size",
+                    "loglog", "parameters", "time to target (s)")),
+        uses_workload=False,
+        resources={"mem_mb": 1000, "runtime": 5},
+    ),
     Stage(
         name="probe",
         cmd=out.PROBE_CMD,
-        params=("workload", "optimizer.name", "optimizer.momentum", "runtime", "probe"),  # name, momentum: optimizer state size
+        params=("workload", "optimizer.name", "optimizer.momentum", "runtime", "probe", *FAMILY_CHOICE_KEYS),  # name, momentum: optimizer state size
+        inputs=(out.FAMILY_MODEL,),
         outputs=(out.PROBE_CSV, out.PROBE_METRICS, out.PROBE_NOTES, out.PROBE_PLOT),
         plots=(Plot(out.PROBE_CSV.path, "batch_size", "peak_memory_bytes", "Peak memory by batch size",
                     "loglog", "batch size", "peak memory (bytes)"),),
@@ -84,8 +123,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="throughput",
         cmd=out.THROUGHPUT_CMD,
-        params=("workload", "optimizer", "runtime", "throughput"),  # all of optimizer: momentum, nesterov, weight decay change a step's work
-        inputs=(out.PROBE_CSV, out.PROBE_METRICS),
+        params=("workload", "optimizer", "runtime", "throughput", *FAMILY_CHOICE_KEYS),  # all of optimizer: momentum, nesterov, weight decay change a step's work
+        inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS),
         outputs=(out.THROUGHPUT_CSV, out.THROUGHPUT_WINDOWS, out.THROUGHPUT_METRICS, out.THROUGHPUT_NOTES,
                  *out.THROUGHPUT_PLOTS),
         plots=(Plot(out.THROUGHPUT_CSV.path, "batch_size", ["examples_per_s", "on_device_examples_per_s"],
@@ -99,12 +138,9 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="scaling_trials",
         cmd=out.SCALING_TRIALS_CMD,
-        params=("workload", "optimizer", "runtime", "scaling.lr_min", "scaling.lr_max", "scaling.lr_points",
-                "scaling.lr_grid", "scaling.lr_start", "scaling.max_steps", "scaling.eval_resolution",
-                "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top", "scaling.hold_factor",
-                "scaling.lr_unimodal", "scaling.lr_refine_ratio", "scaling.lr_refine_trials", "scaling.lr_widen_factor",
-                "scaling.plateau_tolerance"),  # + the fan-out list, scaling.batch_sizes
-        inputs=(out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
+        params=("workload", "optimizer", "runtime", *SEARCH_KEYS, "scaling.lr_start", "scaling.max_steps",
+                *FAMILY_CHOICE_KEYS),  # + the fan-out list, scaling.batch_sizes
+        inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
         outputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         foreach=("batch_size", "scaling.batch_sizes"),
         resources=GPU_JOB,
@@ -113,8 +149,8 @@ STAGES: tuple[Stage, ...] = (
         name="scaling",
         cmd=out.SCALING_CMD,
         params=("workload", "optimizer", "runtime", "scaling.batch_sizes", "scaling.max_steps", "scaling.bootstrap",
-                "scaling.noise_scale_batch_sizes", "scaling.eval_resolution"),
-        inputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
+                "scaling.noise_scale_batch_sizes", "scaling.eval_resolution", *FAMILY_CHOICE_KEYS),
+        inputs=(out.FAMILY_MODEL, out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         outputs=(out.SCALING_ALL_TRIALS, out.SCALING_STEPS, out.SCALING_CURVES, out.SCALING_NOISE,
                  out.SCALING_METRICS, out.SCALING_NOTES, *out.SCALING_PLOTS),
         plots=(Plot(out.SCALING_STEPS.path, "batch_size", ["steps_to_target", "perfect_scaling_steps", "fitted_steps"],
@@ -128,8 +164,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="select",
         cmd=out.SELECT_CMD,
-        params=("workload", "optimizer", "runtime.seed", "select"),  # the study's limits come from scaling's metrics.json
-        inputs=(out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_CSV, out.THROUGHPUT_METRICS, out.SCALING_STEPS,
+        params=("workload", "optimizer", "runtime.seed", "select", *FAMILY_CHOICE_KEYS),  # the study's limits come from scaling's metrics.json
+        inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_CSV, out.THROUGHPUT_METRICS, out.SCALING_STEPS,
                 out.SCALING_ALL_TRIALS, out.SCALING_CURVES, out.SCALING_METRICS),
         outputs=(out.SELECT_CONFIG, out.SELECT_DECISION, out.SELECT_METRICS, out.SELECT_REASONING, *out.SELECT_PLOTS),
         plots=(Plot(out.SELECT_DECISION.path, "batch_size", "training_time_s", "Training time by batch size",
@@ -151,7 +187,7 @@ STAGES: tuple[Stage, ...] = (
         name="report",
         cmd=out.REPORT_CMD,
         params=(),
-        inputs=(out.SELECT_CONFIG, out.PROBE_METRICS, out.PROBE_NOTES, out.PROBE_CSV, out.THROUGHPUT_METRICS,
+        inputs=(out.SELECT_CONFIG, out.FAMILY_MODEL, out.FAMILY_TABLE, out.PROBE_METRICS, out.PROBE_NOTES, out.PROBE_CSV, out.THROUGHPUT_METRICS,
                 out.THROUGHPUT_NOTES, out.THROUGHPUT_CSV, out.SCALING_METRICS, out.SCALING_NOTES, out.SCALING_STEPS,
                 out.SELECT_METRICS, out.SELECT_DECISION, out.SELECT_REASONING, out.BASELINE_METRICS),
         outputs=(out.REPORT,),
@@ -166,6 +202,17 @@ def stage(name: str) -> Stage:
         if s.name == name:
             return s
     raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
+
+
+def items_of(s: Stage, params: dict) -> list:
+    """The fan-out's items (wildcard values): the list's values, or `candidate0`, ... when indexed."""
+    values = param_value(params, s.foreach[1]) or []
+    return [f"{s.foreach[0]}{i}" for i in range(len(values))] if s.indexed else list(values)
+
+
+def present(s: Stage, params: dict) -> bool:
+    """Is the stage in the pipeline? An indexed fan-out over a null list renders no stage."""
+    return not (s.indexed and param_value(params, s.foreach[1]) is None)
 
 
 def declared_keys(name: str) -> tuple[str, ...]:
@@ -214,8 +261,7 @@ def snakemake_inputs(s: Stage, params: dict) -> list[str]:
         if producer is None:
             out.append(d)
         else:
-            wildcard, key = producer.foreach
-            out += [d.replace(f"{{{wildcard}}}", str(v)) for v in param_value(params, key)]
+            out += [d.replace(f"{{{producer.foreach[0]}}}", str(v)) for v in items_of(producer, params)]
     return out
 
 
@@ -237,13 +283,18 @@ def tracked_params(s: Stage, params: dict) -> dict:
 # ---------------------------------------------------------------------------- dvc.yaml
 
 def _dvc_path(path: str, s: Stage) -> str:
-    return path.replace(f"{{{s.foreach[0]}}}", "${item}") if s.foreach else path
+    if not s.foreach:
+        return path
+    return path.replace(f"{{{s.foreach[0]}}}", "${key}" if s.indexed else "${item}")
 
 
 def _dvc_inputs(s: Stage, params: dict) -> list[str]:
     """A fan-out's per-item files become their folder: DVC cannot list a params-sized set of deps."""
+    absent = {o.path for t in STAGES if not present(t, params) for o in t.outputs}
     deps = []
     for d in deps_of(s, params):
+        if d in absent:
+            continue
         if "{" in d:
             d = str(Path(d).parent)
         if d not in deps:
@@ -254,6 +305,8 @@ def _dvc_inputs(s: Stage, params: dict) -> list[str]:
 def render_dvc(params: dict) -> dict:
     stages: dict = {}
     for s in STAGES:
+        if not present(s, params):
+            continue
         body: dict = {"cmd": _dvc_path(s.cmd, s), "deps": _dvc_inputs(s, params)}
         if s.params:
             body["params"] = list(s.params)
@@ -261,7 +314,10 @@ def render_dvc(params: dict) -> dict:
             entries = [{_dvc_path(o.path, s): {"cache": o.cache, "persist": True}} for o in s.outputs if o.kind == kind]
             if entries:
                 body.setdefault(section, []).extend(entries)
-        stages[s.name] = {"foreach": f"${{{s.foreach[1]}}}", "do": body} if s.foreach else body
+        if s.indexed:
+            stages[s.name] = {"matrix": {s.foreach[0]: f"${{{s.foreach[1]}}}"}, **body}
+        else:
+            stages[s.name] = {"foreach": f"${{{s.foreach[1]}}}", "do": body} if s.foreach else body
     plots: list = []
     for s in STAGES:
         for p in s.plots:

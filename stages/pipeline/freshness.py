@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.pipeline.declaration import (ROOT, STAGES, Stage, deps_of, param_value, snakemake_inputs, stage,
+from stages.pipeline.declaration import (ROOT, STAGES, Stage, deps_of, items_of, param_value, snakemake_inputs, stage,
                                          tracked_params)
 
 
@@ -89,7 +89,7 @@ def job_name(s: Stage, item=None) -> str:
 def producer_of(path: str, params: dict) -> str | None:
     """The job (as DVC names it) that writes `path`, or None for code, sources and params."""
     for t in STAGES:
-        for item in (param_value(params, t.foreach[1]) if t.foreach else [None]):
+        for item in (items_of(t, params) if t.foreach else [None]):
             if path in (o.path.replace(f"{{{t.foreach[0]}}}", str(item)) if t.foreach else o.path for o in t.outputs):
                 return job_name(t, item)
     return None

@@ -3,7 +3,7 @@
     python -m stages.report      # writes reports/REPORT.md (image links are relative to reports/)
 
 It opens with the recommended initial configuration (reports/select/initial_config.yaml) and the
-baseline's result, then walks probe -> throughput -> scaling -> select -> baseline: each section
+baseline's result, then walks family -> probe -> throughput -> scaling -> select -> baseline: each section
 states its decision, shows its plots and the numbers behind the decision (its metrics.json in
 full, and its CSV table). It reads no params and computes nothing new: every number is copied
 from the file named next to it. A missing, unreadable or partial input becomes a visible note
@@ -20,7 +20,7 @@ from stages.core.log import info
 from stages.report.format import Inputs, fmt, key_value_table, metrics_table, table
 
 REPORT = out.REPORT.path
-IMAGES = {"probe": (out.PROBE_PLOT,), "throughput": out.THROUGHPUT_PLOTS, "scaling": out.SCALING_PLOTS,
+IMAGES = {"family": (out.FAMILY_PLOT,), "probe": (out.PROBE_PLOT,), "throughput": out.THROUGHPUT_PLOTS, "scaling": out.SCALING_PLOTS,
           "select": out.SELECT_PLOTS, "baseline": (out.BASELINE_PLOT,)}
 
 # CSV columns shown per table (contract columns first); a column missing from the file is named in a note.
@@ -30,6 +30,9 @@ THROUGHPUT_COLUMNS = ["batch_size", "examples_per_s", "examples_per_s_ci_low", "
                       "utilisation"]
 SCALING_COLUMNS = ["batch_size", "best_learning_rate", "steps_to_target", "steps_to_target_spread",
                    "examples_to_target", "regime"]
+FAMILY_COLUMNS = ["candidate", "overrides", "parameters", "flops_per_example", "status", "learning_rate",
+                  "steps_to_target", "steps_low", "steps_high", "time_per_step_s", "time_to_target_s", "final_metric",
+                  "reason"]
 CONFIG_KEYS = ["batch_size", "learning_rate", "train_steps", "expected_training_time_s", "objective"]
 
 
@@ -80,7 +83,7 @@ def recommended(inputs: Inputs) -> list[str]:
                ("still meets it" if final else "has fallen **below** it (select's rule should have kept it)"))
         lines += ["", f"**Baseline check:** trained once with this configuration, it {verdict}"
                   + (f" after {fmt(baseline.get('steps_to_target'))} steps" if reached else "")
-                  + f" in {fmt(baseline.get('train_seconds'), 'train_seconds')} of training{end} (details in section 5)."]
+                  + f" in {fmt(baseline.get('train_seconds'), 'train_seconds')} of training{end} (details in section 6)."]
     return lines + [""]
 
 
@@ -91,10 +94,27 @@ def _evidence(stage: str, inputs: Inputs, m: dict | None, metrics_path: str, cap
             + ["", caption, ""] + table(inputs.csv(csv_path, stage), columns, csv_path, inputs) + [""])
 
 
+def family_section(inputs: Inputs) -> list[str]:
+    model_path, csv_path, metrics_path = out.FAMILY_MODEL.path, out.FAMILY_TABLE.path, out.FAMILY_METRICS.path
+    lines = ["## 1. Family: the model configuration to start from", ""]
+    model = inputs.yaml(model_path, "family")
+    if isinstance(model, dict):
+        if model.get("chosen") is None:
+            return lines + [f"{model.get('reasoning', '')} (`{model_path}`)", ""]
+        lines += [f"**Decision:** start from **{model.get('overrides')}** (rule `{model.get('rule')}`; the later "
+                  f"stages build the workload with {model.get('kwargs')}).", "", str(model.get("reasoning", "")), ""]
+    elif model is None:
+        lines += [inputs.notes_for(model_path), ""]
+    m = inputs.json(metrics_path, "family")
+    return lines + _evidence("family", inputs, m, metrics_path,
+                             f"Every candidate at batch size {fmt(_metric(m, 'batch_size'))}, its learning rate tuned "
+                             f"(`{csv_path}`):", csv_path, FAMILY_COLUMNS)
+
+
 def probe_section(inputs: Inputs) -> list[str]:
     metrics_path, csv_path = out.PROBE_METRICS.path, out.PROBE_CSV.path
     m = inputs.json(metrics_path, "probe")
-    lines = ["## 1. Probe: which batch sizes fit in memory", ""]
+    lines = ["## 2. Probe: which batch sizes fit in memory", ""]
     if m is not None:
         lines += [f"**Decision:** the largest batch size that ran and fit is **{fmt(_metric(m, 'max_batch_size'))}** "
                   f"(memory budget {fmt(_metric(m, 'memory_budget_bytes'), 'memory_budget_bytes')} on "
@@ -108,7 +128,7 @@ def probe_section(inputs: Inputs) -> list[str]:
 def throughput_section(inputs: Inputs) -> list[str]:
     metrics_path, csv_path = out.THROUGHPUT_METRICS.path, out.THROUGHPUT_CSV.path
     m = inputs.json(metrics_path, "throughput")
-    lines = ["## 2. Throughput: which batch sizes are worth using", ""]
+    lines = ["## 3. Throughput: which batch sizes are worth using", ""]
     if m is not None:
         lines += [f"**Decision:** the largest useful batch size is **{fmt(_metric(m, 'largest_useful_batch_size'))}**: "
                   "the largest size whose doubling still raised examples per second enough. Larger sizes are "
@@ -121,7 +141,7 @@ def throughput_section(inputs: Inputs) -> list[str]:
 def scaling_section(inputs: Inputs) -> list[str]:
     metrics_path, csv_path = out.SCALING_METRICS.path, out.SCALING_STEPS.path
     m = inputs.json(metrics_path, "scaling")
-    lines = ["## 3. Scaling: steps to the target with the learning rate retuned per batch size", ""]
+    lines = ["## 4. Scaling: steps to the target with the learning rate retuned per batch size", ""]
     if m is not None:
         kind = _metric(m, "critical_batch_size_kind")
         what = {"lower_bound": "at least", "upper_bound": "at most"}.get(str(kind), "about")
@@ -149,7 +169,7 @@ def _notes(notes: out.Output, stage: str, inputs: Inputs) -> list[str]:
 def select_section(inputs: Inputs) -> list[str]:
     metrics_path, csv_path = out.SELECT_METRICS.path, out.SELECT_DECISION.path
     reasoning_path = out.SELECT_REASONING.path
-    lines = ["## 4. Select: the batch size that trains fastest (or cheapest)", ""]
+    lines = ["## 5. Select: the batch size that trains fastest (or cheapest)", ""]
     reasoning = inputs.text(reasoning_path, "select")
     lines += [_demote(reasoning.strip()) if reasoning is not None else inputs.notes_for(reasoning_path), ""]
     return lines + _evidence("select", inputs, inputs.json(metrics_path, "select"), metrics_path,
@@ -180,7 +200,7 @@ def predictions_table(m: dict | None) -> list[str]:
 
 def baseline_section(inputs: Inputs) -> list[str]:
     metrics_path = out.BASELINE_METRICS.path
-    lines = ["## 5. Baseline: the configuration trained once", "",
+    lines = ["## 6. Baseline: the configuration trained once", "",
              "These are the numbers `dvc metrics diff` compares across branches and against a pinned baseline tag.", ""]
     m = inputs.json(metrics_path, "baseline")
     lines += predictions_table(m)
@@ -193,7 +213,7 @@ def build_report(root: Path = Path(".")) -> tuple[str, list[str]]:
     """The report's markdown and the problems found in its inputs (also shown inside the report)."""
     inputs = Inputs(root)
     body: list[str] = []
-    for section in (recommended, probe_section, throughput_section, scaling_section, select_section, baseline_section):
+    for section in (recommended, family_section, probe_section, throughput_section, scaling_section, select_section, baseline_section):
         body += section(inputs)
     head = ["# kickoff report", "",
             "The new-project phase of the Deep Learning Tuning Playbook, measured: which batch sizes fit, how "

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from stages.scaling.lr_search import Trial, best_learning_rate
+from stages.core.lr_search import Trial, best_learning_rate
 from stages.scaling.fit import ScalingFit, regime
 
 TRIAL_COLUMNS = ["batch_size", "learning_rate", "seed", "phase", "order", "outcome", "steps_to_target",

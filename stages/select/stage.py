@@ -25,6 +25,7 @@ from matplotlib.ticker import FuncFormatter
 from stages.core import log
 from stages.core import plotting
 from stages.core.context import build_workload
+from stages.core.model_choice import apply_family_choice
 from stages.core import outputs as out
 from stages.core.errors import InputError
 from stages.core.io import write_csv, write_json, write_text
@@ -106,6 +107,8 @@ def initial_config(sel: Selection, params, target: Target, first_step_overhead_s
         "train_steps": sel.train_steps,
         "optimizer": fixed_values(params.optimizer),
         "workload": {"name": params.workload.name, "kwargs": dict(params.workload.kwargs)},
+        "model_choice": ("workload.kwargs as given (family.candidates is null)" if params.family.candidates is None
+                         else f"the family stage's choice, rule {params.family.rule!r} ({out.FAMILY_MODEL.path})"),
         "seed": params.runtime.seed,
         "devices": int(c["devices"]),
         "objective": sel.objective,
@@ -136,7 +139,7 @@ def plot(table: pd.DataFrame, column: str, title: str, ylabel: str, path: str) -
 
 
 def main() -> None:
-    params = load_stage_params("select")
+    params = apply_family_choice(load_stage_params("select"))  # the model the family stage chose
     workload = build_workload(params)
     target = Target(workload.target_metric, workload.target_value, workload.target_direction,
                     workload.chance_score, better_than_chance(workload))

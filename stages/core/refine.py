@@ -19,7 +19,7 @@ import math
 from typing import Callable
 
 from stages.core.train import TrialResult
-from stages.scaling.lr_search import Journal, RunTrial, Trial, best_steps, measurably_worse, rank_key, run_cached
+from stages.core.lr_search import Journal, RunTrial, Trial, best_steps, measurably_worse, rank_key, run_cached
 
 OnTrial = Callable[[Trial], None] | None
 

@@ -1,0 +1,1 @@
+"""Stage `family`: the model configuration to start from (docs/family.md)."""

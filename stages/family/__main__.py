@@ -1,0 +1,5 @@
+"""`python -m stages.family`: see stages/family/stage.py."""
+from stages.core.cli import run_main
+from stages.family.stage import main
+
+run_main(main, "family")

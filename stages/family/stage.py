@@ -1,0 +1,259 @@
+"""Stage `family`: the model configuration to start from -- among the candidate overrides of
+workload.kwargs in `family.candidates`, the smallest (or fastest) that reaches the target with its
+learning rate tuned, all compared at one batch size (docs/family.md).
+
+    python -m stages.family trial --candidate candidate0   # one job per candidate (family_trial@candidate0)
+    python -m stages.family choose                          # the choice: reports/family/model.yaml
+
+A trial job measures its candidate (parameters, FLOPs per example, time per step) and runs the
+scaling study's learning-rate search (stages/core/tune.py) at the comparison batch size, capped at
+family.max_steps; it writes reports/family/trials/candidateN.csv (one row; a candidate that does not
+fit or crashes is recorded with the reason). Finished search trials are journalled in
+.kickoff/journal/family/, so an interrupted or repeated job replays them. `choose` reads every
+candidate's row, checks it belongs to the current candidates, applies family.rule and writes
+candidates.csv, model.yaml (the chosen overrides and the merged kwargs the later stages train),
+metrics.json and candidates.png. With family.candidates null it writes model.yaml saying that
+workload.kwargs is used as given.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import statistics
+import traceback
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from stages.core import io, log, plotting
+from stages.core import outputs as out
+from stages.core.context import Context, setup
+from stages.core.declared import replace_sections
+from stages.core.errors import ConfigError, InputError, KickoffError
+from stages.core.lr_search import Journal, best_learning_rate, final_metric_score, journal_key
+from stages.core.model_choice import candidate_key, check_candidates, merged_kwargs
+from stages.core.tune import trial_identity, tune_learning_rate
+from stages.family.choose import choose
+from stages.family.measure import flops_per_example, size_of, time_per_step_s
+from stages.pipeline.declaration import load_stage_params
+
+STAGE = "family"
+JOURNAL_DIR = Path(".kickoff") / "journal" / "family"
+DEFAULT_BATCH_SIZE = 64
+COLUMNS = list(out.FAMILY_TABLE.columns)
+
+
+def comparison_batch_size(setting: int | None, num_train_examples: int | None) -> int:
+    """family.batch_size, or 64 -- lowered to the largest power of two at most a quarter of the
+    training set, so every candidate sees several batches per epoch."""
+    if setting is not None:
+        return setting
+    if num_train_examples is None or num_train_examples >= 4 * DEFAULT_BATCH_SIZE:
+        return DEFAULT_BATCH_SIZE
+    return max(1, 2 ** int(math.floor(math.log2(max(1, num_train_examples // 4)))))
+
+
+def overrides_text(overrides: dict) -> str:
+    return json.dumps(overrides, sort_keys=True)
+
+
+def parse_candidate(candidate: str, candidates: list[dict] | None) -> int:
+    if candidates is None:
+        raise ConfigError(f"--candidate: received {candidate!r}, but family.candidates is null (the family stage is "
+                          f"skipped); set family.candidates and run `python -m stages.pipeline`")
+    m = re.fullmatch(r"candidate(\d+)", candidate)
+    if not m or int(m.group(1)) >= len(candidates):
+        raise ConfigError(f"--candidate: received {candidate!r}; allowed: candidate0 to candidate{len(candidates) - 1} "
+                          f"(one per entry of family.candidates)")
+    return int(m.group(1))
+
+
+# ---------------------------------------------------------------------------- one candidate
+
+def _seed_steps(trials, learning_rate: float) -> list[int | None]:
+    return [t.result.steps_to_target for t in trials if t.learning_rate == learning_rate]
+
+
+def measure_candidate(ctx: Context, name: str, overrides: dict, batch_size: int, max_steps: int) -> dict:
+    """The candidate's row: its size and cost, then the learning-rate search at `batch_size`."""
+    w, p, seed = ctx.workload, ctx.params, ctx.params.runtime.seed
+    row = {c: None for c in COLUMNS} | {"candidate": name, "overrides": overrides_text(overrides),
+                                        "batch_size": batch_size, "max_steps": max_steps, "reason": ""}
+    row["parameters"] = size_of(w, seed)
+    if w.num_train_examples is not None and batch_size > w.num_train_examples:
+        return row | {"status": "failed", "reason": f"batch size {batch_size} exceeds the training set "
+                                                    f"({w.num_train_examples} examples); set family.batch_size lower"}
+    row["flops_per_example"] = flops_per_example(w, batch_size, ctx.device, seed)
+    journal = Journal.open(JOURNAL_DIR / f"{name}-{journal_key(trial_identity(ctx, batch_size, max_steps))}.jsonl")
+    trials = tune_learning_rate(w, p.optimizer, batch_size, ctx.device, p.scaling, seed, max_steps,
+                                journal=journal, stage=STAGE, label=f"{name} {overrides_text(overrides)} bs {batch_size}")
+    score = final_metric_score(w.target_metric, w.target_direction)
+    closest = min((t.result for t in trials), key=score)  # the trial that got closest to (or furthest past) the target
+    row["final_metric"] = closest.final_metrics.get(w.target_metric, math.nan)
+    row["trials"] = len(trials)
+    lr = best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials])
+    row["time_per_step_s"] = time_per_step_s(w, p.optimizer, lr or p.scaling.lr_min, batch_size, ctx.device, seed)
+    if lr is None:
+        return row | {"status": "not_reached",
+                      "reason": f"no learning rate reached {w.target_metric} {w.target_value} within {max_steps} steps "
+                                f"(best {w.target_metric} {row['final_metric']:.4g})"}
+    steps = _seed_steps(trials, lr)
+    row["learning_rate"] = lr
+    if any(s is None for s in steps):
+        return row | {"status": "not_reached",
+                      "reason": f"at its best learning rate {lr:.3g}, {sum(s is not None for s in steps)} of "
+                                f"{len(steps)} seeds reached the target within {max_steps} steps"}
+    median = statistics.median_low(steps)
+    return row | {"status": "reached", "steps_to_target": median, "steps_low": min(steps), "steps_high": max(steps),
+                  "time_to_target_s": median * row["time_per_step_s"]}
+
+
+def main_trial(candidate: str) -> None:
+    params = load_stage_params("family_trial")
+    fam = params.family
+    index = parse_candidate(candidate, fam.candidates)
+    overrides = fam.candidates[index]
+    check_candidates(params.workload.name, params.workload.kwargs, [overrides])
+    kwargs = merged_kwargs(params.workload.kwargs, overrides)
+    ctx = setup(params=replace_sections(params, workload=dataclasses.replace(params.workload, kwargs=kwargs)),
+                family_choice=False)
+    batch_size = comparison_batch_size(fam.batch_size, ctx.workload.num_train_examples)
+    log.info(STAGE, f"{candidate} {overrides_text(overrides)}: learning-rate search at batch size {batch_size}, "
+                    f"at most {fam.max_steps} steps per trial")
+    try:
+        row = measure_candidate(ctx, candidate, overrides, batch_size, fam.max_steps)
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        row = {c: None for c in COLUMNS} | {
+            "candidate": candidate, "overrides": overrides_text(overrides), "batch_size": batch_size,
+            "max_steps": fam.max_steps, "status": "out_of_memory",
+            "reason": f"out of memory at batch size {batch_size} ({str(e).splitlines()[0][:200]}); set family.batch_size lower"}
+    except KickoffError:
+        raise
+    except Exception as e:  # the candidate's own code crashed: recorded (with the traceback on stderr), never chosen
+        log.info(STAGE, f"{candidate} crashed:\n{traceback.format_exc()}")
+        row = {c: None for c in COLUMNS} | {
+            "candidate": candidate, "overrides": overrides_text(overrides), "batch_size": batch_size,
+            "max_steps": fam.max_steps, "status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    log.info(STAGE, f"{candidate}: {row['status']}"
+                    + (f" in {row['steps_to_target']} steps at lr {row['learning_rate']:.3g}" if row["status"] == "reached"
+                       else f" ({row['reason']})"))
+    io.write_csv(out.FAMILY_TRIAL.at(candidate=candidate), pd.DataFrame([row], columns=COLUMNS))
+
+
+# ---------------------------------------------------------------------------- the choice
+
+def read_trials(candidates: list[dict], max_steps: int, batch_size: int | None) -> pd.DataFrame:
+    """Every candidate's row, checked to be the result for the current candidate and settings."""
+    rows = []
+    for i, overrides in enumerate(candidates):
+        name = candidate_key(i)
+        frame = out.read_csv(out.FAMILY_TRIAL, candidate=name)
+        path, rerun = out.FAMILY_TRIAL.at(candidate=name), out.FAMILY_TRIAL.rerun(candidate=name)
+        if len(frame) != 1:
+            raise InputError(path, f"holds {len(frame)} rows; allowed: exactly one", rerun)
+        row = frame.iloc[0]
+        stale = []
+        if row["candidate"] != name or row["overrides"] != overrides_text(overrides):
+            stale.append(f"candidate {row['candidate']} {row['overrides']} (now {name} {overrides_text(overrides)})")
+        if row["max_steps"] != max_steps:
+            stale.append(f"max_steps {row['max_steps']:g} (now {max_steps})")
+        if batch_size is not None and row["batch_size"] != batch_size:
+            stale.append(f"batch size {row['batch_size']:g} (now {batch_size})")
+        if stale:
+            raise InputError(path, f"holds the result for {'; '.join(stale)}: it is stale", rerun)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=COLUMNS).reset_index(drop=True)
+    if table["batch_size"].nunique() > 1:
+        raise InputError(out.FAMILY_TRIAL.at(candidate="*"), f"compare different batch sizes {sorted(table['batch_size'].unique())}; "
+                                                             f"allowed: one", FAMILY_RERUN_ALL)
+    return table
+
+
+FAMILY_RERUN_ALL = "dvc repro family (or snakemake family)"
+
+
+def plot(table: pd.DataFrame, chosen: int | None, path) -> None:
+    fig, ax = plotting.figure("Candidate models: steps and time to target", "parameters", "steps to target",
+                              logy=True, size=(7.5, 4.4))
+    ax.set_xscale("log")
+    reached = table[table["status"] == "reached"]
+    if len(reached):
+        ax.errorbar(reached["parameters"], reached["steps_to_target"],
+                    yerr=[reached["steps_to_target"] - reached["steps_low"], reached["steps_high"] - reached["steps_to_target"]],
+                    fmt="o", color="C0", capsize=3, label="steps to target (range over seeds)")
+        twin = ax.twinx()
+        twin.set_yscale("log")
+        twin.plot(reached["parameters"], reached["time_to_target_s"], "s", color="C1", alpha=0.7, label="time to target")
+        twin.set_ylabel("time to target (s)")
+        twin.grid(False)
+        twin.legend(loc="upper right")
+    missed = table[(table["status"] == "not_reached") & table["parameters"].notna()]
+    if len(missed):
+        ax.scatter(missed["parameters"], missed["max_steps"], marker="x", color="C3", s=60,
+                   label="did not reach it (at the step cap)")
+    if chosen is not None:
+        c = table.loc[chosen]
+        ax.scatter([c["parameters"]], [c["steps_to_target"]], s=220, facecolors="none", edgecolors="black",
+                   linewidths=1.5, label="chosen", zorder=3)
+    for _, r in table[table["parameters"].notna()].iterrows():
+        y = r["steps_to_target"] if r["status"] == "reached" else r["max_steps"]
+        ax.annotate(r["overrides"], (r["parameters"], y), textcoords="offset points", xytext=(4, 6), fontsize=7)
+    if len(table):
+        ax.legend(loc="lower left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "family stage skipped (family.candidates: null)", transform=ax.transAxes, ha="center")
+    plotting.save(fig, path)
+
+
+def main_choose() -> None:
+    params = load_stage_params("family")
+    fam, wl = params.family, params.workload
+    model = {"workload": wl.name, "base_kwargs": dict(wl.kwargs), "candidates": fam.candidates, "rule": fam.rule}
+    if fam.candidates is None:
+        table = pd.DataFrame(columns=COLUMNS)
+        choice_index, metrics = None, {"candidates": 0, "reached": 0}
+        model |= {"chosen": None, "overrides": {}, "kwargs": dict(wl.kwargs),
+                  "reasoning": "family.candidates is null: the family stage is skipped and workload.kwargs is the model."}
+    else:
+        check_candidates(wl.name, wl.kwargs, fam.candidates)
+        table = read_trials(fam.candidates, fam.max_steps, fam.batch_size)
+        choice = choose(table, fam.rule)  # StudyError (nothing written) when no candidate reached the target
+        c = table.loc[choice.index]
+        choice_index = choice.index
+        overrides = fam.candidates[choice.index]
+        model |= {"chosen": c["candidate"], "overrides": overrides, "kwargs": merged_kwargs(wl.kwargs, overrides),
+                  "batch_size": int(c["batch_size"]), "learning_rate": float(c["learning_rate"]),
+                  "parameters": int(c["parameters"]), "steps_to_target": int(c["steps_to_target"]),
+                  "time_to_target_s": float(c["time_to_target_s"]), "tied": choice.tied, "reasoning": choice.reasoning}
+        metrics = {"candidates": len(table), "reached": int((table["status"] == "reached").sum()),
+                   "chosen_index": choice.index, "chosen_parameters": int(c["parameters"]),
+                   "chosen_flops_per_example": float(c["flops_per_example"]),
+                   "chosen_learning_rate": float(c["learning_rate"]), "chosen_steps_to_target": int(c["steps_to_target"]),
+                   "chosen_time_to_target_s": float(c["time_to_target_s"]), "batch_size": int(c["batch_size"])}
+        log.info(STAGE, f"chose {c['candidate']} {c['overrides']} ({fam.rule}): {int(c['parameters'])} parameters, "
+                        f"{int(c['steps_to_target'])} steps to target")
+    header = ("# The model configuration chosen by `python -m stages.family choose` (docs/family.md).\n"
+              "# `kwargs` is what probe, throughput, scaling and select build the workload with.\n")
+    io.write_csv(out.FAMILY_TABLE.at(), table)
+    io.write_json(out.FAMILY_METRICS.at(), metrics)
+    plot(table, choice_index, out.FAMILY_PLOT.at())
+    plain = json.loads(json.dumps(model))  # no YAML anchors where the chosen overrides repeat a candidate
+    io.write_text(out.FAMILY_MODEL.at(), header + yaml.safe_dump(plain, sort_keys=False, default_flow_style=None))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m stages.family", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("trial", help="measure one candidate and tune its learning rate at the comparison batch size")
+    t.add_argument("--candidate", required=True, help="candidate0, candidate1, ... (position in family.candidates)")
+    sub.add_parser("choose", help=f"apply family.rule to every candidate's result; write {out.FAMILY_MODEL.path}")
+    args = ap.parse_args(argv)
+    if args.command == "trial":
+        main_trial(args.candidate)
+    else:
+        main_choose()
