@@ -41,6 +41,7 @@ from stages.core.tune import trial_identity, tune_learning_rate
 from stages.family.choose import choose
 from stages.family.measure import flops_per_example, size_of, time_per_step_s
 from stages.pipeline.declaration import load_stage_params
+from stages.workloads.base import workload_factory
 
 STAGE = "family"
 JOURNAL_DIR = Path(".kickoff") / "journal" / "family"
@@ -214,6 +215,10 @@ def main_choose() -> None:
     params = load_stage_params("family")
     fam, wl = params.family, params.workload
     model = {"workload": wl.name, "base_kwargs": dict(wl.kwargs), "candidates": fam.candidates, "rule": fam.rule}
+    try:  # the workload as given must be valid even when skipped: every later stage builds it
+        workload_factory(wl.name, wl.kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"params.yaml: {e}") from None
     if fam.candidates is None:
         table = pd.DataFrame(columns=COLUMNS)
         choice_index, metrics = None, {"candidates": 0, "reached": 0}
