@@ -84,10 +84,10 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="throughput",
         cmd=out.THROUGHPUT_CMD,
-        params=("workload", "optimizer", "runtime", "throughput"),  # all of optimizer: momentum, nesterov, weight decay change a step's work
+        params=("workload", "optimizer", "runtime", "throughput", "data"),  # all of optimizer: momentum, nesterov, weight decay change a step's work
         inputs=(out.PROBE_CSV, out.PROBE_METRICS),
         outputs=(out.THROUGHPUT_CSV, out.THROUGHPUT_WINDOWS, out.THROUGHPUT_METRICS, out.THROUGHPUT_NOTES,
-                 *out.THROUGHPUT_PLOTS),
+                 *out.THROUGHPUT_PLOTS, out.THROUGHPUT_WORKERS),
         plots=(Plot(out.THROUGHPUT_CSV.path, "batch_size", ["examples_per_s", "on_device_examples_per_s"],
                     "Throughput by batch size", "loglog", "batch size", "examples / s"),
                Plot(out.THROUGHPUT_CSV.path, "batch_size", "time_per_step_s", "Time per step by batch size",
@@ -103,7 +103,7 @@ STAGES: tuple[Stage, ...] = (
                 "scaling.lr_grid", "scaling.lr_start", "scaling.max_steps", "scaling.eval_resolution",
                 "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top", "scaling.hold_factor",
                 "scaling.lr_unimodal", "scaling.lr_refine_ratio", "scaling.lr_refine_trials", "scaling.lr_widen_factor",
-                "scaling.plateau_tolerance"),  # + the fan-out list, scaling.batch_sizes
+                "scaling.plateau_tolerance", "data"),  # + the fan-out list, scaling.batch_sizes
         inputs=(out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
         outputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         foreach=("batch_size", "scaling.batch_sizes"),
@@ -113,7 +113,7 @@ STAGES: tuple[Stage, ...] = (
         name="scaling",
         cmd=out.SCALING_CMD,
         params=("workload", "optimizer", "runtime", "scaling.batch_sizes", "scaling.max_steps", "scaling.bootstrap",
-                "scaling.noise_scale_batch_sizes", "scaling.eval_resolution"),
+                "scaling.noise_scale_batch_sizes", "scaling.eval_resolution", "data"),
         inputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         outputs=(out.SCALING_ALL_TRIALS, out.SCALING_STEPS, out.SCALING_CURVES, out.SCALING_NOISE,
                  out.SCALING_METRICS, out.SCALING_NOTES, *out.SCALING_PLOTS),
@@ -128,7 +128,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="select",
         cmd=out.SELECT_CMD,
-        params=("workload", "optimizer", "runtime.seed", "select"),  # the study's limits come from scaling's metrics.json
+        params=("workload", "optimizer", "runtime.seed", "select", "data"),  # the study's limits come from scaling's metrics.json; data: into initial_config.yaml
         inputs=(out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_CSV, out.THROUGHPUT_METRICS, out.SCALING_STEPS,
                 out.SCALING_ALL_TRIALS, out.SCALING_CURVES, out.SCALING_METRICS),
         outputs=(out.SELECT_CONFIG, out.SELECT_DECISION, out.SELECT_METRICS, out.SELECT_REASONING, *out.SELECT_PLOTS),
