@@ -44,9 +44,9 @@ def validation_set(n: int = 256, sleep_per_example_s: float = 0.0) -> Quadrants:
 class SlowModel(nn.Module):
     """A tiny MLP whose forward also waits `step_s` (the compute of a bigger model, without using a core)."""
 
-    def __init__(self, step_s: float = 0.0, hidden: int = 16):
+    def __init__(self, step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, CLASSES))
+        self.net = nn.Sequential(nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
         self.step_s = step_s
 
     def forward(self, x):
@@ -55,8 +55,8 @@ class SlowModel(nn.Module):
         return self.net(x)
 
 
-def model(step_s: float = 0.0, hidden: int = 16) -> nn.Module:
-    return SlowModel(step_s, hidden)
+def model(step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES) -> nn.Module:
+    return SlowModel(step_s, hidden, outputs)
 
 
 def regression_set(**_) -> TensorDataset:
