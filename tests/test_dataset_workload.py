@@ -153,6 +153,7 @@ QUICK = {"warmup_steps": 2, "window_seconds": 0.02, "min_windows": 6, "max_secon
 def test_the_pipeline_runs_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     from stages.baseline.stage import main as baseline
     from stages.probe.stage import main as probe
+    from stages.report.stage import main as report
     from stages.scaling.stage import main as scaling
     from stages.select.stage import main as select
     from stages.throughput.stage import main as throughput
@@ -187,6 +188,10 @@ def test_the_pipeline_runs_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     baseline()
     result = json.loads(open("reports/baseline/metrics.json").read())
     assert result["reached_target"] is True and result["accuracy"] > 0.8
+    report()  # the throughput section carries the workers measurement, the configuration its data settings
+    text = open("reports/REPORT.md").read()
+    assert "DataLoader workers" in text and "the training loop was timed with num_workers 0, 1" in text
+    assert f"data = {{num_workers: {metrics['recommended_num_workers']}, pin_memory: no" in text
 
 
 def test_in_memory_workloads_skip_the_workers_measurement(tmp_path, monkeypatch):

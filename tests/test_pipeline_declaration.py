@@ -205,6 +205,7 @@ PARAM_CHANGES = [
     ("scaling.bootstrap", 30),
     ("select.objective", "resource"),
     ("baseline.eval_every", 5),
+    ("data.num_workers", 2),  # the stages that read batches; not the probe (fake batches), not the baseline (initial_config)
 ]
 
 
