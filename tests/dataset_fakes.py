@@ -64,6 +64,16 @@ def regression_set(**_) -> TensorDataset:
     return TensorDataset(x, 3.0 * x[:, :1])  # targets (1,) float, variance 9 about the mean
 
 
+def margin_loss(output, target):
+    """A loss of your own: per-example multi-class hinge, (B,)."""
+    return torch.nn.functional.multi_margin_loss(output, target, reduction="none")
+
+
+def top2(output, target):
+    """A metric of your own: is the target among the two highest logits, (B,)."""
+    return (output.topk(2, dim=-1).indices == target[:, None]).any(-1).float()
+
+
 # ---------------------------------------------------------------------------- broken factories
 
 def raises(**_):

@@ -67,6 +67,8 @@ CASES = [  # (kwargs changed, the message's expected text)
     ({"train": f"{F}:regression_set", "validation": f"{F}:regression_set", "loss": "mse", "metrics": ["accuracy"]},
      "workload.kwargs.chance: received null, but the chance level of 'accuracy' is known only for accuracy on class "
      "targets"),
+    ({"metrics": ["loss", f"{F}:top2"], "target_metric": "top2", "chance": 0.5},
+     "workload.kwargs.direction: received null for the metric 'top2'; allowed: 'above' (higher is better) or 'below'"),
     ({"target": "0.9"}, "workload.kwargs.target: received '0.9' (str); allowed: a finite number"),
     ({"direction": "up"}, "workload.kwargs.direction: received 'up' (str); allowed: "),
 ]
@@ -133,6 +135,22 @@ def test_batches_come_from_a_dataloader_in_the_seeds_order_whatever_the_workers(
     loss_sum, count = w.loss(w.init_model(), real)
     assert count == 16 and loss_sum.ndim == 0
     assert str(F.replace(".", "/")) in " ".join(w.source_files())  # the user's code is part of the workload
+
+
+def test_a_loss_and_a_metric_of_your_own_by_import_path():
+    w = build(loss=f"{F}:margin_loss", metrics=["loss", f"{F}:top2"], target_metric="top2", direction="above",
+              target=0.9, chance=0.5)
+    model = w.init_model()
+    batch = next(w.batches("train", 8, seed=0))
+    loss_sum, count = w.loss(model, batch)
+    assert count == 8 and loss_sum.item() == pytest.approx(
+        torch.nn.functional.multi_margin_loss(model(batch[0]), batch[1], reduction="sum").item())
+    metrics = evaluate(model, w, torch.device("cpu"))
+    x, y = w.validation_tensors()
+    with torch.no_grad():
+        expected = (model(x).topk(2, dim=-1).indices == y[:, None]).any(-1).float().mean().item()
+    assert sorted(metrics) == ["loss", "top2"] and metrics["top2"] == pytest.approx(expected)
+    assert (w.target_metric, w.target_direction, w.chance_score) == ("top2", "above", 0.5)
 
 
 # ---------------------------------------------------------------------------- the pipeline on it
