@@ -164,7 +164,7 @@ def write_probe(root, sizes):
     (probe / "metrics.json").write_text(json.dumps({"max_batch_size": sizes[-1], "device": "cpu"}))
 
 
-QUICK = {"warmup_steps": 2, "window_seconds": 0.02, "min_windows": 6, "max_seconds_per_size": 0.3,
+QUICK = {"warmup_steps": 2, "window_seconds": 0.02, "min_windows": 6, "max_seconds_per_size": 0.2,
          "split_steps": 5, "peak_seconds": 0.02}
 
 
