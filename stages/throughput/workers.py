@@ -119,7 +119,8 @@ def run(ctx: Context, batch_size: int, s: ThroughputSettings, learning_rate: flo
 
     def make_step(w: Workload):
         data = w.batches("train", batch_size, ctx.params.runtime.seed)
-        return (lambda: train_step(model, optimizer, w, to_device(next(data), device))), data.close
+        close = getattr(data, "close", lambda: None)  # a generator's close() ends its DataLoader's workers
+        return (lambda: train_step(model, optimizer, w, to_device(next(data), device))), close
 
     counts = candidates(cpu_count() if s.max_workers is None else s.max_workers)
     info(STAGE, f"timing num_workers {counts} at batch size {batch_size}, one count after another")
