@@ -48,7 +48,7 @@ def test_defaults_fill_missing_keys():
 
 
 @pytest.mark.parametrize("raw, expected", [
-    ({**DEFAULTS, "trainer": {}}, ["trainer: unknown section", "allowed sections: workload, optimizer, runtime"]),
+    ({**DEFAULTS, "trainer": {}}, ["trainer: unknown section", "allowed sections: workload, family, optimizer, runtime"]),
     (with_change("optimizer.lr", 0.1), ["optimizer.lr: unknown key", "allowed keys in 'optimizer': name, momentum"]),
     (with_change("probe.steps", "three"), ["probe.steps: received 'three' (str)", "allowed: an integer"]),
     (with_change("probe.steps", 2.5), ["probe.steps: received 2.5 (float)", "allowed: an integer"]),

@@ -214,6 +214,7 @@ PARAM_CHANGES = [
     ("family.candidates", [{"dim": 4}, {"dim": 16}]),  # issue 13: the family and every stage training its choice
     ("family.rule", "fastest"),
     ("baseline.eval_every", 5),
+    ("data.num_workers", 2),  # the stages that read batches; not the probe (fake batches), not the baseline (initial_config)
 ]
 
 

@@ -3,7 +3,7 @@
     python -m stages.baseline
 
 Reads reports/select/initial_config.yaml (batch size, learning rate, step budget, optimizer with its
-fixed values, workload, seed) and params (runtime.device, runtime.threads; baseline); trains for the
+fixed values, workload, seed, and the DataLoader settings `data` where the workload has a DataLoader) and params (runtime.device, runtime.threads; baseline); trains for the
 whole step budget from the selected seed (no stop at the target, so the learning curve is complete) and writes
 reports/baseline/:
     metrics.json  the target metric's final value under its own name (e.g. `accuracy`) and the other
@@ -48,8 +48,11 @@ def read_initial_config(source: out.Output = out.SELECT_CONFIG) -> tuple[dict, P
                               or not config[key] > 0):
             raise InputError(path, f"{key}: received {config[key]!r}; allowed: a positive number", source.producer)
     try:
-        sections = validate({"optimizer": config["optimizer"], "workload": config["workload"]}, str(path))
+        sections = validate({"optimizer": config["optimizer"], "workload": config["workload"],
+                             **({"data": config["data"]} if "data" in config else {})}, str(path))
         workload = make_workload(sections.workload.name, sections.workload.kwargs)
+        if "data" in config:  # the DataLoader settings select chose (num_workers as throughput recommends)
+            workload = workload.with_loader_settings(sections.data)
     except ConfigError as e:
         raise InputError(path, str(e).removeprefix(f"{path}: "), source.producer) from None
     return config, sections, workload

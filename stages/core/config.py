@@ -200,6 +200,7 @@ class ThroughputSettings:
     scaling_ratio: float = setting(1.8, "a doubling 'scales' if the lower end of its throughput-ratio interval reaches this (2 = perfect)", min=1.0, max=2.0)
     input_bound_ratio: float = setting(1.25, "input-bound if on-device examples/s clearly exceed the real pipeline's by this factor", min=1.0)
     peak_seconds: float = setting(0.5, "time spent measuring the device's peak matmul FLOP/s", min=0.0, min_exclusive=True)
+    max_workers: int | None = setting(None, "DataLoader workers measured at the largest useful batch size: 0, 1, 2, 4, ... up to this (null = the CPU cores this process may use; 0 = do not measure); workloads without a DataLoader skip it", min=0)
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,16 @@ class BaselineSettings:
 
 
 @dataclass(frozen=True)
+class DataSettings:
+    """The torch DataLoader of a workload that has one (the `dataset` workload, docs/dataset.md); others ignore it."""
+
+    num_workers: int = setting(0, "worker processes loading batches (0 = in the training process); throughput measures which count is fast enough and select writes it into initial_config.yaml", min=0)
+    pin_memory: bool = setting(False, "page-locked batches, for faster asynchronous copies to a CUDA device (no effect without CUDA)")
+    persistent_workers: bool = setting(False, "keep the workers alive from one epoch to the next (only with num_workers > 0)")
+    prefetch_factor: int | None = setting(None, "batches each worker loads ahead (only with num_workers > 0); null = torch's default, 2", min=1)
+
+
+@dataclass(frozen=True)
 class Params:
     workload: WorkloadSettings
     family: FamilySettings
@@ -256,6 +267,7 @@ class Params:
     scaling: ScalingSettings
     select: SelectSettings
     baseline: BaselineSettings
+    data: DataSettings
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

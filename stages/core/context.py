@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from stages.core.config import PARAMS_FILE, Params, load_params
+from stages.core.declared import declares
 from stages.core.device import configure_cpu, resolve_device
 from stages.core.errors import ConfigError
 from stages.core.model_choice import apply_family_choice
@@ -53,7 +54,10 @@ def _check_dvc_yaml_tracks(sources: list[str], dvc_yaml: Path) -> None:
 
 
 def build_workload(p: Params) -> Workload:
-    return make_workload(p.workload.name, p.workload.kwargs)
+    """The workload, drawing its batches with the `data:` settings where the stage declares them (the
+    stages that read batches do; the probe's fake batches need no DataLoader)."""
+    workload = make_workload(p.workload.name, p.workload.kwargs)
+    return workload.with_loader_settings(p.data) if declares(p, "data") else workload
 
 
 def check_environment(params: Params, source: str = PARAMS_FILE) -> tuple[Workload, torch.device]:

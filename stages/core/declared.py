@@ -78,6 +78,11 @@ class DeclaredParams:
 
 
 
+def declares(params: Params | DeclaredParams, section: str) -> bool:
+    """May these params (plain: all of them; narrowed: a stage's) read `section` as a whole?"""
+    return not isinstance(params, DeclaredParams) or isinstance(params._sections.get(section), SECTIONS[section])
+
+
 def replace_sections(params: Params | DeclaredParams, **sections: Any) -> Params | DeclaredParams:
     """The same params (plain or narrowed) with whole sections swapped."""
     if isinstance(params, DeclaredParams):

@@ -86,6 +86,8 @@ THROUGHPUT_CSV = Output("reports/throughput/throughput.csv", THROUGHPUT_CMD,
 THROUGHPUT_WINDOWS = Output("reports/throughput/windows.csv", THROUGHPUT_CMD)
 THROUGHPUT_METRICS = Output("reports/throughput/metrics.json", THROUGHPUT_CMD, "metrics",
                             keys=("largest_useful_batch_size",))
+THROUGHPUT_WORKERS = Output("reports/throughput/workers.csv", THROUGHPUT_CMD,  # examples/s per DataLoader num_workers
+                            columns=("num_workers", "examples_per_s", "recommended"), numeric=("num_workers", "examples_per_s"))
 THROUGHPUT_NOTES = Output("reports/throughput/diagnosis.md", THROUGHPUT_CMD)  # the diagnosis and the methods, in words
 THROUGHPUT_PLOTS = tuple(Output(f"reports/throughput/{name}.png", THROUGHPUT_CMD, "image")
                          for name in ("examples_per_s", "time_per_step", "time_split"))

@@ -90,7 +90,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="family_trial",
         cmd=out.FAMILY_TRIAL_CMD,
-        params=("workload", "optimizer", "runtime", "family.candidates", "family.batch_size", "family.max_steps",
+        params=("workload", "optimizer", "runtime", "data", "family.candidates", "family.batch_size", "family.max_steps",
                 *SEARCH_KEYS),  # + the fan-out list, family.candidates
         outputs=(out.FAMILY_TRIAL,),
         foreach=("candidate", "family.candidates"),
@@ -123,10 +123,10 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="throughput",
         cmd=out.THROUGHPUT_CMD,
-        params=("workload", "optimizer", "runtime", "throughput", *FAMILY_CHOICE_KEYS),  # all of optimizer: momentum, nesterov, weight decay change a step's work
+        params=("workload", "optimizer", "runtime", "throughput", "data", *FAMILY_CHOICE_KEYS),  # all of optimizer: momentum, nesterov, weight decay change a step's work
         inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS),
         outputs=(out.THROUGHPUT_CSV, out.THROUGHPUT_WINDOWS, out.THROUGHPUT_METRICS, out.THROUGHPUT_NOTES,
-                 *out.THROUGHPUT_PLOTS),
+                 *out.THROUGHPUT_PLOTS, out.THROUGHPUT_WORKERS),
         plots=(Plot(out.THROUGHPUT_CSV.path, "batch_size", ["examples_per_s", "on_device_examples_per_s"],
                     "Throughput by batch size", "loglog", "batch size", "examples / s"),
                Plot(out.THROUGHPUT_CSV.path, "batch_size", "time_per_step_s", "Time per step by batch size",
@@ -139,7 +139,7 @@ STAGES: tuple[Stage, ...] = (
         name="scaling_trials",
         cmd=out.SCALING_TRIALS_CMD,
         params=("workload", "optimizer", "runtime", *SEARCH_KEYS, "scaling.lr_start", "scaling.max_steps",
-                *FAMILY_CHOICE_KEYS),  # + the fan-out list, scaling.batch_sizes
+                "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list, scaling.batch_sizes
         inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
         outputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         foreach=("batch_size", "scaling.batch_sizes"),
@@ -149,7 +149,7 @@ STAGES: tuple[Stage, ...] = (
         name="scaling",
         cmd=out.SCALING_CMD,
         params=("workload", "optimizer", "runtime", "scaling.batch_sizes", "scaling.max_steps", "scaling.bootstrap",
-                "scaling.noise_scale_batch_sizes", "scaling.eval_resolution", *FAMILY_CHOICE_KEYS),
+                "scaling.noise_scale_batch_sizes", "scaling.eval_resolution", "data", *FAMILY_CHOICE_KEYS),
         inputs=(out.FAMILY_MODEL, out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         outputs=(out.SCALING_ALL_TRIALS, out.SCALING_STEPS, out.SCALING_CURVES, out.SCALING_NOISE,
                  out.SCALING_METRICS, out.SCALING_NOTES, *out.SCALING_PLOTS),
@@ -164,7 +164,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="select",
         cmd=out.SELECT_CMD,
-        params=("workload", "optimizer", "runtime.seed", "select", *FAMILY_CHOICE_KEYS),  # the study's limits come from scaling's metrics.json
+        params=("workload", "optimizer", "runtime.seed", "select", "data", *FAMILY_CHOICE_KEYS),  # the study's limits come from scaling's metrics.json; data: into initial_config.yaml
         inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_CSV, out.THROUGHPUT_METRICS, out.SCALING_STEPS,
                 out.SCALING_ALL_TRIALS, out.SCALING_CURVES, out.SCALING_METRICS),
         outputs=(out.SELECT_CONFIG, out.SELECT_DECISION, out.SELECT_METRICS, out.SELECT_REASONING, *out.SELECT_PLOTS),

@@ -2,12 +2,14 @@
 
     python -m stages.select
 
-Reads params (workload, optimizer, runtime.seed, select) and reports/{probe,throughput,scaling}/ --
+Reads params (workload, optimizer, runtime.seed, select, data) and reports/{probe,throughput,scaling}/ --
 from scaling: steps_to_target.csv, metrics.json (the study's limits, named in its messages), trials.csv
 and curves.csv (every seed's learning curve, to keep only rates that hold the target through the step
 budget: stages/select/rates.py); writes reports/select/:
     initial_config.yaml  batch size, learning rate, step budget, optimizer with fixed values, workload,
-                         expected training time, objective, devices, seed -- the input of a training run
+                         expected training time, objective, devices, seed, and for a workload with a
+                         DataLoader its `data` settings with the num_workers throughput recommends --
+                         the input of a training run
     decision.csv         per batch size: feasible?, throughput regime, steps, time, resource, chosen, why
     metrics.json         the choice in numbers (tied_batch_sizes and `tie` when sizes were within noise)
     reasoning.md         the decision in the playbook's terms
@@ -17,6 +19,7 @@ saying what to change (target, scaling.max_steps, learning-rate range) and write
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import pandas as pd
 import yaml
@@ -97,7 +100,21 @@ def tie_label(sel: Selection) -> str:
     return "~".join(map(str, sel.tied)) + f": chose {int(sel.chosen['batch_size'])} (fewer devices, then smaller batch)"
 
 
-def initial_config(sel: Selection, params, target: Target, first_step_overhead_s: float = 0.0) -> dict:
+def loader_settings(params, workload, throughput_metrics: dict) -> dict | None:
+    """initial_config.yaml's `data`: params.yaml's DataLoader settings with the num_workers throughput
+    recommends (when it measured one); None for a workload without a DataLoader."""
+    if workload.loader_settings is None:
+        return None
+    recommended = throughput_metrics.get("recommended_num_workers")
+    if recommended is not None and (isinstance(recommended, bool) or not isinstance(recommended, int) or recommended < 0):
+        raise InputError(out.THROUGHPUT_METRICS.path, f"recommended_num_workers: received {recommended!r}; allowed: "
+                         f"null or a non-negative integer", out.THROUGHPUT_METRICS.producer)
+    data = dataclasses.asdict(params.data)
+    return {**data, "num_workers": data["num_workers"] if recommended is None else recommended}
+
+
+def initial_config(sel: Selection, params, target: Target, first_step_overhead_s: float = 0.0,
+                   data: dict | None = None) -> dict:
     """initial_config.yaml: everything a training run (and the baseline stage) needs, seed included. The
     expected times include a run's one-off first-step cost that throughput measured."""
     c = sel.chosen
@@ -118,6 +135,7 @@ def initial_config(sel: Selection, params, target: Target, first_step_overhead_s
         "steps_to_target": float(c["steps_to_target"]),
         "time_per_step_s": float(c["time_per_step_s"]),
         "target": {"metric": target.metric, "value": target.value, "direction": target.direction},
+        **({"data": data} if data is not None else {}),  # the DataLoader settings, num_workers as throughput recommends
     }
 
 
@@ -148,7 +166,8 @@ def main() -> None:
     c = sel.chosen
     log.info("select", f"batch size {int(c['batch_size'])}, lr {c['best_learning_rate']:.3g}, {sel.train_steps} steps, "
                        f"{int(c['devices'])} device(s), {c['training_time_s']:.3g} s to target ({sel.objective})")
-    config = initial_config(sel, params, target, measurements.first_step_overhead_s)
+    config = initial_config(sel, params, target, measurements.first_step_overhead_s,
+                            loader_settings(params, workload, out.read_json(out.THROUGHPUT_METRICS)))
     header = ("# Initial configuration chosen by `python -m stages.select` (see reasoning.md next to it).\n"
               "# Train it with `python -m stages.baseline`.\n")
     write_csv(out.SELECT_DECISION.path, sel.table)

@@ -3,13 +3,18 @@
     python -m stages.throughput
 
 Reads reports/probe/probe.csv (rows with status "fits") and reports/probe/metrics.json, and the
-params sections workload, optimizer, runtime, throughput. Writes reports/throughput/:
+params sections workload, optimizer, runtime, throughput, data. Writes reports/throughput/:
   windows.csv         every timed window (batch size, mode, steps, seconds, examples/s)
   throughput.csv      one row per batch size: median examples/s and interval, time per step, the
                       data wait / copy / compute split, on-device examples/s and the input-bound
                       flag, the doubling ratio with its interval and regime, FLOPs and utilisation
-  metrics.json        largest useful batch size, peak FLOP/s, device, threads (numbers and short labels)
-  diagnosis.md        the diagnosis in words, and how FLOPs, intervals and the time split were measured
+  metrics.json        largest useful batch size, peak FLOP/s, device, threads, recommended DataLoader
+                      num_workers and its speed-up over 0 (numbers and short labels)
+  workers.csv         examples/s per DataLoader num_workers at the largest useful batch size, with its
+                      interval and the recommended count (header only for workloads without a
+                      DataLoader: stages/throughput/workers.py)
+  diagnosis.md        the diagnosis in words, how FLOPs, intervals and the time split were measured,
+                      and what the recommended num_workers gains
   examples_per_s.png, time_per_step.png, time_split.png
 
 Every step is `stages.core.train.train_step` with the configured optimizer at a small fixed learning
@@ -24,7 +29,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stages.throughput import timing
+from stages.throughput import timing, workers
 from stages.core.config import ThroughputSettings
 from stages.core.errors import ConfigError, StudyError
 from stages.core.context import Context, setup
@@ -272,8 +277,10 @@ def main() -> None:
                     f"{r.examples_per_s_ci_high:,.0f}] over {r.windows} windows ({r.stop_reason}); on device "
                     f"{r.on_device_examples_per_s:,.0f}; data {r.data_wait_s * 1e3:.3g} ms, copy {r.copy_s * 1e3:.3g} ms, "
                     f"compute {r.compute_s * 1e3:.3g} ms per step; {r.regime}")
+    worker_rows, workers_skipped = workers.run(ctx, largest, s, MEASURE_LR)
     model = ctx.workload.init_model()
     metrics = {
+        **workers.summary(worker_rows, workers_skipped),
         **decision,
         "feasible_batch_sizes": feasible,
         "measured_batch_sizes": sizes,
@@ -297,7 +304,9 @@ def main() -> None:
     write_csv(out.THROUGHPUT_WINDOWS.path, frame_windows)
     write_csv(out.THROUGHPUT_CSV.path, frame)
     write_json(out.THROUGHPUT_METRICS.path, metrics)
-    write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method))
+    write_csv(out.THROUGHPUT_WORKERS.path, pd.DataFrame(worker_rows, columns=list(workers.COLUMNS)))
+    write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method)
+               + f"\n## DataLoader workers\n\n{workers.notes(worker_rows, workers_skipped, workers.cpu_count())}\n")
     plot(frame, largest)
     info(STAGE, f"largest useful batch size {largest}. {diagnosis}")
 

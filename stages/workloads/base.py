@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import collections.abc
+import copy
 import importlib
 import inspect
 import math
@@ -23,6 +24,7 @@ from typing import Any, Iterator, Literal
 
 import torch
 
+from stages.core.config import DataSettings
 from stages.core.errors import ConfigError
 
 Batch = tuple[torch.Tensor, ...]
@@ -38,6 +40,9 @@ class Workload(abc.ABC):
     target_direction: Direction = "above"  # reached when metric >= value ("above") or <= value ("below")
     chance_score: float = 0.0         # the metric of a model that guesses (the floor for "reasonable")
     num_train_examples: int | None = None  # size of the training set; None = unbounded stream
+    # the `data:` settings of a workload whose batches come from a torch DataLoader (stages/workloads/dataset.py);
+    # None = batches built in memory, nothing for a DataLoader setting to change (throughput skips num_workers)
+    loader_settings: DataSettings | None = None
 
     @abc.abstractmethod
     def init_model(self) -> torch.nn.Module:
@@ -62,6 +67,15 @@ class Workload(abc.ABC):
     def hyperparameters(self) -> dict[str, Any]:
         """The model-family hyperparameters and workload settings, recorded with every result."""
         return {}
+
+    def with_loader_settings(self, settings: DataSettings) -> "Workload":
+        """This workload drawing its batches with other DataLoader settings (a shallow copy: datasets, model
+        factory and cached validation data are shared); itself when it has no DataLoader."""
+        if self.loader_settings is None:
+            return self
+        other = copy.copy(self)
+        other.loader_settings = settings
+        return other
 
     def source_files(self) -> list[str]:
         """Files whose edits change this workload: the modules of its class and of its base classes."""
@@ -105,18 +119,21 @@ BUILTINS: dict[str, str] = {
     "digits_mlp": "stages.workloads.digits_mlp:DigitsMLP",
     "synthetic_cnn": "stages.workloads.synthetic_cnn:SyntheticCNN",
     "nqm": "stages.workloads.nqm:NoisyQuadratic",
+    "dataset": "stages.workloads.dataset:DatasetWorkload",
 }
 
 
-def _import(path: str, key: str = "workload.name"):
+def import_path(path: str, key: str = "workload.name"):
+    """The object 'package.module:attribute' names; a bad path raises ConfigError naming `key`."""
+    builtin = f"a built-in name ({', '.join(BUILTINS)}) or " if key == "workload.name" else ""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"{key}: received {path!r}; allowed: a built-in name ({', '.join(BUILTINS)}) or 'package.module:factory'")
+        raise ConfigError(f"{key}: received {path!r}; allowed: {builtin}'package.module:factory'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"{key}: received {path!r}, but module {module_name!r} cannot be imported ({e}); "
-                          f"allowed: a built-in name ({', '.join(BUILTINS)}) or 'package.module:factory' importable from the project root") from None
+                          f"allowed: {builtin}'package.module:factory' importable from the project root") from None
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -190,9 +207,9 @@ def workload_factory(name: str, kwargs: dict | None = None):
     anything: cheap enough for the Snakefile to run before any job. Raises ConfigError."""
     kwargs = dict(kwargs or {})
     if name in BUILTINS:
-        factory = _import(BUILTINS[name])
+        factory = import_path(BUILTINS[name])
     elif ":" in name:
-        factory = _import(name)
+        factory = import_path(name)
     else:
         raise ConfigError(f"workload.name: received {name!r}; allowed: one of {', '.join(BUILTINS)}, or 'package.module:factory' for your own")
     try:
@@ -213,6 +230,8 @@ def make_workload(name: str, kwargs: dict | None = None) -> Workload:
     factory = workload_factory(name, kwargs)
     try:
         workload = factory(**kwargs)
+    except ConfigError:  # already names its key (workload.kwargs.<key>), what it got and what is allowed
+        raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"workload.kwargs: {name!r} rejected {kwargs!r}: {e}") from None
     if not isinstance(workload, Workload):

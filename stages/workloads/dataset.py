@@ -1,0 +1,312 @@
+"""dataset: your own nn.Module and torch Datasets, batched by a real torch DataLoader (docs/dataset.md).
+
+Configured entirely in params.yaml with import paths, so code that already has a model and a
+`torch.utils.data.Dataset` plugs in without writing a Workload:
+
+    workload:
+      name: dataset
+      kwargs: {model: my_project.data:make_model, train: my_project.data:train_set,
+               validation: my_project.data:validation_set, loss: cross_entropy, target: 0.9}
+
+An example is a tuple (x1, ..., xk, y): the model is called as model(x1, ..., xk) and the loss and
+metrics compare its output with y. Training batches come from a DataLoader built with the `data:`
+section of params.yaml (num_workers, pin_memory, persistent_workers, prefetch_factor), shuffled from
+the seed, last partial batch dropped. Everything checkable is checked when the workload is built,
+before any stage works: each factory is imported and called, each Dataset is map-style and
+non-empty, and a few examples spread over each Dataset have the same shapes and dtypes. The
+validation set is read once per process (through a DataLoader with the same workers) and kept.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterator, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data._utils.collate import default_collate
+
+from stages.core.config import DataSettings
+from stages.core.errors import ConfigError
+from stages.workloads.base import Batch, Workload, import_path
+
+LOSSES = ("cross_entropy", "mse")   # built-in losses; anything else is 'package.module:function'
+METRICS = ("accuracy", "loss")      # built-in metrics; anything else is 'package.module:function'
+EVAL_CHUNK = 512                    # validation examples per forward pass: bounds evaluation memory
+CHECKED_EXAMPLES = 5                # examples read per Dataset at build time (first, last, spread between)
+KEY = "workload.kwargs"
+
+PerExample = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> (B,) values
+
+
+def data_loader(dataset: Dataset, batch_size: int, settings: DataSettings, seed: int | None = None,
+                shuffle: bool = True, drop_last: bool = True) -> DataLoader:
+    """A DataLoader with the `data:` settings; persistent_workers and prefetch_factor only mean something
+    with workers (torch refuses them without), so num_workers 0 leaves them out. Pinning needs CUDA."""
+    extra: dict[str, Any] = {}
+    if settings.num_workers > 0:
+        extra["persistent_workers"] = settings.persistent_workers
+        if settings.prefetch_factor is not None:
+            extra["prefetch_factor"] = settings.prefetch_factor
+    generator = None if seed is None else torch.Generator().manual_seed(seed)  # order (and worker seeds) from `seed`
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                      num_workers=settings.num_workers, pin_memory=settings.pin_memory and torch.cuda.is_available(),
+                      generator=generator, **extra)
+
+
+def endless(loader: DataLoader) -> Iterator[Batch]:
+    """Epoch after epoch of `loader` as tuples of tensors (each epoch reshuffled by the loader's generator)."""
+    while True:
+        for batch in loader:
+            yield tuple(batch)
+
+
+# ---------------------------------------------------------------------------- per-example losses and metrics
+
+def _class_dim_second(output: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) logits -> (B, C, T), the layout cross_entropy expects for per-position targets."""
+    return output.movedim(-1, 1) if output.dim() > 2 else output
+
+
+def _per_example(values: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B,): the mean over everything but the batch dimension (e.g. over sequence positions)."""
+    return values.reshape(values.shape[0], -1).float().mean(1)
+
+
+def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return _per_example(nn.functional.cross_entropy(_class_dim_second(output), target, reduction="none"))
+
+
+def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if output.shape != target.shape and output.numel() == target.numel():
+        output = output.reshape(target.shape)  # (B, 1) outputs against (B,) targets
+    return _per_example(nn.functional.mse_loss(output, target.to(output.dtype), reduction="none"))
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return _per_example(output.argmax(-1) == target)
+
+
+BUILTIN_LOSSES: dict[str, PerExample] = {"cross_entropy": cross_entropy, "mse": mse}
+
+
+def _function(key: str, value: Any, builtins: tuple[str, ...], what: str) -> Callable:
+    if not isinstance(value, str) or (value not in builtins and ":" not in value):
+        raise ConfigError(f"{key}: received {value!r}; allowed: {', '.join(builtins)}, or 'package.module:function' "
+                          f"taking (output, target) and returning one {what} per example")
+    found = import_path(value, key)
+    if not callable(found):
+        raise ConfigError(f"{key}: received {value!r}, which is a {type(found).__name__}; allowed: a function "
+                          f"(output, target) -> one {what} per example")
+    return found
+
+
+# ---------------------------------------------------------------------------- build-time checks
+
+def _call(key: str, path: str, kwargs: dict, expected: str) -> Any:
+    factory = import_path(path, key) if isinstance(path, str) else None
+    if not callable(factory):
+        raise ConfigError(f"{key}: received {path!r}; allowed: 'package.module:factory' naming a callable that "
+                          f"returns {expected}")
+    try:
+        return factory(**kwargs)
+    except Exception as e:  # the user's code: its own error, named, on one line
+        raise ConfigError(f"{key}: {path} raised {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                          f"; allowed: a factory that returns {expected} when called with {kwargs!r}") from None
+
+
+def _check_dataset(key: str, path: str, dataset: Any) -> int:
+    if isinstance(dataset, IterableDataset) or not isinstance(dataset, Dataset):
+        raise ConfigError(f"{key}: {path} returned {type(dataset).__name__}; allowed: a map-style "
+                          f"torch.utils.data.Dataset (with __len__ and __getitem__)")
+    try:
+        n = len(dataset)
+    except TypeError:
+        raise ConfigError(f"{key}: {path} returned a {type(dataset).__name__} without __len__; allowed: a map-style "
+                          f"torch.utils.data.Dataset (with __len__ and __getitem__)") from None
+    if n < 1:
+        raise ConfigError(f"{key}: {path} returned a Dataset of length {n}; allowed: at least one example")
+    return n
+
+
+Spec = tuple[tuple[tuple[int, ...], torch.dtype], ...]  # (shape, dtype) of each field of one example
+
+
+def _spec(key: str, dataset: Dataset, index: int) -> tuple[Spec, tuple[torch.Tensor, ...]]:
+    try:
+        example = dataset[index]
+    except Exception as e:
+        raise ConfigError(f"{key}: reading example {index} raised {type(e).__name__}: {e}") from None
+    if not isinstance(example, (tuple, list)) or len(example) < 2:
+        raise ConfigError(f"{key}: example {index} is a {type(example).__name__}"
+                          f"{f' of {len(example)} field(s)' if isinstance(example, (tuple, list)) else ''}; allowed: a "
+                          f"tuple (inputs..., target) of tensors or numbers, at least one input and the target")
+    try:
+        fields = tuple(default_collate([f]).squeeze(0) for f in example)  # what the DataLoader makes of each field
+    except Exception:
+        kinds = ", ".join(type(f).__name__ for f in example)
+        raise ConfigError(f"{key}: example {index} holds ({kinds}); allowed: tensors, numpy arrays or numbers") from None
+    return tuple((tuple(f.shape), f.dtype) for f in fields), fields
+
+
+def _describe(spec: Spec) -> str:
+    return "(" + ", ".join(f"{list(shape)} {str(dtype).replace('torch.', '')}" for shape, dtype in spec) + ")"
+
+
+def check_examples(key: str, dataset: Dataset, n: int) -> tuple[Spec, tuple[torch.Tensor, ...]]:
+    """The shapes and dtypes of a few examples spread over the Dataset (first and last included), which must
+    agree -- a DataLoader could not batch them; returns the spec and the first example's fields."""
+    indices = sorted({round(i * (n - 1) / (CHECKED_EXAMPLES - 1)) for i in range(CHECKED_EXAMPLES)})
+    first_spec, first = _spec(key, dataset, indices[0])
+    for i in indices[1:]:
+        spec, _ = _spec(key, dataset, i)
+        if spec != first_spec:
+            raise ConfigError(f"{key}: examples differ in shape or dtype: example {indices[0]} is {_describe(first_spec)}, "
+                              f"example {i} is {_describe(spec)}; allowed: every example with the same shapes and "
+                              f"dtypes (pad or crop inside the Dataset), since a batch stacks them")
+    return first_spec, first
+
+
+# ---------------------------------------------------------------------------- the workload
+
+class DatasetWorkload(Workload):
+    name = "dataset"
+
+    def __init__(self, model: str, train: str, validation: str, target: float, loss: str = "cross_entropy",
+                 metrics: list[str] | None = None, target_metric: str = "accuracy",
+                 direction: Literal["above", "below"] | None = None, chance: float | None = None,
+                 model_kwargs: dict | None = None, data_kwargs: dict | None = None):
+        self.kwargs = {"model": model, "train": train, "validation": validation, "target": target, "loss": loss,
+                       "metrics": metrics, "target_metric": target_metric, "direction": direction, "chance": chance,
+                       "model_kwargs": model_kwargs or {}, "data_kwargs": data_kwargs or {}}
+        self.loss_fn: PerExample = BUILTIN_LOSSES.get(loss) or _function(f"{KEY}.loss", loss, LOSSES, "loss")
+        names = list(metrics) if metrics is not None else ["loss"] + (["accuracy"] if loss == "cross_entropy" else [])
+        if not names:
+            raise ConfigError(f"{KEY}.metrics: received []; allowed: a non-empty list of {', '.join(METRICS)} or "
+                              f"'package.module:function' names")
+        self.metric_fns: dict[str, PerExample] = {}
+        for i, m in enumerate(names):
+            fn = {"accuracy": accuracy, "loss": self.loss_fn}.get(m) or _function(f"{KEY}.metrics[{i}]", m, METRICS, "value")
+            self.metric_fns[m.rpartition(":")[2]] = fn  # an import path's metric is named after its function
+        if target_metric not in self.metric_fns:
+            raise ConfigError(f"{KEY}.target_metric: received {target_metric!r}; allowed: one of the metrics "
+                              f"{list(self.metric_fns)} ({KEY}.metrics)")
+        if direction is None and target_metric not in METRICS:
+            raise ConfigError(f"{KEY}.direction: received null for the metric {target_metric!r}; allowed: 'above' "
+                              f"(higher is better) or 'below' (lower is better)")
+        self.target_metric = target_metric
+        self.target_direction = direction or ("above" if target_metric == "accuracy" else "below")
+        self.target_value = float(target)
+        self._chance = None if chance is None else float(chance)
+        self.loader_settings = DataSettings()  # the stages that read batches set params.yaml's `data:` section
+
+        self.model_factory = import_path(model, f"{KEY}.model") if isinstance(model, str) else None
+        self._check_model(model)
+        data_kwargs = data_kwargs or {}
+        self.train_set = _call(f"{KEY}.train", train, data_kwargs, "a torch.utils.data.Dataset")
+        self.num_train_examples = _check_dataset(f"{KEY}.train", train, self.train_set)
+        self.validation_set = _call(f"{KEY}.validation", validation, data_kwargs, "a torch.utils.data.Dataset")
+        n_val = _check_dataset(f"{KEY}.validation", validation, self.validation_set)
+        spec, self.first_example = check_examples(f"{KEY}.train", self.train_set, self.num_train_examples)
+        val_spec, _ = check_examples(f"{KEY}.validation", self.validation_set, n_val)
+        if val_spec != spec:
+            raise ConfigError(f"{KEY}.validation: its examples are {_describe(val_spec)} but the training examples "
+                              f"are {_describe(spec)}; allowed: the same shapes and dtypes in both Datasets")
+        if self._chance is None and self._chance_rule() is None:
+            raise ConfigError(f"{KEY}.chance: received null, but the chance level of {target_metric!r} is known only "
+                              f"for accuracy on class targets, loss with cross_entropy on class targets, and loss "
+                              f"with mse; allowed: the score of a model that guesses, as a number")
+        self._validation: tuple[torch.Tensor, ...] | None = None
+
+    def _check_model(self, path: str) -> None:
+        key, kwargs = f"{KEY}.model", self.kwargs["model_kwargs"]
+        if not callable(self.model_factory):
+            raise ConfigError(f"{key}: received {path!r}; allowed: 'package.module:factory' returning a torch.nn.Module")
+        try:
+            with torch.device("meta"):  # no memory, even for a large model
+                built = self.model_factory(**kwargs)
+        except Exception:  # init code that needs real values: build it for real
+            built = _call(key, path, kwargs, "a torch.nn.Module")
+        if not isinstance(built, nn.Module):
+            raise ConfigError(f"{key}: {path} returned {type(built).__name__}; allowed: a factory returning a torch.nn.Module")
+
+    # -- chance level
+
+    def _chance_rule(self) -> Callable[[torch.Tensor], float] | None:
+        """How to compute the chance level of the target metric from the validation targets, if known."""
+        integer_targets = not self.first_example[-1].is_floating_point()
+        if self.target_metric == "accuracy" and integer_targets:
+            return lambda y: float(torch.bincount(y.flatten()).max()) / y.numel()  # always the majority class
+        if self.target_metric == "loss" and self.loss_fn is cross_entropy and integer_targets:
+            def entropy(y: torch.Tensor) -> float:  # predicting the class frequencies: their entropy, in nats
+                p = torch.bincount(y.flatten()).double() / y.numel()
+                return float(-(p[p > 0] * p[p > 0].log()).sum())
+            return entropy
+        if self.target_metric == "loss" and self.loss_fn is mse:
+            return lambda y: float(((y.double() - y.double().mean(0)) ** 2).mean())  # predicting the mean target
+        return None
+
+    @property
+    def chance_score(self) -> float:
+        if self._chance is None:
+            self._chance = self._chance_rule()(self.validation_tensors()[-1])
+        return self._chance
+
+    # -- the interface
+
+    def hyperparameters(self) -> dict:
+        return dict(self.kwargs)
+
+    def source_files(self) -> list[str]:
+        """This module, and the modules of the model, Dataset, loss and metric functions (so the scaling
+        study's journal reruns trials when the user's code changes)."""
+        found = list(super().source_files())
+        for fn in (self.model_factory, self.loss_fn, *self.metric_fns.values(),
+                   import_path(self.kwargs["train"], f"{KEY}.train"), import_path(self.kwargs["validation"], f"{KEY}.validation")):
+            try:
+                path = inspect.getfile(fn)
+            except TypeError:  # a builtin
+                continue
+            if path not in found:
+                found.append(path)
+        return found
+
+    def init_model(self) -> nn.Module:
+        model = self.model_factory(**self.kwargs["model_kwargs"])
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"{KEY}.model: {self.kwargs['model']} returned {type(model).__name__}; allowed: a torch.nn.Module")
+        return model
+
+    def batches(self, split: str, batch_size: int, seed: int) -> Iterator[Batch]:
+        if split != "train":
+            raise ValueError(f"dataset streams only the 'train' split, got {split!r}")
+        if batch_size > self.num_train_examples:  # drop_last would give no batch at all: an endless empty loop
+            raise ValueError(f"batch size {batch_size} exceeds the {self.num_train_examples} training examples")
+        return endless(data_loader(self.train_set, batch_size, self.loader_settings, seed))
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+        *inputs, target = batch
+        return self.loss_fn(model(*inputs), target).sum(), target.shape[0]
+
+    def validation_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The whole validation set as CPU tensors (N, ...), read once through a DataLoader in order."""
+        if self._validation is None:
+            loader = data_loader(self.validation_set, EVAL_CHUNK, self.loader_settings, shuffle=False, drop_last=False)
+            chunks = [tuple(b) for b in loader]
+            self._validation = tuple(torch.cat(parts) for parts in zip(*chunks))
+        return self._validation
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        sums = {name: 0.0 for name in self.metric_fns}
+        data = self.validation_tensors()
+        n = data[0].shape[0]
+        for start in range(0, n, EVAL_CHUNK):
+            *inputs, target = (t[start:start + EVAL_CHUNK].to(device) for t in data)
+            output = model(*inputs)
+            for name, fn in self.metric_fns.items():
+                sums[name] += float(fn(output, target).sum())
+        return {name: total / n for name, total in sums.items()}
+
+    def fake_batch(self, batch_size: int) -> Batch:
+        """The first training example repeated: the real shapes and dtypes (and valid class indices)."""
+        return tuple(f.unsqueeze(0).expand(batch_size, *f.shape).clone() for f in self.first_example)

@@ -1,0 +1,319 @@
+"""The `dataset` workload (issue 12): your model and torch Datasets by import path, batched by a real
+DataLoader -- its build-time checks (one message per rule, naming the key, what it got, what is
+allowed), its known chance levels, the whole pipeline on a tiny dataset (stage mains in a temporary
+directory), and the throughput stage on a Dataset that sleeps 5 ms per example: input-bound with
+num_workers 0, not with enough workers, and the num_workers measurement recommending 2 over 0 and 1.
+
+Factories live in tests/dataset_fakes.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stages.core.cli import run_main
+from stages.core.config import DataSettings
+from stages.core.errors import ConfigError
+from stages.core.train import evaluate
+from stages.throughput import workers
+from stages.workloads.base import better_than_chance, make_workload
+
+ROOT = Path(__file__).resolve().parent.parent
+F = "tests.dataset_fakes"
+KWARGS = {"model": f"{F}:model", "train": f"{F}:train_set", "validation": f"{F}:validation_set", "target": 0.85}
+
+
+def build(**changes):
+    return make_workload("dataset", {**KWARGS, **changes})
+
+
+# ---------------------------------------------------------------------------- build-time checks
+
+CASES = [  # (kwargs changed, the message's expected text)
+    ({"train": f"{F}:raises"}, "workload.kwargs.train: tests.dataset_fakes:raises raised RuntimeError: the data "
+                               "folder /data/train is missing; allowed: a factory that returns a torch.utils.data.Dataset"),
+    ({"train": f"{F}:a_list"}, "workload.kwargs.train: tests.dataset_fakes:a_list returned list; allowed: a map-style "
+                               "torch.utils.data.Dataset (with __len__ and __getitem__)"),
+    ({"validation": f"{F}:stream"}, "workload.kwargs.validation: tests.dataset_fakes:stream returned _Stream; allowed: "
+                                    "a map-style torch.utils.data.Dataset"),
+    ({"validation": f"{F}:empty"}, "workload.kwargs.validation: tests.dataset_fakes:empty returned a Dataset of length "
+                                   "0; allowed: at least one example"),
+    ({"train": f"{F}:ragged"}, "workload.kwargs.train: examples differ in shape or dtype: example 0 is ([8] float32, "
+                               "[] int64), example 7 is ([9] float32, [] int64); allowed: every example with the same "
+                               "shapes and dtypes"),
+    ({"validation": f"{F}:regression_set"}, "workload.kwargs.validation: its examples are ([8] float32, [1] float32) "
+                                            "but the training examples are ([8] float32, [] int64)"),
+    ({"model": f"{F}:not_a_model"}, "workload.kwargs.model: tests.dataset_fakes:not_a_model returned str; allowed: a "
+                                    "factory returning a torch.nn.Module"),
+    ({"model": f"{F}:raises"}, "workload.kwargs.model: tests.dataset_fakes:raises raised RuntimeError: the data folder"),
+    ({"model": f"{F}:nope"}, "workload.kwargs.model: received 'tests.dataset_fakes:nope', but module "
+                             "'tests.dataset_fakes' has no attribute 'nope'"),
+    ({"train": "no_such_package.data:train"}, "workload.kwargs.train: received 'no_such_package.data:train', but "
+                                              "module 'no_such_package.data' cannot be imported"),
+    ({"loss": "hinge"}, "workload.kwargs.loss: received 'hinge'; allowed: cross_entropy, mse, or "
+                        "'package.module:function' taking (output, target) and returning one loss per example"),
+    ({"metrics": ["accuracy", "f1"]}, "workload.kwargs.metrics[1]: received 'f1'; allowed: accuracy, loss, or "
+                                      "'package.module:function'"),
+    ({"metrics": ["loss"]}, "workload.kwargs.target_metric: received 'accuracy'; allowed: one of the metrics ['loss']"),
+    ({"metrics": ["loss", f"{F}:accuracy_of"], "target_metric": "accuracy_of"},
+     "workload.kwargs.metrics[1]: received 'tests.dataset_fakes:accuracy_of', but module 'tests.dataset_fakes' has "
+     "no attribute 'accuracy_of'"),
+    ({"metrics": ["loss", f"{F}:FEATURES"], "target_metric": "FEATURES"},
+     "workload.kwargs.metrics[1]: received 'tests.dataset_fakes:FEATURES', which is a int; allowed: a function"),
+    ({"train": f"{F}:regression_set", "validation": f"{F}:regression_set", "loss": "mse", "metrics": ["accuracy"]},
+     "workload.kwargs.chance: received null, but the chance level of 'accuracy' is known only for accuracy on class "
+     "targets"),
+    ({"metrics": ["loss", f"{F}:top2"], "target_metric": "top2", "chance": 0.5},
+     "workload.kwargs.direction: received null for the metric 'top2'; allowed: 'above' (higher is better) or 'below'"),
+    ({"target": "0.9"}, "workload.kwargs.target: received '0.9' (str); allowed: a finite number"),
+    ({"direction": "up"}, "workload.kwargs.direction: received 'up' (str); allowed: "),
+]
+
+
+@pytest.mark.parametrize("changes, message", CASES, ids=[f"{next(iter(c))}-{i}" for i, (c, _) in enumerate(CASES)])
+def test_each_bad_configuration_is_named_before_any_work(changes, message):
+    with pytest.raises(ConfigError) as error:
+        build(**changes)
+    assert message in str(error.value)
+
+
+def test_a_stage_stops_on_a_bad_dataset_before_touching_its_outputs(tmp_path, monkeypatch, capsys):
+    from stages.throughput.stage import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"workload": {"name": "dataset", "kwargs": {**KWARGS, "train": f"{F}:empty"}}, "runtime": {"device": "cpu"}}))
+    write_probe(tmp_path, [4])
+    kept = tmp_path / "reports/throughput/throughput.csv"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("old results\n")
+    with pytest.raises(SystemExit) as exit_:
+        run_main(main)
+    assert exit_.value.code == 2
+    assert "workload.kwargs.train: tests.dataset_fakes:empty returned a Dataset of length 0" in capsys.readouterr().err
+    assert kept.read_text() == "old results\n"
+
+
+# ---------------------------------------------------------------------------- known answers
+
+def test_chance_levels_are_the_scores_of_guessing():
+    w = build()
+    y = torch.tensor([int(w.validation_set[i][1]) for i in range(len(w.validation_set))])
+    shares = torch.bincount(y).double() / len(y)
+    assert w.chance_score == pytest.approx(float(shares.max()))  # always the majority class
+    assert better_than_chance(w) and w.target_direction == "above"
+    entropy = build(metrics=["loss"], target_metric="loss", target=0.5)  # predicting the class frequencies
+    assert entropy.chance_score == pytest.approx(float(-(shares * shares.log()).sum()))
+    assert entropy.target_direction == "below"
+    mse = build(train=f"{F}:regression_set", validation=f"{F}:regression_set", loss="mse", target_metric="loss",
+                target=1.0, model_kwargs={"outputs": 1})  # predicting the mean target: its variance (targets 3 x0, so about 9)
+    targets = torch.stack([mse.validation_set[i][1] for i in range(len(mse.validation_set))])
+    assert mse.chance_score == pytest.approx(float(targets.var(unbiased=False)))
+    assert 4 < mse.chance_score < 16 and sorted(evaluate(mse.init_model(), mse, torch.device("cpu"))) == ["loss"]
+    assert build(chance=0.5).chance_score == 0.5  # given: taken as is
+
+
+def test_batches_come_from_a_dataloader_in_the_seeds_order_whatever_the_workers():
+    w = build()
+    assert w.num_train_examples == 256 and w.loader_settings == DataSettings()
+    fake, real = w.fake_batch(16), next(w.batches("train", 16, seed=3))
+    assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real] == [
+        (torch.Size([16, 8]), torch.float32), (torch.Size([16]), torch.int64)]
+    assert torch.equal(fake[0][5], w.train_set[0][0]), "the fake batch is the first real example, repeated"
+    two = w.with_loader_settings(DataSettings(num_workers=2, prefetch_factor=1))
+    a, b = w.batches("train", 16, seed=3), two.batches("train", 16, seed=3)
+    for _ in range(20):  # past the 16 batches of one epoch: reshuffled the same way
+        assert all(torch.equal(x, y) for x, y in zip(next(a), next(b)))
+    b.close()
+    assert not torch.equal(next(w.batches("train", 16, seed=4))[0], real[0])
+    with pytest.raises(ValueError, match="batch size 512 exceeds the 256 training examples"):
+        w.batches("train", 512, seed=0)
+    loss_sum, count = w.loss(w.init_model(), real)
+    assert count == 16 and loss_sum.ndim == 0
+    assert str(F.replace(".", "/")) in " ".join(w.source_files())  # the user's code is part of the workload
+
+
+def test_a_loss_and_a_metric_of_your_own_by_import_path():
+    w = build(loss=f"{F}:margin_loss", metrics=["loss", f"{F}:top2"], target_metric="top2", direction="above",
+              target=0.9, chance=0.5)
+    model = w.init_model()
+    batch = next(w.batches("train", 8, seed=0))
+    loss_sum, count = w.loss(model, batch)
+    assert count == 8 and loss_sum.item() == pytest.approx(
+        torch.nn.functional.multi_margin_loss(model(batch[0]), batch[1], reduction="sum").item())
+    metrics = evaluate(model, w, torch.device("cpu"))
+    x, y = w.validation_tensors()
+    with torch.no_grad():
+        expected = (model(x).topk(2, dim=-1).indices == y[:, None]).any(-1).float().mean().item()
+    assert sorted(metrics) == ["loss", "top2"] and metrics["top2"] == pytest.approx(expected)
+    assert (w.target_metric, w.target_direction, w.chance_score) == ("top2", "above", 0.5)
+
+
+# ---------------------------------------------------------------------------- the pipeline on it
+
+def write_probe(root, sizes):
+    """Probe outputs for the throughput stage: every size fits (the throughput tests need no probe run)."""
+    probe = root / "reports" / "probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([{"batch_size": b, "status": "fits", "reason": "", "peak_memory_bytes": 1000 * b}
+                  for b in sizes]).to_csv(probe / "probe.csv", index=False)
+    (probe / "metrics.json").write_text(json.dumps({"max_batch_size": sizes[-1], "device": "cpu"}))
+
+
+QUICK = {"warmup_steps": 2, "window_seconds": 0.02, "min_windows": 6, "max_seconds_per_size": 0.2,
+         "split_steps": 5, "peak_seconds": 0.02}
+
+
+def test_the_pipeline_runs_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
+    from stages.baseline.stage import main as baseline
+    from stages.probe.stage import main as probe
+    from stages.report.stage import main as report
+    from stages.scaling.stage import main as scaling
+    from stages.select.stage import main as select
+    from stages.throughput.stage import main as throughput
+
+    params = {"workload": {"name": "dataset", "kwargs": KWARGS},
+              "runtime": {"device": "cpu", "seed": 0, "threads": 1},
+              "probe": {"batch_sizes": [8, 32], "steps": 1},
+              "throughput": {**QUICK, "max_workers": 1},
+              "scaling": {"batch_sizes": [8, 32], "lr_min": 0.03, "lr_max": 1.0, "lr_points": 3, "max_steps": 150,
+                          "seeds": 0, "lr_refine_trials": 0, "bootstrap": 20, "noise_scale_batch_sizes": [8, 32]},
+              "data": {"num_workers": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    probe()
+    assert pd.read_csv("reports/probe/probe.csv")["status"].tolist() == ["fits", "fits"]
+    throughput()
+    rows = pd.read_csv("reports/throughput/workers.csv")
+    metrics = json.loads(open("reports/throughput/metrics.json").read())
+    assert rows["num_workers"].tolist() == [0, 1] and rows["batch_size"].eq(metrics["largest_useful_batch_size"]).all()
+    assert rows["recommended"].sum() == 1 and metrics["recommended_num_workers"] in (0, 1)
+    assert (rows["examples_per_s_ci_low"] <= rows["examples_per_s"]).all()
+    for b in (8, 32):
+        scaling(["trials", "--batch-size", str(b)])
+    scaling(["summarize"])
+    steps = pd.read_csv("reports/scaling/steps_to_target.csv")
+    assert (steps["status"] == "reached").any(), steps
+    select()
+    config = yaml.safe_load(open("reports/select/initial_config.yaml"))
+    assert config["data"] == {"num_workers": metrics["recommended_num_workers"], "pin_memory": False,
+                              "persistent_workers": False, "prefetch_factor": None}
+    assert config["workload"]["name"] == "dataset" and config["target"]["metric"] == "accuracy"
+    baseline()
+    result = json.loads(open("reports/baseline/metrics.json").read())
+    assert result["reached_target"] is True and result["accuracy"] > 0.8
+    report()  # the throughput section carries the workers measurement, the configuration its data settings
+    text = open("reports/REPORT.md").read()
+    assert "DataLoader workers" in text and "the training loop was timed with num_workers 0, 1" in text
+    assert f"data = {{num_workers: {metrics['recommended_num_workers']}, pin_memory: no" in text
+
+
+def test_in_memory_workloads_skip_the_workers_measurement(tmp_path, monkeypatch):
+    from stages.throughput.stage import main as throughput
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"workload": {"name": "nqm", "kwargs": {"dim": 4}},
+                                                          "runtime": {"device": "cpu"}, "throughput": QUICK}))
+    write_probe(tmp_path, [4])
+    monkeypatch.chdir(tmp_path)
+    throughput()
+    assert pd.read_csv("reports/throughput/workers.csv").empty
+    metrics = json.loads(open("reports/throughput/metrics.json").read())
+    assert metrics["recommended_num_workers"] is None and metrics["num_workers_measured"] is False
+    assert "Not measured: workload 'nqm' builds its batches in memory" in open("reports/throughput/diagnosis.md").read()
+
+
+# ---------------------------------------------------------------------------- a slow Dataset
+
+SLOW = {**KWARGS, "data_kwargs": {"sleep_per_example_s": 5.0e-3}, "model_kwargs": {"step_s": 0.01}}
+
+
+def slow_throughput(root, monkeypatch, data: dict, max_workers: int) -> tuple[pd.Series, dict]:
+    """Throughput at batch size 4 of a Dataset that sleeps 5 ms per example (20 ms per batch and worker)
+    feeding a model whose training step waits 10 ms."""
+    from stages.throughput.stage import main as throughput
+
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "workload": {"name": "dataset", "kwargs": SLOW}, "runtime": {"device": "cpu", "threads": 1},
+        "throughput": {**QUICK, "max_workers": max_workers}, "data": data}))
+    write_probe(root, [4])
+    monkeypatch.chdir(root)
+    throughput()
+    row = pd.read_csv(root / "reports/throughput/throughput.csv").iloc[0]
+    return row, json.loads((root / "reports/throughput/metrics.json").read_text())
+
+
+def test_a_slow_dataset_without_workers_is_input_bound_and_two_workers_are_recommended(tmp_path, monkeypatch):
+    row, metrics = slow_throughput(tmp_path, monkeypatch, {"num_workers": 0}, max_workers=2)
+    # 20 ms of loading then 10 ms of compute per step, against 10 ms with the batch kept on the device
+    assert row["input_bound"] and metrics["input_bound_batch_sizes"] == [4]
+    assert row["examples_per_s"] < 4 / 0.025 and row["on_device_examples_per_s"] > 2 * row["examples_per_s"]
+    assert row["data_wait_s"] > row["compute_s"]
+    # one worker overlaps loading with compute (one batch per 20 ms), two deliver one per 10 ms
+    rows = pd.read_csv(tmp_path / "reports/throughput/workers.csv").set_index("num_workers")
+    assert rows.index.tolist() == [0, 1, 2] and rows["recommended"].tolist() == [False, False, True]
+    assert rows.at[1, "examples_per_s"] > 1.2 * rows.at[0, "examples_per_s"]  # ideally 1.5x
+    assert metrics["recommended_num_workers"] == 2 and metrics["num_workers_speedup"] > 1.8
+    notes = (tmp_path / "reports/throughput/diagnosis.md").read_text()
+    assert "Recommended: **num_workers 2**" in notes and "with num_workers 0" in notes
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")  # they sleep: 2 cores are plenty
+def test_the_same_slow_dataset_with_enough_workers_is_not_input_bound(tmp_path, monkeypatch):
+    # four workers deliver a batch per 5 ms, faster than the 10 ms step consumes them
+    row, metrics = slow_throughput(tmp_path, monkeypatch, {"num_workers": 4, "persistent_workers": True}, max_workers=0)
+    assert not row["input_bound"] and metrics["input_bound_batch_sizes"] == []
+    assert row["examples_per_s"] > 0.7 * row["on_device_examples_per_s"]
+    assert metrics["recommended_num_workers"] is None  # max_workers 0: not measured
+
+
+# ---------------------------------------------------------------------------- the documented example
+
+def test_the_documented_example_works_verbatim(tmp_path, monkeypatch):
+    """docs/dataset.md's module and params, copied verbatim, build the workload and train it to its target;
+    the README shows the same params."""
+    import re
+    import sys
+
+    from stages.core.config import OptimizerSettings, validate
+    from stages.core.train import train_to_target
+
+    doc = (ROOT / "docs/dataset.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    params = re.search(r"```yaml\n(.*?)```", doc, re.S).group(1)
+    assert f"```yaml\n{params}```" in (ROOT / "README.md").read_text(), "README.md's dataset example drifted"
+    (tmp_path / "my_project").mkdir()
+    (tmp_path / "my_project" / "__init__.py").write_text("")
+    (tmp_path / "my_project" / "data.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    try:
+        p = validate(yaml.safe_load(params))
+        w = make_workload(p.workload.name, p.workload.kwargs).with_loader_settings(p.data)
+        assert w.num_train_examples == 1438 and 0.09 < w.chance_score < 0.15 and better_than_chance(w)
+        assert p.workload.sources == ["my_project/data.py"] and str(tmp_path / "my_project/data.py") in w.source_files()
+        result = train_to_target(w, OptimizerSettings(name="sgd", momentum=0.9), 0.1, 32, 0, torch.device("cpu"),
+                                 max_steps=300)
+        assert result.outcome == "reached", result.reason
+    finally:
+        sys.modules.pop("my_project.data", None)
+        sys.modules.pop("my_project", None)
+
+
+# ---------------------------------------------------------------------------- the recommendation rule
+
+def test_the_recommendation_is_the_smallest_count_within_the_interval_of_the_surely_fastest():
+    def row(k, median, low, high):
+        return {"num_workers": k, "examples_per_s": median, "examples_per_s_ci_low": low, "examples_per_s_ci_high": high}
+
+    assert workers.recommend([row(0, 100, 95, 105), row(1, 190, 185, 195), row(2, 200, 196, 204),
+                              row(4, 201, 199, 203)]) == 2  # 2's median is within 4's interval; 1's is not
+    # a noisy count (wide interval) is not "the best" just for its median: 2 is surely faster than 0 and 1
+    assert workers.recommend([row(0, 170, 160, 186), row(1, 190, 189, 196), row(2, 384, 373, 385),
+                              row(4, 600, 13, 5500)]) == 2
+    assert workers.recommend([row(0, 500, 490, 510), row(1, 480, 470, 490)]) == 0
+    assert workers.candidates(8) == [0, 1, 2, 4, 8] and workers.candidates(6) == [0, 1, 2, 4, 6]
+    assert workers.candidates(1) == [0, 1] and workers.candidates(0) == [0]
