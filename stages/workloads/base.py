@@ -105,6 +105,7 @@ BUILTINS: dict[str, str] = {
     "digits_mlp": "stages.workloads.digits_mlp:DigitsMLP",
     "synthetic_cnn": "stages.workloads.synthetic_cnn:SyntheticCNN",
     "nqm": "stages.workloads.nqm:NoisyQuadratic",
+    "char_lm": "stages.workloads.char_lm:CharLM",
 }
 
 
