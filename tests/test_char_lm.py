@@ -73,3 +73,26 @@ def test_a_few_adamw_steps_lower_the_validation_loss_and_the_below_target_is_hon
     assert result.steps_to_target == crossed[0]
     assert all(row["loss"] > 3.0 for row in result.curve if row["step"] < result.steps_to_target)
     assert target_reached(2.9, 3.0, "below") and not target_reached(3.1, 3.0, "below")
+
+
+def test_the_profile_switches_to_char_lm_through_dvc_without_the_branchs_workload_arguments(tmp_path):
+    """The README's one override: DVC itself applies the arguments, and gets what merge() predicts."""
+    import shutil
+
+    import yaml
+    from dvc.utils.hydra import apply_overrides
+
+    from stages.core.config import validate
+    from stages.pipeline.overrides import merge, set_param_args
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    profile = yaml.safe_load((root / "profiles/char_lm/params.yaml").read_text())
+    base = yaml.safe_load((root / "params.yaml").read_text())
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    apply_overrides(tmp_path / "params.yaml", [a.removeprefix("--set-param=") for a in set_param_args(profile)])
+    applied = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert applied == merge(base, profile)
+    assert applied["workload"]["kwargs"] == profile["workload"]["kwargs"]  # none of digits_mlp's left behind
+    p = validate(applied)
+    assert (p.workload.name, p.optimizer.name) == ("char_lm", "adamw")
+    make_workload(p.workload.name, p.workload.kwargs)
