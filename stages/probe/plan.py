@@ -156,6 +156,11 @@ def estimate_peak(workload: Workload, optimizer: OptimizerSettings, batch_size: 
     from torch._subclasses import FakeTensorMode
 
     try:
+        tracker_class = _tracker_class()
+    except ImportError as e:  # a torch build without torch.distributed (the tracker lives there)
+        return Estimate(batch_size, "refused", f"this torch build cannot track memory by category "
+                                               f"(torch.distributed._tools.mem_tracker: {e}); no estimate is made")
+    try:
         # allow_non_fake_inputs: a workload may keep real constant tensors (a curvature vector, a
         # vocabulary table); they are converted, never allocated anew.
         with FakeTensorMode(allow_non_fake_inputs=True):
@@ -165,7 +170,7 @@ def estimate_peak(workload: Workload, optimizer: OptimizerSettings, batch_size: 
             model.train()
             opt = build_optimizer(model.parameters(), optimizer, ANY_LR)
             batch = workload.fake_batch(batch_size)
-            tracker = _tracker_class()()
+            tracker = tracker_class()
             tracker.track_external(model, opt, *batch)
             with tracker:
                 for _ in range(max(2, steps)):
