@@ -63,6 +63,30 @@ def test_the_estimate_of_a_linear_stack_matches_the_memory_computed_by_hand():
     assert plain.categories["optimizer_state"] == 0 and plain.peak_bytes == 2 * weights + 3 * batch
 
 
+class OneConv(LinearStack):
+    """One 3x3 convolution, 1 -> `c` channels on (B, 1, h, h) images; loss = sum of the outputs."""
+
+    def __init__(self, c: int, h: int):
+        self.c, self.h = c, h
+
+    def init_model(self) -> nn.Module:
+        return nn.Conv2d(1, self.c, 3, padding=1)
+
+    def fake_batch(self, batch_size):
+        return (torch.randn(batch_size, 1, self.h, self.h),)
+
+
+def test_a_convolution_adds_its_cpu_workspace_while_it_runs():
+    c, h, b = 8, 16, 64
+    weights = (c * 9 + c) * F32
+    image, output = b * h * h * F32, b * c * h * h * F32
+    # The peak is the evaluation forward's convolution: weights, gradients, momentum, the input, the output
+    # and, while the op runs, oneDNN's reorder buffer of the output's size (workspace_bytes).
+    e = estimate_peak(OneConv(c, h), OptimizerSettings(name="sgd", momentum=0.9), b)
+    assert e.categories["workspace"] == output and e.categories["activations"] == output
+    assert e.peak_bytes == 3 * weights + image + 2 * output
+
+
 def _item_in_control_flow(self, x):
     y = self[0](x)
     if y.sum().item() > 0:  # the branch taken depends on the values
