@@ -279,6 +279,7 @@ def test_the_documented_example_works_verbatim(tmp_path, monkeypatch):
     import sys
 
     from stages.core.config import OptimizerSettings, validate
+    from stages.core.model_choice import check_candidates
     from stages.core.train import train_to_target
 
     doc = (ROOT / "docs/dataset.md").read_text()
@@ -292,6 +293,7 @@ def test_the_documented_example_works_verbatim(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     try:
         p = validate(yaml.safe_load(params))
+        check_candidates(p.workload.name, p.workload.kwargs, p.family.candidates)  # the family's models build
         w = make_workload(p.workload.name, p.workload.kwargs).with_loader_settings(p.data)
         assert w.num_train_examples == 1438 and 0.09 < w.chance_score < 0.15 and better_than_chance(w)
         assert p.workload.sources == ["my_project/data.py"] and str(tmp_path / "my_project/data.py") in w.source_files()

@@ -278,7 +278,8 @@ def test_budget_is_honoured_on_cpu_with_real_peaks(runner):
 
 def test_stage_smoke_on_the_default_workload(tmp_path):
     proc = run_stage(tmp_path, {"workload": {"name": "digits_mlp"}, "runtime": {"device": "cpu", "threads": 1},
-                                "probe": {"min_batch_size": 256, "max_batch_size": 4096}})
+                                "probe": {"min_batch_size": 256, "max_batch_size": 4096,
+                                          "plan_for": [{"memory": "80GiB", "name": "A100"}, {"memory": "1MiB"}]}})
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "reports/probe"
     frame = pd.read_csv(out / "probe.csv")
@@ -293,6 +294,14 @@ def test_stage_smoke_on_the_default_workload(tmp_path):
     assert "isolation_note" not in metrics and all(not isinstance(v, str) or len(v) <= 40 for v in metrics.values())
     assert "## Peak memory\n\npeak resident set size" in (out / "notes.md").read_text()  # the prose kept out of metrics.json
     assert proc.stderr.count("batch size") >= 3  # one progress line per trial
+    # probe.plan_for: every uncapped candidate estimated; each target's size is the largest within its limit
+    plan = pd.read_csv(out / "memory_plan.csv")
+    assert list(plan.batch_size) == [256, 512, 1024] and set(plan.status) == {"estimated"}
+    for label, target in metrics["memory_plan"].items():
+        within = plan[plan.predicted_peak_bytes <= target["limit_bytes"]].batch_size
+        assert target["max_batch_size"] == (within.max() if len(within) else None), label
+    assert metrics["memory_plan"]["A100"]["at_largest_candidate"] is True
+    assert "## Memory plan" in (out / "notes.md").read_text()
 
 
 def test_stage_stops_on_a_non_oom_error_with_its_traceback(tmp_path):

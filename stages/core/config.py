@@ -75,6 +75,38 @@ def _check_budget(value: str) -> str | None:
     return None
 
 
+def _check_plan_for(value: dict | list | None) -> str | None:
+    """null, a target {memory: SIZE, name: optional label} or a non-empty list of them"""
+    if value is None:
+        return None
+    allowed = "null, a target such as {memory: 80GiB} (optional name: a label) or a non-empty list of them"
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        return allowed
+    labels = []
+    for i, target in enumerate(items):
+        at = f"target {i + 1}" if isinstance(value, list) else "the target"
+        if not isinstance(target, dict):
+            return f"{allowed} ({at} is {target!r}, not a mapping)"
+        unknown = [k for k in target if k not in ("memory", "name")]
+        if unknown:
+            return f"{allowed} ({at} has unknown key(s) {', '.join(map(str, unknown))}; allowed keys: memory, name)"
+        if "memory" not in target:
+            return f"{allowed} ({at} lacks 'memory')"
+        try:
+            if parse_size(target["memory"]) <= 0:
+                raise ValueError
+        except ValueError:
+            return f"{allowed} ({at}: memory {target['memory']!r} is not a positive size such as '80GiB', '24GB')"
+        name = target.get("name", target["memory"])
+        if not isinstance(name, str) or not name.strip():
+            return f"{allowed} ({at}: name {name!r} is not a non-empty string)"
+        labels.append(name)
+    if len(set(labels)) != len(labels):
+        return f"{allowed} (two targets share the label {next(l for l in labels if labels.count(l) > 1)!r}; give each a distinct name)"
+    return None
+
+
 def _check_device(value: str) -> str | None:
     """auto, cpu, cuda, cuda:N or mps"""
     if re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", value):
@@ -180,6 +212,7 @@ class ProbeSettings:
     memory_budget: str = setting("auto", "'auto' (device capacity; CPU: physical RAM or the cgroup limit) or a size such as '6GiB'", check=_check_budget)
     safety_margin: float = setting(0.1, "fraction of the budget kept free: a size fits if its peak is at most budget x (1 - margin)", min=0.0, max=1.0, max_exclusive=True)
     bisect: bool = setting(False, "bisect between the last fitting and the first failing size (down to a gap of 1)")
+    plan_for: dict | list[dict] | None = setting(None, "memory plan for devices you do not have: a target such as {memory: 80GiB, name: A100} or a list of them; peak memory per batch size is estimated under fake tensors and the largest size predicted to fit each target (with safety_margin) is reported; null = no plan, no extra time", check=_check_plan_for)
     trial_timeout_s: int = setting(600, "a trial still running after this many seconds is stopped and recorded as killed (swapping, a hung model)", min=1)
 
 

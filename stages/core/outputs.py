@@ -78,6 +78,14 @@ PROBE_CSV = Output("reports/probe/probe.csv", PROBE_CMD, columns=("batch_size", 
 PROBE_METRICS = Output("reports/probe/metrics.json", PROBE_CMD, "metrics", keys=("max_batch_size",))
 PROBE_PLOT = Output("reports/probe/memory.png", PROBE_CMD, "image")
 PROBE_NOTES = Output("reports/probe/notes.md", PROBE_CMD)  # the first failure's message, how trials were isolated
+# probe.plan_for: predicted peak per batch size and category (header only when there is no plan)
+PLAN_CATEGORIES = ("parameters", "buffers", "gradients", "optimizer_state", "activations", "temporaries", "inputs",
+                   "workspace")
+PROBE_PLAN_CSV = Output("reports/probe/memory_plan.csv", PROBE_CMD,
+                        columns=("batch_size", "status", "predicted_peak_bytes",
+                                 *(f"{c}_bytes" for c in PLAN_CATEGORIES), "reason"),
+                        numeric=("batch_size", "predicted_peak_bytes", *(f"{c}_bytes" for c in PLAN_CATEGORIES)),
+                        allowed=(("status", ("estimated", "refused")),))
 
 # ---------------------------------------------------------------------------- throughput
 THROUGHPUT_CSV = Output("reports/throughput/throughput.csv", THROUGHPUT_CMD,

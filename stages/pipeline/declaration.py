@@ -115,9 +115,12 @@ STAGES: tuple[Stage, ...] = (
         cmd=out.PROBE_CMD,
         params=("workload", "optimizer.name", "optimizer.momentum", "runtime", "probe", *FAMILY_CHOICE_KEYS),  # name, momentum: optimizer state size
         inputs=(out.FAMILY_MODEL,),
-        outputs=(out.PROBE_CSV, out.PROBE_METRICS, out.PROBE_NOTES, out.PROBE_PLOT),
+        outputs=(out.PROBE_CSV, out.PROBE_METRICS, out.PROBE_NOTES, out.PROBE_PLOT, out.PROBE_PLAN_CSV),
         plots=(Plot(out.PROBE_CSV.path, "batch_size", "peak_memory_bytes", "Peak memory by batch size",
-                    "loglog", "batch size", "peak memory (bytes)"),),
+                    "loglog", "batch size", "peak memory (bytes)"),
+               Plot(out.PROBE_PLAN_CSV.path, "batch_size", "predicted_peak_bytes",
+                    "Predicted peak memory by batch size (probe.plan_for)", "loglog", "batch size",
+                    "predicted peak memory (bytes)")),
         resources=GPU_JOB,
     ),
     Stage(

@@ -6,7 +6,8 @@
 
 Prints one `--set-param=KEY=VALUE` per line (one shell word each: values are written without
 spaces). A mapping is walked down to its leaves, so keys the file does not name keep the
-branch's values. Floats keep a decimal point and a signed exponent (`1.0e-05`) so Snakemake's
+branch's values -- except `workload.kwargs`, which replaces the branch's as a whole (the arguments
+belong to one workload factory: a profile that switches workload must not inherit the other's). Floats keep a decimal point and a signed exponent (`1.0e-05`) so Snakemake's
 YAML 1.1 reads them back as numbers.
 """
 from __future__ import annotations
@@ -44,12 +45,15 @@ def _value(value: Any) -> str:
     return text
 
 
+WHOLE = ("workload.kwargs",)  # mappings replaced as a whole, never merged key by key
+
+
 def flatten(overrides: dict, prefix: str = "") -> dict[str, Any]:
     """{'scaling': {'max_steps': 300}} -> {'scaling.max_steps': 300}."""
     flat: dict[str, Any] = {}
     for key, value in overrides.items():
         full = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and full not in WHOLE:
             flat.update(flatten(value, f"{full}."))
         else:
             flat[full] = value
@@ -69,7 +73,15 @@ def merge(params: dict, overrides: dict) -> dict:
 
 
 def set_param_args(overrides: dict) -> list[str]:
-    return [f"--set-param={key}={_value(value)}" for key, value in flatten(overrides).items()]
+    """A WHOLE mapping is deleted, then added back (Hydra's `~key`, `+key=`): a plain `key={...}`
+    would merge into the branch's mapping, and a new key under it is refused in struct mode."""
+    args = []
+    for key, value in flatten(overrides).items():
+        if key in WHOLE:
+            args += [f"--set-param=~{key}", f"--set-param=+{key}={_value(value)}"]
+        else:
+            args.append(f"--set-param={key}={_value(value)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,10 @@ Reads params.yaml (workload, optimizer.name/momentum, runtime, probe) and writes
     reports/probe/metrics.json   max_batch_size, memory budget and limit, memory model, device, caps
     reports/probe/notes.md       the first failure's message, what the peak measures, trial isolation
     reports/probe/memory.png     peak memory against batch size, with the limit and the fitted line
+                                 (and, with probe.plan_for, the predicted peak and each target's limit)
+    reports/probe/memory_plan.csv  probe.plan_for: predicted peak per batch size and category, estimated
+                                 under fake tensors for a device you do not have (stages/probe/plan.py);
+                                 the header alone when plan_for is null
 
 A trial is real training: `probe.steps` full steps (forward, backward, optimizer step) of
 stages.core.train.train_step on workload.fake_batch(B), then one evaluation forward at B under no_grad,
@@ -23,7 +27,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from stages.probe import memory, search
+from stages.probe import memory, plan, search
 from stages.core.config import OptimizerSettings, Params, ProbeSettings
 from stages.core import outputs as out
 from stages.core.declared import replace_sections
@@ -121,12 +125,51 @@ def check_training_state_fits(params: Params, about: dict, budget: int, limit: i
             f"(plus the margin and the activations), or a smaller model in workload.kwargs")
 
 
+def state_only(params: Params) -> OptimizerSettings:
+    """Only the optimizer's name and momentum size its state (the probe declares just those); the other
+    optimizer values keep their defaults in the trials, so the probe's result cannot depend on them."""
+    return OptimizerSettings(name=params.optimizer.name, momentum=params.optimizer.momentum)
+
+
 @dataclass
 class ProbeOutcome:
     records: list[TrialRecord]  # tried sizes in the order tried, then capped sizes
     tried: list[int]
     max_batch_size: int | None
     metrics: dict
+    plan: list[plan.Estimate] | None = None  # probe.plan_for's estimates, None without a plan
+    plan_fits: list[plan.TargetFit] | None = None
+
+
+def run_plan(params: Params, workload, outcome: ProbeOutcome, num_train_examples: int | None) -> None:
+    """probe.plan_for: estimate every candidate size under fake tensors (not only those that fit here:
+    the plan is for a bigger device) and find the largest that fits each target. Adds to `outcome`."""
+    targets = plan.plan_targets(params.probe.plan_for)
+    if not targets:
+        outcome.metrics["memory_plan"] = None
+        return
+    sizes, _ = plan_candidates(params.probe, num_train_examples)
+    if outcome.metrics["has_batch_norm"]:
+        sizes = [b for b in sizes if b >= 2]  # training-mode batch norm cannot run on one example
+    info("probe", f"memory plan for {', '.join(t.label for t in targets)}: estimating the peak under fake "
+                  f"tensors at batch sizes {sizes}")
+    start = time.perf_counter()
+    estimates = plan.plan_memory(workload, state_only(params), sizes, params.probe.steps,
+                                 progress=lambda e: info("probe", f"plan: batch size {e.batch_size:>6}: " + (
+                                     f"predicted peak {human_bytes(e.peak_bytes)}" if e.status == "estimated"
+                                     else f"refused: {e.reason}")))
+    fits = plan.fit_targets(estimates, targets, params.probe.safety_margin)
+    for f in fits:
+        info("probe", f"plan: {f.target.label}: largest batch size predicted to fit {f.max_batch_size} "
+                      f"(limit {human_bytes(f.limit_bytes)} after the {params.probe.safety_margin:.0%} margin)")
+    outcome.plan, outcome.plan_fits = estimates, fits
+    outcome.metrics["memory_plan"] = {
+        f.target.label: {"memory_bytes": f.target.memory_bytes, "limit_bytes": f.limit_bytes,
+                         "max_batch_size": f.max_batch_size, "at_largest_candidate": f.at_largest_candidate}
+        for f in fits}
+    outcome.metrics["memory_plan_status"] = ("refused" if any(e.status == "refused" for e in estimates)
+                                             else "estimated")
+    outcome.metrics["memory_plan_seconds"] = time.perf_counter() - start
 
 
 def run_probe(params: Params, device: torch.device, num_train_examples: int | None,
@@ -140,10 +183,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
     start = time.perf_counter()
     records: list[TrialRecord] = []
     methods: list[str] = []  # what peak_memory_bytes is, as the trial processes measured it
-    # Only the optimizer's name and momentum size its state (the probe declares just those); the other
-    # optimizer values keep their defaults in the trials, so the probe's result cannot depend on them.
-    state_only = OptimizerSettings(name=params.optimizer.name, momentum=params.optimizer.momentum)
-    runner.load(ProbeJob(replace_sections(params, optimizer=state_only), str(device)))
+    runner.load(ProbeJob(replace_sections(params, optimizer=state_only(params)), str(device)))
     about = query_device(runner)
     budget = memory.resolve_budget(settings.memory_budget, about["capacity_bytes"])
     limit = memory.memory_limit(budget, settings.safety_margin)
@@ -218,14 +258,18 @@ def write_outputs(outcome: ProbeOutcome) -> None:
     notes = {"First size that did not fit": failure and f"Batch size {failure['batch_size']} ({failure['status']}): "
                                                          f"{failure['reason']}",
              "Peak memory": outcome.metrics.get("peak_memory_measure"),
-             "Trial isolation": outcome.metrics.get("isolation_note")}
+             "Trial isolation": outcome.metrics.get("isolation_note"),
+             "Memory plan": outcome.plan and plan.plan_markdown(outcome.plan, outcome.plan_fits,
+                                                               outcome.metrics["safety_margin"])}
+    plan_rows = plan.plan_frame(outcome.plan or [])
     write_csv(out.PROBE_CSV.path, frame)
+    write_csv(out.PROBE_PLAN_CSV.path, plan_rows)
     write_json(out.PROBE_METRICS.path, metrics)
     write_text(out.PROBE_NOTES.path, out.notes_markdown(notes))
-    plot_memory(frame, outcome.metrics, out.PROBE_PLOT.path)
+    plot_memory(frame, outcome.metrics, out.PROBE_PLOT.path, plan_rows, outcome.plan_fits or [])
 
 
-def plot_memory(frame, metrics: dict, path: str) -> None:
+def plot_memory(frame, metrics: dict, path: str, plan_rows=None, plan_fits=()) -> None:
     import numpy as np
     import seaborn as sns
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -253,10 +297,19 @@ def plot_memory(frame, metrics: dict, path: str) -> None:
     if metrics["capped_at"] is not None:
         ax.axvline(metrics["capped_at"], ls="-.", color="tab:purple", lw=1,
                    label=f"training-set size {metrics['capped_at']} (larger sizes capped)")
+    predicted = (plan_rows[plan_rows["status"] == "estimated"] if plan_rows is not None
+                 else frame.iloc[0:0])
+    if len(predicted):  # probe.plan_for: the fake-tensor estimate and each target's limit
+        ax.plot(predicted["batch_size"], predicted["predicted_peak_bytes"].astype(float), marker="^", ms=5,
+                color="tab:green", lw=1, label="predicted peak (fake tensors)")
+        for i, f in enumerate(plan_fits):
+            ax.axhline(f.limit_bytes, ls=(0, (5, 2 + i)), color="tab:green", lw=1,
+                       label=f"plan {f.target.label}: limit {human_bytes(f.limit_bytes)}, fits up to {f.max_batch_size}")
     ax.axhline(limit, ls="--", color="tab:red", lw=1, label=f"limit {human_bytes(limit)}")
     ax.axhline(metrics["memory_budget_bytes"], ls=":", color="tab:gray", lw=1,
                label=f"budget {human_bytes(metrics['memory_budget_bytes'])}")
-    xs = list(frame["batch_size"]) + ([metrics["capped_at"]] if metrics["capped_at"] is not None else [])
+    xs = (list(frame["batch_size"]) + ([metrics["capped_at"]] if metrics["capped_at"] is not None else [])
+          + list(predicted["batch_size"]))
     ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
     ax.yaxis.set_major_locator(LogLocator(base=2))  # ticks at 256 MiB, 512 MiB, 1 GiB, ...
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: human_bytes(y)))
@@ -272,6 +325,7 @@ def main() -> None:
     with TrialRunner() as runner:  # its server warms up (imports) while params.yaml is validated
         ctx = setup(params=load_stage_params("probe"))
         outcome = run_probe(ctx.params, ctx.device, ctx.workload.num_train_examples, runner)
+    run_plan(ctx.params, ctx.workload, outcome, ctx.workload.num_train_examples)
     write_outputs(outcome)  # also when nothing fits: probe.csv records why each size failed
     best = outcome.max_batch_size
     if best is None:

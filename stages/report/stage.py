@@ -80,7 +80,7 @@ def recommended(inputs: Inputs) -> list[str]:
         verdict = ("reached the target" if reached else "did **not** reach the target") if reached is not None else "ran"
         final = baseline.get("final_meets_target")
         end = ("" if final is None else "; at the end of the step budget it " +
-               ("still meets it" if final else "has fallen **below** it (select's rule should have kept it)"))
+               ("still meets it" if final else "**no longer meets** it (select's rule should have kept it)"))
         lines += ["", f"**Baseline check:** trained once with this configuration, it {verdict}"
                   + (f" after {fmt(baseline.get('steps_to_target'))} steps" if reached else "")
                   + f" in {fmt(baseline.get('train_seconds'), 'train_seconds')} of training{end} (details in section 6)."]

@@ -120,6 +120,7 @@ BUILTINS: dict[str, str] = {
     "synthetic_cnn": "stages.workloads.synthetic_cnn:SyntheticCNN",
     "nqm": "stages.workloads.nqm:NoisyQuadratic",
     "dataset": "stages.workloads.dataset:DatasetWorkload",
+    "char_lm": "stages.workloads.char_lm:CharLM",
 }
 
 
