@@ -70,6 +70,14 @@ THROUGHPUT_WINDOWS = Output("reports/throughput/windows.csv", THROUGHPUT_CMD)
 THROUGHPUT_METRICS = Output("reports/throughput/metrics.json", THROUGHPUT_CMD, "metrics",
                             keys=("largest_useful_batch_size",))
 THROUGHPUT_NOTES = Output("reports/throughput/diagnosis.md", THROUGHPUT_CMD)  # the diagnosis and the methods, in words
+THROUGHPUT_DEVICES = Output("reports/throughput/devices.csv", THROUGHPUT_CMD,  # data parallel; no rows with devices [1]
+                            columns=("devices", "per_device_batch_size", "status", "reason", "examples_per_s",
+                                     "scaling_efficiency", "scaling_efficiency_ci_low", "scaling_efficiency_ci_high"),
+                            numeric=("devices", "per_device_batch_size", "examples_per_s", "scaling_efficiency",
+                                     "scaling_efficiency_ci_low", "scaling_efficiency_ci_high"),
+                            allowed=(("status", ("ok", "crashed", "timeout")),))
+THROUGHPUT_DEVICE_WINDOWS = Output("reports/throughput/device_windows.csv", THROUGHPUT_CMD)
+THROUGHPUT_DEVICES_PLOT = Output("reports/throughput/devices.png", THROUGHPUT_CMD, "image")
 THROUGHPUT_PLOTS = tuple(Output(f"reports/throughput/{name}.png", THROUGHPUT_CMD, "image")
                          for name in ("examples_per_s", "time_per_step", "time_split"))
 

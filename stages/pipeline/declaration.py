@@ -87,13 +87,15 @@ STAGES: tuple[Stage, ...] = (
         params=("workload", "optimizer", "runtime", "throughput"),  # all of optimizer: momentum, nesterov, weight decay change a step's work
         inputs=(out.PROBE_CSV, out.PROBE_METRICS),
         outputs=(out.THROUGHPUT_CSV, out.THROUGHPUT_WINDOWS, out.THROUGHPUT_METRICS, out.THROUGHPUT_NOTES,
-                 *out.THROUGHPUT_PLOTS),
+                 *out.THROUGHPUT_PLOTS, out.THROUGHPUT_DEVICES, out.THROUGHPUT_DEVICE_WINDOWS, out.THROUGHPUT_DEVICES_PLOT),
         plots=(Plot(out.THROUGHPUT_CSV.path, "batch_size", ["examples_per_s", "on_device_examples_per_s"],
                     "Throughput by batch size", "loglog", "batch size", "examples / s"),
                Plot(out.THROUGHPUT_CSV.path, "batch_size", "time_per_step_s", "Time per step by batch size",
                     "loglog", "batch size", "seconds / step"),
                Plot(out.THROUGHPUT_CSV.path, "batch_size", ["data_wait_s", "copy_s", "compute_s"],
-                    "Time per step split by batch size", "loglog", "batch size", "seconds / step")),
+                    "Time per step split by batch size", "loglog", "batch size", "seconds / step"),
+               Plot(out.THROUGHPUT_DEVICES.path, "devices", ["examples_per_s", "ideal_examples_per_s"],
+                    "Throughput by device count (data parallel)", "linear", "devices", "examples / s")),
         resources=GPU_JOB,
     ),
     Stage(
@@ -130,7 +132,7 @@ STAGES: tuple[Stage, ...] = (
         cmd=out.SELECT_CMD,
         params=("workload", "optimizer", "runtime.seed", "select"),  # the study's limits come from scaling's metrics.json
         inputs=(out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_CSV, out.THROUGHPUT_METRICS, out.SCALING_STEPS,
-                out.SCALING_ALL_TRIALS, out.SCALING_CURVES, out.SCALING_METRICS),
+                out.SCALING_ALL_TRIALS, out.SCALING_CURVES, out.SCALING_METRICS, out.THROUGHPUT_DEVICES),
         outputs=(out.SELECT_CONFIG, out.SELECT_DECISION, out.SELECT_METRICS, out.SELECT_REASONING, *out.SELECT_PLOTS),
         plots=(Plot(out.SELECT_DECISION.path, "batch_size", "training_time_s", "Training time by batch size",
                     "loglog", "batch size", "training time (s)"),

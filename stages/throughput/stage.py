@@ -10,7 +10,10 @@ params sections workload, optimizer, runtime, throughput. Writes reports/through
                       flag, the doubling ratio with its interval and regime, FLOPs and utilisation
   metrics.json        largest useful batch size, peak FLOP/s, device, threads (numbers and short labels)
   diagnosis.md        the diagnosis in words, and how FLOPs, intervals and the time split were measured
-  examples_per_s.png, time_per_step.png, time_split.png
+  devices.csv         with throughput.devices beyond [1]: per device count, data-parallel examples/s and
+                      interval, scaling efficiency and interval, compute and communication per step
+                      (stages/throughput/ddp.py); device_windows.csv: its timed windows
+  examples_per_s.png, time_per_step.png, time_split.png, devices.png
 
 Every step is `stages.core.train.train_step` with the configured optimizer at a small fixed learning
 rate (the value does not change the work of a step; small keeps the weights finite). How timing
@@ -24,7 +27,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stages.throughput import timing
+from stages.throughput import devices, timing
 from stages.core.config import ThroughputSettings
 from stages.core.errors import ConfigError, StudyError
 from stages.core.context import Context, setup
@@ -260,6 +263,7 @@ def main() -> None:
                          + (f", throughput.max_batch_size is {s.max_batch_size}" if s.max_batch_size else "")
                          + f" (see {out.PROBE_CSV.path})")
     ctx = setup(params=params)
+    parallel_warning = devices.check(s, ctx.device, ctx.threads)  # bad device counts stop before any timing
     info(STAGE, f"{ctx.workload.name} on {describe(ctx.device)}, {ctx.threads} threads; sizes {sizes}")
     peak, peak_method = peak_flops(ctx, s)
     info(STAGE, f"peak matmul: {'n/a' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} ({peak_method})")
@@ -272,6 +276,8 @@ def main() -> None:
                     f"{r.examples_per_s_ci_high:,.0f}] over {r.windows} windows ({r.stop_reason}); on device "
                     f"{r.on_device_examples_per_s:,.0f}; data {r.data_wait_s * 1e3:.3g} ms, copy {r.copy_s * 1e3:.3g} ms, "
                     f"compute {r.compute_s * 1e3:.3g} ms per step; {r.regime}")
+    parallel = devices.measure(ctx, s, largest) if devices.wanted(s) else []  # at the largest useful per-device batch
+    parallel_table, parallel_windows = devices.frames(parallel, s.confidence)
     model = ctx.workload.init_model()
     metrics = {
         **decision,
@@ -291,13 +297,19 @@ def main() -> None:
         "learning_rate": MEASURE_LR,
         "workload": ctx.workload.name,
         "parameter_count": parameter_count(model),
+        **devices.metrics(parallel_table),
         "seconds": time.perf_counter() - started,
     }
     metrics.pop("diagnosis")  # prose: it goes to diagnosis.md, so `dvc metrics diff` rows stay short
     write_csv(out.THROUGHPUT_WINDOWS.path, frame_windows)
     write_csv(out.THROUGHPUT_CSV.path, frame)
     write_json(out.THROUGHPUT_METRICS.path, metrics)
-    write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method))
+    write_csv(out.THROUGHPUT_DEVICES.path, parallel_table)
+    write_csv(out.THROUGHPUT_DEVICE_WINDOWS.path, parallel_windows)
+    parallel_notes = devices.notes(parallel_table, parallel_warning)
+    write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method)
+               + (f"\n## Data parallelism\n\n{parallel_notes}\n" if parallel_notes else ""))
     plot(frame, largest)
+    devices.plot(parallel_table)
     info(STAGE, f"largest useful batch size {largest}. {diagnosis}")
 
