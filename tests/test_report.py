@@ -57,6 +57,13 @@ def write_outputs(root: Path) -> None:
     (root / "reports/select/decision.csv").write_text(
         "batch_size,feasible,steps_to_target,training_time_s,resource_cost,chosen,why\n"
         "64,True,380,40.1,0.011,False,slower: 40.1 s vs 31 s\n128,True,250,31.0,0.0086,True,minimises training time\n")
+    (root / "reports/throughput/devices.csv").write_text(  # throughput.devices [1, 2, 4]: the 4 crashed
+        "devices,per_device_batch_size,global_batch_size,status,reason,examples_per_s,examples_per_s_ci_low,"
+        "examples_per_s_ci_high,ideal_examples_per_s,scaling_efficiency,scaling_efficiency_ci_low,"
+        "scaling_efficiency_ci_high,compute_s,communication_s\n"
+        "1,256,256,ok,,61000,60000,62000,61000,1.0,0.97,1.03,0.0040,0.0002\n"
+        "2,256,512,ok,,104000,100000,108000,122000,0.85,0.8,0.9,0.0041,0.0008\n"
+        "4,256,1024,crashed,rank 3: RuntimeError: boom,,,,,,,,,\n")
     (root / "reports/probe/notes.md").write_text("## Trial isolation\n\nEvery trial ran in a forked process.\n")
     (root / "reports/scaling/notes.md").write_text(
         "## Critical batch size\n\nB_crit = 182 (95% CI 120 .. 260) within the studied range 64 .. 256\n")
@@ -123,8 +130,11 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
                      "| time to target (training clock) | 0.775 s | 1.02 s | 1.32 |"):
         assert expected in baseline, expected
 
+    parallel = text.split("### Data parallelism: throughput by device count")[1].split("## 3.")[0]
+    for expected in ("![devices](throughput/devices.png)", "| 2 | 512 | ok | 104,000 |", "rank 3: RuntimeError: boom"):
+        assert expected in parallel, expected
     html = render(text)
-    assert html.count("<table>") == 11
+    assert html.count("<table>") == 12
     images = [src for src in __import__("re").findall(r'<img src="([^"]+)"', html)]
     declared = [o.path for s in pipeline.STAGES for o in s.outputs if o.kind == "image"]
     assert sorted(images) == sorted(str(Path(p).relative_to("reports")) for p in declared)
@@ -165,3 +175,16 @@ def test_no_outputs_at_all_still_gives_a_readable_report(tmp_path):
                 "reports/select/reasoning.md", "reports/baseline/metrics.json"):
         assert f"`{rel}` is missing" in text
     assert "<table>" not in render(text)
+
+
+def test_no_data_parallel_section_with_one_device_count(tmp_path):
+    """throughput.devices [1] (the default): devices.csv has its header and no rows -- no section, no problem."""
+    from stages.report.format import Inputs
+    from stages.report.stage import data_parallel
+    from stages.throughput.ddp import COLUMNS
+
+    path = tmp_path / "reports/throughput/devices.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text(",".join(COLUMNS) + "\n")
+    inputs = Inputs(tmp_path)
+    assert data_parallel(inputs) == [] and inputs.problems == []
