@@ -180,11 +180,11 @@ def test_no_outputs_at_all_still_gives_a_readable_report(tmp_path):
 def test_no_data_parallel_section_with_one_device_count(tmp_path):
     """throughput.devices [1] (the default): devices.csv has its header and no rows -- no section, no problem."""
     from stages.report.format import Inputs
+    from stages.core.outputs import THROUGHPUT_DEVICES
     from stages.report.stage import data_parallel
-    from stages.throughput.ddp import COLUMNS
 
-    path = tmp_path / "reports/throughput/devices.csv"
+    path = tmp_path / THROUGHPUT_DEVICES.path
     path.parent.mkdir(parents=True)
-    path.write_text(",".join(COLUMNS) + "\n")
+    path.write_text(",".join(THROUGHPUT_DEVICES.columns) + "\n")
     inputs = Inputs(tmp_path)
     assert data_parallel(inputs) == [] and inputs.problems == []
