@@ -5,6 +5,7 @@ so the project root must be on sys.path (it is, under pytest and `python -m`).""
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterator
 
 import torch
@@ -21,7 +22,8 @@ class TinyMLP(Workload):
     def __init__(self, features: int = 32, hidden: int = 64, classes: int = 4, fail_rank: int = -1,
                  fail: str = "raise"):
         self.features, self.hidden, self.classes = features, hidden, classes
-        self.fail_rank, self.fail = fail_rank, fail  # fail: "raise" (an exception) or "exit" (dies without a word)
+        # fail: "raise" (an exception), "exit" (dies without a word) or "hang" (never returns)
+        self.fail_rank, self.fail = fail_rank, fail
 
     def init_model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(self.features, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.classes))
@@ -37,6 +39,8 @@ class TinyMLP(Workload):
         if dist.is_initialized() and dist.get_rank() == self.fail_rank:
             if self.fail == "exit":
                 os._exit(3)
+            if self.fail == "hang":
+                time.sleep(3600)
             raise RuntimeError(f"injected failure on rank {self.fail_rank}")
         x, y = batch
         return nn.functional.cross_entropy(model(x), y, reduction="sum"), y.shape[0]

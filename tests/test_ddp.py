@@ -71,3 +71,14 @@ def test_a_rank_that_crashes_is_recorded_with_its_reason():
     assert result.seconds < 60 and not result.windows
     row = ddp.summarise([result], 0.95)[0]
     assert row["status"] == "crashed" and row["reason"] == result.reason
+
+
+def test_a_group_that_hangs_is_stopped_at_its_timeout():
+    """Rank 1 never finishes its step, so rank 0 waits in the all-reduce: the parent's deadline stops both."""
+    import multiprocessing
+
+    job = ddp.GroupJob("tests.ddp_fakes:factory", {"fail_rank": 1, "fail": "hang"}, OptimizerSettings(), 0, 1, "cpu",
+                       2, 8, 1, 0.02, 1, timing.StopRule(6, 0.02, 0.2, 0.95), timeout_s=4)
+    result = ddp.run_group(job)
+    assert result.status == "timeout" and "throughput.device_timeout_s" in result.reason
+    assert 4 <= result.seconds < 20 and not multiprocessing.active_children()
