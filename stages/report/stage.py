@@ -122,8 +122,9 @@ def throughput_section(inputs: Inputs) -> list[str]:
 
 
 def data_parallel(inputs: Inputs) -> list[str]:
-    """Throughput by device count against the ideal line -- only when more than one device count was measured
-    (throughput.devices beyond [1]); the method and the verdict in words are in diagnosis.md, shown above."""
+    """Throughput by device count against the ideal line -- only when throughput timed more than one device
+    count (throughput.devices beyond [1]; a count that crashed is shown with its reason); the method and the
+    verdict in words are in diagnosis.md, shown above."""
     path, image = out.THROUGHPUT_DEVICES.path, out.THROUGHPUT_DEVICES_PLOT.path
     frame = inputs.csv(path, "throughput", allow_empty=True)
     if frame is None or len(frame) < 2:

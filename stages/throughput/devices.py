@@ -106,6 +106,9 @@ def plot(table: pd.DataFrame) -> None:
                     ok.examples_per_s_ci_high - ok.examples_per_s], marker="o", capsize=3, label="measured")
         ideal = ok[ok.ideal_examples_per_s.notna()]
         ax.plot(ideal.devices, ideal.ideal_examples_per_s, ":", color="gray", label="ideal (linear in devices)")
+        for r in ideal[ideal.devices > 1].itertuples():
+            ax.annotate(f"efficiency {r.scaling_efficiency:.2f}", (r.devices, r.examples_per_s),
+                        textcoords="offset points", xytext=(-8, 8), ha="right", fontsize=8)
         ax.set_xticks(list(table.devices))
         ax.legend()
     else:
