@@ -88,9 +88,11 @@ def notes(table: pd.DataFrame, warning: str) -> str:
         eff = ("" if r.devices == 1 or not math.isfinite(r.scaling_efficiency) else
                f", scaling efficiency {r.scaling_efficiency:.2f} [{r.scaling_efficiency_ci_low:.2f}, "
                f"{r.scaling_efficiency_ci_high:.2f}]")
+        share = r.communication_s / r.time_per_step_s
         lines.append(f"- {r.devices} device(s), {r.global_batch_size} examples per step: {r.examples_per_s:,.0f} "
                      f"examples/s [{r.examples_per_s_ci_low:,.0f}, {r.examples_per_s_ci_high:,.0f}]{eff}; per step "
-                     f"{r.compute_s * 1e3:.3g} ms compute, {r.communication_s * 1e3:.3g} ms communication not hidden")
+                     f"{r.compute_s * 1e3:.3g} ms compute, {r.communication_s * 1e3:.3g} ms communication not hidden "
+                     f"({share:.0%} of the step{': the all-reduce, not compute, limits scaling' if share > 0.5 and r.devices > 1 else ''})")
     first = table.iloc[0]
     text = (f"Per-device batch {int(first.per_device_batch_size)} (the largest useful batch size), "
             f"{first.backend or 'no'} backend:\n\n" + "\n".join(lines) + f"\n\nMethod: {ddp.METHOD}")
