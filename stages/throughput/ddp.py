@@ -180,10 +180,20 @@ def _died(code: int | None) -> str:
 
 
 def run_group(job: GroupJob, log=lambda message: None) -> GroupResult:
-    """Spawn the group, wait for rank 0's windows or the first failure, never past job.timeout_s."""
+    """Spawn the group, wait for rank 0's windows or the first failure, never past job.timeout_s. The free
+    port is free when chosen, not when rank 0 binds it: if another process took it meanwhile, once more."""
+    result = _run_group(job, free_port())
+    if result.status == "crashed" and "address already in use" in result.reason.lower():
+        log(f"{job.devices} device(s): the port was taken before rank 0 bound it; once more on another")
+        result = _run_group(job, free_port())
+    log(f"{job.devices} device(s): {result.status}{': ' + result.reason if result.reason else ''} "
+        f"({result.seconds:.1f} s)")
+    return result
+
+
+def _run_group(job: GroupJob, port: int) -> GroupResult:
     ctx = mp.get_context("spawn")
     reports = ctx.Queue()
-    port = free_port()
     started = time.monotonic()
     procs = [ctx.Process(target=_rank_main, args=(r, job, port, reports), daemon=True, name=f"ddp-rank{r}")
              for r in range(job.devices)]
@@ -238,8 +248,6 @@ def run_group(job: GroupJob, log=lambda message: None) -> GroupResult:
                                for i, (k, eps) in enumerate(zip(steps, samples))]
             if mode == "synced":
                 result.stop_reason = stop
-    log(f"{job.devices} device(s): {result.status}{': ' + result.reason if result.reason else ''} "
-        f"({result.seconds:.1f} s)")
     return result
 
 
