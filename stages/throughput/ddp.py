@@ -35,6 +35,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -94,11 +95,11 @@ def free_port() -> int:
 
 # ---------------------------------------------------------------------------- inside a rank
 
-def _windows(job: GroupJob, rank: int, device: torch.device, steps: dict, examples_per_step: int) -> dict | None:
-    """The timed windows of both modes, alternated; rank 0 decides, every rank runs them. Returns rank 0's
-    record: mode -> (steps per window, examples/s per window, stop reason)."""
+def _windows(job: GroupJob, rank: int, device: torch.device, window_steps: int, step_of: dict[str, Callable[[], None]],
+             examples_per_step: int) -> dict | None:
+    """The timed windows of both modes (MODES -> step function), alternated; rank 0 decides, every rank runs
+    them. Returns rank 0's record: mode -> (steps per window, examples/s per window, stop reason)."""
     sync = lambda: synchronize(device)  # noqa: E731
-    window_steps = steps["synced"]
     calibrated = torch.tensor([window_steps], dtype=torch.int64, device=device)
     dist.all_reduce(calibrated, op=dist.ReduceOp.MIN)  # the slowest rank's calibration: shortest windows
     window_steps = max(job.min_window_steps, int(calibrated.item()))
@@ -117,7 +118,7 @@ def _windows(job: GroupJob, rank: int, device: torch.device, steps: dict, exampl
         index, k = int(control[0].item()), int(control[1].item())
         if index == _STOP:
             break
-        step = steps["fns"][MODES[index]]
+        step = step_of[MODES[index]]
         step()  # untimed: settles caches after the switch of mode
         elapsed[0] = timing.timed_window(step, k, sync)
         dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)  # the group is as fast as its slowest rank
@@ -159,7 +160,7 @@ def _rank_main(rank: int, job: GroupJob, port: int, reports) -> None:
             # local steps may differ in number between ranks (no collective inside): calibrate on them
             per_window = timing.steps_per_window(local, lambda: synchronize(device), job.window_seconds,
                                                  job.min_window_steps)
-            record = _windows(job, rank, device, {"synced": per_window, "fns": {"synced": synced, "local": local}},
+            record = _windows(job, rank, device, per_window, {"synced": synced, "local": local},
                               job.devices * job.per_device_batch_size)
             if rank == 0:
                 reports.put(("ok", {"windows": record, "threads": threads, "backend": backend}))
