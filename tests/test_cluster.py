@@ -39,6 +39,8 @@ def test_scaling_fan_out_runs_as_separate_cluster_jobs(tmp_path, monkeypatch):
     log = proc.stdout + proc.stderr
     submitted = re.findall(r"Submitted job \d+ with external jobid '([^']+)'", log)
     assert len(submitted) == len(SIZES), log[-3000:]  # one cluster job per batch size, nothing else
+    last_submitted = log.rindex("with external jobid")
+    assert last_submitted < log.index("Finished jobid"), "the sizes' jobs were in flight together"
 
     jobs = root / ".cluster-jobs"
     pids = set()
