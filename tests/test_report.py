@@ -66,6 +66,13 @@ def write_outputs(root: Path) -> None:
     (root / "reports/family/model.yaml").write_text(
         "workload: digits_mlp\nchosen: candidate1\noverrides: {hidden: [64]}\nkwargs: {hidden: [64], target: 0.95}\n"
         "rule: smallest\nreasoning: candidate1 is the smallest candidate that reached the target.\n")
+    (root / "reports/throughput/devices.csv").write_text(  # throughput.devices [1, 2, 4]: the 4 crashed
+        "devices,per_device_batch_size,global_batch_size,status,reason,examples_per_s,examples_per_s_ci_low,"
+        "examples_per_s_ci_high,ideal_examples_per_s,scaling_efficiency,scaling_efficiency_ci_low,"
+        "scaling_efficiency_ci_high,compute_s,communication_s\n"
+        "1,256,256,ok,,61000,60000,62000,61000,1.0,0.97,1.03,0.0040,0.0002\n"
+        "2,256,512,ok,,104000,100000,108000,122000,0.85,0.8,0.9,0.0041,0.0008\n"
+        "4,256,1024,crashed,rank 3: RuntimeError: boom,,,,,,,,,\n")
     (root / "reports/probe/notes.md").write_text("## Trial isolation\n\nEvery trial ran in a forked process.\n")
     (root / "reports/scaling/notes.md").write_text(
         "## Critical batch size\n\nB_crit = 182 (95% CI 120 .. 260) within the studied range 64 .. 256\n")
@@ -132,8 +139,11 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
                      "| time to target (training clock) | 0.775 s | 1.02 s | 1.32 |"):
         assert expected in baseline, expected
 
+    parallel = text.split("### Data parallelism: throughput by device count")[1].split("## 3.")[0]
+    for expected in ("![devices](throughput/devices.png)", "| 2 | 512 | ok | 104,000 |", "rank 3: RuntimeError: boom"):
+        assert expected in parallel, expected
     html = render(text)
-    assert html.count("<table>") == 13  # family: its metrics and candidates tables
+    assert html.count("<table>") == 14  # family: its metrics and candidates tables; the data-parallel table
     family = text.split("## 1.")[1].split("## 2.")[0]
     assert "start from **{'hidden': [64]}**" in family and "| candidate0 |" in family
     images = [src for src in __import__("re").findall(r'<img src="([^"]+)"', html)]
@@ -176,3 +186,16 @@ def test_no_outputs_at_all_still_gives_a_readable_report(tmp_path):
                 "reports/select/reasoning.md", "reports/baseline/metrics.json"):
         assert f"`{rel}` is missing" in text
     assert "<table>" not in render(text)
+
+
+def test_no_data_parallel_section_with_one_device_count(tmp_path):
+    """throughput.devices [1] (the default): devices.csv has its header and no rows -- no section, no problem."""
+    from stages.report.format import Inputs
+    from stages.core.outputs import THROUGHPUT_DEVICES
+    from stages.report.stage import data_parallel
+
+    path = tmp_path / THROUGHPUT_DEVICES.path
+    path.parent.mkdir(parents=True)
+    path.write_text(",".join(THROUGHPUT_DEVICES.columns) + "\n")
+    inputs = Inputs(tmp_path)
+    assert data_parallel(inputs) == [] and inputs.problems == []

@@ -101,6 +101,41 @@ def test_resource_objective_with_more_devices_allowed():
     assert chosen(select(m, SelectSettings(objective="time", max_devices=1), TARGET, STUDY)) == 64
 
 
+def test_measured_scaling_efficiency_replaces_the_assumed_one_where_it_exists():
+    """Per-device max 64; 128 and 256 need 2 and 4 devices. throughput measured 2 devices at 0.6: 128 uses it,
+    256 (4 devices, not measured) falls back to the assumed 0.9; each row says which."""
+    tps, steps = (lambda b: 0.02), curve(100, 200)
+    m = synthetic(tps, steps, max_fit=64, studied=SIZES[:6])
+    m = Measurements(**{**m.__dict__, "measured_efficiency": {2: 0.6}})
+    settings = SelectSettings(objective="time", max_devices=4, scaling_efficiency=0.9)
+    t = decision_table(m, settings, STUDY).set_index("batch_size")
+    assert t.loc[128, "time_per_step_s"] == pytest.approx(0.02 / 0.6)
+    assert t.loc[256, "time_per_step_s"] == pytest.approx(0.02 / 0.9)
+    assert list(t.loc[[64, 128, 256], "scaling_efficiency_source"]) == ["", "measured", "assumed"]
+    assert t.loc[128, "scaling_efficiency"] == 0.6 and math.isnan(t.loc[64, "scaling_efficiency"])
+    # the measurement changes the choice: at 0.6 two devices lose to one (steps 100 (1+200/128) x 0.0333 s
+    # = 8.54 s against 64's 100 (1+200/64) x 0.02 = 8.25 s); assumed 0.9, 128 would win (5.69 s)
+    assert chosen(select(m, SelectSettings(objective="time", max_devices=2), TARGET, STUDY)) == 64
+    unmeasured = Measurements(**{**m.__dict__, "measured_efficiency": {}})
+    assert chosen(select(unmeasured, SelectSettings(objective="time", max_devices=2), TARGET, STUDY)) == 128
+    sel = select(m, settings, TARGET, STUDY)
+    text = reasoning_markdown(sel, m, TARGET, settings, STUDY, {"name": "sgd"})
+    assert "128 on 2 devices at 60% (measured)" in text and "256 on 4 devices at 90% (assumed)" in text
+
+
+def test_select_reads_the_measured_efficiency_of_the_counts_that_ran(tmp_path, monkeypatch):
+    """devices.csv from throughput: one device is the reference, a crashed count has no efficiency."""
+    from stages.select.stage import measured_efficiency
+    from stages.throughput.ddp import COLUMNS
+    rows = [{"devices": n, "per_device_batch_size": 64, "status": st, "reason": why, "scaling_efficiency": e}
+            for n, st, why, e in ((1, "ok", "", 1.0), (2, "ok", "", 0.95), (4, "crashed", "rank 3: RuntimeError", None))]
+    path = tmp_path / "reports/throughput/devices.csv"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(path, index=False)
+    monkeypatch.chdir(tmp_path)
+    assert measured_efficiency() == {2: 0.95}
+
+
 def test_sizes_beyond_useful_throughput_are_not_considered():
     m = synthetic(lambda b: 0.01, curve(50, 100), max_fit=1024, useful=256)
     sel = select(m, SelectSettings(), TARGET, STUDY)
@@ -253,6 +288,9 @@ def digits_fixture(root: Path, *, steps: dict[int, float] | None = None, trials:
             data.to_csv(path, index=False)
         else:
             path.write_text(json.dumps(data))
+    # throughput.devices [1]: the data-parallel table has its columns and no rows
+    from stages.throughput.ddp import COLUMNS
+    (root / "reports/throughput/devices.csv").write_text(",".join(COLUMNS) + "\n")
     (root / "params.yaml").write_text(yaml.safe_dump({"runtime": {"device": "cpu", "seed": 0}}))
 
 
@@ -298,6 +336,7 @@ def test_select_stage_writes_the_initial_configuration(tmp_path):
     assert config["train_steps"] == 96  # 80 x 1.2
     assert config["optimizer"] == {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
     assert config["workload"]["name"] == "digits_mlp" and config["devices"] == 1 and config["seed"] == 0
+    assert json.loads((out / "metrics.json").read_text())["scaling_efficiency_source"] == "one device"
     assert config["expected_training_time_s"] == pytest.approx(0.00328 * 96)
     assert config["objective"] == "time"
     table = pd.read_csv(out / "decision.csv").set_index("batch_size")

@@ -135,6 +135,13 @@ def _check_sorted_unique(value: list) -> str | None:
     return None
 
 
+def _check_device_counts(value: list) -> str | None:
+    """an increasing list of distinct positive integers that starts with 1"""
+    if _check_sorted_unique(value) or value[0] != 1:
+        return "an increasing list of distinct positive integers that starts with 1 (one device: the reference of the scaling efficiency)"
+    return None
+
+
 def _check_noise_pair(value: list | None) -> str | None:
     """null or [small, big] with 0 < small < big and big a multiple of small"""
     if value is None:
@@ -234,6 +241,8 @@ class ThroughputSettings:
     input_bound_ratio: float = setting(1.25, "input-bound if on-device examples/s clearly exceed the real pipeline's by this factor", min=1.0)
     peak_seconds: float = setting(0.5, "time spent measuring the device's peak matmul FLOP/s", min=0.0, min_exclusive=True)
     max_workers: int | None = setting(None, "DataLoader workers measured at the largest useful batch size: 0, 1, 2, 4, ... up to this (null = the CPU cores this process may use; 0 = do not measure); workloads without a DataLoader skip it", min=0)
+    devices: list[int] = setting([1], "device counts to time data-parallel training on (DistributedDataParallel at the largest useful per-device batch; gloo on CPU, nccl on CUDA; one process per device, each with runtime.threads threads); [1] = one device only, no data-parallel timing", check=_check_device_counts)
+    device_timeout_s: float = setting(300.0, "a device count's processes still running after this many seconds are stopped and recorded as timeout; also the limit on process-group set-up and on each collective", min=0.0, min_exclusive=True)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,14 @@ THROUGHPUT_METRICS = Output("reports/throughput/metrics.json", THROUGHPUT_CMD, "
 THROUGHPUT_WORKERS = Output("reports/throughput/workers.csv", THROUGHPUT_CMD,  # examples/s per DataLoader num_workers
                             columns=("num_workers", "examples_per_s", "recommended"), numeric=("num_workers", "examples_per_s"))
 THROUGHPUT_NOTES = Output("reports/throughput/diagnosis.md", THROUGHPUT_CMD)  # the diagnosis and the methods, in words
+THROUGHPUT_DEVICES = Output("reports/throughput/devices.csv", THROUGHPUT_CMD,  # data parallel; no rows with devices [1]
+                            columns=("devices", "per_device_batch_size", "status", "reason", "examples_per_s",
+                                     "scaling_efficiency", "scaling_efficiency_ci_low", "scaling_efficiency_ci_high"),
+                            numeric=("devices", "per_device_batch_size", "examples_per_s", "scaling_efficiency",
+                                     "scaling_efficiency_ci_low", "scaling_efficiency_ci_high"),
+                            allowed=(("status", ("ok", "crashed", "timeout")),))
+THROUGHPUT_DEVICE_WINDOWS = Output("reports/throughput/device_windows.csv", THROUGHPUT_CMD)
+THROUGHPUT_DEVICES_PLOT = Output("reports/throughput/devices.png", THROUGHPUT_CMD, "image")
 THROUGHPUT_PLOTS = tuple(Output(f"reports/throughput/{name}.png", THROUGHPUT_CMD, "image")
                          for name in ("examples_per_s", "time_per_step", "time_split"))
 

@@ -70,9 +70,11 @@ class Inputs:
     def text(self, rel: str, stage: str) -> str | None:
         return self._read(rel, stage, lambda p: p.read_text())
 
-    def csv(self, rel: str, stage: str) -> pd.DataFrame | None:
+    def csv(self, rel: str, stage: str, allow_empty: bool = False) -> pd.DataFrame | None:
+        """The CSV, or None (a problem noted) if it is missing, unreadable, or -- unless `allow_empty`, for a
+        table that legitimately has no rows -- empty."""
         frame = self._read(rel, stage, pd.read_csv)
-        if frame is not None and frame.empty:
+        if frame is not None and frame.empty and not allow_empty:
             self._problem(rel, "has no rows", stage)
             return None
         return frame

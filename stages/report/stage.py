@@ -28,6 +28,9 @@ PROBE_COLUMNS = ["batch_size", "status", "peak_memory_bytes", "steps_run", "seco
 THROUGHPUT_COLUMNS = ["batch_size", "examples_per_s", "examples_per_s_ci_low", "examples_per_s_ci_high",
                       "time_per_step_s", "data_wait_s", "compute_s", "input_bound", "doubling_ratio", "regime",
                       "utilisation"]
+DEVICES_COLUMNS = ["devices", "global_batch_size", "status", "examples_per_s", "examples_per_s_ci_low",
+                   "examples_per_s_ci_high", "ideal_examples_per_s", "scaling_efficiency", "scaling_efficiency_ci_low",
+                   "scaling_efficiency_ci_high", "compute_s", "communication_s", "reason"]
 SCALING_COLUMNS = ["batch_size", "best_learning_rate", "steps_to_target", "steps_to_target_spread",
                    "examples_to_target", "regime"]
 FAMILY_COLUMNS = ["candidate", "overrides", "parameters", "flops_per_example", "status", "learning_rate",
@@ -135,7 +138,26 @@ def throughput_section(inputs: Inputs) -> list[str]:
                   "not studied further.", ""]
         lines += _notes(out.THROUGHPUT_NOTES, "throughput", inputs)
     return lines + _evidence("throughput", inputs, m, metrics_path, f"Per batch size (`{csv_path}`):", csv_path,
-                             THROUGHPUT_COLUMNS)
+                             THROUGHPUT_COLUMNS) + data_parallel(inputs)
+
+
+def data_parallel(inputs: Inputs) -> list[str]:
+    """Throughput by device count against the ideal line -- only when throughput timed more than one device
+    count (throughput.devices beyond [1]; a count that crashed is shown with its reason); the method and the
+    verdict in words are in diagnosis.md, shown above."""
+    path, image = out.THROUGHPUT_DEVICES.path, out.THROUGHPUT_DEVICES_PLOT.path
+    frame = inputs.csv(path, "throughput", allow_empty=True)
+    if frame is None or len(frame) < 2:
+        return []
+    lines = ["### Data parallelism: throughput by device count", "",
+             "Measured with DistributedDataParallel at the largest useful per-device batch; the dotted line is "
+             "the ideal (N x one device's examples/s). select uses each measured efficiency for its device count "
+             "and the assumed `select.scaling_efficiency` only for counts not measured.", ""]
+    if inputs.exists(image):
+        lines += [f"![devices]({Path(image).relative_to('reports').as_posix()})", ""]
+    else:
+        lines += [inputs.missing_note(image, "throughput"), ""]
+    return lines + [f"Per device count (`{path}`):", ""] + table(frame, DEVICES_COLUMNS, path, inputs) + [""]
 
 
 def scaling_section(inputs: Inputs) -> list[str]:

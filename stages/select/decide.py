@@ -4,7 +4,9 @@ The playbook's arithmetic, per batch size B:
     training time  = time per step(B) x steps to target(B)
     resource use   = devices(B) x training time / 3600 x device cost per hour
 Devices: 1 while B fits one device (probe); above that only if `select.max_devices` allows, with
-ceil(B / per-device max) data-parallel devices whose throughput each keeps `scaling_efficiency`.
+ceil(B / per-device max) data-parallel devices whose throughput each keeps a scaling efficiency: the one
+throughput measured for that device count (throughput.devices, reports/throughput/devices.csv) where it
+exists, else the assumed `select.scaling_efficiency`; each row says which (`scaling_efficiency_source`).
 A size that fits one device but lies beyond the largest size that still raised throughput is not
 considered (the playbook: only consider sizes up to where throughput stops growing).
 Steps between measured sizes come from the fitted curve S(B) = S_min (1 + B_crit / B) and are
@@ -70,6 +72,8 @@ class Measurements:
     device: str = "device"
     trials: pd.DataFrame | None = None  # every trial (trials.csv): batch_size, learning_rate, outcome, steps_run
     first_step_overhead_s: float = 0.0  # a run's one-off first-step cost (throughput), added to predicted times
+    # devices -> scaling efficiency that throughput measured (data parallel, devices > 1, only counts that ran)
+    measured_efficiency: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +132,14 @@ def devices_needed(batch_size: BatchSize, per_device_max: BatchSize | None, max_
         return 1
     k = math.ceil(batch_size / per_device_max)
     return k if k <= max_devices else None
+
+
+def scaling_efficiency(devices: int, measured: dict[int, float], assumed: float) -> tuple[float, str]:
+    """(efficiency, "measured" or "assumed") for `devices` data-parallel devices: throughput's measurement of
+    that device count where it exists; the assumed select.scaling_efficiency for counts it did not measure."""
+    if devices in measured and is_finite(measured[devices]) and measured[devices] > 0:
+        return float(measured[devices]), "measured"
+    return assumed, "assumed"
 
 
 def _time_per_step(throughput: pd.DataFrame) -> dict[int, float]:
@@ -203,8 +215,10 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
             devices = devices_needed(b, m.max_batch_size, settings.max_devices)
         shard = b if devices in (None, 1) else math.ceil(b / devices)
         time_s, time_source = _lookup_time(shard, tps)
+        efficiency, efficiency_source = math.nan, ""
         if devices and devices > 1:
-            time_s /= settings.scaling_efficiency  # each device keeps only this fraction of its throughput
+            efficiency, efficiency_source = scaling_efficiency(devices, m.measured_efficiency, settings.scaling_efficiency)
+            time_s /= efficiency  # each device keeps only this fraction of its throughput
         steps, lr = studied.get(b, (math.nan, math.nan))
         steps_source = "measured" if math.isfinite(steps) else ("not reached" if b in studied and b not in skipped else "not studied")
         if steps_source == "not reached" and scaling_status.get(b) == "not_held":
@@ -255,7 +269,8 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
             "batch_size": b, "probe_status": status, "fits_one_device": fits_one,
             "feasible": devices is not None, "devices": devices if devices else math.nan,
             "throughput_regime": regime.get(shard, ""), "time_per_step_s": time_s,
-            "time_per_step_source": time_source, "steps_to_target": steps, "steps_source": steps_source,
+            "time_per_step_source": time_source, "scaling_efficiency": efficiency,
+            "scaling_efficiency_source": efficiency_source, "steps_to_target": steps, "steps_source": steps_source,
             "scaling_regime": scaling_regime.get(b, ""),
             "interpolated": steps_source in ("fitted curve", "interpolated") or time_source == "interpolated",
             "best_learning_rate": lr, "training_time_s": training_time, "device_hours": device_hours,

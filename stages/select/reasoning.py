@@ -59,8 +59,12 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
         line += " Do not fit: " + ", ".join(f"{int(r.batch_size)} ({r.probe_status})" for r in no_fit.itertuples()) + "."
     multi = t[t["feasible"] & ~t["fits_one_device"]]
     if len(multi):
-        line += (f" With up to {settings.max_devices} devices (select.max_devices) at {settings.scaling_efficiency:.0%} "
-                 f"scaling efficiency, data parallelism makes {_sizes(multi['batch_size'])} feasible.")
+        used = ", ".join(f"{int(r.batch_size)} on {int(r.devices)} devices at {r.scaling_efficiency:.0%} ({r.scaling_efficiency_source})"
+                         for r in multi.itertuples())
+        line += (f" With up to {settings.max_devices} devices (select.max_devices), data parallelism makes "
+                 f"{_sizes(multi['batch_size'])} feasible: {used} scaling efficiency -- measured by throughput "
+                 f"(throughput.devices) where it timed that device count, else the assumed select.scaling_efficiency "
+                 f"({settings.scaling_efficiency:.0%}).")
     out.append(line + "\n")
 
     out.append("## Throughput\n")

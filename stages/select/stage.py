@@ -5,7 +5,9 @@
 Reads params (workload, optimizer, runtime.seed, select, data) and reports/{probe,throughput,scaling}/ --
 from scaling: steps_to_target.csv, metrics.json (the study's limits, named in its messages), trials.csv
 and curves.csv (every seed's learning curve, to keep only rates that hold the target through the step
-budget: stages/select/rates.py); writes reports/select/:
+budget: stages/select/rates.py), and from throughput reports/throughput/devices.csv (the measured data-parallel
+scaling efficiency per device count, used instead of the assumed select.scaling_efficiency where it exists);
+writes reports/select/:
     initial_config.yaml  batch size, learning rate, step budget, optimizer with fixed values, workload,
                          expected training time, objective, devices, seed, and for a workload with a
                          DataLoader its `data` settings with the num_workers throughput recommends --
@@ -87,8 +89,17 @@ def read_inputs(target: Target, margin: float) -> tuple[Measurements, Study, pd.
         perfect_scaling_up_to=int(sc_m["perfect_scaling_up_to"]) if _num(sc_m.get("perfect_scaling_up_to")) else None,
         device=str(probe_m.get("device") or thr_m.get("device") or "device"),
         first_step_overhead_s=_num(thr_m.get("first_step_overhead_s")) or 0.0,
+        measured_efficiency=measured_efficiency(),
         trials=trials,  # outcomes: did every trial diverge?
     ), _study(sc_m), choices
+
+
+def measured_efficiency() -> dict[int, float]:
+    """Device count -> scaling efficiency from throughput's data-parallel timing (devices.csv, checked):
+    only counts above one that ran and gave a positive efficiency."""
+    table = out.read_csv(out.THROUGHPUT_DEVICES)
+    ok = table[(table["status"] == "ok") & (table["devices"] > 1) & (table["scaling_efficiency"] > 0)]
+    return {int(d): float(e) for d, e in zip(ok["devices"], ok["scaling_efficiency"])}
 
 
 def tie_label(sel: Selection) -> str:
@@ -184,6 +195,9 @@ def main() -> None:
         # the chosen rate's steps over its seeds: the interval a reviewer compares a change with
         **{k: float(choices.set_index("batch_size").at[int(c["batch_size"]), k])
            for k in ("steps_to_target_min", "steps_to_target_max")},
+        # the data-parallel efficiency the choice used, and whether throughput measured it or it is assumed
+        "scaling_efficiency": float(c["scaling_efficiency"]) if int(c["devices"]) > 1 else None,
+        "scaling_efficiency_source": str(c["scaling_efficiency_source"]) if int(c["devices"]) > 1 else "one device",
         "tied_batch_sizes": sel.tied,
         "tie": tie_label(sel),
     })

@@ -15,7 +15,10 @@ params sections workload, optimizer, runtime, throughput, data. Writes reports/t
                       DataLoader: stages/throughput/workers.py)
   diagnosis.md        the diagnosis in words, how FLOPs, intervals and the time split were measured,
                       and what the recommended num_workers gains
-  examples_per_s.png, time_per_step.png, time_split.png
+  devices.csv         with throughput.devices beyond [1]: per device count, data-parallel examples/s and
+                      interval, scaling efficiency and interval, compute and communication per step
+                      (stages/throughput/ddp.py); device_windows.csv: its timed windows
+  examples_per_s.png, time_per_step.png, time_split.png, devices.png
 
 Every step is `stages.core.train.train_step` with the configured optimizer at a small fixed learning
 rate (the value does not change the work of a step; small keeps the weights finite). How timing
@@ -29,7 +32,7 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stages.throughput import timing, workers
+from stages.throughput import devices, timing, workers
 from stages.core.config import ThroughputSettings
 from stages.core.errors import ConfigError, StudyError
 from stages.core.context import Context, setup
@@ -265,6 +268,7 @@ def main() -> None:
                          + (f", throughput.max_batch_size is {s.max_batch_size}" if s.max_batch_size else "")
                          + f" (see {out.PROBE_CSV.path})")
     ctx = setup(params=params)
+    parallel_warning = devices.check(s, ctx.device, ctx.threads)  # bad device counts stop before any timing
     info(STAGE, f"{ctx.workload.name} on {describe(ctx.device)}, {ctx.threads} threads; sizes {sizes}")
     peak, peak_method = peak_flops(ctx, s)
     info(STAGE, f"peak matmul: {'n/a' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} ({peak_method})")
@@ -278,6 +282,8 @@ def main() -> None:
                     f"{r.on_device_examples_per_s:,.0f}; data {r.data_wait_s * 1e3:.3g} ms, copy {r.copy_s * 1e3:.3g} ms, "
                     f"compute {r.compute_s * 1e3:.3g} ms per step; {r.regime}")
     worker_rows, workers_skipped = workers.run(ctx, largest, s, MEASURE_LR)
+    parallel = devices.measure(ctx, s, largest) if devices.wanted(s) else []  # at the largest useful per-device batch
+    parallel_table, parallel_windows = devices.frames(parallel, s.confidence)
     model = ctx.workload.init_model()
     metrics = {
         **workers.summary(worker_rows, workers_skipped),
@@ -298,6 +304,7 @@ def main() -> None:
         "learning_rate": MEASURE_LR,
         "workload": ctx.workload.name,
         "parameter_count": parameter_count(model),
+        **devices.metrics(parallel_table),
         "seconds": time.perf_counter() - started,
     }
     metrics.pop("diagnosis")  # prose: it goes to diagnosis.md, so `dvc metrics diff` rows stay short
@@ -307,6 +314,12 @@ def main() -> None:
     write_csv(out.THROUGHPUT_WORKERS.path, pd.DataFrame(worker_rows, columns=list(workers.COLUMNS)))
     write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method)
                + f"\n## DataLoader workers\n\n{workers.notes(worker_rows, workers_skipped, workers.cpu_count())}\n")
+    write_csv(out.THROUGHPUT_DEVICES.path, parallel_table)
+    write_csv(out.THROUGHPUT_DEVICE_WINDOWS.path, parallel_windows)
+    parallel_notes = devices.notes(parallel_table, parallel_warning)
+    write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method)
+               + (f"\n## Data parallelism\n\n{parallel_notes}\n" if parallel_notes else ""))
     plot(frame, largest)
+    devices.plot(parallel_table)
     info(STAGE, f"largest useful batch size {largest}. {diagnosis}")
 
