@@ -15,7 +15,7 @@ from stages.core import outputs as out
 from tests.conftest import make_project, run
 
 SIZES = [4, 16]
-PARAMS = {"workload": {"name": "nqm", "kwargs": {"dim": 10, "target": 0.05}},
+PARAMS = {"workload": {"name": "nqm", "kwargs": {"dim": 10, "target": 0.05}}, "family": {"candidates": None},
           "optimizer": {"name": "sgd", "momentum": 0.0},
           "runtime": {"device": "cpu", "seed": 0, "threads": 1},
           "scaling": {"batch_sizes": SIZES, "lr_min": 0.05, "lr_max": 50.0, "lr_points": 3, "lr_refine_trials": 0,
@@ -32,6 +32,7 @@ def test_scaling_fan_out_runs_as_separate_cluster_jobs(tmp_path, monkeypatch):
     (root / out.PROBE_METRICS.path).write_text(json.dumps({"max_batch_size": 16}))
     (root / "reports/throughput").mkdir(parents=True)
     (root / out.THROUGHPUT_METRICS.path).write_text(json.dumps({"largest_useful_batch_size": 16}))
+    run([sys.executable, "-m", "stages.family", "choose"], root)  # family skipped: model.yaml says so
 
     targets = [str(out.SCALING_TRIALS.at(batch_size=b)) for b in SIZES]
     proc = run([sys.executable, "-m", "snakemake", "--profile", "profiles/local-cluster",

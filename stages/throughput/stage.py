@@ -312,12 +312,11 @@ def main() -> None:
     write_csv(out.THROUGHPUT_CSV.path, frame)
     write_json(out.THROUGHPUT_METRICS.path, metrics)
     write_csv(out.THROUGHPUT_WORKERS.path, pd.DataFrame(worker_rows, columns=list(workers.COLUMNS)))
-    write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method)
-               + f"\n## DataLoader workers\n\n{workers.notes(worker_rows, workers_skipped, workers.cpu_count())}\n")
     write_csv(out.THROUGHPUT_DEVICES.path, parallel_table)
     write_csv(out.THROUGHPUT_DEVICE_WINDOWS.path, parallel_windows)
     parallel_notes = devices.notes(parallel_table, parallel_warning)
     write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method)
+               + f"\n## DataLoader workers\n\n{workers.notes(worker_rows, workers_skipped, workers.cpu_count())}\n"
                + (f"\n## Data parallelism\n\n{parallel_notes}\n" if parallel_notes else ""))
     plot(frame, largest)
     devices.plot(parallel_table)
