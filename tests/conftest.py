@@ -88,3 +88,15 @@ def project(tmp_path: Path):
         return make_project(tmp_path / f"project{next(counter)}", params, **kw)
 
     return factory
+
+
+# The files whose module fixtures run whole pipelines take 2-3 minutes each: started first, they run
+# side by side on the two workers of `make test` (--dist loadfile) while the short files fill in
+# around them, instead of one of them starting last and the suite waiting for it alone.
+LONG_FILES = ("test_team_workflow.py", "test_pipeline_declaration.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
+

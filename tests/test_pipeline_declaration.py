@@ -200,19 +200,16 @@ def reason_jobs(jobs: dict, marker: str) -> set[str]:
 
 PARAMS_MARKER = "Params have changed"
 
-# (params key, new value): one key of every section, and the optimizer value probe/throughput ignore
+# (params key, new value): one key of every section (weight decay, which the probe ignores, has its own test below)
 PARAM_CHANGES = [
     ("workload.kwargs", {"dim": 8, "target": 0.2}),
     ("optimizer.name", "adam"),
-    ("optimizer.momentum", 0.8),
     ("runtime.seed", 1),
     ("probe.steps", 2),
     ("throughput.split_steps", 4),
     ("scaling.lr_points", 3),
-    ("scaling.bootstrap", 30),
     ("select.objective", "resource"),
     ("family.candidates", [{"dim": 4}, {"dim": 16}]),  # issue 13: the family and every stage training its choice
-    ("family.rule", "fastest"),
     ("baseline.eval_every", 5),
     ("data.num_workers", 2),  # the stages that read batches; not the probe (fake batches), not the baseline (initial_config)
 ]
@@ -244,7 +241,7 @@ def test_an_optimizer_value_marks_exactly_the_stages_that_read_it(ran_project):
         write_params(ran_project, {"optimizer": {"weight_decay": 1.0e-4}})
         stale = dvc_stale(ran_project)
         assert stale == readers_of("optimizer.weight_decay") == {*FAMILY_FANOUT, "throughput", *FANOUT, "scaling", "select"}
-        for job in ["probe", "throughput", FANOUT[0], "scaling", "select", "baseline", "report"]:
+        for job in ["probe", FANOUT[0], "baseline"]:  # one reader, one not, one through initial_config.yaml
             assert own_reason(ran_project, job, PARAMS_MARKER) == (job in stale), job
         # Snakemake cannot know the family's choice stays the same: it reruns everything after it
         assert set(snakemake_jobs(ran_project)) == downstream_closure(stale)
@@ -268,7 +265,7 @@ def test_editing_the_user_workload_source_marks_the_stages_that_use_it(ran_proje
     with edited(ran_project, "userwl/model.py", USER_WORKLOAD + "\n# a tweak to the model\n"):
         assert dvc_stale(ran_project) == USES_WORKLOAD
         marker = "Updated input files: userwl/model.py"
-        for job in ["probe", "throughput", FANOUT[0], "scaling", "select", "baseline", "report"]:
+        for job in [FAMILY_FANOUT[0], FANOUT[0], "baseline", "report"]:  # report builds no workload
             assert own_reason(ran_project, job, marker) == (job in USES_WORKLOAD), job
         assert set(snakemake_jobs(ran_project)) == downstream_closure(USES_WORKLOAD)
 
