@@ -353,16 +353,19 @@ def test_experiments_rerun_exactly_the_affected_stages_and_exp_show_lists_them(t
         readers = {s.name for s in pipeline.STAGES if any(k == "optimizer" or k.startswith("optimizer.") for k in s.params)}
         assert stages_run(dry)[0] == {n for n in all_stage_names(sizes) if n.split("@")[0] in readers}
 
-        # a learning-rate range: the scaling study onwards reruns, probe and throughput are kept
-        out = run(["dvc", "exp", "run", "-n", "lr-range", "-S", "scaling.lr_min=2.0e-2", "-S", "scaling.lr_max=1.5"],
-                  root).stdout
+        # a learning-rate range: the study's jobs are the stages that read it (the rest follow their outputs)
+        dry = run(["dvc", "exp", "run", "--dry", "-S", "scaling.lr_min=2.0e-2", "-S", "scaling.lr_max=1.5"], root).stdout
+        assert stages_run(dry)[0] == {f"scaling_trials@{b}" for b in sizes}
+
+        # the objective: select onwards reruns (for real), everything before it is kept
+        out = run(["dvc", "exp", "run", "-n", "by-cost", "-S", "select.objective=resource"], root).stdout
         ran, skipped = stages_run(out)
-        assert {"probe", "throughput"} <= skipped and not {"probe", "throughput"} & ran
-        assert {f"scaling_trials@{b}" for b in sizes} | {"scaling"} <= ran
+        assert {"probe", "throughput", "scaling"} <= skipped and not {"probe", "throughput", "scaling"} & ran
+        assert "select" in ran
 
         table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], root).stdout)))
-        (row,) = [r for r in table if r["Experiment"] == "lr-range"]
-        assert float(row["scaling.lr_min"]) == 0.02 and float(row["scaling.lr_max"]) == 1.5
+        (row,) = [r for r in table if r["Experiment"] == "by-cost"]
+        assert row["select.objective"] == "resource"
         assert row["rev"] and row["accuracy"] != ""  # its results are there to compare
     finally:
         run(["git", "checkout", "-q", "--force", BRANCH], root)

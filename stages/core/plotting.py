@@ -1,20 +1,34 @@
-"""Seaborn figures for the report and `snakemake --report`; one look for every stage's PNGs."""
+"""Seaborn figures for the report and `snakemake --report`; one look for every stage's PNGs.
+
+matplotlib and seaborn are imported when the first figure is drawn, not when a stage imports this
+module: they cost about a second per stage process, which every job of the pipeline would pay.
+"""
 from __future__ import annotations
 
 import os
 
-import matplotlib
+from stages.core.io import save_figure
 
-matplotlib.use("Agg")  # headless: CI and clusters have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
 
-from stages.core.io import save_figure  # noqa: E402
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: CI and clusters have no display
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    return plt, sns
+
+
+def palette(name: str, n: int):
+    """n colours of a seaborn palette (e.g. 'viridis')."""
+    return _pyplot()[1].color_palette(name, n)
 
 
 def figure(title: str, xlabel: str, ylabel: str, *, logx: bool = False, logy: bool = False,
            size: tuple[float, float] = (6.4, 4.2)):
     """A styled (fig, ax); log axes use base 2 for batch sizes on x."""
+    plt, sns = _pyplot()
     sns.set_theme(style="whitegrid", context="notebook")
     fig, ax = plt.subplots(figsize=size)
     ax.set_title(title)

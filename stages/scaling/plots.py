@@ -84,7 +84,7 @@ def curves_figure(curves: pd.DataFrame, metric: str, target: float, path: Path) 
     fig, ax = plotting.figure(f"Learning curves of the best trials ({metric})", "step", metric, logx=True)
     ax.set_xscale("log")
     sizes = sorted(curves["batch_size"].unique())
-    colours = dict(zip(sizes, plotting.sns.color_palette("viridis", len(sizes))))
+    colours = dict(zip(sizes, plotting.palette("viridis", len(sizes))))
     for b, part in curves.groupby("batch_size"):
         ax.plot(part["step"], part[metric], lw=1.2, color=colours[b], label=f"B={b}, lr={part['learning_rate'].iloc[0]:.3g}")
     ax.axhline(target, color="black", ls="--", lw=1, label=f"target {target:g}")

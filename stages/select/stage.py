@@ -25,7 +25,6 @@ import dataclasses
 import math
 import pandas as pd
 import yaml
-from matplotlib.ticker import FuncFormatter
 
 from stages.core import log
 from stages.core import plotting
@@ -152,6 +151,8 @@ def initial_config(sel: Selection, params, target: Target, first_step_overhead_s
 
 def plot(table: pd.DataFrame, column: str, title: str, ylabel: str, path: str) -> None:
     fig, ax = plotting.figure(title, "batch size", ylabel, logx=True, logy=True)
+    from matplotlib.ticker import FuncFormatter
+
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 256, not 2^8
     data = table[table[column].notna() & (table[column] > 0)].copy()
     data["kind"] = ["chosen" if ch else "considered" if co else "interpolated" if ip else "not considered"
