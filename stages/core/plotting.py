@@ -41,6 +41,23 @@ def figure(title: str, xlabel: str, ylabel: str, *, logx: bool = False, logy: bo
     return fig, ax
 
 
+def panels(titles: list[str], xlabel: str, ylabels: list[str], *, logx: bool = False, logy: bool = False,
+           size: tuple[float, float] = (11.0, 4.2)):
+    """(fig, axes): side-by-side styled panels sharing x (same scales as figure())."""
+    plt, sns = _pyplot()
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, len(titles), figsize=size, sharex=True)
+    for ax, title, ylabel in zip(axes, titles, ylabels):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+    return fig, axes
+
+
 def save(fig, path: str | os.PathLike) -> None:
     fig.tight_layout()
     save_figure(path, fig)

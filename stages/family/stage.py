@@ -179,35 +179,43 @@ FAMILY_RERUN_ALL = "dvc repro family (or snakemake family)"
 
 
 def plot(table: pd.DataFrame, chosen: int | None, path) -> None:
-    fig, ax = plotting.figure("Candidate models: steps and time to target", "parameters", "steps to target",
-                              logy=True, size=(7.5, 4.4))
-    ax.set_xscale("log")
+    """Steps and time to target against parameter count (log axes), the seed range as error bars;
+    candidates that missed the target at the step cap, the chosen one circled."""
+    fig, axes = plotting.panels(["Steps to target", "Time to target"], "parameters",
+                                ["steps to target", "time to target (s)"], logx=True, logy=True)
     reached = table[table["status"] == "reached"]
-    if len(reached):
-        ax.errorbar(reached["parameters"], reached["steps_to_target"],
-                    yerr=[reached["steps_to_target"] - reached["steps_low"], reached["steps_high"] - reached["steps_to_target"]],
-                    fmt="o", color="C0", capsize=3, label="steps to target (range over seeds)")
-        twin = ax.twinx()
-        twin.set_yscale("log")
-        twin.plot(reached["parameters"], reached["time_to_target_s"], "s", color="C1", alpha=0.7, label="time to target")
-        twin.set_ylabel("time to target (s)")
-        twin.grid(False)
-        twin.legend(loc="upper right")
-    missed = table[(table["status"] == "not_reached") & table["parameters"].notna()]
-    if len(missed):
-        ax.scatter(missed["parameters"], missed["max_steps"], marker="x", color="C3", s=60,
-                   label="did not reach it (at the step cap)")
-    if chosen is not None:
-        c = table.loc[chosen]
-        ax.scatter([c["parameters"]], [c["steps_to_target"]], s=220, facecolors="none", edgecolors="black",
-                   linewidths=1.5, label="chosen", zorder=3)
-    for _, r in table[table["parameters"].notna()].iterrows():
-        y = r["steps_to_target"] if r["status"] == "reached" else r["max_steps"]
-        ax.annotate(r["overrides"], (r["parameters"], y), textcoords="offset points", xytext=(4, 6), fontsize=7)
+    missed = table[(table["status"] != "reached") & table["parameters"].notna()]
+    for ax, scale in zip(axes, (1.0, None)):
+        if len(reached):
+            per_step = 1.0 if scale else reached["time_per_step_s"]
+            y, low, high = (reached["steps_to_target"] * per_step, reached["steps_low"] * per_step,
+                            reached["steps_high"] * per_step)
+            ax.errorbar(reached["parameters"], y, yerr=[y - low, high - y], fmt="o", capsize=3,
+                        label="reached (range over seeds)")
+            for _, r in reached.iterrows():
+                ax.annotate(r["overrides"], (r["parameters"], r["steps_to_target"] * (1.0 if scale else r["time_per_step_s"])),
+                            textcoords="offset points", xytext=(5, 5), fontsize=7)
+        if chosen is not None:
+            c = table.loc[chosen]
+            ax.scatter([c["parameters"]], [c["steps_to_target"] * (1.0 if scale else c["time_per_step_s"])], s=220,
+                       facecolors="none", edgecolors="black", linewidths=1.5, label="chosen", zorder=3)
+    if len(missed):  # at the step cap: they did not reach the target within it
+        axes[0].scatter(missed["parameters"], missed["max_steps"], marker="x", color="C3", s=60,
+                        label="not reached (at the step cap)")
+        for _, r in missed.iterrows():
+            axes[0].annotate(r["overrides"], (r["parameters"], r["max_steps"]), textcoords="offset points",
+                             xytext=(5, 5), fontsize=7)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    for ax in axes:  # parameter counts as plain numbers, room for the labels
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.25, y=0.12)
     if len(table):
-        ax.legend(loc="lower left", fontsize=8)
+        axes[0].legend(loc="best", fontsize=8)
     else:
-        ax.text(0.5, 0.5, "family stage skipped (family.candidates: null)", transform=ax.transAxes, ha="center")
+        axes[0].text(0.5, 0.5, "family stage skipped\n(family.candidates: null)", transform=axes[0].transAxes,
+                     ha="center")
     plotting.save(fig, path)
 
 
