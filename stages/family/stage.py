@@ -47,6 +47,7 @@ STAGE = "family"
 JOURNAL_DIR = Path(".kickoff") / "journal" / "family"
 DEFAULT_BATCH_SIZE = 64
 COLUMNS = list(out.FAMILY_TABLE.columns)
+FAMILY_RERUN_ALL = "dvc repro family (or snakemake family)"  # what rewrites every candidate's row
 
 
 def comparison_batch_size(setting: int | None, num_train_examples: int | None) -> int:
@@ -61,6 +62,12 @@ def comparison_batch_size(setting: int | None, num_train_examples: int | None) -
 
 def overrides_text(overrides: dict) -> str:
     return json.dumps(overrides, sort_keys=True)
+
+
+def blank_row(name: str, overrides: dict, batch_size: int, max_steps: int, **fields) -> dict:
+    """A candidate's row with every declared column, the identity filled in."""
+    return ({c: None for c in COLUMNS} | {"candidate": name, "overrides": overrides_text(overrides),
+                                          "batch_size": batch_size, "max_steps": max_steps, "reason": ""} | fields)
 
 
 def parse_candidate(candidate: str, candidates: list[dict] | None) -> int:
@@ -83,9 +90,7 @@ def _seed_steps(trials, learning_rate: float) -> list[int | None]:
 def measure_candidate(ctx: Context, name: str, overrides: dict, batch_size: int, max_steps: int) -> dict:
     """The candidate's row: its size and cost, then the learning-rate search at `batch_size`."""
     w, p, seed = ctx.workload, ctx.params, ctx.params.runtime.seed
-    row = {c: None for c in COLUMNS} | {"candidate": name, "overrides": overrides_text(overrides),
-                                        "batch_size": batch_size, "max_steps": max_steps, "reason": ""}
-    row["parameters"] = size_of(w, seed)
+    row = blank_row(name, overrides, batch_size, max_steps, parameters=size_of(w, seed))
     if w.num_train_examples is not None and batch_size > w.num_train_examples:
         return row | {"status": "failed", "reason": f"batch size {batch_size} exceeds the training set "
                                                     f"({w.num_train_examples} examples); set family.batch_size lower"}
@@ -129,17 +134,15 @@ def main_trial(candidate: str) -> None:
     try:
         row = measure_candidate(ctx, candidate, overrides, batch_size, fam.max_steps)
     except (torch.OutOfMemoryError, MemoryError) as e:
-        row = {c: None for c in COLUMNS} | {
-            "candidate": candidate, "overrides": overrides_text(overrides), "batch_size": batch_size,
-            "max_steps": fam.max_steps, "status": "out_of_memory",
-            "reason": f"out of memory at batch size {batch_size} ({str(e).splitlines()[0][:200]}); set family.batch_size lower"}
+        row = blank_row(candidate, overrides, batch_size, fam.max_steps, status="out_of_memory",
+                        reason=f"out of memory at batch size {batch_size} ({str(e).splitlines()[0][:200]}); "
+                               f"set family.batch_size lower")
     except KickoffError:
         raise
     except Exception as e:  # the candidate's own code crashed: recorded (with the traceback on stderr), never chosen
         log.info(STAGE, f"{candidate} crashed:\n{traceback.format_exc()}")
-        row = {c: None for c in COLUMNS} | {
-            "candidate": candidate, "overrides": overrides_text(overrides), "batch_size": batch_size,
-            "max_steps": fam.max_steps, "status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        row = blank_row(candidate, overrides, batch_size, fam.max_steps, status="failed",
+                        reason=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
     log.info(STAGE, f"{candidate}: {row['status']}"
                     + (f" in {row['steps_to_target']} steps at lr {row['learning_rate']:.3g}" if row["status"] == "reached"
                        else f" ({row['reason']})"))
@@ -173,9 +176,6 @@ def read_trials(candidates: list[dict], max_steps: int, batch_size: int | None) 
         raise InputError(out.FAMILY_TRIAL.at(candidate="*"), f"compare different batch sizes {sorted(table['batch_size'].unique())}; "
                                                              f"allowed: one", FAMILY_RERUN_ALL)
     return table
-
-
-FAMILY_RERUN_ALL = "dvc repro family (or snakemake family)"
 
 
 def plot(table: pd.DataFrame, chosen: int | None, path) -> None:
