@@ -54,6 +54,14 @@ def configure_cpu(threads: int) -> int:
     return torch.get_num_threads()
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same initial weights and data order (bit-identical losses on CPU)."""
     random.seed(seed)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stages.core.config import OptimizerSettings
+from stages.core import log
 from stages.core.device import seed_everything, synchronize
 from stages.core.optim import build_optimizer
 from stages.core.types import Outcome, Steps
@@ -40,6 +41,21 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, workloa
     loss.backward()
     optimizer.step()
     return loss.detach()
+
+
+def count_flops(step, stage: str) -> float | None:
+    """FLOPs of one call of `step` as torch's FlopCounterMode counts them (matrix products, convolutions,
+    attention; not elementwise work); None, said on stderr, if the counter cannot trace an op -- an
+    uncountable op must not sink a stage (throughput, family) that only reports the figure."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        return float(counter.get_total_flops())
+    except Exception as e:
+        log.info(stage, f"FLOP counting failed ({type(e).__name__}: {e}); flops_per_example = null")
+        return None
 
 
 def evaluate(model: torch.nn.Module, workload: Workload, device: torch.device) -> dict[str, float]:

@@ -5,24 +5,22 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from stages.core.config import OptimizerSettings
 from stages.core.device import synchronize
 from stages.core.optim import build_optimizer
-from stages.core.train import build_model, train_step
+from stages.core.train import build_model, count_flops, train_step
 from stages.workloads.base import Workload, parameter_count, to_device
 
 
-def flops_per_example(workload: Workload, batch_size: int, device: torch.device, seed: int) -> float:
-    """Forward + backward FLOPs of one training batch / its size, counted by torch's FlopCounterMode
-    (matrix products and convolutions; elementwise operations are not counted)."""
+def flops_per_example(workload: Workload, optimizer: OptimizerSettings, batch_size: int, device: torch.device,
+                      seed: int, stage: str) -> float | None:
+    """FLOPs of one training step / its batch size, counted as throughput counts them (core/train.py)."""
     model = build_model(workload, seed, device)
+    opt = build_optimizer(model.parameters(), optimizer, 1.0e-4)  # the rate does not change the work
     batch = to_device(next(workload.batches("train", batch_size, seed)), device)
-    with FlopCounterMode(display=False) as counter:
-        loss_sum, count = workload.loss(model, batch)
-        (loss_sum / count).backward()
-    return counter.get_total_flops() / batch_size
+    flops = count_flops(lambda: train_step(model, opt, workload, batch), stage)
+    return None if flops is None else flops / batch_size
 
 
 def time_per_step_s(workload: Workload, optimizer: OptimizerSettings, learning_rate: float, batch_size: int,

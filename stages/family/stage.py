@@ -94,7 +94,7 @@ def measure_candidate(ctx: Context, name: str, overrides: dict, batch_size: int,
     if w.num_train_examples is not None and batch_size > w.num_train_examples:
         return row | {"status": "failed", "reason": f"batch size {batch_size} exceeds the training set "
                                                     f"({w.num_train_examples} examples); set family.batch_size lower"}
-    row["flops_per_example"] = flops_per_example(w, batch_size, ctx.device, seed)
+    row["flops_per_example"] = flops_per_example(w, p.optimizer, batch_size, ctx.device, seed, STAGE)
     journal = Journal.open(JOURNAL_DIR / f"{name}-{journal_key(trial_identity(ctx, batch_size, max_steps))}.jsonl")
     trials = tune_learning_rate(w, p.optimizer, batch_size, ctx.device, p.scaling, seed, max_steps,
                                 journal=journal, stage=STAGE, label=f"{name} {overrides_text(overrides)} bs {batch_size}")

@@ -45,7 +45,7 @@ from stages.core.config import OptimizerSettings
 from stages.core.device import configure_cpu, synchronize
 from stages.core.optim import build_optimizer
 from stages.core.train import build_model, train_step
-from stages.core.types import BatchSize, ExamplesPerS, Seconds
+from stages.core.types import BatchSize, Seconds
 from stages.throughput import timing
 from stages.workloads.base import make_workload, to_device
 

@@ -5,7 +5,6 @@ outputs hold no rows (the stage costs what it did before)."""
 from __future__ import annotations
 
 import math
-import os
 
 import pandas as pd
 import torch
@@ -13,6 +12,7 @@ import torch
 from stages.core import outputs as out
 from stages.core.config import ThroughputSettings
 from stages.core.context import Context
+from stages.core.device import usable_cpus
 from stages.core.errors import ConfigError
 from stages.core.log import info
 from stages.core.plotting import figure, save
@@ -39,7 +39,7 @@ def check(s: ThroughputSettings, device: torch.device, threads: int) -> str:
     if device.type == "cuda" and most > torch.cuda.device_count():
         raise ConfigError(f"throughput.devices: received {s.devices}; this machine has {torch.cuda.device_count()} "
                           f"CUDA device(s); allowed: counts up to {torch.cuda.device_count()}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpus()
     if device.type == "cpu" and most * threads > cores:
         return (f"{most} processes x {threads} thread(s) need {most * threads} cores, but this process may use "
                 f"{cores}: the processes share cores, so the measured efficiency includes that sharing.")

@@ -30,19 +30,18 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from stages.throughput import devices, timing, workers
 from stages.core.config import ThroughputSettings
 from stages.core.errors import ConfigError, StudyError
 from stages.core.context import Context, setup
-from stages.core.device import describe, synchronize
+from stages.core.device import describe, synchronize, usable_cpus
 from stages.core import outputs as out
 from stages.core.io import write_csv, write_json, write_text
 from stages.core.log import info
 from stages.core.optim import build_optimizer
 from stages.core.plotting import figure, save
-from stages.core.train import build_model, train_step
+from stages.core.train import build_model, count_flops, train_step
 from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import parameter_count, to_device
 
@@ -76,17 +75,6 @@ def check_settings(s: ThroughputSettings) -> None:
 
 
 # ---------------------------------------------------------------------------- measurement
-
-def count_flops(step) -> float | None:
-    """FLOPs of one call of `step` as FlopCounterMode counts them (see FLOPS_COUNTED); None if it fails."""
-    try:
-        with FlopCounterMode(display=False) as counter:
-            step()
-        return float(counter.get_total_flops())
-    except Exception as e:  # an op the counter cannot trace must not sink the stage; it is recorded as unknown
-        info(STAGE, f"FLOP counting failed ({type(e).__name__}: {e}); flops_per_example = null")
-        return None
-
 
 def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tuple[list[dict], list[dict], float | None]:
     """Windows for every size in two modes (real pipeline; one batch kept on the device), interleaved
@@ -127,7 +115,7 @@ def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tupl
                 step()
         steps = timing.steps_per_window(step, sync, s.window_seconds, s.min_window_steps)
         resident = to_device(next(data), device)
-        flops = count_flops(lambda: compute(resident))
+        flops = count_flops(lambda: compute(resident), STAGE)
         streams += [(b, mode, fn, timing.Measurement(steps, b, rule, s.window_seconds, s.min_window_steps))
                     for mode, fn in (("pipeline", step), ("on_device", lambda r=resident: compute(r)))]
         extras.append({"batch_size": b, "steps_per_window": steps,
@@ -316,7 +304,7 @@ def main() -> None:
     write_csv(out.THROUGHPUT_DEVICE_WINDOWS.path, parallel_windows)
     parallel_notes = devices.notes(parallel_table, parallel_warning)
     write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method)
-               + f"\n## DataLoader workers\n\n{workers.notes(worker_rows, workers_skipped, workers.cpu_count())}\n"
+               + f"\n## DataLoader workers\n\n{workers.notes(worker_rows, workers_skipped, usable_cpus())}\n"
                + (f"\n## Data parallelism\n\n{parallel_notes}\n" if parallel_notes else ""))
     plot(frame, largest)
     devices.plot(parallel_table)

@@ -21,12 +21,11 @@ measure, and the stage says so instead of spending time.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable
 
 from stages.core.config import ThroughputSettings
 from stages.core.context import Context
-from stages.core.device import synchronize
+from stages.core.device import synchronize, usable_cpus
 from stages.core.log import info
 from stages.core.optim import build_optimizer
 from stages.core.train import build_model, train_step
@@ -37,14 +36,6 @@ STAGE = "throughput"
 TORCH_PREFETCH = 2  # batches each worker loads ahead when data.prefetch_factor is null (torch's default)
 COLUMNS = ("num_workers", "batch_size", "examples_per_s", "examples_per_s_ci_low", "examples_per_s_ci_high",
            "windows", "stop_reason", "recommended")
-
-
-def cpu_count() -> int:
-    """The cores this process may run on (a container's or taskset's limit, not the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def candidates(max_workers: int) -> list[int]:
@@ -122,7 +113,7 @@ def run(ctx: Context, batch_size: int, s: ThroughputSettings, learning_rate: flo
         close = getattr(data, "close", lambda: None)  # a generator's close() ends its DataLoader's workers
         return (lambda: train_step(model, optimizer, w, to_device(next(data), device))), close
 
-    counts = candidates(cpu_count() if s.max_workers is None else s.max_workers)
+    counts = candidates(usable_cpus() if s.max_workers is None else s.max_workers)
     info(STAGE, f"timing num_workers {counts} at batch size {batch_size}, one count after another")
     return measure(ctx.workload, counts, batch_size, ctx.params.runtime.seed, s, make_step,
                    lambda: synchronize(device)), None
