@@ -117,10 +117,9 @@ STAGES: tuple[Stage, ...] = (
         inputs=(out.FAMILY_MODEL,),
         outputs=(out.PROBE_CSV, out.PROBE_METRICS, out.PROBE_NOTES, out.PROBE_PLOT, out.PROBE_PLAN_CSV),
         plots=(Plot(out.PROBE_CSV.path, "batch_size", "peak_memory_bytes", "Peak memory by batch size",
-                    "loglog", "batch size", "peak memory (bytes)"),
-               Plot(out.PROBE_PLAN_CSV.path, "batch_size", "predicted_peak_bytes",
-                    "Predicted peak memory by batch size (probe.plan_for)", "loglog", "batch size",
-                    "predicted peak memory (bytes)")),
+                    "loglog", "batch size", "peak memory (bytes)"),),
+        # No DVC plot over memory_plan.csv: it is the header alone unless probe.plan_for is set (an empty
+        # plot in every plots diff); memory.png, an image plot, draws the plan's predicted peak when there is one.
         resources=GPU_JOB,
     ),
     Stage(
@@ -136,9 +135,9 @@ STAGES: tuple[Stage, ...] = (
                Plot(out.THROUGHPUT_CSV.path, "batch_size", "time_per_step_s", "Time per step by batch size",
                     "loglog", "batch size", "seconds / step"),
                Plot(out.THROUGHPUT_CSV.path, "batch_size", ["data_wait_s", "copy_s", "compute_s"],
-                    "Time per step split by batch size", "loglog", "batch size", "seconds / step"),
-               Plot(out.THROUGHPUT_DEVICES.path, "devices", ["examples_per_s", "ideal_examples_per_s"],
-                    "Throughput by device count (data parallel)", "linear", "devices", "examples / s")),
+                    "Time per step split by batch size", "loglog", "batch size", "seconds / step")),
+        # No DVC plot over devices.csv: the header alone with one device count (the default); devices.png,
+        # an image plot, draws the data-parallel measurement with its intervals, or says why there is none.
         resources=GPU_JOB,
     ),
     Stage(
