@@ -260,7 +260,7 @@ def test_plots_diff_renders_every_plot_for_both_revisions_with_log_axes(team, tm
     images = [o.path for s in pipeline.STAGES for o in s.outputs if o.kind == "image"]
     assert set(spec) == set(declared) | set(images)
     for title, plot in declared.items():
-        if not spec[title]:  # a table without rows (family skipped, one device count): nothing to draw
+        if not spec[title]:  # a table without rows (the family stage is skipped here): nothing to draw
             assert len(pd.read_csv(team.root / plot.data)) == 0, title
             continue
         (rendered,) = spec[title]
