@@ -162,7 +162,7 @@ class Plots(HTMLParser):
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> Path:
     """`dvc plots diff BASE HEAD -o DIR` in a temporary copy of the project whose two commits hold plot data:
-    the committed reports' plot tables and images on BASE, the same tables with every y value x1.25 on HEAD."""
+    the project's reports/ plot tables and images on BASE, the same tables with every y value x1.25 on HEAD."""
     root = make_project(tmp_path_factory.mktemp("plots") / "kickoff", commit=False)
     shutil.copy2(ROOT / ".dvc/config", root / ".dvc/config")  # kickoff's, with plots.html_template (dvc init wrote its own)
     data, images = declared_plots()
