@@ -2,18 +2,18 @@
 # dvc.yaml is rendered from -- so the two tools always agree on stages, commands, inputs, params and
 # outputs (tests/test_pipeline_declaration.py checks it through both tools).
 #
-#   snakemake -c2                                   # run everything locally on 2 cores
+#   snakemake -c2                                   # run everything that is out of date, locally on 2 cores
 #   snakemake -n                                    # what would run, and why
 #   snakemake --profile profiles/slurm              # fan the scaling trials out on a SLURM cluster
 #
-# Each rule's `params:` holds the values of the params keys its stage reads and a hash of its code
-# and the workload's sources, so Snakemake reruns it when one of them changes by content, as DVC
-# does. profiles/default/config.yaml (loaded by Snakemake by itself) drops the `mtime` rerun trigger
-# and the inputs dvc.lock records unchanged are marked ancient (stages/pipeline/freshness.py): file
-# times, which a fresh clone scrambles, would otherwise rerun the whole study.
+# What is up to date is what the committed dvc.lock says, for Snakemake as for DVC
+# (stages/pipeline/freshness.py): before planning, the jobs `dvc status` lists and everything
+# downstream of them lose their stamp (.kickoff/snakemake/, each rule's one declared output), every
+# other job gets one, and each job records itself in dvc.lock when it has run. So a fresh clone, a
+# clone with old `.snakemake/` metadata and a clone after `dvc repro` all plan exactly what `dvc
+# status` says; and Snakemake never deletes a stage's real outputs (only its stamp).
 import sys
-
-from snakemake.settings.types import RerunTrigger
+from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
@@ -28,13 +28,17 @@ from stages.workloads.base import workload_factory
 configfile: "params.yaml"
 
 try:  # the same validation the stages run, on the values Snakemake's YAML 1.1 loader produced
-    PARAMS = validate(config, "params.yaml (as read by Snakemake)")
-    # and, before any job, the stages' checks that need no device and build nothing: Snakemake
-    # deletes a job's outputs before running it, so a typo the job itself would catch costs them
+    # params.yaml with the profiles dvc.yaml records as active (python -m stages.pipeline --profile NAME)
+    RAW = pipeline.effective_params(config, Path(workflow.basedir))
+    PARAMS = validate(RAW, "params.yaml (as read by Snakemake)")
+    pipeline.check_rendered(Path(workflow.basedir))
+    # and, before any job, the stages' checks that need no device and build nothing
     check_sources(PARAMS)
     workload_factory(PARAMS.workload.name, PARAMS.workload.kwargs)
     check_candidates(PARAMS.workload.name, PARAMS.workload.kwargs, PARAMS.family.candidates)
-except ConfigError as e:
+    if workflow.is_main_process:  # not again inside each cluster job: the main process planned it
+        freshness.sync_stamps(RAW)
+except KickoffError as e:
     raise WorkflowError(str(e)) from None
 
 wildcard_constraints:
@@ -43,25 +47,17 @@ wildcard_constraints:
 
 
 def inputs_of(s):
-    """The rule's inputs, those dvc.lock records as unchanged marked ancient() -- unless `mtime` is a
-    rerun trigger. Neither git nor DVC keeps file times, so on a fresh clone the committed results can
-    look older than the code; and Snakemake 9 compares times even without the `mtime` trigger (its
-    "Updated input files" check ignores the setting). An input edited since the recorded run, or
-    written by a job that is not current, is compared by time as usual: both tools rerun the same
-    rules. A function: the rerun triggers are known when the DAG is built, not when this is parsed.
-    It also refuses to plan a job whose stage is running now (stages/core/lock.py)."""
+    """The rule's inputs (its code and sources, and the stamps of the jobs it reads from), all
+    ancient(): a missing stamp is the only reason to run. A function, evaluated when the DAG is
+    built: it refuses to plan a job whose stage is running now (stages/core/lock.py)."""
 
     def inputs(wildcards):
         item = wildcards[s.foreach[0]] if s.foreach else None
-        try:  # before Snakemake deletes the job's outputs under a run that is writing them
+        try:
             freshness.check_not_running(s, item)
         except KickoffError as e:
             raise WorkflowError(str(e)) from None
-        paths = pipeline.snakemake_inputs(s, config)
-        if RerunTrigger.MTIME in workflow.rerun_triggers:
-            return paths
-        same = freshness.unchanged_inputs(s, item, config)
-        return [ancient(f) if f in same else f for f in paths]
+        return [ancient(f) for f in freshness.rule_inputs(s, RAW)]
 
     return inputs
 
@@ -73,11 +69,8 @@ def declare(s):
     rule:
         name: s.name
         input: inputs_of(s)
-        # Not update(): it would keep the old outputs while a job runs and restore them if it fails,
-        # but Snakemake then records the failed run's params for them -- a job that failed with new
-        # params (killed, out of memory) would count as done. Params are checked above instead.
-        output: [report(o.path, category=s.name) if o.kind == "image" else o.path for o in s.outputs]  # PNGs go into `snakemake --report`
-        params: **freshness.snakemake_params(s, config)  # the params keys it reads, and its code's hash
+        output: freshness.stamp_pattern(s)  # the stage's own outputs are written, atomically, by the stage
+        params: **pipeline.tracked_params(s, RAW)  # the params keys it reads (shown in -n -p; dvc.lock decides)
         log: pipeline.snakemake_log(s)
         threads: PARAMS.runtime.threads if s.uses_workload else 1
         resources: **s.resources
@@ -91,4 +84,4 @@ for _stage in pipeline.STAGES:
 
 rule all:
     default_target: True
-    input: [o.path for s in pipeline.STAGES if not s.foreach for o in s.outputs]
+    input: [str(freshness.provenance.stamp_path(job)) for job in freshness.all_jobs(RAW)]

@@ -199,6 +199,15 @@ class OptimizerSettings:
     weight_decay: float = setting(0.0, "weight decay (fixed); AdamW decouples it", min=0.0)
 
 
+# The settings each optimizer reads; it ignores the others. The pipeline tracks only these per stage
+# (stages/pipeline/declaration.py), so an Adam value does not mark an SGD study stale.
+OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "sgd": ("name", "momentum", "nesterov", "weight_decay"),
+    "adam": ("name", "beta1", "beta2", "eps", "weight_decay"),
+    "adamw": ("name", "beta1", "beta2", "eps", "weight_decay"),
+}
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Where every stage runs and how: device, seed, CPU threads."""
@@ -452,12 +461,26 @@ def _check_cross_field(p: Params) -> None:
         raise ConfigError(f"scaling.lr_min: received {p.scaling.lr_min}; allowed: less than scaling.lr_max ({p.scaling.lr_max})")
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
+def read_raw(path: str | Path = PARAMS_FILE) -> dict:
+    """params.yaml parsed, merged with the profiles dvc.yaml beside it records as active
+    (stages/core/profile.py); ConfigError for a missing, unreadable or non-YAML file."""
+    from stages.core.profile import apply_profiles, profiles_in
+
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: file not found; run from the project root (where params.yaml is) or pass its path")
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "file not found"
+        raise ConfigError(f"{path}: {what}; run from the project root (where params.yaml is) or pass its path")
     try:
         raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return validate(raw, str(path))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    profiles = profiles_in(path.parent)
+    return apply_profiles(raw, profiles, path.parent) if profiles and isinstance(raw, dict) else raw
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """params.yaml with the active profiles applied, validated as a whole."""
+    from stages.core.profile import profiles_in
+
+    source = " + ".join([str(path), *profiles_in(Path(path).parent)])
+    return validate(read_raw(path), source)

@@ -6,15 +6,11 @@ from typing import Iterable
 
 import torch
 
-from stages.core.config import OptimizerSettings
+from stages.core.config import OPTIMIZER_KEYS, OptimizerSettings
 
 def fixed_values(settings: OptimizerSettings) -> dict:
     """The optimizer's name and the values that stay fixed while the learning rate is tuned."""
-    if settings.name == "sgd":
-        return {"name": "sgd", "momentum": settings.momentum, "nesterov": settings.nesterov,
-                "weight_decay": settings.weight_decay}
-    return {"name": settings.name, "beta1": settings.beta1, "beta2": settings.beta2,
-            "eps": settings.eps, "weight_decay": settings.weight_decay}
+    return {key: getattr(settings, key) for key in OPTIMIZER_KEYS[settings.name]}
 
 
 def effective_learning_rate(settings: OptimizerSettings, lr: float) -> float:

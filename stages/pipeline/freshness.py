@@ -1,89 +1,37 @@
-"""Snakemake's view of what is up to date, made to agree with DVC's (`dvc status`).
+"""Snakemake's view of what is up to date: exactly `dvc status`'s, read from the committed dvc.lock.
 
-Neither git nor DVC keeps file times, so on a fresh clone committed results can look older than the
-code and Snakemake -- which compares times even without its `mtime` rerun trigger -- would rerun the
-whole study while `dvc status` says it is up to date. The Snakefile therefore marks ancient() every
-input that dvc.lock records unchanged (`unchanged_inputs`), and gives each rule a hash of its code
-and workload sources as a `params:` value (`snakemake_params`), so a rule reruns when its code
-changes by content, as under DVC. profiles/default/config.yaml drops the `mtime` trigger.
+Snakemake's own record (`.snakemake/`) stays on the machine that ran it: on a fresh clone it has
+none and misses every change to params or code, and after a `dvc repro` its record is out of date.
+So kickoff's Snakefile decides nothing by Snakemake's record or by file times. Its rules declare
+one stamp each (`.kickoff/snakemake/<job>.done`, never committed) as their output, and before
+Snakemake plans anything `sync_stamps` makes the stamps a projection of dvc.lock: a job that
+`dvc status` lists (stages/core/provenance.py), or that reads from one, loses its stamp and so
+runs; every other job has one. Every input is ancient(), and profiles/default/config.yaml leaves
+only the `mtime` trigger, so a missing stamp is the one reason to run. A job, after its stage,
+records itself in dvc.lock (`python -m stages.pipeline.record`), so `dvc status` is clean after
+a Snakemake run, and `snakemake -n` plans nothing after a `dvc repro`.
+
+The stamps, not the stages' real outputs, are what Snakemake deletes before a job runs and
+leaves deleted when it fails: the committed results are never touched by Snakemake, and a stage
+writes its own outputs atomically, after its checks.
 """
 from __future__ import annotations
 
-import hashlib
-from functools import lru_cache
+import sys
+from base64 import urlsafe_b64encode
 from pathlib import Path
 
-import yaml
-
-from stages.pipeline.declaration import (ROOT, STAGES, Stage, deps_of, items_of, param_value, snakemake_inputs, stage,
-                                         tracked_params)
-
-
-CODE_PARAM = "code_sha256"
-
-
-def code_hash(s: Stage, params: dict, root: Path = ROOT) -> str:
-    """One hash over the stage's code and workload sources (deps_of without earlier outputs), so that
-    Snakemake sees an edit by content once it has a record of the rule's last run."""
-    from stages.core.io import content_hash
-
-    earlier = {i.path for i in s.inputs}  # earlier stages' outputs: inputs, not code
-    code = [d for d in deps_of(s, params) if d not in earlier]
-    listing = "\n".join(f"{path} {content_hash(path, root)}" for path in code)
-    return hashlib.sha256(listing.encode()).hexdigest()[:16]
-
-
-def read_lock(root: Path = ROOT) -> dict:
-    """dvc.lock's stages ({} without one): what DVC recorded of the last run of each job."""
-    lock_file = root / "dvc.lock"
-    if not lock_file.exists():
-        return {}
-    return _read_lock(str(lock_file), lock_file.stat().st_mtime_ns)
-
-
-@lru_cache(maxsize=4)
-def _read_lock(lock_file: str, _mtime_ns: int) -> dict:
-    return (yaml.safe_load(Path(lock_file).read_text()) or {}).get("stages") or {}
-
-
-@lru_cache(maxsize=4096)
-def _md5(path: Path, _mtime_ns: int) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _matches_lock(entries: list[dict], paths: list[str], root: Path) -> bool:
-    """Every path has the md5 the lock entries give it; a file inside a folder entry (DVC hashes the
-    folder as a whole) counts as matching; a path the entries do not cover does not."""
-    md5s = {e["path"]: str(e.get("md5")) for e in entries}
-    folders = [p for p, m in md5s.items() if m.endswith(".dir")]
-    for path in paths:
-        file = root / path
-        if path in folders or any(path.startswith(f + "/") for f in folders):
-            continue  # not compared here; Snakemake's code hash (rule params) sees edits once it has run
-        if path not in md5s or not file.is_file() or md5s[path] != _md5(file, file.stat().st_mtime_ns):
-            return False
-    return True
-
-
-def _same_param(recorded, current) -> bool:
-    """Equal as values: DVC reads params.yaml as YAML 1.2 and Snakemake as 1.1, so `1e-08` may be a
-    number on one side and text on the other."""
-    def norm(v):
-        if isinstance(v, dict):
-            return {k: norm(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [norm(x) for x in v]
-        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
-            try:
-                return float(v)
-            except ValueError:
-                return v
-        return v
-    return norm(recorded) == norm(current)
+from stages.core import provenance
+from stages.pipeline.declaration import ROOT, STAGES, Stage, deps_of, items_of, present, snakemake_inputs
 
 
 def job_name(s: Stage, item=None) -> str:
     return f"{s.name}@{item}" if s.foreach else s.name
+
+
+def all_jobs(params: dict) -> list[str]:
+    return [job_name(s, item) for s in STAGES if present(s, params)
+            for item in (items_of(s, params) if s.foreach else [None])]
 
 
 def producer_of(path: str, params: dict) -> str | None:
@@ -95,53 +43,78 @@ def producer_of(path: str, params: dict) -> str | None:
     return None
 
 
-def current_per_lock(job: str, params: dict, root: Path = ROOT) -> bool:
-    """Is `job` exactly as dvc.lock recorded it -- same inputs, params and outputs, and every job it
-    reads from too? (what `dvc status` reports as unchanged)"""
-    entry = read_lock(root).get(job)
-    if entry is None:
-        return False
-    name, _, item = job.partition("@")
-    s = stage(name)
-    outputs = [o.path.replace(f"{{{s.foreach[0]}}}", item) if s.foreach else o.path for o in s.outputs]
-    recorded_params = (entry.get("params") or {}).get("params.yaml") or {}
-    inputs = snakemake_inputs(s, params)
-    return (_matches_lock(entry.get("deps") or [], inputs, root)
-            and _matches_lock(entry.get("outs") or [], outputs, root)
-            and all(_same_param(recorded_params.get(k), param_value(params, k)) for k in s.params)
-            and all(current_per_lock(p, params, root) for p in {producer_of(i, params) for i in inputs} - {None}))
-
-
-def unchanged_inputs(s: Stage, item, params: dict, root: Path = ROOT) -> set[str]:
-    """The job's inputs that are as dvc.lock recorded them: code and sources with the recorded md5, and
-    outputs of jobs that are current as a whole (so a job that reruns still makes its readers rerun).
-    Snakemake marks these ancient(), so on a fresh clone it agrees with `dvc status`."""
-    entry = read_lock(root).get(job_name(s, item))
-    if entry is None:
-        return set()
-    same = set()
+def upstream_jobs(s: Stage, params: dict) -> list[str]:
+    """The jobs whose outputs stage `s` reads (every item of a fan-out it gathers)."""
+    jobs: list[str] = []
     for path in snakemake_inputs(s, params):
-        producer = producer_of(path, params)
-        if (current_per_lock(producer, params, root) if producer
-                else _matches_lock(entry.get("deps") or [], [path], root)):
-            same.add(path)
-    return same
+        job = producer_of(path, params)
+        if job and job not in jobs:
+            jobs.append(job)
+    return jobs
 
 
-def snakemake_params(s: Stage, params: dict) -> dict:
-    """The rule's `params:` -- what makes Snakemake rerun it besides its inputs' set and its command."""
-    return {**tracked_params(s, params), CODE_PARAM: code_hash(s, params)}
+def downstream(jobs: set[str], params: dict) -> set[str]:
+    """`jobs` and every job that reads from one of them, transitively."""
+    readers = {job_name(s, item): set(upstream_jobs(s, params)) for s in STAGES if present(s, params)
+               for item in (items_of(s, params) if s.foreach else [None])}
+    closure, grew = set(jobs), True
+    while grew:
+        grew = False
+        for job, ups in readers.items():
+            if job not in closure and ups & closure:
+                closure.add(job)
+                grew = True
+    return closure
 
 
-# ---------------------------------------------------------------------------- dvc.yaml
+def rule_inputs(s: Stage, params: dict) -> list[str]:
+    """The rule's inputs: its code and workload sources, and the stamps of the jobs it reads from
+    (which order the jobs; whether a job runs is decided by its own stamp alone)."""
+    earlier = {i.path for i in s.inputs}
+    code = [d for d in deps_of(s, params) if d not in earlier]
+    return code + [str(provenance.stamp_path(job)) for job in upstream_jobs(s, params)]
+
+
+def stamp_pattern(s: Stage) -> str:
+    return str(provenance.stamp_path(job_name(s, f"{{{s.foreach[0]}}}" if s.foreach else None)))
+
+
+def _forget_incomplete(stamp: Path, root: Path) -> None:
+    """A stamp made afresh must not carry Snakemake's 'incomplete' mark of a failed run: the job it
+    stands for is current per dvc.lock (put back as it was, or recorded by `dvc repro` since)."""
+    marker = root / ".snakemake" / "incomplete" / urlsafe_b64encode(str(stamp).encode()).decode()
+    marker.unlink(missing_ok=True)
+
+
+def sync_stamps(params: dict, root: Path = ROOT, log=sys.stderr) -> set[str]:
+    """Give every job that is current per dvc.lock its stamp and take it from every other; return
+    the jobs to run (`dvc status`'s list and everything downstream of it)."""
+    jobs = all_jobs(params)
+    changed = provenance.stale(root) & set(jobs)
+    to_run = downstream(changed, params)
+    for job in jobs:
+        stamp = root / provenance.stamp_path(job)
+        if job in to_run:
+            stamp.unlink(missing_ok=True)
+        elif not stamp.exists():
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.touch()
+            _forget_incomplete(provenance.stamp_path(job), root)
+    if to_run:
+        later = sorted(to_run - changed)
+        print(f"kickoff: dvc.lock records {len(jobs) - len(to_run)} of {len(jobs)} jobs as up to date; "
+              f"changed since: {', '.join(sorted(changed))}" + (f"; downstream of them: {', '.join(later)}" if later else ""),
+              file=log)
+    return to_run
 
 
 def check_not_running(s: Stage, item=None, root: Path = ROOT) -> None:
     """LockedError if the job's stage command is running now (by `dvc repro`, another Snakemake, by
-    hand): Snakemake would delete its outputs before starting the job, under the running one."""
+    hand): two runs of one stage would mix their outputs."""
     from stages.core.lock import LOCK_DIR, check_not_running as check, lock_name
 
     cmd = s.cmd.replace(f"{{{s.foreach[0]}}}", str(item)) if s.foreach else s.cmd
     _python, _m, module, *args = cmd.split()
     what = module.rsplit(".", 1)[-1]  # as each stage's __main__ names itself to run_main
     check(lock_name(what, args), " ".join([what, *args]), root / LOCK_DIR)
+

@@ -1,14 +1,16 @@
-"""Apply a partial params file (such as the small CI configuration) on top of params.yaml as
-`dvc exp run --set-param` overrides, so the experiment keeps whatever else the branch changed.
+"""Deprecated: a partial params file as `dvc exp run --set-param` overrides. They rewrite params.yaml
+(DVC applies them to the workspace, re-serialised: comments and formatting gone), so a branch that
+commits afterwards carries the profile. Use a profile instead, which leaves params.yaml as it is:
 
-    dvc exp run $(python -m stages.pipeline.overrides profiles/small/params.yaml)    # an experiment with them
-    python -m stages.pipeline.overrides profiles/small/params.yaml                   # just print them
+    python -m stages.pipeline --profile small && dvc exp run      # or: dvc repro, snakemake -c2
 
-Prints one `--set-param=KEY=VALUE` per line (one shell word each: values are written without
-spaces). A mapping is walked down to its leaves, so keys the file does not name keep the
-branch's values -- except `workload.kwargs`, which replaces the branch's as a whole (the arguments
-belong to one workload factory: a profile that switches workload must not inherit the other's). Floats keep a decimal point and a signed exponent (`1.0e-05`) so Snakemake's
-YAML 1.1 reads them back as numbers.
+Still works for a release, with a deprecation message on stderr:
+
+    dvc exp run $(python -m stages.pipeline.overrides profiles/small/params.yaml)
+
+Prints one `--set-param=KEY=VALUE` per line (one shell word each). On an error (a mistyped path, a
+bad value) it prints the error on stderr and, on stdout, one argument no command accepts, so the
+`dvc exp run $(...)` around it stops instead of running the experiment without the overrides.
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ from typing import Any
 import yaml
 
 from stages.core.config import PARAMS_FILE, validate
-from stages.core.cli import run_main
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, KickoffError
+from stages.core.profile import WHOLE, flatten, merge  # noqa: F401  (their home moved to stages/core/profile.py)
+
+FAILED = "--kickoff-overrides-failed-see-the-error-above"
+
 
 def _value(value: Any) -> str:
     """A value in Hydra's override grammar (what `dvc exp run -S` parses)."""
@@ -45,33 +50,6 @@ def _value(value: Any) -> str:
     return text
 
 
-WHOLE = ("workload.kwargs",)  # mappings replaced as a whole, never merged key by key
-
-
-def flatten(overrides: dict, prefix: str = "") -> dict[str, Any]:
-    """{'scaling': {'max_steps': 300}} -> {'scaling.max_steps': 300}."""
-    flat: dict[str, Any] = {}
-    for key, value in overrides.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict) and value and full not in WHOLE:
-            flat.update(flatten(value, f"{full}."))
-        else:
-            flat[full] = value
-    return flat
-
-
-def merge(params: dict, overrides: dict) -> dict:
-    """params with `overrides` applied exactly as `dvc exp run` with set_param_args() applies them."""
-    merged = yaml.safe_load(yaml.safe_dump(params))
-    for key, value in flatten(overrides).items():
-        node = merged
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return merged
-
-
 def set_param_args(overrides: dict) -> list[str]:
     """A WHOLE mapping is deleted, then added back (Hydra's `~key`, `+key=`): a plain `key={...}`
     would merge into the branch's mapping, and a new key under it is refused in struct mode."""
@@ -90,16 +68,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--params", type=Path, default=Path(PARAMS_FILE),
                     help="the params.yaml the overrides must validate against (default: ./params.yaml)")
     args = ap.parse_args(argv)
-    if not args.file.exists():
+    if not args.file.is_file():
         raise ConfigError(f"{args.file}: file not found; allowed: a YAML file with params.yaml's sections")
-    overrides = yaml.safe_load(args.file.read_text()) or {}
+    try:
+        overrides = yaml.safe_load(args.file.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{args.file}: not valid YAML ({str(e).splitlines()[0]}); allowed: a mapping of params sections") from None
     if not isinstance(overrides, dict):
         raise ConfigError(f"{args.file}: received {type(overrides).__name__}; allowed: a mapping of params sections")
-    if args.params.exists():  # stop here, not halfway through an experiment
+    if args.params.is_file():  # stop here, not halfway through an experiment
         validate(merge(yaml.safe_load(args.params.read_text()), overrides),
                  f"{args.params} with {args.file}")
+    name = args.file.parent.name if args.file.name == "params.yaml" else str(args.file)
+    print(f"kickoff: `python -m stages.pipeline.overrides` is deprecated: its overrides rewrite params.yaml; "
+          f"run `python -m stages.pipeline --profile {name}` once, then `dvc exp run` (or `snakemake -c2`)",
+          file=sys.stderr)
     print("\n".join(set_param_args(overrides)))
 
 
 if __name__ == "__main__":
-    run_main(lambda: main(sys.argv[1:]), lock=False)  # prints arguments, writes nothing
+    try:
+        main(sys.argv[1:])
+    except KickoffError as e:  # one line, and an argument that stops the `dvc exp run $(...)` around it
+        print(f"kickoff: error: {e}", file=sys.stderr)
+        print(FAILED)
+        sys.exit(2)

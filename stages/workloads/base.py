@@ -26,6 +26,7 @@ import torch
 
 from stages.core.config import DataSettings
 from stages.core.errors import ConfigError
+from stages.workloads.registry import BUILTINS
 
 Batch = tuple[torch.Tensor, ...]
 Direction = Literal["above", "below"]
@@ -114,15 +115,6 @@ def has_batch_norm(model: torch.nn.Module) -> bool:
 
 
 # ---------------------------------------------------------------------------- registry
-
-BUILTINS: dict[str, str] = {
-    "digits_mlp": "stages.workloads.digits_mlp:DigitsMLP",
-    "synthetic_cnn": "stages.workloads.synthetic_cnn:SyntheticCNN",
-    "nqm": "stages.workloads.nqm:NoisyQuadratic",
-    "dataset": "stages.workloads.dataset:DatasetWorkload",
-    "char_lm": "stages.workloads.char_lm:CharLM",
-}
-
 
 def import_path(path: str, key: str = "workload.name"):
     """The object 'package.module:attribute' names; a bad path raises ConfigError naming `key`."""

@@ -1,0 +1,108 @@
+"""Profiles: partial params files applied on top of params.yaml, which stays exactly as the branch has it.
+
+    python -m stages.pipeline --profile small                   # dvc repro / dvc exp run / snakemake now run it
+    python -m stages.pipeline --profile char_lm --profile small # several, applied in this order
+    python -m stages.pipeline --no-profile                      # back to params.yaml alone
+
+`--profile NAME` means `profiles/NAME/params.yaml` (or give a path). The active profiles are recorded
+in the rendered dvc.yaml (`vars: [{kickoff_profiles: [...]}]`), which also lists, for every stage,
+the keys the profile sets among those the stage reads -- so DVC (and Snakemake, which follows
+dvc.lock) reruns exactly the stages a profile changes, and `dvc exp run -S
+profiles/small/params.yaml:scaling.seeds=2` edits the profile, never params.yaml. Every stage reads
+params.yaml merged with the active profiles (`load_params` in stages/core/config.py).
+
+A mapping is merged key by key, so keys a profile does not name keep the branch's values -- except
+`workload.kwargs`, which replaces the branch's as a whole (the arguments belong to one workload
+factory: a profile that switches workload must not inherit the other's).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.core.errors import ConfigError
+
+VAR = "kickoff_profiles"  # the dvc.yaml variable naming the active profiles
+WHOLE = ("workload.kwargs",)  # mappings replaced as a whole, never merged key by key
+
+
+def flatten(overrides: dict, prefix: str = "") -> dict[str, Any]:
+    """{'scaling': {'max_steps': 300}} -> {'scaling.max_steps': 300}."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value and full not in WHOLE:
+            flat.update(flatten(value, f"{full}."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def merge(params: dict, overrides: dict) -> dict:
+    """params with `overrides` applied (a copy; neither argument changes)."""
+    merged = yaml.safe_load(yaml.safe_dump(params))
+    for key, value in flatten(overrides).items():
+        node = merged
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return merged
+
+
+def profile_path(name: str) -> str:
+    """'small' -> 'profiles/small/params.yaml'; a path is kept as given."""
+    return name if name.endswith((".yaml", ".yml")) or "/" in name else f"profiles/{name}/params.yaml"
+
+
+def read_profile(path: str, root: Path) -> dict:
+    """A profile's overrides, or ConfigError naming the file."""
+    file = root / path
+    if not file.is_file():
+        known = sorted(p.parent.name for p in (root / "profiles").glob("*/params.yaml"))
+        raise ConfigError(f"profile {path}: file not found; allowed: {', '.join(known) or 'none here'} "
+                          f"(profiles/NAME/params.yaml) or the path of a partial params file")
+    try:
+        overrides = yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"profile {path}: not valid YAML ({str(e).splitlines()[0]}); allowed: a mapping of "
+                          f"params.yaml sections") from None
+    overrides = {} if overrides is None else overrides
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"profile {path}: received {type(overrides).__name__}; allowed: a mapping of params.yaml sections")
+    return overrides
+
+
+def active_profile(dvc_yaml_text: str | None) -> str | None:
+    """The active profiles recorded in a dvc.yaml text, as one label ('small', 'char_lm+small'), or
+    None where the run uses params.yaml alone: what the reviews compare like with like."""
+    paths = active_profiles(dvc_yaml_text)
+    if not paths:
+        return None
+    return "+".join(Path(p).parent.name if Path(p).name == "params.yaml" else p for p in paths)
+
+
+def active_profiles(dvc_yaml_text: str | None) -> list[str]:
+    """The profile files a dvc.yaml text records as active (none for a missing or unreadable one)."""
+    try:
+        declared = yaml.safe_load(dvc_yaml_text or "") or {}
+    except yaml.YAMLError:
+        return []
+    for entry in (declared.get("vars") or []) if isinstance(declared, dict) else []:
+        if isinstance(entry, dict) and VAR in entry:
+            return [str(p) for p in entry[VAR] or []]
+    return []
+
+
+def profiles_in(root: Path) -> list[str]:
+    """The active profiles of the project at `root` (its dvc.yaml)."""
+    dvc_yaml = root / "dvc.yaml"
+    return active_profiles(dvc_yaml.read_text() if dvc_yaml.is_file() else None)
+
+
+def apply_profiles(raw: dict, paths: list[str], root: Path) -> dict:
+    for path in paths:
+        raw = merge(raw, read_profile(path, root))
+    return raw
