@@ -83,14 +83,11 @@ def snakemake_plan(root: Path, *args: str) -> set[str]:
 
 
 def downstream(root: Path, jobs: set[str]) -> set[str]:
-    """`jobs` and everything that reads from them, per the project's own declaration."""
-    code = ("import json, sys, yaml\n"
-            "from stages.pipeline.freshness import downstream\n"
-            "from stages.pipeline.declaration import effective_params\n"
-            "from pathlib import Path\n"
-            "params = effective_params(yaml.safe_load(open('params.yaml')), Path('.'))\n"
-            "print(json.dumps(sorted(downstream(set(json.loads(sys.argv[1])), params))))\n")
-    return set(json.loads(run([sys.executable, "-c", code, json.dumps(sorted(jobs))], root).stdout))
+    """`jobs` and everything that reads from them, per the declaration (the clone's code is this one's)."""
+    from stages.pipeline.declaration import effective_params
+    from stages.pipeline.freshness import downstream as closure
+
+    return closure(jobs, effective_params(yaml.safe_load((root / "params.yaml").read_text()), root))
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """The cluster path, exercised (issue 14 part 3): Snakemake's generic cluster executor submits the scaling
 fan-out -- one job per batch size -- through profiles/local-cluster/submit.sh, which starts each job as a
 background process of its own; status.sh answers the polls; Snakemake collects the outputs. The same path a
-SLURM or Kubernetes run takes, on one machine. probe and throughput are given (their outputs written here,
-`--allowed-rules scaling_trials`), so only the per-size jobs run, on the noisy quadratic model (no data)."""
+SLURM or Kubernetes run takes, on one machine. probe and throughput ran first (`dvc repro throughput`, so
+dvc.lock records them and Snakemake plans them as done), so only the per-size jobs run, on the noisy
+quadratic model (no data), and each records itself in dvc.lock from its own process."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ import sys
 import pytest
 
 from stages.core import outputs as out
+from stages.core import provenance
 from tests.conftest import make_project, run
 
 SIZES = [4, 16]
@@ -19,22 +21,20 @@ PARAMS = {"workload": {"name": "nqm", "kwargs": {"dim": 10, "target": 0.05}}, "f
           "optimizer": {"name": "sgd", "momentum": 0.0},
           "runtime": {"device": "cpu", "seed": 0, "threads": 1},
           "scaling": {"batch_sizes": SIZES, "lr_min": 0.05, "lr_max": 50.0, "lr_points": 3, "lr_refine_trials": 0,
-                      "max_steps": 100, "seeds": 0}}
+                      "max_steps": 100, "seeds": 0},
+          "probe": {"min_batch_size": 4, "max_batch_size": 16, "steps": 1},
+          "throughput": {"warmup_steps": 1, "window_seconds": 0.01, "min_windows": 6, "max_seconds_per_size": 0.2,
+                         "split_steps": 3, "peak_seconds": 0.05}}
 
 
 @pytest.mark.e2e
 def test_scaling_fan_out_runs_as_separate_cluster_jobs(tmp_path, monkeypatch):
     pytest.importorskip("snakemake_executor_plugin_cluster_generic",
                         reason="pip install -e '.[cluster]' (the generic cluster executor plugin)")
-    root = make_project(tmp_path / "kickoff", PARAMS, dvc=False)
-    (root / "reports/probe").mkdir(parents=True)
-    (root / out.PROBE_CSV.path).write_text("batch_size,status,peak_memory_bytes,reason\n4,fits,4000,\n16,fits,16000,\n")
-    (root / out.PROBE_METRICS.path).write_text(json.dumps({"max_batch_size": 16}))
-    (root / "reports/throughput").mkdir(parents=True)
-    (root / out.THROUGHPUT_METRICS.path).write_text(json.dumps({"largest_useful_batch_size": 16}))
-    run([sys.executable, "-m", "stages.family", "choose"], root)  # family skipped: model.yaml says so
+    root = make_project(tmp_path / "kickoff", PARAMS)
+    run(["dvc", "repro", "throughput"], root, timeout=300)  # family (skipped), probe, throughput: recorded in dvc.lock
 
-    targets = [str(out.SCALING_TRIALS.at(batch_size=b)) for b in SIZES]
+    targets = [str(provenance.stamp_path(f"scaling_trials@{b}")) for b in SIZES]  # each job's one declared output
     proc = run([sys.executable, "-m", "snakemake", "--profile", "profiles/local-cluster",
                 "--allowed-rules", "scaling_trials", "--", *targets], root, timeout=300)
     log = proc.stdout + proc.stderr
@@ -55,6 +55,9 @@ def test_scaling_fan_out_runs_as_separate_cluster_jobs(tmp_path, monkeypatch):
     for b in SIZES:
         assert f"--batch-size {b}" in job_logs
     monkeypatch.chdir(root)
-    for b in SIZES:  # collected: every output in place and complete (the reader checks the contract)
+    for b in SIZES:  # written in place and complete (the reader checks the contract)
         frame = out.read_csv(out.SCALING_TRIALS, batch_size=b)
         assert set(frame["batch_size"]) == {b} and len(frame) >= 1
+    # each cluster job recorded itself in dvc.lock: DVC sees the sizes' jobs as up to date
+    status = json.loads(run(["dvc", "status", "--json"], root).stdout or "{}")
+    assert not {f"scaling_trials@{b}" for b in SIZES} & set(status), status

@@ -38,11 +38,12 @@ def require_dvc(root: Path) -> None:
                               f"dvc.lock, for DVC and for Snakemake alike; run `dvc init` there first")
 
 
-def stale(root: Path) -> set[str]:
+def stale(root: Path, *jobs: str) -> set[str]:
     """The jobs `dvc status` lists as changed (as DVC names them: 'probe', 'scaling_trials@64'): a
-    changed param, code file, input or output, a changed command, or no entry in dvc.lock yet."""
+    changed param, code file, input or output, a changed command, or no entry in dvc.lock yet.
+    All jobs, or only those named."""
     require_dvc(root)
-    proc = _dvc(["status", "--json"], root)
+    proc = _dvc(["status", "--json", *jobs], root)
     if proc.returncode != 0:
         raise ProvenanceError(f"`dvc status` failed in {root}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     try:
