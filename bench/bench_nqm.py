@@ -132,7 +132,8 @@ def main() -> None:
         print("study (one process per batch size, then summarize):")
         wall = run_study(workdir, args.sizes)
         table = pd.read_csv(workdir / "reports/scaling/steps_to_target.csv")
-        metrics = pd.read_json(workdir / "reports/scaling/metrics.json", typ="series")
+        metrics = pd.concat([pd.read_json(workdir / f"reports/scaling/{name}.json", typ="series")
+                             for name in ("diagnostics", "metrics")])
         scaling = yaml.safe_load((workdir / "params.yaml").read_text())["scaling"]
         resolution, hold_factor = scaling.get("eval_resolution", 0.05), scaling.get("hold_factor", 2.0)
         confidence = (workdir / "reports/scaling/notes.md").read_text()

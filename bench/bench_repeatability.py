@@ -36,7 +36,9 @@ NQM = {"workload": {"name": "nqm", "kwargs": {"dim": 100, "target": 0.05}, "sour
 
 
 def read(project: Path, stage: str) -> dict:
-    return json.loads((project / f"reports/{stage}/metrics.json").read_text())
+    """A stage's metrics.json with its diagnostics.json (the timings and the rest)."""
+    return {**json.loads((project / f"reports/{stage}/diagnostics.json").read_text()),
+            **json.loads((project / f"reports/{stage}/metrics.json").read_text())}
 
 
 def main() -> int:

@@ -101,7 +101,8 @@ def main() -> None:
         wall, _ = run_study(workdir)
         trials = pd.read_csv(workdir / "reports/scaling/trials.csv")
         refined = pd.read_csv(workdir / "reports/scaling/steps_to_target.csv")
-        metrics = pd.read_json(workdir / "reports/scaling/metrics.json", typ="series")
+        metrics = pd.concat([pd.read_json(workdir / f"reports/scaling/{name}.json", typ="series")
+                             for name in ("diagnostics", "metrics")])
         print(f"study wall time: {wall:.1f} s  (B_crit {metrics['critical_batch_size']} "
               f"[{metrics['critical_batch_size_kind']}], noise scale {metrics['gradient_noise_scale']})")
         if args.no_grid:

@@ -108,15 +108,15 @@ def assert_refused(proc: subprocess.CompletedProcess, path: str, problem: str, p
     assert f"`{producer}`" in lines[0]
 
 
-def test_throughput_refuses_a_truncated_probe_metrics_file(tmp_path):
+def test_throughput_refuses_a_truncated_probe_diagnostics_file(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"runtime": {"device": "cpu"}}))
     probe = tmp_path / "reports/probe"
     probe.mkdir(parents=True)
     (probe / "probe.csv").write_text("batch_size,status,reason,peak_memory_bytes\n1,fits,,1000\n2,fits,,2000\n")
-    (probe / "metrics.json").write_text(json.dumps({"max_batch_size": 2, "device": "cpu"})[:15])
+    (probe / "diagnostics.json").write_text(json.dumps({"device": "cpu", "threads": 1})[:15])
     before = files_under(tmp_path)
     proc = run("stages.throughput", tmp_path)
-    assert_refused(proc, "reports/probe/metrics.json", "is not valid JSON", "python -m stages.probe")
+    assert_refused(proc, "reports/probe/diagnostics.json", "is not valid JSON", "python -m stages.probe")
     assert files_under(tmp_path) == before  # nothing written, nothing removed
 
 

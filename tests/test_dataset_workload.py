@@ -221,7 +221,8 @@ def test_in_memory_workloads_skip_the_workers_measurement(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     throughput()
     assert pd.read_csv("reports/throughput/workers.csv").empty
-    metrics = json.loads(open("reports/throughput/metrics.json").read())
+    metrics = {**json.loads(open("reports/throughput/diagnostics.json").read()),
+               **json.loads(open("reports/throughput/metrics.json").read())}
     assert metrics["recommended_num_workers"] is None and metrics["num_workers_measured"] is False
     assert "Not measured: workload 'nqm' builds its batches in memory" in open("reports/throughput/diagnosis.md").read()
 
@@ -243,7 +244,8 @@ def slow_throughput(root, monkeypatch, data: dict, max_workers: int) -> tuple[pd
     monkeypatch.chdir(root)
     throughput()
     row = pd.read_csv(root / "reports/throughput/throughput.csv").iloc[0]
-    return row, json.loads((root / "reports/throughput/metrics.json").read_text())
+    out = root / "reports/throughput"
+    return row, {**json.loads((out / "diagnostics.json").read_text()), **json.loads((out / "metrics.json").read_text())}
 
 
 def test_a_slow_dataset_without_workers_is_input_bound_and_two_workers_are_recommended(tmp_path, monkeypatch):

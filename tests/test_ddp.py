@@ -51,7 +51,7 @@ def test_stage_times_two_gloo_processes(tmp_path):
     assert 0 < eff.scaling_efficiency <= 1.2
     assert eff.scaling_efficiency_ci_low <= eff.scaling_efficiency <= eff.scaling_efficiency_ci_high
     assert (table.communication_s >= 0).all() and (table.compute_s > 0).all()
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "diagnostics.json").read_text())
     assert metrics["devices_measured"] == [1, 2]
     assert metrics["scaling_efficiency_measured"]["2"] == pytest.approx(eff.scaling_efficiency)
     assert set(pd.read_csv(out / "device_windows.csv")["mode"]) == {"synced", "local"}

@@ -287,7 +287,7 @@ def test_stage_smoke_on_the_default_workload(tmp_path):
     assert list(zip(frame.batch_size, frame.status)) == [(256, "fits"), (512, "fits"), (1024, "fits"),
                                                           (2048, "capped"), (4096, "capped")]
     assert (frame[frame.status == "fits"].peak_memory_bytes > 0).all()
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = {**json.loads((out / "diagnostics.json").read_text()), **json.loads((out / "metrics.json").read_text())}
     assert set(METRIC_KEYS) <= set(metrics)
     assert metrics["max_batch_size"] == 1024 and metrics["capped_at"] == 1438 and metrics["has_batch_norm"] is False
     assert (out / "memory.png").stat().st_size > 10_000

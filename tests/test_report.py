@@ -22,23 +22,27 @@ PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
 def write_outputs(root: Path) -> None:
     """A complete, plausible set of stage outputs with the contract's file names and columns."""
     files = {
-        "reports/probe/metrics.json": {"max_batch_size": 1024, "memory_budget_bytes": 6 * 2**30,
-                                       "memory_fixed_bytes": 52_000_000, "memory_per_example_bytes": 41_000,
-                                       "device": "cpu", "has_batch_norm": False},
-        "reports/throughput/metrics.json": {"largest_useful_batch_size": 256, "peak_flops_per_s": 8.1e10,
-                                            "device": "cpu", "threads": 2},
+        "reports/probe/metrics.json": {"max_batch_size": 1024, "parameter_count": 4810},
+        "reports/probe/diagnostics.json": {"memory_budget_bytes": 6 * 2**30, "memory_fixed_bytes": 52_000_000,
+                                           "memory_per_example_bytes": 41_000, "device": "cpu", "has_batch_norm": False},
+        "reports/throughput/metrics.json": {"largest_useful_batch_size": 256, "recommended_num_workers": None},
+        "reports/throughput/diagnostics.json": {"peak_flops_per_s": 8.1e10, "device": "cpu", "threads": 2},
         "reports/scaling/metrics.json": {"critical_batch_size": 181.5, "critical_batch_size_kind": "estimate",
-                                         "ci_low": 120.0, "ci_high": 260.0, "s_min": 95.0, "e_min": 17200.0,
-                                         "gradient_noise_scale": 150.2, "compute_saved_fraction": 0.62},
-        "reports/select/metrics.json": {"batch_size": 128, "expected_training_time_s": 31.0},
-        "reports/family/metrics.json": {"candidates": 2, "reached": 1, "chosen_parameters": 4810, "batch_size": 64},
+                                         "ci_low": 120.0, "ci_high": 260.0, "s_min": 95.0},
+        "reports/scaling/diagnostics.json": {"e_min": 17200.0, "gradient_noise_scale": 150.2,
+                                             "compute_saved_fraction": 0.62},
+        "reports/select/metrics.json": {"batch_size": 128},
+        "reports/select/diagnostics.json": {"expected_training_time_s": 31.0},
+        "reports/family/metrics.json": {"candidates": 2, "reached": 1, "chosen_parameters": 4810},
+        "reports/family/diagnostics.json": {"batch_size": 64},
         "reports/baseline/metrics.json": {"val_accuracy": 0.961, "reached_target": True, "final_meets_target": True,
-                                          "steps_to_target": 310, "train_seconds": 29.5, "eval_seconds": 4.2,
-                                          "predicted_steps_to_target": 250.0, "measured_steps_to_target": 310,
-                                          "steps_to_target_ratio": 1.24, "predicted_time_per_step_s": 0.0031,
-                                          "measured_time_per_step_s": 0.0033, "time_per_step_ratio": 1.0645,
-                                          "predicted_time_to_target_s": 0.775, "measured_time_to_target_s": 1.02,
-                                          "time_to_target_ratio": 1.316, "first_step_seconds": 0.0074},
+                                          "steps_to_target": 310},
+        "reports/baseline/diagnostics.json": {"train_seconds": 29.5, "eval_seconds": 4.2,
+                                              "predicted_steps_to_target": 250.0, "measured_steps_to_target": 310,
+                                              "steps_to_target_ratio": 1.24, "predicted_time_per_step_s": 0.0031,
+                                              "measured_time_per_step_s": 0.0033, "time_per_step_ratio": 1.0645,
+                                              "predicted_time_to_target_s": 0.775, "measured_time_to_target_s": 1.02,
+                                              "time_to_target_ratio": 1.316, "first_step_seconds": 0.0074},
     }
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,8 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
     # the numbers behind each decision, formatted by their unit
     for expected in ("largest batch size that ran and fit is **1024**", "6.0 GiB", "49.6 MiB fixed",
                      "largest useful batch size is **256**", "about **181.5**", "interval 120 to 260",
-                     "| `compute_saved_fraction` | 62.0% |", "| 256 | 0.3 | n/a | n/a | n/a | not reached |",
+                     "| `s_min` | 95 |", "[`reports/scaling/diagnostics.json`](scaling/diagnostics.json)",
+                     "Every candidate at batch size 64", "| 256 | 0.3 | n/a | n/a | n/a | not reached |",
                      "training set has 1438 examples", "128 minimises training time: 31 s vs 40 s for 64",
                      "#### Diagnosis\n\nCompute-bound: doubling 256 -> 512",  # each stage's prose, from its own file
                      "#### Trial isolation\n\nEvery trial ran in a forked process.",
@@ -155,6 +160,8 @@ def test_full_report_opens_with_the_configuration_and_walks_the_stages(tmp_path)
 @pytest.mark.parametrize("damage, expected", [
     (lambda r: (r / "reports/scaling/metrics.json").unlink(),
      "`reports/scaling/metrics.json` is missing (written by stage `scaling`: run `dvc repro scaling`)"),
+    (lambda r: (r / "reports/baseline/diagnostics.json").unlink(),
+     "`reports/baseline/diagnostics.json` is missing (written by stage `baseline`: run `dvc repro baseline`)"),
     (lambda r: (r / "reports/probe/metrics.json").write_text("{not json"),
      "`reports/probe/metrics.json` could not be read (JSONDecodeError"),
     (lambda r: (r / "reports/throughput/throughput.csv").write_text("batch_size,examples_per_s\n64,100\n"),

@@ -110,7 +110,8 @@ def test_steps_to_target_table_and_metrics_follow_the_contract(study):
     assert set(studied["regime"]) <= {"perfect_scaling", "diminishing_returns", "no_further_gain"}
     assert list(table[table["status"] == "skipped"]["regime"]) == ["skipped", "skipped"]
 
-    m = json.loads((study / "reports/scaling/metrics.json").read_text())
+    out = study / "reports/scaling"
+    m = {**json.loads((out / "diagnostics.json").read_text()), **json.loads((out / "metrics.json").read_text())}
     assert m["critical_batch_size_kind"] in {"estimate", "lower_bound", "upper_bound", "undetermined"}
     for key in ("critical_batch_size", "ci_low", "ci_high", "s_min", "e_min", "gradient_noise_scale"):
         assert key in m
@@ -198,7 +199,8 @@ def test_a_study_with_every_size_ruled_out_still_writes_its_outputs(tmp_path, ca
         scaling.main(["summarize"])
     finally:
         os.chdir(cwd)
-    m = json.loads((root / "reports/scaling/metrics.json").read_text())
+    m = {**json.loads((root / "reports/scaling/diagnostics.json").read_text()),
+         **json.loads((root / "reports/scaling/metrics.json").read_text())}
     assert m["critical_batch_size"] is None and m["critical_batch_size_kind"] == "undetermined"
     assert m["skipped_batch_sizes"] == SIZES and m["studied_batch_sizes"] == []
     assert "no batch size fits" in pd.read_csv(root / "reports/scaling/trials.csv")["reason"][0]
@@ -226,6 +228,7 @@ def test_summarize_refuses_a_trials_file_cut_mid_row(study, tmp_path):
 def test_metrics_hold_numbers_and_short_labels_and_the_prose_has_its_own_file(study):
     metrics = json.loads((study / "reports/scaling/metrics.json").read_text())
     assert all(not isinstance(v, str) or len(v) <= 40 for v in metrics.values()), metrics
+    metrics = json.loads((study / "reports/scaling/diagnostics.json").read_text())  # the study's limits
     assert metrics["batch_sizes"] == SIZES and metrics["max_steps"] == PARAMS["scaling"]["max_steps"]
     widen = 4.0  # scaling.lr_widen_factor's default: an optimum at an edge widens the range up to this factor
     assert (PARAMS["scaling"]["lr_min"] / widen <= metrics["learning_rate_min_tried"]

@@ -1,7 +1,8 @@
 """The team workflow, end to end with the real git, dvc and snakemake in a temporary repository:
 two commits that differ in the model width (a tag pinned as the baseline, a branch compared with
 it) through `dvc params/metrics/plots diff`, the pull-request review script, experiments with
-`dvc exp run -S`, `snakemake --lint`, the cluster profiles, and the CI workflow against the documentation (README.md, docs/).
+`dvc exp run -S` and `dvc exp show`, the documented pin of a baseline, `snakemake --lint`, the cluster profiles, and
+the CI workflow against the documentation (README.md, docs/). The review's tables alone: tests/test_review.py.
 
 The repository is built once per module (two `dvc repro` on the small configuration) and shared;
 the tests that change its state (experiments) come last and put it back.
@@ -26,7 +27,6 @@ import yaml
 from stages.pipeline import declaration as pipeline
 from stages.core.config import validate
 from stages.pipeline.overrides import merge, set_param_args
-from stages.report.review import markdown
 from tests.conftest import ROOT, make_project, run, write_params
 
 SMALL = yaml.safe_load((ROOT / "profiles/small/params.yaml").read_text())
@@ -74,77 +74,6 @@ def test_overrides_are_one_shell_word_each_and_numbers_survive_yaml_1_1():
     assert args == ["--set-param=scaling.lr_min=1.0e-05", "--set-param=scaling.batch_sizes=[16,64]",
                     "--set-param=probe.batch_sizes=null", "--set-param=probe.bisect=false"]
     assert isinstance(yaml.safe_load("x: 1.0e-05")["x"], float)  # what Snakemake's YAML 1.1 reads back
-
-
-def test_review_table_shows_only_what_changed_in_the_reports_units():
-    diff = {"reports/baseline/metrics.json": {"accuracy": {"old": 0.95, "new": 0.97, "diff": 0.02},
-                                              "train_seconds": {"old": 10.0, "new": 10.0, "diff": 0},
-                                              "exponent": {"old": 0.637, "new": 0.637 + 1e-16},
-                                              "outcome": {"old": "reached", "new": "x" * 200}},
-            "reports/probe/metrics.json": {"memory_fixed_bytes": {"old": 2 * 2**20, "new": 3 * 2**20}}}
-    text = markdown(diff, "metrics")
-    lines = text.splitlines()
-    assert lines[0] == "| file | metric | base | this branch | change |"
-    assert lines[2] == "| reports/probe/metrics.json | memory_fixed_bytes | 2.0 MiB | 3.0 MiB | +1.0 MiB (+50.0%) |"
-    assert "| accuracy | 0.95 | 0.97 | +0.02 (+2.1%) |" in text
-    assert "train_seconds" not in text and "exponent" not in text  # unchanged, or only in the 16th digit
-    assert "| reached | " + "x" * 79 + "… |" in text
-    assert markdown({}, "params") == "No params differ."
-
-
-def _diff(**files) -> dict:
-    """A `dvc metrics diff --all --json` body: {file: {key: (old, new)}} -> dvc's {"old", "new"} entries."""
-    return {f"reports/{name}/metrics.json": {k: {"old": o, "new": n} for k, (o, n) in entries.items()}
-            for name, entries in files.items()}
-
-
-def test_review_leads_with_the_recommendation_each_change_marked_real_or_noise():
-    from stages.report.review import metrics_review
-
-    text = metrics_review(_diff(
-        select={"batch_size": (128, 256), "learning_rate": (0.471, 0.763), "train_steps": (40, 33),
-                "tie": ("128~256: chose 128 (fewer devices, then smaller batch)", "none"),
-                "steps_to_target_min": (31, 20), "steps_to_target_max": (37, 33),
-                "expected_training_time_s": (0.014, 0.012)},
-        scaling={"critical_batch_size": (96.2, 58.7), "ci_low": (70.0, 54.7), "ci_high": (131.0, 62.0),
-                 "seconds": (30.0, 31.0)},
-        baseline={"final_meets_target": (True, False), "target_metric": ("accuracy", "accuracy"),
-                  "accuracy": (0.955, 0.883), "train_seconds": (0.03, 0.04)},
-        probe={"memory_per_example_bytes": (61, -0.3)}))
-    lines = text.splitlines()
-    assert lines[0] == "| recommendation | base | this branch | change |"
-    assert [line.split(" | ")[0] for line in lines[2:7]] == [
-        "| batch size", "| learning rate", "| step budget", "| B_crit (95% interval)", "| baseline at the end of its budget"]
-    assert lines[2] == "| batch size | 128 | 256 | within noise (tied in select) |"  # the base run found them tied
-    assert lines[3] == "| learning rate | 0.471 | 0.763 | within noise (steps to target 31-37 vs 20-33) |"
-    assert lines[5] == "| B_crit (95% interval) | 96.2 (70-131) | 58.7 (54.7-62) | **changed** (beyond the interval) |"
-    assert lines[6] == ("| baseline at the end of its budget | meets the target (accuracy 0.955) | "
-                        "**misses** the target (accuracy 0.883) | **changed** |")
-    # timings and everything else come after, folded
-    timings, rest = text.split("<details>")[1], text.split("<details>")[2]
-    assert "Timings" in timings and "| train_seconds |" in timings and "| seconds |" in timings
-    assert "expected_training_time_s" in timings and "accuracy" not in timings
-    assert "| critical_batch_size |" in rest and "train_seconds" not in rest
-    assert "| memory_per_example_bytes | 61 B | 0 B | -61 B (-100.0%) |" in rest and "-0 B" not in text
-
-
-def test_review_marks_overlapping_intervals_as_noise_and_unchanged_values_as_same():
-    from stages.report.review import recommendation
-
-    text = recommendation(_diff(
-        select={"batch_size": (128, 64), "learning_rate": (0.47, 0.47), "train_steps": (40, 40),
-                "tie": ("none", "none"), "steps_to_target_min": (31, 30), "steps_to_target_max": (37, 36)},
-        scaling={"critical_batch_size": (96.2, 90.0), "ci_low": (70.0, 60.0), "ci_high": (131.0, 120.0)},
-        baseline={"final_meets_target": (True, True), "target_metric": ("accuracy", "accuracy"),
-                  "accuracy": (0.955, 0.955)}))
-    rows = {line.split(" | ")[0][2:]: line.rsplit(" | ", 1)[1][:-2] for line in text.splitlines()[2:]}
-    assert rows == {"batch size": "**changed** (beyond the interval)",  # neither run found the two tied
-                    "learning rate": "same", "step budget": "same", "B_crit (95% interval)": "within noise",
-                    "baseline at the end of its budget": "same"}
-    # a base revision from before select recorded ties: a size change cannot be judged, and says so
-    old = recommendation(_diff(select={"batch_size": (128, 64)}))
-    assert "| batch size | 128 | 64 | changed (no interval recorded) |" in old
-    assert "| B_crit (95% interval) | – | – | not recorded |" in old
 
 
 def test_conda_env_mirrors_pyproject_runtime_dependencies():
@@ -312,6 +241,37 @@ def test_pr_review_script_writes_one_comment_and_the_plots_and_restores_the_bran
     assert run(["git", "status", "--porcelain", "--untracked-files=no"], team.root).stdout == "", proc.stderr
 
 
+def documented_block(after: str) -> list[str]:
+    """The command lines of the first bash block of docs/team.md after the text `after`, comments stripped."""
+    block = re.search(r"```bash\n(.*?)```", team_page().split(after, 1)[1], flags=re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.e2e
+def test_the_documented_pin_runs_as_written_on_an_up_to_date_branch(team, tmp_path):
+    """docs/team.md's pin sequence, run on a branch whose results are committed: nothing to run, nothing to
+    commit (no `git commit` failing on an empty index), the tag pushed; then the profile check passes."""
+    root = team.root
+    run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], root)
+    run(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], root)
+    head = run(["git", "rev-parse", "HEAD"], root).stdout
+    try:
+        lines = documented_block("**Pinning a baseline")
+        pin = [line.replace(TAG, "pinned-v2") for line in lines[:3]]
+        assert pin[0] == "dvc repro" and "git commit" in pin[1] and pin[2].startswith("git tag -a pinned-v2")
+        for line in pin:
+            proc = run(["bash", "-euo", "pipefail", "-c", line], root, check=False)
+            assert proc.returncode == 0, (line, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert run(["git", "rev-parse", "HEAD"], root).stdout == head  # nothing new: no commit
+        assert "pinned-v2" in run(["git", "ls-remote", "--tags", "origin"], root).stdout
+        check = next(line for line in lines if "same-profile" in line).replace("my-branch", BRANCH)
+        proc = run(shlex.split(check), root, check=False)
+        assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr  # both ran the same profile
+    finally:
+        run(["git", "remote", "remove", "origin"], root)
+        run(["git", "tag", "-d", "pinned-v2"], root, check=False)
+
+
 @pytest.mark.e2e
 def test_snakemake_lint_passes_and_its_report_holds_every_png(team, tmp_path):
     proc = run([str(Path(sys.executable).parent / "snakemake"), "--lint"], team.root)
@@ -367,5 +327,13 @@ def test_experiments_rerun_exactly_the_affected_stages_and_exp_show_lists_them(t
         (row,) = [r for r in table if r["Experiment"] == "by-cost"]
         assert row["select.objective"] == "resource"
         assert row["rev"] and row["accuracy"] != ""  # its results are there to compare
+
+        # the documented side-by-side view fits a screen: with -n 2 it holds the two commits that differ in the
+        # model's width (every stage reran) and this experiment on the objective (16 columns, 37 with the
+        # dependency hashes, about 100 when metrics.json held the timings and diagnostics)
+        (show,) = [c for c in documented_commands() if c.startswith("dvc exp show")]
+        header = next(csv.reader(io.StringIO(run(shlex.split(show) + ["-n", "2", "--csv"], root).stdout)))
+        assert len(header) <= 30 and {"select.objective", "workload.kwargs.hidden"} <= set(header), header
+        assert not [c for c in header if "/" in c and ":" not in c], header  # no dependency hashes
     finally:
         run(["git", "checkout", "-q", "--force", BRANCH], root)

@@ -235,7 +235,7 @@ def test_stage_smoke_on_a_tiny_workload(tmp_path):
                      {"max_batch_size": 4})
     out = tmp_path / "reports" / "throughput"
     frame = pd.read_csv(out / "throughput.csv")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = {**json.loads((out / "diagnostics.json").read_text()), **json.loads((out / "metrics.json").read_text())}
     assert frame.batch_size.tolist() == [1, 2, 4]  # capped by throughput.max_batch_size; the 16 (oom) never measured
     for col in ("examples_per_s", "examples_per_s_ci_low", "examples_per_s_ci_high", "time_per_step_s", "data_wait_s",
                 "copy_s", "compute_s", "input_bound", "on_device_examples_per_s", "doubling_ratio", "doubling_ratio_low",
@@ -265,7 +265,7 @@ def test_slow_data_loader_is_input_bound(tmp_path):
               [2, 4, 8])
     out = tmp_path / "reports" / "throughput"
     frame = pd.read_csv(out / "throughput.csv")
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = {**json.loads((out / "diagnostics.json").read_text()), **json.loads((out / "metrics.json").read_text())}
     assert frame.input_bound.all(), frame[["batch_size", "examples_per_s", "on_device_examples_per_s"]]
     assert metrics["input_bound_batch_sizes"] == [2, 4, 8]
     assert (frame.examples_per_s < 1000).all()  # 1 ms per example caps throughput at 1,000 examples/s

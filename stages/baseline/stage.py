@@ -6,13 +6,14 @@ Reads reports/select/initial_config.yaml (batch size, learning rate, step budget
 fixed values, workload, seed, and the DataLoader settings `data` where the workload has a DataLoader) and params (runtime.device, runtime.threads; baseline); trains for the
 whole step budget from the selected seed (no stop at the target, so the learning curve is complete) and writes
 reports/baseline/:
-    metrics.json  the target metric's final value under its own name (e.g. `accuracy`) and the other
-                  final metrics, reached_target, final_meets_target, steps_to_target, train_seconds
-                  (training steps only) and eval_seconds (evaluations, timed apart), train_steps,
-                  batch_size, learning_rate -- what `dvc metrics diff` compares across team branches --
-                  and select's predictions checked: predicted_ and measured steps_to_target,
-                  time_per_step_s and time_to_target_s, each with its measured/predicted `_ratio`,
-                  and first_step_seconds (the first step, one-off start-up included)
+    metrics.json  the receipts `dvc metrics diff` compares across team branches: the target metric and
+                  value, the final value under its own name (e.g. `accuracy`), reached_target,
+                  final_meets_target, steps_to_target, outcome
+    diagnostics.json  the other final metrics, train_seconds (training steps only) and eval_seconds
+                  (evaluations, timed apart), train_steps, batch_size, learning_rate, and select's
+                  predictions checked: predicted_ and measured steps_to_target, time_per_step_s and
+                  time_to_target_s, each with its measured/predicted `_ratio`, and first_step_seconds
+                  (the first step, one-off start-up included)
     curve.csv     step, train_loss, the workload's metrics at each evaluation, train_seconds (training clock so far)
     curve.png     the learning curve with the target
 """
@@ -26,7 +27,7 @@ from stages.core.config import Params, validate
 from stages.core import outputs as out
 from stages.core.errors import ConfigError, InputError
 from stages.core.device import describe, resolve_device, configure_cpu
-from stages.core.io import write_csv, write_json
+from stages.core.io import write_csv
 from stages.core.train import TrialResult, eval_schedule, train_to_target
 from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import Workload, make_workload, target_reached
@@ -164,5 +165,5 @@ def main() -> None:
     curve = pd.DataFrame(result.curve)
     write_csv(out.BASELINE_CURVE.path, curve)
     plot_curve(curve, workload, out.BASELINE_PLOT.path)
-    write_json(out.BASELINE_METRICS.path, metrics)
+    out.write_results(out.BASELINE_METRICS, out.BASELINE_DIAGNOSTICS, metrics, also=(workload.target_metric,))
 

@@ -6,8 +6,13 @@ them as outputs and inputs, and `read_csv` / `read_json` / `read_yaml` / `read_t
 one way a stage reads another stage's file: a missing, cut-off or inconsistent file stops with an
 `InputError` naming the file and the command that rewrites it -- before any output is touched.
 
-Metrics files (kind "metrics") hold numbers and short labels only, so `dvc metrics diff` stays
-readable; prose goes to its own markdown output.
+Metrics files (kind "metrics") hold only the numbers a reviewer compares across revisions -- the
+recommendation, B_crit with its interval, the search cost, the baseline's receipts: their declared
+`fields`, so `dvc metrics diff` and `dvc exp show --only-changed` stay a screen wide. Everything else
+a stage computes (timings, the study's limits, echoes of the settings, fitted details) goes to its
+diagnostics file (kind "out", tracked by git too), whose `timings` name the values measured on the
+clock (they differ from run to run on the same code: the review folds them apart). `write_results`
+splits one stage's numbers between the two. Prose goes to its own markdown output.
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ class Output:
     numeric: tuple[str, ...] = ()             # CSV: columns that must hold numbers (empty cells allowed)
     allowed: tuple[tuple[str, tuple], ...] = ()  # CSV: (column, allowed values); empty cells allowed
     keys: tuple[str, ...] = ()                # JSON / YAML: keys a reader relies on
+    fields: tuple[str, ...] = ()              # metrics: every key it holds (what a reviewer compares)
+    timings: tuple[str, ...] = ()             # diagnostics: keys measured on the clock or decided from it
 
     def at(self, **wildcards: Any) -> Path:
         """The path with its wildcards filled in, e.g. SCALING_TRIALS.at(batch_size=64)."""
@@ -69,13 +76,17 @@ FAMILY_TRIAL = Output("reports/family/trials/{candidate}.csv", FAMILY_TRIAL_CMD,
 FAMILY_TABLE = Output("reports/family/candidates.csv", FAMILY_CMD, **_FAMILY_CHECKS)
 FAMILY_MODEL = Output("reports/family/model.yaml", FAMILY_CMD,
                       keys=("workload", "kwargs", "overrides", "candidates", "rule", "chosen", "reasoning"))
-FAMILY_METRICS = Output("reports/family/metrics.json", FAMILY_CMD, "metrics")
+FAMILY_METRICS = Output("reports/family/metrics.json", FAMILY_CMD, "metrics",
+                        fields=("candidates", "reached", "chosen_index", "chosen_parameters"))
+FAMILY_DIAGNOSTICS = Output("reports/family/diagnostics.json", FAMILY_CMD, timings=("chosen_time_to_target_s",))
 FAMILY_PLOT = Output("reports/family/candidates.png", FAMILY_CMD, "image")
 
 # ---------------------------------------------------------------------------- probe
 PROBE_CSV = Output("reports/probe/probe.csv", PROBE_CMD, columns=("batch_size", "status", "reason", "peak_memory_bytes"),
                    numeric=("batch_size", "peak_memory_bytes"), allowed=(("status", _STATUS),))
-PROBE_METRICS = Output("reports/probe/metrics.json", PROBE_CMD, "metrics", keys=("max_batch_size",))
+PROBE_METRICS = Output("reports/probe/metrics.json", PROBE_CMD, "metrics", keys=("max_batch_size",),
+                       fields=("max_batch_size", "parameter_count"))
+PROBE_DIAGNOSTICS = Output("reports/probe/diagnostics.json", PROBE_CMD, timings=("seconds",))  # the memory model, device, sizes tried
 PROBE_PLOT = Output("reports/probe/memory.png", PROBE_CMD, "image")
 PROBE_NOTES = Output("reports/probe/notes.md", PROBE_CMD)  # the first failure's message, how trials were isolated
 # probe.plan_for: predicted peak per batch size and category (header only when there is no plan)
@@ -93,7 +104,13 @@ THROUGHPUT_CSV = Output("reports/throughput/throughput.csv", THROUGHPUT_CMD,
                         numeric=("batch_size", "examples_per_s", "time_per_step_s"))
 THROUGHPUT_WINDOWS = Output("reports/throughput/windows.csv", THROUGHPUT_CMD)
 THROUGHPUT_METRICS = Output("reports/throughput/metrics.json", THROUGHPUT_CMD, "metrics",
-                            keys=("largest_useful_batch_size",))
+                            keys=("largest_useful_batch_size",),
+                            fields=("largest_useful_batch_size", "recommended_num_workers"))  # null: not measured
+THROUGHPUT_DIAGNOSTICS = Output("reports/throughput/diagnostics.json", THROUGHPUT_CMD,
+                                timings=("examples_per_s_recommended_workers", "examples_per_s_0_workers",
+                                         "num_workers_speedup", "largest_clearly_useful_batch_size",
+                                         "input_bound_batch_sizes", "regimes", "peak_flops_per_s",
+                                         "first_step_overhead_s", "scaling_efficiency_measured", "seconds"))
 THROUGHPUT_WORKERS = Output("reports/throughput/workers.csv", THROUGHPUT_CMD,  # examples/s per DataLoader num_workers
                             columns=("num_workers", "examples_per_s", "recommended"), numeric=("num_workers", "examples_per_s"))
 THROUGHPUT_NOTES = Output("reports/throughput/diagnosis.md", THROUGHPUT_CMD)  # the diagnosis and the methods, in words
@@ -128,8 +145,12 @@ SCALING_CURVES = Output("reports/scaling/curves.csv", SCALING_CMD,  # every seed
                         numeric=("batch_size", "learning_rate", "seed", "step"))
 SCALING_NOISE = Output("reports/scaling/noise_scale.csv", SCALING_CMD)
 SCALING_METRICS = Output("reports/scaling/metrics.json", SCALING_CMD, "metrics",
-                         keys=("critical_batch_size", "critical_batch_size_kind", "ci_low", "ci_high", "s_min",
-                               "batch_sizes", "max_steps", "learning_rate_min_tried", "learning_rate_max_tried"))
+                         keys=("critical_batch_size", "critical_batch_size_kind", "ci_low", "ci_high", "s_min"),
+                         fields=("critical_batch_size", "critical_batch_size_kind", "ci_low", "ci_high", "s_min",
+                                 "search_cost_ratio", "trials"))
+SCALING_DIAGNOSTICS = Output("reports/scaling/diagnostics.json", SCALING_CMD,  # the study's limits, E_min, noise scale
+                             keys=("batch_sizes", "max_steps", "learning_rate_min_tried", "learning_rate_max_tried"),
+                             timings=("seconds",))
 SCALING_NOTES = Output("reports/scaling/notes.md", SCALING_CMD)  # what the fit and the noise-scale run concluded, in words
 SCALING_PLOTS = tuple(Output(f"reports/scaling/{name}.png", SCALING_CMD, "image")
                       for name in ("steps_to_target", "examples_to_target", "learning_rate", "curves"))
@@ -138,16 +159,52 @@ SCALING_PLOTS = tuple(Output(f"reports/scaling/{name}.png", SCALING_CMD, "image"
 SELECT_CONFIG = Output("reports/select/initial_config.yaml", SELECT_CMD,
                        keys=("batch_size", "learning_rate", "train_steps", "optimizer", "workload", "seed"))
 SELECT_DECISION = Output("reports/select/decision.csv", SELECT_CMD)
-SELECT_METRICS = Output("reports/select/metrics.json", SELECT_CMD, "metrics")
+SELECT_METRICS = Output("reports/select/metrics.json", SELECT_CMD, "metrics",
+                        fields=("batch_size", "learning_rate", "train_steps", "devices", "objective", "steps_to_target",
+                                "steps_to_target_min", "steps_to_target_max", "tie"))
+SELECT_DIAGNOSTICS = Output("reports/select/diagnostics.json", SELECT_CMD,
+                            timings=("expected_training_time_s", "expected_time_to_target_s", "time_per_step_s",
+                                     "resource_cost", "device_hours", "runner_up_objective_value", "scaling_efficiency"))
 SELECT_REASONING = Output("reports/select/reasoning.md", SELECT_CMD)
 SELECT_PLOTS = tuple(Output(f"reports/select/{name}.png", SELECT_CMD, "image")
                      for name in ("training_time", "resource_use"))
 
 # ---------------------------------------------------------------------------- baseline, report
-BASELINE_METRICS = Output("reports/baseline/metrics.json", BASELINE_CMD, "metrics")
+BASELINE_METRICS = Output("reports/baseline/metrics.json", BASELINE_CMD, "metrics",  # + the target metric's value
+                          fields=("target_metric", "target_value", "reached_target", "final_meets_target",
+                                  "steps_to_target", "outcome"))
+BASELINE_DIAGNOSTICS = Output("reports/baseline/diagnostics.json", BASELINE_CMD,
+                              timings=("train_seconds", "eval_seconds", "first_step_seconds", "predicted_time_per_step_s",
+                                       "measured_time_per_step_s", "time_per_step_ratio", "predicted_time_to_target_s",
+                                       "measured_time_to_target_s", "time_to_target_ratio"))
 BASELINE_CURVE = Output("reports/baseline/curve.csv", BASELINE_CMD)
 BASELINE_PLOT = Output("reports/baseline/curve.png", BASELINE_CMD, "image")
 REPORT = Output("reports/REPORT.md", REPORT_CMD)
+
+
+# each stage's metrics file with its diagnostics file
+RESULTS = ((FAMILY_METRICS, FAMILY_DIAGNOSTICS), (PROBE_METRICS, PROBE_DIAGNOSTICS),
+           (THROUGHPUT_METRICS, THROUGHPUT_DIAGNOSTICS), (SCALING_METRICS, SCALING_DIAGNOSTICS),
+           (SELECT_METRICS, SELECT_DIAGNOSTICS), (BASELINE_METRICS, BASELINE_DIAGNOSTICS))
+
+
+def write_results(metrics: Output, diagnostics: Output, values: dict, also: tuple[str, ...] = ()) -> None:
+    """One stage's numbers, split: `metrics` gets its declared fields (null where a value is absent) and the
+    keys in `also` (the baseline's target metric under its own name); `diagnostics` gets everything else.
+    The diagnostics file is written first: the metrics file is what the next stage reads for its decision."""
+    from stages.core.io import write_json
+
+    kept = (*metrics.fields, *also)
+    write_json(diagnostics.path, {k: v for k, v in values.items() if k not in kept})
+    write_json(metrics.path, {k: values.get(k) for k in kept})
+
+
+def is_timing(path: str, key: str) -> bool:
+    """Whether `key` of the results file `path` (metrics or diagnostics; dvc's dotted name for a nested key)
+    was measured on the clock, as the stage's diagnostics declares -- also for a revision from before the
+    split, whose metrics.json still held its timings."""
+    folder = str(Path(path).parent)
+    return any(key.split(".")[0] in d.timings for _, d in RESULTS if str(Path(d.path).parent) == folder)
 
 
 def notes_markdown(sections: dict[str, str | None]) -> str:

@@ -12,7 +12,8 @@ fit or crashes is recorded with the reason). Finished search trials are journall
 .kickoff/journal/family/, so an interrupted or repeated job replays them. `choose` reads every
 candidate's row, checks it belongs to the current candidates, applies family.rule and writes
 candidates.csv, model.yaml (the chosen overrides and the merged kwargs the later stages train),
-metrics.json and candidates.png. With family.candidates null it writes model.yaml saying that
+metrics.json (the choice and its parameter count), diagnostics.json (its rate, steps
+and time) and candidates.png. With family.candidates null it writes model.yaml saying that
 workload.kwargs is used as given.
 """
 from __future__ import annotations
@@ -253,7 +254,7 @@ def main_choose() -> None:
     header = ("# The model configuration chosen by `python -m stages.family choose` (docs/family.md).\n"
               "# `kwargs` is what probe, throughput, scaling and select build the workload with.\n")
     io.write_csv(out.FAMILY_TABLE.at(), table)
-    io.write_json(out.FAMILY_METRICS.at(), metrics)
+    out.write_results(out.FAMILY_METRICS, out.FAMILY_DIAGNOSTICS, metrics)
     plot(table, choice_index, out.FAMILY_PLOT.at())
     plain = json.loads(json.dumps(model))  # no YAML anchors where the chosen overrides repeat a candidate
     io.write_text(out.FAMILY_MODEL.at(), header + yaml.safe_dump(plain, sort_keys=False, default_flow_style=None))

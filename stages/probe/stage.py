@@ -5,7 +5,8 @@
 Reads params.yaml (workload, optimizer.name/momentum, runtime, probe) and writes
     reports/probe/probe.csv      one row per batch size: tried ones (fits, oom, over_budget, killed)
                                  and sizes above the training-set size (capped, never run)
-    reports/probe/metrics.json   max_batch_size, memory budget and limit, memory model, device, caps
+    reports/probe/metrics.json   max_batch_size and the model's parameter_count: what a reviewer compares
+    reports/probe/diagnostics.json  memory budget and limit, memory model, device, sizes tried, caps, seconds
     reports/probe/notes.md       the first failure's message, what the peak measures, trial isolation
     reports/probe/memory.png     peak memory against batch size, with the limit and the fitted line
                                  (and, with probe.plan_for, the predicted peak and each target's limit)
@@ -245,12 +246,12 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
 def write_outputs(outcome: ProbeOutcome) -> None:
     import pandas as pd
 
-    from stages.core.io import write_csv, write_json, write_text
+    from stages.core.io import write_csv, write_text
 
     frame = pd.DataFrame([asdict(r) for r in outcome.records]).sort_values("batch_size", kind="stable")
     for column in ("peak_memory_bytes", "peak_reserved_bytes", "baseline_memory_bytes", "trial"):
         frame[column] = frame[column].astype("Int64")
-    # Prose (an out-of-memory message runs to hundreds of characters) goes to notes.md, numbers to metrics.json.
+    # Prose (an out-of-memory message runs to hundreds of characters) goes to notes.md, numbers to metrics.json / diagnostics.json.
     metrics = {k: v for k, v in outcome.metrics.items() if k not in ("isolation_note", "peak_memory_measure")}
     failure = metrics["first_failure"]
     if failure is not None:
@@ -264,7 +265,7 @@ def write_outputs(outcome: ProbeOutcome) -> None:
     plan_rows = plan.plan_frame(outcome.plan or [])
     write_csv(out.PROBE_CSV.path, frame)
     write_csv(out.PROBE_PLAN_CSV.path, plan_rows)
-    write_json(out.PROBE_METRICS.path, metrics)
+    out.write_results(out.PROBE_METRICS, out.PROBE_DIAGNOSTICS, metrics)
     write_text(out.PROBE_NOTES.path, out.notes_markdown(notes))
     plot_memory(frame, outcome.metrics, out.PROBE_PLOT.path, plan_rows, outcome.plan_fits or [])
 

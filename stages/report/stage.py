@@ -5,7 +5,7 @@
 It opens with the recommended initial configuration (reports/select/initial_config.yaml) and the
 baseline's result, then walks family -> probe -> throughput -> scaling -> select -> baseline: each section
 states its decision, shows its plots and the numbers behind the decision (its metrics.json in
-full, and its CSV table). It reads no params and computes nothing new: every number is copied
+full, a link to its diagnostics.json -- timings and the rest -- and its CSV table). It reads no params and computes nothing new: every number is copied
 from the file named next to it. A missing, unreadable or partial input becomes a visible note
 that names the file and the stage that writes it -- the report is still written.
 """
@@ -55,6 +55,12 @@ def _metric(metrics: dict | None, key: str):
     return None if metrics is None else metrics.get(key)
 
 
+def _results(inputs: Inputs, metrics: out.Output, diagnostics: out.Output, stage: str) -> tuple[dict | None, dict | None]:
+    """A stage's metrics.json, and its numbers with its diagnostics.json's (what the decision sentences quote)."""
+    m, d = inputs.json(metrics.path, stage), inputs.json(diagnostics.path, stage)
+    return m, None if m is None and d is None else {**(d or {}), **(m or {})}
+
+
 def recommended(inputs: Inputs) -> list[str]:
     path = out.SELECT_CONFIG.path
     config = inputs.yaml(path, "select")
@@ -77,7 +83,7 @@ def recommended(inputs: Inputs) -> list[str]:
     extra = {k: v for k, v in config.items() if k not in CONFIG_KEYS and k not in ("optimizer", "workload")}
     if extra:
         lines += ["", "Also in the file: " + ", ".join(f"{k} = {fmt(v, k)}" for k, v in extra.items()) + "."]
-    baseline = inputs.json(out.BASELINE_METRICS.path, "baseline")
+    _, baseline = _results(inputs, out.BASELINE_METRICS, out.BASELINE_DIAGNOSTICS, "baseline")
     if baseline is not None:
         reached = baseline.get("reached_target")
         verdict = ("reached the target" if reached else "did **not** reach the target") if reached is not None else "ran"
@@ -92,9 +98,16 @@ def recommended(inputs: Inputs) -> list[str]:
 
 def _evidence(stage: str, inputs: Inputs, m: dict | None, metrics_path: str, caption: str, csv_path: str,
               columns) -> list[str]:
-    """What every stage section ends with: its PNGs, its metrics, then its table with a caption."""
-    return (_images(stage, inputs) + metrics_table(m, metrics_path, inputs)
+    """What every stage section ends with: its PNGs, its metrics and a link to its diagnostics, then its table
+    with a caption."""
+    return (_images(stage, inputs) + metrics_table(m, metrics_path, inputs) + _diagnostics_link(metrics_path)
             + ["", caption, ""] + table(inputs.csv(csv_path, stage), columns, csv_path, inputs) + [""])
+
+
+def _diagnostics_link(metrics_path: str) -> list[str]:
+    diagnostics = next(d.path for m, d in out.RESULTS if m.path == metrics_path)
+    rel = Path(diagnostics).relative_to("reports").as_posix()
+    return ["", f"Timings and the other numbers: [`{diagnostics}`]({rel})."]
 
 
 def family_section(inputs: Inputs) -> list[str]:
@@ -108,29 +121,29 @@ def family_section(inputs: Inputs) -> list[str]:
                   f"stages build the workload with {model.get('kwargs')}).", "", str(model.get("reasoning", "")), ""]
     elif model is None:
         lines += [inputs.notes_for(model_path), ""]
-    m = inputs.json(metrics_path, "family")
+    m, every = _results(inputs, out.FAMILY_METRICS, out.FAMILY_DIAGNOSTICS, "family")
     return lines + _evidence("family", inputs, m, metrics_path,
-                             f"Every candidate at batch size {fmt(_metric(m, 'batch_size'))}, its learning rate tuned "
+                             f"Every candidate at batch size {fmt(_metric(every, 'batch_size'))}, its learning rate tuned "
                              f"(`{csv_path}`):", csv_path, FAMILY_COLUMNS)
 
 
 def probe_section(inputs: Inputs) -> list[str]:
     metrics_path, csv_path = out.PROBE_METRICS.path, out.PROBE_CSV.path
-    m = inputs.json(metrics_path, "probe")
+    m, every = _results(inputs, out.PROBE_METRICS, out.PROBE_DIAGNOSTICS, "probe")
     lines = ["## 2. Probe: which batch sizes fit in memory", ""]
     if m is not None:
         lines += [f"**Decision:** the largest batch size that ran and fit is **{fmt(_metric(m, 'max_batch_size'))}** "
-                  f"(memory budget {fmt(_metric(m, 'memory_budget_bytes'), 'memory_budget_bytes')} on "
-                  f"{fmt(_metric(m, 'device'))}). Memory model: peak = "
-                  f"{fmt(_metric(m, 'memory_fixed_bytes'), 'memory_fixed_bytes')} fixed + "
-                  f"{fmt(_metric(m, 'memory_per_example_bytes'), 'memory_per_example_bytes')} per example.", ""]
+                  f"(memory budget {fmt(_metric(every, 'memory_budget_bytes'), 'memory_budget_bytes')} on "
+                  f"{fmt(_metric(every, 'device'))}). Memory model: peak = "
+                  f"{fmt(_metric(every, 'memory_fixed_bytes'), 'memory_fixed_bytes')} fixed + "
+                  f"{fmt(_metric(every, 'memory_per_example_bytes'), 'memory_per_example_bytes')} per example.", ""]
     lines += _notes(out.PROBE_NOTES, "probe", inputs)
     return lines + _evidence("probe", inputs, m, metrics_path, f"Every trial (`{csv_path}`):", csv_path, PROBE_COLUMNS)
 
 
 def throughput_section(inputs: Inputs) -> list[str]:
     metrics_path, csv_path = out.THROUGHPUT_METRICS.path, out.THROUGHPUT_CSV.path
-    m = inputs.json(metrics_path, "throughput")
+    m, _ = _results(inputs, out.THROUGHPUT_METRICS, out.THROUGHPUT_DIAGNOSTICS, "throughput")
     lines = ["## 3. Throughput: which batch sizes are worth using", ""]
     if m is not None:
         lines += [f"**Decision:** the largest useful batch size is **{fmt(_metric(m, 'largest_useful_batch_size'))}**: "
@@ -162,16 +175,16 @@ def data_parallel(inputs: Inputs) -> list[str]:
 
 def scaling_section(inputs: Inputs) -> list[str]:
     metrics_path, csv_path = out.SCALING_METRICS.path, out.SCALING_STEPS.path
-    m = inputs.json(metrics_path, "scaling")
+    m, every = _results(inputs, out.SCALING_METRICS, out.SCALING_DIAGNOSTICS, "scaling")
     lines = ["## 4. Scaling: steps to the target with the learning rate retuned per batch size", ""]
     if m is not None:
         kind = _metric(m, "critical_batch_size_kind")
         what = {"lower_bound": "at least", "upper_bound": "at most"}.get(str(kind), "about")
         lines += [f"**Decision:** critical batch size {what} **{fmt(_metric(m, 'critical_batch_size'))}** "
                   f"({fmt(kind)}; interval {fmt(_metric(m, 'ci_low'))} to {fmt(_metric(m, 'ci_high'))}); "
-                  f"S_min = {fmt(_metric(m, 's_min'))} steps, E_min = {fmt(_metric(m, 'e_min'))} examples. "
+                  f"S_min = {fmt(_metric(m, 's_min'))} steps, E_min = {fmt(_metric(every, 'e_min'))} examples. "
                   "Up to it, doubling the batch size nearly halves the steps; beyond it the gain shrinks. "
-                  f"The gradient noise scale (the cheap predictor) says {fmt(_metric(m, 'gradient_noise_scale'))}.", ""]
+                  f"The gradient noise scale (the cheap predictor) says {fmt(_metric(every, 'gradient_noise_scale'))}.", ""]
     lines += _notes(out.SCALING_NOTES, "scaling", inputs)
     caption = f"Best trial per batch size (`{csv_path}`; every trial is in `{out.SCALING_ALL_TRIALS.path}`):"
     return lines + _evidence("scaling", inputs, m, metrics_path, caption, csv_path, SCALING_COLUMNS)
@@ -194,7 +207,8 @@ def select_section(inputs: Inputs) -> list[str]:
     lines = ["## 5. Select: the batch size that trains fastest (or cheapest)", ""]
     reasoning = inputs.text(reasoning_path, "select")
     lines += [_demote(reasoning.strip()) if reasoning is not None else inputs.notes_for(reasoning_path), ""]
-    return lines + _evidence("select", inputs, inputs.json(metrics_path, "select"), metrics_path,
+    m, _ = _results(inputs, out.SELECT_METRICS, out.SELECT_DIAGNOSTICS, "select")
+    return lines + _evidence("select", inputs, m, metrics_path,
                              f"Decision table (`{csv_path}`):", csv_path, None)
 
 
@@ -204,7 +218,7 @@ PREDICTIONS = [("steps to target", "steps_to_target", "steps_to_target_ratio"),
 
 
 def predictions_table(m: dict | None) -> list[str]:
-    """select's predictions next to the baseline's measurements (both from the baseline's metrics.json)."""
+    """select's predictions next to the baseline's measurements (both from the baseline's diagnostics.json)."""
     if m is None or not any(f"predicted_{key}" in m for _, key, _ in PREDICTIONS):
         return []
     lines = ["Predicted by select (`initial_config.yaml`) and measured by this run; times exclude the "
@@ -224,10 +238,10 @@ def baseline_section(inputs: Inputs) -> list[str]:
     metrics_path = out.BASELINE_METRICS.path
     lines = ["## 6. Baseline: the configuration trained once", "",
              "These are the numbers `dvc metrics diff` compares across branches and against a pinned baseline tag.", ""]
-    m = inputs.json(metrics_path, "baseline")
-    lines += predictions_table(m)
+    m, every = _results(inputs, out.BASELINE_METRICS, out.BASELINE_DIAGNOSTICS, "baseline")
+    lines += predictions_table(every)
     lines += _images("baseline", inputs)
-    lines += metrics_table(m, metrics_path, inputs)
+    lines += metrics_table(m, metrics_path, inputs) + _diagnostics_link(metrics_path)
     return lines + [""]
 
 

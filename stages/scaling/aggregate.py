@@ -5,8 +5,9 @@ reports/scaling/trials.csv (every trial, skipped sizes included), steps_to_targe
 learning rate, steps to target over seeds with their spread, examples, regime, learning-rate
 heuristics), curves.csv (the learning curves of every seed of each rate that reached the target;
 curves.png draws the best rate's at the search seed), noise_scale.csv (the gradient-noise-scale
-run), metrics.json (B_crit with its kind and interval, S_min, E_min, noise scale, compute saved,
-search cost, and the study's limits -- batch sizes, max_steps, learning-rate range tried -- that select names), notes.md
+run), metrics.json (B_crit with its kind and interval, S_min, the search cost: search_cost_ratio and
+trials), diagnostics.json (E_min, noise scale, compute saved, trials by phase, seconds, and the study's
+limits -- batch sizes, max_steps, learning-rate range tried -- that select names), notes.md
 (how sure B_crit is and what would tighten it, the fit's and the noise-scale run's conclusions,
 in words) and four PNGs. Every per-size file is
 checked before any work: a missing, cut-off or inconsistent one stops with the job that rewrites it.
@@ -157,7 +158,7 @@ def main_summarize() -> None:
     notes = {"How sure": confidence_text(fit_metrics, table, p.scaling.eval_resolution),  # prose: kept out of metrics.json
              "Critical batch size": metrics.pop("critical_batch_size_message"),
              "Gradient noise scale": metrics.pop("gradient_noise_scale_reason", None)}
-    io.write_json(out.SCALING_METRICS.path, metrics)
+    out.write_results(out.SCALING_METRICS, out.SCALING_DIAGNOSTICS, metrics)
     io.write_text(out.SCALING_NOTES.path, out.notes_markdown(notes))
     gns_value = gns.get("gradient_noise_scale")
     steps_png, examples_png, lr_png, curves_png = (o.path for o in out.SCALING_PLOTS)

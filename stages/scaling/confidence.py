@@ -1,5 +1,5 @@
 """How sure the critical batch size is, in plain words, and what would tighten it: the text the
-scaling stage writes into reports/scaling/notes.md ("How sure") for the report (metrics.json keeps the numbers).
+scaling stage writes into reports/scaling/notes.md ("How sure") for the report (metrics.json and diagnostics.json keep the numbers).
 
 The interval has two sources (fit.py): the seed spread of steps to target, and how finely the best
 learning rate is known at each size (its bracket ratio, times one evaluation interval). Each is

@@ -49,7 +49,7 @@ class Target:
 
 @dataclass(frozen=True)
 class Study:
-    """The scaling study's limits (from its metrics.json), named in messages that say what to change."""
+    """The scaling study's limits (from its diagnostics.json), named in messages that say what to change."""
     max_steps: Steps
     lr_min: float  # the smallest learning rate tried
     lr_max: float  # the largest

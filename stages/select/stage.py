@@ -3,7 +3,8 @@
     python -m stages.select
 
 Reads params (workload, optimizer, runtime.seed, select, data) and reports/{probe,throughput,scaling}/ --
-from scaling: steps_to_target.csv, metrics.json (the study's limits, named in its messages), trials.csv
+from scaling: steps_to_target.csv, metrics.json (B_crit), diagnostics.json (the study's limits, named in its
+messages), trials.csv
 and curves.csv (every seed's learning curve, to keep only rates that hold the target through the step
 budget: stages/select/rates.py), and from throughput reports/throughput/devices.csv (the measured data-parallel
 scaling efficiency per device count, used instead of the assumed select.scaling_efficiency where it exists);
@@ -13,7 +14,9 @@ writes reports/select/:
                          DataLoader its `data` settings with the num_workers throughput recommends --
                          the input of a training run
     decision.csv         per batch size: feasible?, throughput regime, steps, time, resource, chosen, why
-    metrics.json         the choice in numbers (tied_batch_sizes and `tie` when sizes were within noise)
+    metrics.json         the choice in numbers, the chosen rate's steps over seeds, and `tie` when sizes were
+                         within noise: what a reviewer compares
+    diagnostics.json     its expected times and resource use, the runner-up, tied_batch_sizes
     reasoning.md         the decision in the playbook's terms
     training_time.png, resource_use.png
 If the target is not clearly better than chance, or no batch size reached it, it exits with a message
@@ -32,7 +35,7 @@ from stages.core.context import build_workload
 from stages.core.model_choice import apply_family_choice
 from stages.core import outputs as out
 from stages.core.errors import InputError
-from stages.core.io import write_csv, write_json, write_text
+from stages.core.io import write_csv, write_text
 from stages.core.optim import fixed_values
 from stages.pipeline.declaration import load_stage_params
 from stages.select.reasoning import reasoning_markdown
@@ -56,16 +59,17 @@ def _num(x):
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def _study(sc_m: dict) -> Study:
-    lr_min, lr_max = _num(sc_m.get("learning_rate_min_tried")), _num(sc_m.get("learning_rate_max_tried"))
-    return Study(int(sc_m["max_steps"]), math.nan if lr_min is None else lr_min, math.nan if lr_max is None else lr_max)
+def _study(sc_d: dict) -> Study:
+    lr_min, lr_max = _num(sc_d.get("learning_rate_min_tried")), _num(sc_d.get("learning_rate_max_tried"))
+    return Study(int(sc_d["max_steps"]), math.nan if lr_min is None else lr_min, math.nan if lr_max is None else lr_max)
 
 
 def read_inputs(target: Target, margin: float) -> tuple[Measurements, Study, pd.DataFrame]:
     """Every input, checked (complete, the declared columns and values, one row per studied batch size);
     per studied size the learning rate that holds the target (and the per-size rate choices, for the reasoning)."""
     probe_m, thr_m, sc_m = (out.read_json(o) for o in (out.PROBE_METRICS, out.THROUGHPUT_METRICS, out.SCALING_METRICS))
-    sizes = [int(b) for b in sc_m["batch_sizes"]]
+    thr_d, sc_d = out.read_json(out.THROUGHPUT_DIAGNOSTICS), out.read_json(out.SCALING_DIAGNOSTICS)
+    sizes = [int(b) for b in sc_d["batch_sizes"]]
     trials = out.read_csv(out.SCALING_ALL_TRIALS, expect_batch_sizes=sizes, allow_repeats=True)
     curves = out.read_csv(out.SCALING_CURVES)
     if len(curves) and target.metric not in curves:
@@ -85,12 +89,12 @@ def read_inputs(target: Target, margin: float) -> tuple[Measurements, Study, pd.
         critical_batch_size_kind=str(sc_m.get("critical_batch_size_kind") or "estimate"),
         critical_batch_size_ci=(_num(sc_m.get("ci_low")), _num(sc_m.get("ci_high"))),
         s_min=_num(sc_m.get("s_min")),
-        perfect_scaling_up_to=int(sc_m["perfect_scaling_up_to"]) if _num(sc_m.get("perfect_scaling_up_to")) else None,
-        device=str(probe_m.get("device") or thr_m.get("device") or "device"),
-        first_step_overhead_s=_num(thr_m.get("first_step_overhead_s")) or 0.0,
+        perfect_scaling_up_to=int(sc_d["perfect_scaling_up_to"]) if _num(sc_d.get("perfect_scaling_up_to")) else None,
+        device=str(thr_d.get("device") or "device"),
+        first_step_overhead_s=_num(thr_d.get("first_step_overhead_s")) or 0.0,
         measured_efficiency=measured_efficiency(),
         trials=trials,  # outcomes: did every trial diverge?
-    ), _study(sc_m), choices
+    ), _study(sc_d), choices
 
 
 def measured_efficiency() -> dict[int, float]:
@@ -183,7 +187,7 @@ def main() -> None:
     header = ("# Initial configuration chosen by `python -m stages.select` (see reasoning.md next to it).\n"
               "# Train it with `python -m stages.baseline`.\n")
     write_csv(out.SELECT_DECISION.path, sel.table)
-    write_json(out.SELECT_METRICS.path, {
+    out.write_results(out.SELECT_METRICS, out.SELECT_DIAGNOSTICS, {
         **{k: config[k] for k in ("batch_size", "learning_rate", "train_steps", "devices", "objective",
                                   "expected_training_time_s", "expected_time_to_target_s", "steps_to_target",
                                   "time_per_step_s")},

@@ -69,7 +69,7 @@ def frames(results: list[ddp.GroupResult], confidence: float) -> tuple[pd.DataFr
 
 
 def metrics(table: pd.DataFrame) -> dict:
-    """Numbers for metrics.json: the device counts measured and each one's efficiency (null if it failed)."""
+    """Numbers for diagnostics.json: the device counts measured and each one's efficiency (null if it failed)."""
     eff = {str(int(r.devices)): (None if not math.isfinite(r.scaling_efficiency) else float(r.scaling_efficiency))
            for r in table.itertuples() if r.devices > 1}
     return {"devices_measured": [int(d) for d in table.loc[table["status"] == "ok", "devices"]],

@@ -2,14 +2,17 @@
 
     python -m stages.throughput
 
-Reads reports/probe/probe.csv (rows with status "fits") and reports/probe/metrics.json, and the
-params sections workload, optimizer, runtime, throughput, data. Writes reports/throughput/:
+Reads reports/probe/probe.csv (rows with status "fits") and reports/probe/diagnostics.json (probe's
+device, echoed), and the params sections workload, optimizer, runtime, throughput, data. Writes
+reports/throughput/:
   windows.csv         every timed window (batch size, mode, steps, seconds, examples/s)
   throughput.csv      one row per batch size: median examples/s and interval, time per step, the
                       data wait / copy / compute split, on-device examples/s and the input-bound
                       flag, the doubling ratio with its interval and regime, FLOPs and utilisation
-  metrics.json        largest useful batch size, peak FLOP/s, device, threads, recommended DataLoader
-                      num_workers and its speed-up over 0 (numbers and short labels)
+  metrics.json        the largest useful batch size and the recommended DataLoader num_workers (null
+                      where not measured): what a reviewer compares
+  diagnostics.json    the rest: peak FLOP/s, device, threads, regimes, the workers' speed-up over 0,
+                      the first step's overhead (select adds it), seconds
   workers.csv         examples/s per DataLoader num_workers at the largest useful batch size, with its
                       interval and the recommended count (header only for workloads without a
                       DataLoader: stages/throughput/workers.py)
@@ -37,7 +40,7 @@ from stages.core.errors import ConfigError, StudyError
 from stages.core.context import Context, setup
 from stages.core.device import describe, synchronize, usable_cpus
 from stages.core import outputs as out
-from stages.core.io import write_csv, write_json, write_text
+from stages.core.io import write_csv, write_text
 from stages.core.log import info
 from stages.core.optim import build_optimizer
 from stages.core.plotting import figure, save
@@ -201,7 +204,7 @@ def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, 
 
 
 def notes_markdown(diagnosis: str, peak_method: str) -> str:
-    """diagnosis.md: the sentences behind the numbers in metrics.json."""
+    """diagnosis.md: the sentences behind the numbers in metrics.json and diagnostics.json."""
     return (f"## Diagnosis\n\n{diagnosis}\n\n## How it was measured\n\n"
             f"- Intervals: {INTERVAL_METHOD}.\n- Time split: {SPLIT_METHOD}.\n"
             f"- FLOPs per example: {FLOPS_COUNTED}\n- Peak FLOP/s: {peak_method}.\n")
@@ -249,7 +252,8 @@ def main() -> None:
     s = params.throughput
     check_settings(s)
     feasible = feasible_batch_sizes()  # inputs checked before any measuring (and before any output is written)
-    probe_metrics = out.read_json(out.PROBE_METRICS)
+    # probe's device, echoed for the reader: optional (throughput can run without probe's diagnostics), checked if there
+    probe_device = out.read_json(out.PROBE_DIAGNOSTICS).get("device") if out.PROBE_DIAGNOSTICS.at().exists() else None
     sizes = [b for b in feasible if s.max_batch_size is None or b <= s.max_batch_size]
     if not sizes:
         raise StudyError(f"throughput: no batch size to measure: probe found {feasible or 'none'} feasible"
@@ -286,7 +290,7 @@ def main() -> None:
         "first_step_overhead_s": None if first_step_s is None else max(
             0.0, first_step_s - float(frame.loc[frame["batch_size"] == sizes[0], "time_per_step_s"].iloc[0])),
         "device": describe(ctx.device),
-        "probe_device": probe_metrics.get("device"),
+        "probe_device": probe_device,
         "threads": ctx.threads,
         "confidence": s.confidence,
         "learning_rate": MEASURE_LR,
@@ -298,7 +302,7 @@ def main() -> None:
     metrics.pop("diagnosis")  # prose: it goes to diagnosis.md, so `dvc metrics diff` rows stay short
     write_csv(out.THROUGHPUT_WINDOWS.path, frame_windows)
     write_csv(out.THROUGHPUT_CSV.path, frame)
-    write_json(out.THROUGHPUT_METRICS.path, metrics)
+    out.write_results(out.THROUGHPUT_METRICS, out.THROUGHPUT_DIAGNOSTICS, metrics)
     write_csv(out.THROUGHPUT_WORKERS.path, pd.DataFrame(worker_rows, columns=list(workers.COLUMNS)))
     write_csv(out.THROUGHPUT_DEVICES.path, parallel_table)
     write_csv(out.THROUGHPUT_DEVICE_WINDOWS.path, parallel_windows)

@@ -120,7 +120,8 @@ def run(ctx: Context, batch_size: int, s: ThroughputSettings, learning_rate: flo
 
 
 def summary(rows: list[dict], skipped: str | None) -> dict:
-    """metrics.json's worker keys (numbers and short labels)."""
+    """The worker keys (numbers and short labels): recommended_num_workers goes to metrics.json, the rest to
+    diagnostics.json (stages/core/outputs.py)."""
     if not rows:
         return {"recommended_num_workers": None, "num_workers_batch_size": None,
                 "examples_per_s_recommended_workers": None, "examples_per_s_0_workers": None,
