@@ -24,7 +24,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from stages.core import outputs as out
