@@ -19,7 +19,8 @@ from stages.pipeline import declaration as pipeline
 STAGE_PACKAGES = {"family", "probe", "throughput", "scaling", "select", "baseline", "report"}
 # what each layer may import (besides itself); the stages' entry module `stages.__main__` sits on top
 MAY_IMPORT = {"core": {"core", "workloads"}, "workloads": {"core", "workloads"},
-              "pipeline": {"core", "pipeline"}, **{p: {"core", "workloads", "pipeline"} for p in STAGE_PACKAGES}}
+              "pipeline": {"core", "pipeline", "workloads"},  # the declaration tracks the configured workload's module
+              **{p: {"core", "workloads", "pipeline"} for p in STAGE_PACKAGES}}
 
 
 def all_modules() -> list[str]:

@@ -123,8 +123,8 @@ def test_ci_workflow_is_valid_and_runs_the_documented_commands():
     assert {"dvc exp run", "dvc params diff", "dvc metrics diff", "dvc plots diff"} <= set(commands)
     for command in set(commands):
         assert command in section, f"{command!r} (run by .ci/pr-review) is not in docs/team.md"
-    assert "dvc exp run $(python -m stages.pipeline.overrides profiles/small/params.yaml)" in documented
-    assert "python -m stages.pipeline.overrides profiles/small/params.yaml" in script
+    assert "python -m stages.pipeline --profile small" in documented
+    assert "python -m stages.pipeline --add-profile small" in script
 
 
 # ---------------------------------------------------------------------------- the shared repository
@@ -133,16 +133,26 @@ def test_ci_workflow_is_valid_and_runs_the_documented_commands():
 def team(tmp_path_factory):
     # The branch below changes the model's width in workload.kwargs; with the family stage on, the
     # width would be the family's choice (a team changes family.candidates instead): it is off here.
-    root = make_project(tmp_path_factory.mktemp("team") / "kickoff", {**SMALL, "family": {**SMALL["family"], "candidates": None}},
-                        commit=False)
+    # The team works on the small profile, applied on top of params.yaml as docs/team.md says, with a
+    # profile of its own that turns the family stage off: params.yaml stays the project's, byte for byte.
+    root = make_project(tmp_path_factory.mktemp("team") / "kickoff", commit=False)
     for name in EXTRA_FILES:  # conftest may copy some of them already
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
                         dirs_exist_ok=True)
+    (root / "profiles/team").mkdir()
+    (root / "profiles/team/params.yaml").write_text("family:\n  candidates: null\n")
+    run([sys.executable, "-m", "stages.pipeline", "--profile", "small", "--profile", "team"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "-m", "kickoff on the small configuration"], root)
 
     first = run(["dvc", "repro"], root)
     run("git add -A && git commit -q -m 'results, width 64'", root)
+    # committed after the profile flow: params.yaml as it was, its generated comments and dvc.yaml current
+    assert (root / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
+    shutil.copytree(ROOT / "docs", root / "docs")
+    run([sys.executable, "-m", "stages.pipeline.docs", "--check", "--root", str(root)], root)
+    run([sys.executable, "-m", "stages.pipeline", "--check"], root)
+    shutil.rmtree(root / "docs")
     run(["git", "tag", "-a", TAG, "-m", "kickoff baseline"], root)  # as docs/team.md: the pinned baseline
 
     run(["git", "checkout", "-q", "-b", BRANCH], root)
@@ -233,7 +243,7 @@ def test_pr_review_script_writes_one_comment_and_the_plots_and_restores_the_bran
     assert re.search(r"\| params.yaml \| workload.kwargs.hidden \| \[64\] \| \[32\] \|", comment), comment
     assert "| reports/baseline/metrics.json |" in comment and "failed" not in comment
     assert (team.root / "pr-review/plots/index.html").is_file()
-    # the small configuration applied with -S is exactly what the committed runs used: nothing reran
+    # the small profile the review applies is exactly what the committed runs used: nothing reran
     for log in (team.root / "pr-review").glob("review-*.log"):
         ran, skipped = stages_run(log.read_text())
         assert not ran and skipped == all_stage_names(SMALL["scaling"]["batch_sizes"]), log.name
