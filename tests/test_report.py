@@ -69,7 +69,9 @@ def write_outputs(root: Path) -> None:
         'candidate1,"{""hidden"": [64]}",4810,20000,reached,0.08,120,97,223,0.00016,0.02,0.972,\n')
     (root / "reports/family/model.yaml").write_text(
         "workload: digits_mlp\nchosen: candidate1\noverrides: {hidden: [64]}\nkwargs: {hidden: [64], target: 0.95}\n"
-        "rule: smallest\nreasoning: candidate1 is the smallest candidate that reached the target.\n")
+        "rule: smallest\n")
+    (root / "reports/family/reasoning.md").write_text(
+        "# Which model configuration, and why\n\ncandidate1 is the smallest candidate that reached the target.\n")
     (root / "reports/throughput/devices.csv").write_text(  # throughput.devices [1, 2, 4]: the 4 crashed
         "devices,per_device_batch_size,global_batch_size,status,reason,examples_per_s,examples_per_s_ci_low,"
         "examples_per_s_ci_high,ideal_examples_per_s,scaling_efficiency,scaling_efficiency_ci_low,"

@@ -231,8 +231,8 @@ def main_choose() -> None:
     if fam.candidates is None:
         table = pd.DataFrame(columns=COLUMNS)
         choice_index, metrics = None, {"candidates": 0, "reached": 0}
-        model |= {"chosen": None, "overrides": {}, "kwargs": dict(wl.kwargs),
-                  "reasoning": "family.candidates is null: the family stage is skipped and workload.kwargs is the model."}
+        model |= {"chosen": None, "overrides": {}, "kwargs": dict(wl.kwargs)}
+        reasoning = "family.candidates is null: the family stage is skipped and workload.kwargs is the model."
     else:
         check_candidates(wl.name, wl.kwargs, fam.candidates)
         table = read_trials(fam.candidates, fam.max_steps, fam.batch_size)
@@ -241,9 +241,8 @@ def main_choose() -> None:
         choice_index = choice.index
         overrides = fam.candidates[choice.index]
         model |= {"chosen": c["candidate"], "overrides": overrides, "kwargs": merged_kwargs(wl.kwargs, overrides),
-                  "batch_size": int(c["batch_size"]), "learning_rate": float(c["learning_rate"]),
-                  "parameters": int(c["parameters"]), "steps_to_target": int(c["steps_to_target"]),
-                  "time_to_target_s": float(c["time_to_target_s"]), "tied": choice.tied, "reasoning": choice.reasoning}
+                  "parameters": int(c["parameters"])}
+        reasoning = choice.reasoning
         metrics = {"candidates": len(table), "reached": int((table["status"] == "reached").sum()),
                    "chosen_index": choice.index, "chosen_parameters": int(c["parameters"]),
                    "chosen_flops_per_example": float(c["flops_per_example"]),
@@ -252,11 +251,13 @@ def main_choose() -> None:
         log.info(STAGE, f"chose {c['candidate']} {c['overrides']} ({fam.rule}): {int(c['parameters'])} parameters, "
                         f"{int(c['steps_to_target'])} steps to target")
     header = ("# The model configuration chosen by `python -m stages.family choose` (docs/family.md).\n"
-              "# `kwargs` is what probe, throughput, scaling and select build the workload with.\n")
+              "# `kwargs` is what probe, throughput, scaling and select build the workload with; the\n"
+              "# measurements are in candidates.csv, the reasoning in reasoning.md.\n")
     io.write_csv(out.FAMILY_TABLE.at(), table)
     out.write_results(out.FAMILY_METRICS, out.FAMILY_DIAGNOSTICS, metrics)
     plot(table, choice_index, out.FAMILY_PLOT.at())
     plain = json.loads(json.dumps(model))  # no YAML anchors where the chosen overrides repeat a candidate
+    io.write_text(out.FAMILY_REASONING.at(), f"# Which model configuration, and why\n\n{reasoning}\n")
     io.write_text(out.FAMILY_MODEL.at(), header + yaml.safe_dump(plain, sort_keys=False, default_flow_style=None))
 
 

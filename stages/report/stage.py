@@ -114,11 +114,14 @@ def family_section(inputs: Inputs) -> list[str]:
     model_path, csv_path, metrics_path = out.FAMILY_MODEL.path, out.FAMILY_TABLE.path, out.FAMILY_METRICS.path
     lines = ["## 1. Family: the model configuration to start from", ""]
     model = inputs.yaml(model_path, "family")
+    reasoning_text = inputs.text(out.FAMILY_REASONING.path, "family")
+    reasoning = (reasoning_text.split("\n", 1)[-1].strip() if reasoning_text is not None
+                 else inputs.notes_for(out.FAMILY_REASONING.path))
     if isinstance(model, dict):
         if model.get("chosen") is None:
-            return lines + [f"{model.get('reasoning', '')} (`{model_path}`)", ""]
+            return lines + [f"{reasoning} (`{model_path}`)", ""]
         lines += [f"**Decision:** start from **{model.get('overrides')}** (rule `{model.get('rule')}`; the later "
-                  f"stages build the workload with {model.get('kwargs')}).", "", str(model.get("reasoning", "")), ""]
+                  f"stages build the workload with {model.get('kwargs')}).", "", reasoning, ""]
     elif model is None:
         lines += [inputs.notes_for(model_path), ""]
     m, every = _results(inputs, out.FAMILY_METRICS, out.FAMILY_DIAGNOSTICS, "family")
