@@ -12,7 +12,7 @@ import torch
 from stages.core.config import OptimizerSettings
 from stages.core.lr_search import (Journal, Trial, best_learning_rate, best_steps, learning_rate_grid, next_index,
                                       search, start_index)
-from stages.core.refine import next_rate, resolve, successive_halving
+from stages.core.refine import SEED_GIVE_UP, next_rate, resolve, successive_halving
 from stages.scaling.tables import TRIAL_COLUMNS, per_size_table, search_cost_ratio, trial_row
 from stages.scaling.noise_scale import MovingAverage, chunk_gradient_norms, measure_noise_scale, unbiased_estimates
 from stages.core.train import TrialResult, build_model, plateaued, train_to_target
@@ -29,10 +29,11 @@ def nqm():
 
 
 def runner(workload, batch_size, max_steps=400, calls=None):
-    def run(lr, seed, give_up):
+    def run(lr, seed, give_up, contender=None):
         if calls is not None:
             calls.append((lr, seed, give_up))
-        return train_to_target(workload, SGD, lr, batch_size, seed, CPU, max_steps, give_up_after=give_up)
+        return train_to_target(workload, SGD, lr, batch_size, seed, CPU, max_steps, give_up_after=give_up,
+                               contender=contender)
     return run
 
 
@@ -100,7 +101,12 @@ def test_seed_reruns_give_a_spread_and_pick_the_best_by_median(nqm):
     assert sum(t.result.outcome == "reached" for t in trials) >= 2
     seeded = successive_halving(trials, runner(nqm, 4), [1, 2], top=2)
     assert {t.seed for t in seeded} == {1, 2} and 3 <= len(seeded) <= 4
-    assert all(t.give_up_after is None and t.phase == "seed" for t in seeded)
+    assert all(t.phase == "seed" for t in seeded)
+    # every seed run has a give-up point, far out: SEED_GIVE_UP x its rate's slowest seed so far
+    for t in seeded:
+        before = [x.result.steps_to_target for x in trials + seeded
+                  if x.learning_rate == t.learning_rate and x.order < t.order and x.result.steps_to_target]
+        assert t.give_up_after == math.ceil(SEED_GIVE_UP * max(before))
     best = best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials + seeded])
     assert best in {t.learning_rate for t in seeded if t.seed == 2}
 
@@ -109,7 +115,7 @@ def test_seed_reruns_give_a_spread_and_pick_the_best_by_median(nqm):
 
 def fake_run(steps_at, calls=None, diverge_above=math.inf):
     """A trial whose steps to target are a known function of (lr, seed), with the real give-up rule."""
-    def run(lr, seed, give_up):
+    def run(lr, seed, give_up, contender=None):
         if calls is not None:
             calls.append((lr, seed, give_up))
         if lr > diverge_above:

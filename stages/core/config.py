@@ -272,6 +272,7 @@ class ScalingSettings:
     max_steps: int = setting(1000, "a trial stops here if the target is not reached (censored)", min=1)
     eval_resolution: float = setting(0.05, "relative resolution of steps to target (geometric evaluation schedule)", min=0.0, max=1.0, min_exclusive=True)
     early_stopping: bool = setting(True, "stop a trial once it cannot beat the best steps to target at its batch size (same best result, less compute)")
+    give_up_margin: float = setting(1.5, "before any rate at a size reached the target, its trials give up at this x the steps a neighbouring size's journal bounds them by (a smaller size's steps: steps never rise with the batch size; a larger size's steps x the size ratio: perfect scaling); no neighbour yet: max_steps. A bound that stops every rate is lifted", min=1.0)
     seeds: int = setting(2, "extra seeds the winning learning rate is rerun with (spread of steps to target; the pick is by the median)", min=0)
     hold_factor: float = setting(2.0, "a trial that reached the target at step s trains on to s x this, so select can check that the metric stays at the target through the step budget (steps to target x select.step_budget_margin, over seeds)", min=1.0)
     rerun_top: int = setting(2, "rates in contention per size that get the first extra seed; successive halving keeps at most half (those whose steps overlap the leader's) for each further seed", min=1)

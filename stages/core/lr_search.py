@@ -10,6 +10,11 @@ Every learning rate of the grid is tried (so the result equals an exhaustive gri
   reruns are still known). Steps to target are read on one evaluation schedule, so a trial that
   could tie or beat the best still reaches it: the best steps and learning rate are exactly those
   of running every trial to `max_steps` (tests/test_scaling.py checks it).
+- A give-up point from the first trial: before any rate at this size reached the target, a trial
+  gives up at `bound` -- steps that the best rate at this size needs at most, known from the
+  neighbouring sizes (trials.py's `first_trial_bound`) -- instead of running to max_steps. Should no
+  rate reach within it (the bound was wrong), the rates it stopped are tried again without it,
+  closest first, so a bound can cost trials but never the result.
 - Journal: each finished trial is appended (one JSON line, flushed) to a file named by a hash of
   everything that determines a trial. A rerun replays finished trials from it instead of training
   again; the order and give-up points are deterministic, so an interrupted job resumes exactly.
@@ -21,7 +26,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -160,7 +165,14 @@ class Journal:
 
 # ---------------------------------------------------------------------------- the search
 
-RunTrial = Callable[[float, int, "int | None"], TrialResult]  # (learning rate, seed, give_up_after) -> result
+RunTrial = Callable[..., TrialResult]  # (learning rate, seed, give_up_after[, contender=]) -> result
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Steps that the best rate at a batch size needs at most, and where that is known from."""
+    steps: int
+    why: str   # e.g. "bs 32 reached in 120 steps (x 1.5): steps never rise with the batch size"
 
 
 @dataclass
@@ -175,12 +187,15 @@ class Trial:
 
 
 def run_cached(run: RunTrial, journal: Journal | None, learning_rate: float, seed: int,
-               give_up_after: int | None) -> tuple[TrialResult, bool]:
+               give_up_after: int | None, contender: Callable[[int], bool] | None = None) -> tuple[TrialResult, bool]:
+    """A trial, replayed from the journal if it ran before (its give-up point and contention are
+    decided by the trials before it, so a replay is the same trial)."""
     if journal is not None:
         cached = journal.get(learning_rate, seed, give_up_after)
         if cached is not None:
             return cached, True
-    result = run(learning_rate, seed, give_up_after)
+    result = (run(learning_rate, seed, give_up_after) if contender is None
+              else run(learning_rate, seed, give_up_after, contender=contender))
     if journal is not None:
         journal.add(learning_rate, seed, give_up_after, result)
     return result, False
@@ -189,25 +204,42 @@ def run_cached(run: RunTrial, journal: Journal | None, learning_rate: float, see
 def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | None = None,
            hint: float | None = None, early_stopping: bool = True,
            score: Callable[[TrialResult], float] | None = None, keep: int = 1,
-           unimodal: bool = False, resolution: float = 0.05,
+           unimodal: bool = False, resolution: float = 0.05, bound: Bound | None = None,
            on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
     """Try the rates of `grid` at one seed, in the order above, each giving up once it cannot beat
     the `keep`-th best so far -- i.e. can no longer enter the top `keep` that get seed reruns
-    (unless `early_stopping` is False: the exhaustive grid). Every rate is tried unless `unimodal`:
-    then the grid stops once the best is `bracketed` (rates farther out cannot win if steps to target
-    have one minimum in the rate), which saves the costliest trials, the far ones."""
+    (unless `early_stopping` is False: the exhaustive grid) -- and, before any rate reached the
+    target, at `bound`. Every rate is tried unless `unimodal`: then the grid stops once the best is
+    `bracketed` (rates farther out cannot win if steps to target have one minimum in the rate), which
+    saves the costliest trials, the far ones."""
     start = start_index(grid, hint)
     tried: dict[int, TrialResult] = {}
     trials: list[Trial] = []
-    while (i := next_index(grid, tried, start, score)) is not None:
-        if unimodal and bracketed(grid, tried, resolution):
-            break
-        give_up = best_steps(list(tried.values()), keep) if early_stopping else None
+
+    def attempt(i: int, give_up: int | None, from_bound: bool) -> None:
         result, resumed = run_cached(run, journal, grid[i], seed, give_up)
+        if from_bound and result.outcome == "stopped_early":
+            result = replace(result, reason=f"not reached by step {result.steps_run}, the most the best rate "
+                                            f"here needs: {bound.why}")
         tried[i] = result
         trials.append(Trial(grid[i], seed, "coarse", len(trials), give_up, result, resumed))
         if on_trial:
             on_trial(trials[-1])
+
+    while (i := next_index(grid, tried, start, score)) is not None:
+        if unimodal and bracketed(grid, tried, resolution):
+            break
+        give_up = best_steps(list(tried.values()), keep) if early_stopping else None
+        from_bound = bound is not None and best_steps(list(tried.values())) is None
+        attempt(i, bound.steps if from_bound and give_up is None else give_up, from_bound and give_up is None)
+    if bound is not None and best_steps(list(tried.values())) is None:
+        # The bound stopped every rate short of the target: it was too tight (a neighbour's steps are
+        # a noisy measurement). Try those rates again without it, closest first.
+        stopped = [i for i, r in tried.items() if r.outcome == "stopped_early"]
+        rank = score or (lambda r: 0.0)
+        for i in sorted(stopped, key=lambda i: (rank(tried[i]), i)):
+            give_up = best_steps(list(tried.values()), keep) if early_stopping else None
+            attempt(i, give_up, False)
     return trials
 
 

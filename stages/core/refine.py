@@ -11,7 +11,10 @@
 - Seeds (successive halving): the `top` rates of the search get a second seed; contenders whose
   range of steps over seeds no longer overlaps the leader's drop out, and at most half stay for the
   next seed. The final pick is by the median over the survivors' seeds (lr_search.best_learning_rate),
-  not by the luckiest run.
+  not by the luckiest run. A seed run gives up at SEED_GIVE_UP x its rate's slowest seed so far (a
+  seed that slow is an outlier the median ignores), and holds the target past its crossing only while
+  its rate can still be chosen (`ranking.can_be_chosen` against the leader, on the seeds run so far):
+  a rate behind the leader stops at its crossing -- the hold check is for contenders.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from typing import Callable
 
 from stages.core.train import TrialResult
 from stages.core.lr_search import Journal, RunTrial, Trial, best_steps, measurably_worse, rank_key, run_cached
+from stages.core.ranking import can_be_chosen
 
 OnTrial = Callable[[Trial], None] | None
+SEED_GIVE_UP = 3.0  # a seed run gives up at this x the slowest seed of its rate so far (censored: it counts as not reached)
 
 
 def _best_rate(tried: dict[float, TrialResult]) -> float | None:
@@ -82,7 +87,8 @@ def successive_halving(search_trials: list[Trial], run: RunTrial, seeds: list[in
                        journal: Journal | None = None, on_trial: OnTrial = None) -> list[Trial]:
     """More seeds for fewer rates: the `top` rates of the search each get the first extra seed; then
     only contenders whose steps over seeds overlap the leader's (at most half, at least the leader)
-    get the next. Seed runs train to the target or max_steps (no early stopping: they measure the spread)."""
+    get the next. Seed runs measure the spread, so they stop early only far out: at SEED_GIVE_UP x the
+    rate's slowest seed so far; a run whose rate is behind the leader ends at its crossing (no hold)."""
     reached = sorted({(t.result.steps_to_target, t.learning_rate) for t in search_trials
                       if t.result.steps_to_target is not None})
     contenders = [lr for _, lr in reached[:top]]
@@ -96,9 +102,17 @@ def successive_halving(search_trials: list[Trial], run: RunTrial, seeds: list[in
             overlap = [lr for lr in ranked if min(math.inf if x is None else x for x in steps[lr]) <= lead_worst]
             contenders = overlap[:max(1, math.ceil(len(contenders) / 2))]
         for lr in contenders:
-            result, resumed = run_cached(run, journal, lr, s, None)
+            known = [x for x in steps[lr] if x is not None]
+            give_up = math.ceil(SEED_GIVE_UP * max(known)) if known else None
+            others = [r for r in steps if r != lr]
+            leader = min(others, key=lambda r: rank_key(steps[r], r)) if others else None
+
+            def contender(x: int, lr=lr, leader=leader) -> bool:
+                return leader is None or can_be_chosen(steps[lr] + [x], lr, steps[leader], leader)
+
+            result, resumed = run_cached(run, journal, lr, s, give_up, contender)
             steps[lr].append(result.steps_to_target)
-            out.append(Trial(lr, s, "seed", order, None, result, resumed))
+            out.append(Trial(lr, s, "seed", order, give_up, result, resumed))
             order += 1
             if on_trial:
                 on_trial(out[-1])

@@ -5,9 +5,14 @@ report comes from the same code path. `train_to_target` is the trial loop of sca
 evaluate on a geometric schedule (steps to target resolved within `resolution`), stop when the
 target is reached, when the loss or metric is not finite (diverged), at `max_steps` (censored),
 when `give_up_after` steps pass without reaching it (stopped early: it can no longer win), or, with a
-`plateau_tolerance`, when its metric has stalled short of the target (a noise floor: `plateaued`).
+`plateau_tolerance`, when it makes no progress towards the target (`plateaued`): its metric has stalled
+short of the target (a noise floor), or it keeps crossing the target and falling back while its
+typical level (the median over a doubling of steps) no longer improves (oscillation, e.g. at the edge
+of stability, where the loss neither diverges nor settles).
 With `hold_factor` > 1 a trial that reached the target at step s keeps training to s x hold_factor,
-so its curve shows whether the metric stays at the target (select only trusts rates that hold);
+so its curve shows whether the metric stays at the target (select only trusts rates that hold) --
+unless `contender` says that a crossing at s cannot make its rate the best at its size: then the
+trial stops at its crossing (a hold check is spent only on rates that can be chosen);
 a crossing that falls back below the target within its hold does not count (a first crossing that
 does not last is not a result a training run can rely on): training goes on, and steps to target is
 the first step of a crossing that holds.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -84,6 +90,29 @@ def eval_schedule(max_steps: Steps, resolution: float = 0.05, first: Steps = 1) 
     return steps
 
 
+def oscillating(steps: list[Steps], values: list[float], target: float, direction: str,
+                tolerance: float) -> tuple[bool, float, float]:
+    """Has a trial that keeps crossing the target and falling back stopped progressing? (stalled, the
+    best median of an earlier doubling of steps, the median over the last doubling): its typical level
+    -- the median over a doubling, which a lucky dip below the target does not move -- is short of the
+    target and gained less than `tolerance` x the distance to the target on the best typical level of
+    any earlier doubling (a random walk at the edge of stability wanders up and down, never on)."""
+    sign = 1.0 if direction == "above" else -1.0  # oriented so that higher is better
+    medians, end = [], steps[-1]
+    while end >= 1:  # windows (end/2, end], newest first
+        window = sorted(sign * v for s, v in zip(steps, values) if end / 2 < s <= end)
+        if window:
+            medians.append(window[len(window) // 2])
+        end /= 2
+    if len(medians) < 2:
+        return False, math.nan, math.nan
+    last, best = medians[0], max(medians[1:])
+    # short of the target now, and no better than an earlier doubling by `tolerance` of its distance to
+    # the target (an earlier doubling already at the target: then any level short of it is no progress)
+    stalled = sign * target - last > 0 and last - best < tolerance * (sign * target - best)
+    return bool(stalled), sign * best, sign * last
+
+
 def plateaued(steps: list[Steps], values: list[float], target: float, direction: str, tolerance: float) -> bool:
     """Has the metric stalled short of the target? The best value over the last half of the steps
     gained less than `tolerance` x the remaining distance to the target over the best of the first
@@ -123,7 +152,9 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
                     batch_size: int, seed: int, device: torch.device, max_steps: Steps,
                     *, give_up_after: Steps | None = None, resolution: float = 0.05,
                     eval_steps: list[Steps] | None = None, stop_at_target: bool = True,
-                    hold_factor: float = 1.0, plateau_tolerance: float = 0.0) -> TrialResult:
+                    hold_factor: float = 1.0, plateau_tolerance: float = 0.0,
+                    give_up_reason: str | None = None,
+                    contender: Callable[[Steps], bool] | None = None) -> TrialResult:
     """Train from `seed` until the target is reached (or one of the other stop rules fires).
 
     `give_up_after`: stop as soon as the step count passes this without reaching the target
@@ -132,8 +163,11 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     target at step s, train on to ceil(s x hold_factor) (at most `max_steps`), evaluated at the end;
     if an evaluation falls back below the target first, the crossing does not count and training goes
     on (steps to target: the first step of a crossing that holds). `seconds` counts training steps only.
-    `plateau_tolerance` > 0: check `plateaued` each time the step count doubles (from PLATEAU_MIN_STEPS)
-    while the target is unmet, and stop after PLATEAU_CHECKS stalled checks in a row."""
+    `plateau_tolerance` > 0: check `plateaued` (or, once a crossing fell back, `oscillating`) each time
+    the step count doubles (from PLATEAU_MIN_STEPS) while the target is unmet, and stop after
+    PLATEAU_CHECKS stalled checks in a row. `give_up_reason`: what the give-up point stands for (the
+    reason of a `stopped_early` trial). `contender(s)`: False when a crossing at step s cannot make
+    this rate the best at its size -- the trial then ends `reached` at s without its hold."""
     model = build_model(workload, seed, device)
     optimizer = build_optimizer(model.parameters(), optimizer_settings, learning_rate)
     schedule = eval_steps if eval_steps is not None else eval_schedule(max_steps, resolution)
@@ -153,7 +187,7 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     synchronize(device)
     start = time.perf_counter()
     pending = sorted(schedule, reverse=True)  # evaluation steps still to come; the next one last
-    plateau_check, stalls = PLATEAU_MIN_STEPS, 0
+    plateau_check, stalls, stall_falls = PLATEAU_MIN_STEPS, 0, 0
     loss = torch.tensor(float("nan"))
     while step < max_steps:
         loss = train_step(model, optimizer, workload, to_device(next(data), device))
@@ -188,6 +222,9 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
             outcome, reason = "reached", f"{workload.target_metric} {value:.4g} at step {step}"
             if falls:
                 reason += f" (after falling back below the target {falls} time(s))"
+            if stop_at_target and contender is not None and not contender(step):
+                reason += "; not held: at this step the rate cannot become the best at its size"
+                break
             if stop_at_target:
                 hold_until = min(max_steps, math.ceil(step * hold_factor - 1e-9))
                 if hold_until <= step:
@@ -197,19 +234,37 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
         if hold_until is not None and step >= hold_until:
             reason += f"; held to step {step}"
             break
-        if steps_to_target is None and not falls and plateau_tolerance > 0 and step >= plateau_check:
-            # (a trial that already crossed the target oscillates around it: not a floor short of it)
+        if steps_to_target is None and plateau_tolerance > 0 and step >= plateau_check:
             plateau_check = 2 * step
-            stalled = plateaued([r["step"] for r in curve], [r[workload.target_metric] for r in curve],
-                                workload.target_value, workload.target_direction, plateau_tolerance)
+            if falls != stall_falls and stall_falls == 0:
+                stalls = 0  # the first fall back: from here on progress is judged by the typical level
+            stall_falls = falls
+            steps_seen, values = [r["step"] for r in curve], [r[workload.target_metric] for r in curve]
+            if falls:
+                # A trial that crossed the target and fell back oscillates around it: its best value says
+                # nothing (every dip below the target sets one), its median over a doubling does.
+                stalled, m1, m2 = oscillating(steps_seen, values, workload.target_value, workload.target_direction,
+                                              plateau_tolerance)
+            else:
+                stalled = plateaued(steps_seen, values, workload.target_value, workload.target_direction,
+                                    plateau_tolerance)
             stalls = stalls + 1 if stalled else 0
             if stalls >= PLATEAU_CHECKS:
-                outcome, reason = "plateaued", (f"{workload.target_metric} stalled at {value:.4g} by step {step} "
-                                                f"(over each of the last {PLATEAU_CHECKS} doublings of steps the best "
-                                                f"gained < {plateau_tolerance:g} of the distance to the target)")
+                if falls:
+                    outcome, reason = "plateaued", (
+                        f"no progress: {workload.target_metric} crossed the target and fell back {falls} time(s) by step "
+                        f"{step}, and its median over the last doubling of steps ({m2:.4g}) gained < "
+                        f"{plateau_tolerance:g} of the distance to the target on the best of an earlier doubling ({m1:.4g}), "
+                        f"over each of the last {PLATEAU_CHECKS} doublings of steps: oscillating (e.g. at the edge "
+                        f"of stability)")
+                else:
+                    outcome, reason = "plateaued", (f"{workload.target_metric} stalled at {value:.4g} by step {step} "
+                                                    f"(over each of the last {PLATEAU_CHECKS} doublings of steps the best "
+                                                    f"gained < {plateau_tolerance:g} of the distance to the target)")
                 break
         if steps_to_target is None and step >= limit and limit < max_steps:
-            outcome, reason = "stopped_early", f"not reached by step {step}, so it cannot beat {give_up_after} steps"
+            outcome, reason = "stopped_early", (f"not reached by step {step}, so it cannot beat {give_up_after} steps"
+                                                + (f" ({give_up_reason})" if give_up_reason else ""))
             break
     synchronize(device)
     seconds = time.perf_counter() - start - eval_seconds

@@ -14,7 +14,7 @@ from stages.core.config import OptimizerSettings, ScalingSettings
 from stages.core.context import Context
 from stages.core.imports import code_hash
 from stages.core.io import content_hash
-from stages.core.lr_search import Journal, Trial, final_metric_score, learning_rate_grid, search
+from stages.core.lr_search import Bound, Journal, Trial, final_metric_score, learning_rate_grid, search
 from stages.core.refine import resolve, successive_halving
 from stages.core.train import train_to_target
 from stages.workloads.base import Workload
@@ -37,21 +37,24 @@ def trial_identity(ctx: Context, batch_size: int, max_steps: int) -> dict:
 
 def tune_learning_rate(workload: Workload, optimizer: OptimizerSettings, batch_size: int, device: torch.device,
                        s: ScalingSettings, seed: int, max_steps: int, *, journal: Journal | None = None,
-                       hint: float | None = None, stage: str = "scaling", label: str | None = None) -> list[Trial]:
+                       hint: float | None = None, bound: Bound | None = None, stage: str = "scaling",
+                       label: str | None = None) -> list[Trial]:
     """Every trial of the search (coarse, widen, refine, seed), one progress line per trial on
     stderr. `s` supplies the search settings (lr_* , seeds, rerun_top, hold_factor, ...); `max_steps`
-    caps each trial (censored beyond it)."""
+    caps each trial (censored beyond it); `bound`: the give-up point of the trials before any rate
+    reached the target (None: max_steps)."""
     label = label or f"bs {batch_size}"
     grid = learning_rate_grid(s.lr_min, s.lr_max, s.lr_points, s.lr_grid, seed)
     count = [0]
 
-    def run(lr: float, trial_seed: int, give_up: int | None):
+    def run(lr: float, trial_seed: int, give_up: int | None, contender=None):
         # Seed runs (other seeds than the search's) measure the spread of a rate that reached the
         # target: no plateau stop, a slow seed is data, not a dead end.
         return train_to_target(workload, optimizer, lr, batch_size, trial_seed, device,
                                max_steps, give_up_after=give_up, resolution=s.eval_resolution,
                                hold_factor=s.hold_factor,
-                               plateau_tolerance=s.plateau_tolerance if trial_seed == seed else 0.0)
+                               plateau_tolerance=s.plateau_tolerance if trial_seed == seed else 0.0,
+                               contender=contender)
 
     def progress(t: Trial) -> None:
         r = t.result
@@ -63,7 +66,8 @@ def tune_learning_rate(workload: Workload, optimizer: OptimizerSettings, batch_s
 
     coarse = search(grid, run, seed, journal=journal, hint=hint, early_stopping=s.early_stopping,
                     score=final_metric_score(workload.target_metric, workload.target_direction),
-                    keep=1, unimodal=s.lr_unimodal, resolution=s.eval_resolution, on_trial=progress)
+                    keep=1, unimodal=s.lr_unimodal, resolution=s.eval_resolution,
+                    bound=bound if s.early_stopping else None, on_trial=progress)
     widen_step = grid[1] / grid[0] if len(grid) > 1 else 2.0
     refined = resolve(coarse, run, seed, ratio=s.lr_refine_ratio, max_trials=s.lr_refine_trials,
                       resolution=s.eval_resolution, low_limit=s.lr_min / s.lr_widen_factor,

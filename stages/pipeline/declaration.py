@@ -150,7 +150,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="scaling_trials",
         cmd=out.SCALING_TRIALS_CMD,
-        params=("workload", "optimizer", "runtime", *SEARCH_KEYS, "scaling.lr_start", "scaling.max_steps",
+        params=("workload", "optimizer", "runtime", *SEARCH_KEYS, "scaling.lr_start", "scaling.give_up_margin", "scaling.max_steps",
                 "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list, scaling.batch_sizes
         inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
         outputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),

@@ -6,6 +6,13 @@ Writes reports/scaling/trials/bs_{B}.csv (every trial; or one `skipped` row with
 probe or throughput stage rules the size out, or it exceeds the training set) and bs_{B}_curves.csv.
 Finished trials are journalled in .kickoff/journal/scaling/ -- outside the outputs, which DVC deletes
 before a run -- so an interrupted job resumes without redoing them.
+
+The jobs of the fan-out are independent (DVC and Snakemake may run them in any order, or at once), so
+what a size learns from its neighbours -- the first rate to try (`_neighbour_hint`) and the give-up
+point of its first trials (`first_trial_bound`) -- comes from the neighbours' journals as they stand
+when the job starts: nothing there, no hint and no bound beyond max_steps. Which trials run then
+depends on the order the jobs ran in; the best rate and its steps do not (a bound that proves too
+tight is lifted, lr_search.search).
 """
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ from stages.core import outputs as out
 from stages.core import log
 from stages.core.errors import ConfigError
 from stages.core.context import Context, setup
-from stages.core.lr_search import JOURNAL_DIR, Journal, Trial, best_steps, journal_key
+from stages.core.lr_search import (JOURNAL_DIR, Bound, Journal, Trial, best_learning_rate, best_steps,
+                                   journal_key)
 from stages.core.tune import trial_identity, tune_learning_rate
 from stages.core.optim import effective_learning_rate
 from stages.scaling.tables import TRIAL_COLUMNS, curve_rows, skip_reason, skipped_row, trial_row
@@ -42,6 +50,50 @@ def _best_journalled_rate(ctx: Context, batch_size: int) -> float | None:
     if not entries:
         return None
     return min(entries, key=lambda e: (e["result"]["steps_to_target"], e["learning_rate"]))["learning_rate"]
+
+
+def _journalled_steps(ctx: Context, batch_size: int) -> list[int] | None:
+    """The steps to target over every seed of another size's best rate so far (its journal: the best
+    by median over seed reruns where there are any, else at the search seed); None if nothing there
+    reached the target. The best found so far needs at least as many steps as that size's optimum,
+    so even a search still under way bounds it."""
+    path = journal_path(ctx, batch_size)
+    if not path.exists():
+        return None
+    seed = ctx.params.runtime.seed
+    rows = [(e["learning_rate"], "seed" if e["seed"] != seed else "coarse", e["result"]["steps_to_target"])
+            for e in Journal.open(path).entries.values()]
+    lr = best_learning_rate(rows)
+    if lr is None:
+        return None
+    steps = [st for rate, _, st in rows if rate == lr and st is not None]
+    return steps or None
+
+
+def first_trial_bound(ctx: Context, batch_size: int) -> Bound | None:
+    """The most steps the best rate at this size can need, from the neighbouring sizes' journals, x
+    scaling.give_up_margin (a neighbour's steps are a noisy measurement): with the rate retuned, steps
+    to target never rise with the batch size (a smaller size bounds it with its own steps) and examples
+    to target never fall as it shrinks (a larger size B' bounds it with its steps x B'/B: perfect
+    scaling). The tightest of these, or None (max_steps) when no neighbour has reached the target yet."""
+    s = ctx.params.scaling
+    candidates: list[tuple[float, str]] = []
+    for other in s.batch_sizes:
+        if other == batch_size or (steps := _journalled_steps(ctx, other)) is None:
+            continue
+        slowest = max(steps)
+        if other < batch_size:
+            candidates.append((slowest * s.give_up_margin,
+                               f"bs {other} reached in {slowest} steps, x {s.give_up_margin:g}; steps to target never "
+                               f"rise with the batch size"))
+        else:
+            candidates.append((slowest * other / batch_size * s.give_up_margin,
+                               f"bs {other} reached in {slowest} steps, x {other}/{batch_size} (perfect scaling) x "
+                               f"{s.give_up_margin:g}; examples to target never fall as the batch size shrinks"))
+    if not candidates:
+        return None
+    steps, why = min(candidates)
+    return Bound(math.ceil(steps), why) if math.ceil(steps) < s.max_steps else None
 
 
 def _neighbour_hint(ctx: Context, batch_size: int) -> float | None:
@@ -72,9 +124,13 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
     hint = _neighbour_hint(ctx, batch_size)
     if hint:
         log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the smaller batch sizes)")
+    bound = first_trial_bound(ctx, batch_size) if ctx.params.scaling.early_stopping else None
+    log.info(STAGE, f"bs {batch_size}: first trials give up at step "
+                    f"{bound.steps if bound else ctx.params.scaling.max_steps} "
+                    f"({bound.why if bound else 'max_steps: no neighbouring size has reached the target yet'})")
     return tune_learning_rate(ctx.workload, ctx.params.optimizer, batch_size, ctx.device, ctx.params.scaling,
                               ctx.params.runtime.seed, ctx.params.scaling.max_steps, journal=journal, hint=hint,
-                              stage=STAGE)
+                              bound=bound, stage=STAGE)
 
 
 def main_trials(batch_size: int) -> None:
