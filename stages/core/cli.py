@@ -1,4 +1,5 @@
-"""How a stage process starts and ends: `run_main` holds the stage's output lock (core/lock.py),
+"""How a stage process starts and ends: `run_main` holds the stage's output lock (core/lock.py) and its
+output set (core/provenance.py: every output written together at the end, the manifest last),
 turns a KickoffError (core/errors.py) into one line and exit code 2, and Ctrl-C into one line and
 exit 130 -- also while the stage is still importing (the hook below)."""
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any, Callable
 
 from stages.core.errors import KickoffError
 from stages.core.lock import exclusive, lock_name
+from stages.core.provenance import output_set
 
 def _interrupted_message(job: str) -> str:
     return (f"kickoff: interrupted {job}; outputs already written are complete, and rerunning resumes "
@@ -46,8 +48,8 @@ def run_main(main: Callable[[], Any], what: str | None = None, lock: bool = True
     name = what or Path(sys.argv[0]).parent.name or "stage"
     job = " ".join([name, *sys.argv[1:]])
     try:
-        if lock:
-            with exclusive(lock_name(name, sys.argv[1:]), job):
+        if lock:  # a stage: one run at a time, and its outputs written all or none with their manifest
+            with exclusive(lock_name(name, sys.argv[1:]), job), output_set(job):
                 main()
         else:
             main()

@@ -29,21 +29,57 @@ def normal_write_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+# While a stage's output set is open (staged_writes, opened by stages/core/provenance.output_set), the
+# written files wait as temp files beside their targets: (temp, target) in the order written.
+_staged: list[tuple[Path, Path]] | None = None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path next to `path`; on success rename it onto `path`, else delete it."""
+    """Yield a temp path next to `path`; on success rename it onto `path` (or, inside staged_writes,
+    keep it for the set's commit), else delete it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except PermissionError:
+        from stages.core.errors import KickoffError
+
+        raise KickoffError(f"{path.parent}: not writable (permission denied), so {path.name} cannot be written; "
+                           f"allowed: a folder you may write to (check its owner and mode)") from None
     os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = Path(tmp)
     try:
         yield tmp_path
         os.chmod(tmp_path, normal_write_mode(path))
-        os.replace(tmp_path, path)
+        if _staged is not None:
+            _staged.append((tmp_path, path))
+            tmp_path = None
+        else:
+            os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def staged_writes() -> Iterator[list[tuple[Path, Path]]]:
+    """Inside, every write through this module waits as a temp file; the caller renames them (all of
+    them, on success) from the yielded list. On an exception every temp file is removed and nothing
+    already in place changes. Nested calls share the outer set."""
+    global _staged
+    if _staged is not None:
+        yield _staged
+        return
+    _staged = staged = []
+    try:
+        yield staged
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _staged = None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

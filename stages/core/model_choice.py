@@ -56,10 +56,13 @@ def read_choice(params: Any) -> dict:
 def apply_family_choice(params: Any) -> Any:
     """`params` with workload.kwargs overridden by the chosen candidate (unchanged when
     family.candidates is null: the stage is skipped and workload.kwargs is the model)."""
+    from stages.core import provenance
     from stages.core.declared import replace_sections
 
-    if params.family.candidates is None:
-        return params
-    choice = read_choice(params)
-    workload = dataclasses.replace(params.workload, kwargs=merged_kwargs(params.workload.kwargs, choice["overrides"]))
-    return replace_sections(params, workload=workload)
+    if params.family.candidates is not None:
+        choice = read_choice(params)
+        workload = dataclasses.replace(params.workload, kwargs=merged_kwargs(params.workload.kwargs, choice["overrides"]))
+        params = replace_sections(params, workload=workload)
+    # the model this job is run for: in its manifests, and compared with those of what it reads
+    provenance.note("model", {"workload": params.workload.name, "kwargs": dict(params.workload.kwargs)})
+    return params

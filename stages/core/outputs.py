@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,57 @@ BASELINE_CURVE = Output("reports/baseline/curve.csv", BASELINE_CMD)
 BASELINE_PLOT = Output("reports/baseline/curve.png", BASELINE_CMD, "image")
 REPORT = Output("reports/REPORT.md", REPORT_CMD)
 
+# ---------------------------------------------------------------------------- manifests
+# One per job, written last (stages/core/provenance.py): each file's content hash and rows, and what the
+# job was run for (its command, the workload and model it built). A reader checks the file against it.
+MANIFESTS: dict[str, Output] = {cmd: Output(path, cmd) for cmd, path in (
+    (FAMILY_TRIAL_CMD, "reports/family/trials/{candidate}.manifest.json"),
+    (FAMILY_CMD, "reports/family/manifest.json"),
+    (PROBE_CMD, "reports/probe/manifest.json"),
+    (THROUGHPUT_CMD, "reports/throughput/manifest.json"),
+    (SCALING_TRIALS_CMD, "reports/scaling/trials/bs_{batch_size}.manifest.json"),
+    (SCALING_CMD, "reports/scaling/manifest.json"),
+    (SELECT_CMD, "reports/select/manifest.json"),
+    (BASELINE_CMD, "reports/baseline/manifest.json"),
+    (REPORT_CMD, "reports/report.manifest.json"),
+)}
+
+
+def all_outputs() -> list[Output]:
+    """Every declared output (the manifests included)."""
+    found: list[Output] = []
+    for value in list(globals().values()):
+        for item in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(item, Output) and item not in found:
+                found.append(item)
+    return found + [m for m in MANIFESTS.values() if m not in found]
+
+
+def _pattern(path: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", path)
+    regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9]+)" for i, p in enumerate(parts))  # 64, candidate0
+    return re.compile(regex + "$")
+
+
+def find_output(path: str | Path) -> tuple[Output, dict] | None:
+    """The declared output a written path is, with its wildcards ('reports/scaling/trials/bs_64.csv' ->
+    SCALING_TRIALS, {'batch_size': '64'}); None for a path no stage declares."""
+    text = Path(path).as_posix()
+    for candidate in all_outputs():
+        m = _pattern(candidate.path).match(text)
+        if m:
+            return candidate, m.groupdict()
+    return None
+
+
+def manifest_of(out: Output, **wildcards: Any) -> Path | None:
+    """The manifest that lists `out` (its job's), or None for an output outside any manifest."""
+    manifest = MANIFESTS.get(out.producer)
+    if manifest is None or out is manifest:
+        return None
+    names = set(_pattern(manifest.path).groupindex)
+    return manifest.at(**{k: v for k, v in wildcards.items() if k in names})
+
 
 # each stage's metrics file with its diagnostics file
 RESULTS = ((FAMILY_METRICS, FAMILY_DIAGNOSTICS), (PROBE_METRICS, PROBE_DIAGNOSTICS),
@@ -219,13 +271,19 @@ def notes_markdown(sections: dict[str, str | None]) -> str:
 # ---------------------------------------------------------------------------- validated readers
 
 def _raw(out: Output, wildcards: dict) -> tuple[Path, str]:
+    """The file's text, checked against its job's manifest (stages/core/provenance.verify)."""
+    from stages.core.provenance import verify
+
     path = out.at(**wildcards)
     if not path.is_file():
         raise InputError(path, "does not exist", out.rerun(**wildcards))
     try:
-        return path, path.read_text()
+        data = path.read_bytes()
+        text = data.decode()
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(path, f"cannot be read ({type(e).__name__}: {e})", out.rerun(**wildcards)) from None
+    verify(out, path, data, wildcards)
+    return path, text
 
 
 def read_csv(out: Output, *, expect_batch_sizes: list[int] | None = None, allow_repeats: bool = False,

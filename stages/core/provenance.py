@@ -1,4 +1,6 @@
-"""kickoff's one record of what is up to date: `dvc.lock`, committed with the results.
+"""kickoff's provenance: what is up to date (`dvc.lock`), and what each file was written by (manifests).
+
+**What is up to date: `dvc.lock`**, committed with the results.
 
 DVC writes it on `dvc repro`; after a Snakemake job, `record()` writes that job's entry with
 `dvc commit` (what a `dvc repro` of it would have recorded: its params, the hashes of its code,
@@ -7,16 +9,30 @@ Snakefile asks `stale()` -- `dvc status`, DVC's own comparison of the workspace 
 which jobs to run. One record, read by both tools in the same way: they cannot disagree.
 
     python -m stages.pipeline.record JOB    # what every Snakemake job runs after its stage
+
+**What each file was written by: the job's manifest**, committed with the results too. A stage writes
+all its outputs or none (`output_set`, around every stage's main() in stages/core/cli.run_main): every
+file waits as a temp file until the stage has finished, then all are renamed into place, and the job's
+manifest (stages/core/outputs.MANIFESTS) is written last -- each file's content hash and rows, and what
+the job ran for (its command, the workload and model it built). Every reader checks the file it reads
+against it (`verify`, called by stages/core/outputs' readers): a table missing rows, a file edited by
+hand, one left from another run, a set mixed by a crash between two renames, or results made for
+another model are refused with one line naming the file and the command that rewrites it. A file no
+manifest lists (written by hand for a test, or by a kickoff before manifests) is read as it is.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Iterator
 
-from stages.core.errors import KickoffError
+from stages.core.errors import InputError, KickoffError
 
 # Snakemake's job stamps (its declared outputs): projections of dvc.lock, never committed.
 STAMP_DIR = Path(".kickoff/snakemake")
@@ -66,3 +82,137 @@ def stamp_path(job: str) -> Path:
     """'scaling_trials@64' -> .kickoff/snakemake/scaling_trials/64.done; 'probe' -> .../probe.done"""
     name, _, item = job.partition("@")
     return STAMP_DIR / name / f"{item}.done" if item else STAMP_DIR / f"{name}.done"
+
+
+# ---------------------------------------------------------------------------- manifests
+
+_identity: dict[str, Any] | None = None  # what the running job is run for, while its output set is open
+
+
+def note(key: str, value: Any) -> None:
+    """Record what the running job is run for (e.g. "model": the workload and kwargs it built): written
+    into its manifests, and compared with the manifests of what it reads."""
+    if _identity is not None:
+        _identity[key] = json.loads(json.dumps(value, default=str))  # as a manifest reads back
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _rows(data: bytes, path: Path) -> int | None:
+    """Data rows of a CSV (lines after the header), None for other files."""
+    return max(data.count(b"\n") - 1, 0) if path.suffix == ".csv" else None
+
+
+def _relative(path: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), Path.cwd().resolve())).as_posix()
+
+
+def _write_now(path: Path, text: str) -> None:
+    """An atomic write that is not staged (the manifest, written after the set's files)."""
+    from stages.core.io import normal_write_mode
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, normal_write_mode(path))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _commit(staged: list[tuple[Path, Path]], identity: dict) -> None:
+    """Rename the staged files into place, then write each job manifest that lists them."""
+    from stages.core import outputs
+
+    last = {}
+    for tmp, target in staged:  # a target written twice: the last write wins
+        if target in last:
+            last[target].unlink(missing_ok=True)
+        last[target] = tmp
+    manifests: dict[Path, dict] = {}
+    for target, tmp in last.items():
+        rel = _relative(target)
+        found = outputs.find_output(rel)
+        manifest = outputs.manifest_of(found[0], **found[1]) if found else None
+        if manifest is not None:
+            data = tmp.read_bytes()
+            manifests.setdefault(manifest, {})[rel] = {"sha256": _digest(data), "bytes": len(data),
+                                                       "rows": _rows(data, target)}
+    for target in last:  # what would stop a rename half-way, before any rename: nothing written then
+        if target.is_dir():
+            raise KickoffError(f"{target}: is a directory, so the stage's output cannot be written there; nothing "
+                               f"was written; allowed: a file path (remove or move the directory, then rerun)")
+        if not os.access(target.parent, os.W_OK):
+            raise KickoffError(f"{target.parent}: not writable, so {target.name} cannot be written; nothing was "
+                               f"written; allowed: a folder you may write to")
+    for target, tmp in last.items():
+        os.replace(tmp, target)
+    for manifest, files in manifests.items():  # last: a crash before here leaves the old manifest, which the new files fail
+        record = {"job": identity.get("job"), **{k: v for k, v in identity.items() if k != "job"}, "files": files}
+        _write_now(manifest, json.dumps(record, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def output_set(job: str) -> Iterator[None]:
+    """Around a stage's main(): its outputs are written all or none, the manifest last."""
+    global _identity
+    from stages.core.io import staged_writes
+
+    outer, _identity = _identity, {"job": job}
+    try:
+        with staged_writes() as staged:
+            yield
+            _commit(staged, _identity)
+    finally:
+        _identity = outer
+
+
+_trusting = False
+
+
+@contextlib.contextmanager
+def unverified() -> Iterator[None]:
+    """Read files as they are, manifest or not (a user who asked to: `baseline --train-edited-config`)."""
+    global _trusting
+    before, _trusting = _trusting, True
+    try:
+        yield
+    finally:
+        _trusting = before
+
+
+def verify(out: Any, path: Path, data: bytes, wildcards: dict) -> None:
+    """InputError unless `path` (declared output `out`) is byte for byte what its job's manifest lists,
+    and was written for the model the running job builds (where both are known)."""
+    from stages.core import outputs
+
+    manifest_path = outputs.manifest_of(out, **wildcards)
+    if _trusting or manifest_path is None or not manifest_path.is_file():
+        return
+    rerun = out.rerun(**wildcards)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(manifest_path, "is not a readable manifest (cut off or edited?)", rerun) from None
+    entry = files.get(_relative(path)) if isinstance(files, dict) else None
+    if not isinstance(entry, dict):
+        raise InputError(path, f"is not among the files its job's last run wrote ({manifest_path}): it is left "
+                               f"from another run", rerun)
+    if entry.get("sha256") != _digest(data):
+        rows, recorded = _rows(data, path), entry.get("rows")
+        what = (f"has {rows} rows where its job wrote {recorded}" if rows is not None and recorded is not None and rows != recorded
+                else "differs from what its job wrote")
+        raise InputError(path, f"{what} ({manifest_path}): cut, edited by hand, or written by another run", rerun)
+    current, recorded = (_identity or {}).get("model"), manifest.get("model")
+    if current is not None and recorded is not None and current != recorded:
+        raise InputError(path, f"was made for model {_describe(recorded)}, and this run builds {_describe(current)}",
+                         rerun)
+
+
+def _describe(model: dict) -> str:
+    return f"{model.get('workload')} {json.dumps(model.get('kwargs'), sort_keys=True)}"

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -90,7 +90,7 @@ SEARCH_KEYS = ("scaling.lr_min", "scaling.lr_max", "scaling.lr_points", "scaling
 # these values -- so changing the candidates or the rule marks them stale at once, in both tools.
 FAMILY_CHOICE_KEYS = ("family.candidates", "family.rule")
 
-STAGES: tuple[Stage, ...] = (
+_DECLARED: tuple[Stage, ...] = (
     Stage(
         name="family_trial",
         cmd=out.FAMILY_TRIAL_CMD,
@@ -209,6 +209,9 @@ STAGES: tuple[Stage, ...] = (
         resources={"mem_mb": 1000, "runtime": 5},
     ),
 )
+
+# Every job also writes its manifest (stages/core/provenance.py), last: an output like the others.
+STAGES: tuple[Stage, ...] = tuple(replace(s, outputs=(*s.outputs, out.MANIFESTS[s.cmd])) for s in _DECLARED)
 
 
 def stage(name: str) -> Stage:
