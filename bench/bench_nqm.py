@@ -56,24 +56,34 @@ MC_RATE_FACTORS = (1.0, 0.75, 0.56, 0.42, 0.32, 0.24)  # rates tried for the sus
 def write_params(workdir: Path, args: argparse.Namespace) -> None:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["workload"] = {"name": "nqm", "kwargs": {"dim": args.dim, "target": args.target}, "sources": []}
+    # params.yaml's family candidates are overrides of the default workload's kwargs (hidden: ...), which
+    # nqm does not take: the study runs on nqm as given, without the family stage.
+    raw["family"] = {**raw.get("family", {}), "candidates": None}
     raw["optimizer"] = {**raw.get("optimizer", {}), "name": "sgd", "momentum": args.momentum, "nesterov": False,
                         "weight_decay": 0.0}
     raw["runtime"] = {**raw.get("runtime", {}), "device": "cpu", "threads": 1}
     raw["scaling"] = {**raw.get("scaling", {}), "batch_sizes": args.sizes, "lr_min": args.lr_min,
-                      "lr_max": args.lr_max, "max_steps": args.max_steps, "noise_scale_batch_sizes": None}
+                      "lr_max": args.lr_max, "max_steps": args.max_steps, "noise_scale_batch_sizes": None,
+                      **({"seeds": args.seeds} if args.seeds is not None else {})}
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def run_study(workdir: Path, sizes: list[int]) -> float:
+def run_stage(args: list[str], workdir: Path) -> None:
+    """One stage process; its stderr (one progress line per trial) is kept, and shown if it fails."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "stages.scaling", *args], cwd=workdir, env=env,
+                          stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.exit(f"`python -m stages.scaling {' '.join(args)}` failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+
+
+def run_study(workdir: Path, sizes: list[int]) -> float:
     start = time.perf_counter()
     for b in sizes:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stages.scaling", "trials", "--batch-size", str(b)], cwd=workdir,
-                       env=env, check=True, stderr=subprocess.DEVNULL)
+        run_stage(["trials", "--batch-size", str(b)], workdir)
         print(f"  trials@{b}: {time.perf_counter() - t:.1f} s", flush=True)
-    subprocess.run([sys.executable, "-m", "stages.scaling", "summarize"], cwd=workdir, env=env, check=True,
-                   stderr=subprocess.DEVNULL)
+    run_stage(["summarize"], workdir)
     return time.perf_counter() - start
 
 
@@ -106,7 +116,7 @@ def fit_value(sizes: list[int], steps: list[float]) -> tuple[str, float | None]:
     return f"{f.critical_batch_size:.4g} ({f.kind})", (f.critical_batch_size if f.kind == "estimate" else None)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64, 256, 1024, 4096])
     ap.add_argument("--dim", type=int, default=100)
@@ -115,7 +125,8 @@ def main() -> None:
     ap.add_argument("--lr-min", type=float, default=3.0e-3)
     ap.add_argument("--lr-max", type=float, default=3.0)
     ap.add_argument("--max-steps", type=int, default=8000)
-    args = ap.parse_args()
+    ap.add_argument("--seeds", type=int, default=None, help="scaling.seeds (default: params.yaml's)")
+    args = ap.parse_args(argv)
 
     model = NqmModel.from_workload(dim=args.dim, momentum=args.momentum)
     print(f"nqm dim {args.dim}, target {args.target}, sgd momentum {args.momentum}, sizes {args.sizes}, "
@@ -185,6 +196,10 @@ def main() -> None:
     print(f"search cost (all examples / the best rates' runs alone): {metrics['search_cost_ratio']:.2f}; "
           f"trials by phase {metrics['trials_by_phase']}; study wall time {wall:.0f} s")
     ran = trials[trials["outcome"] != "skipped"]
+    top = ran.loc[ran["examples_run"].idxmax()]
+    print(f"largest single trial: {top['examples_run'] / ran['examples_run'].sum():.1%} of the study's "
+          f"{int(ran['examples_run'].sum())} examples (bs {int(top['batch_size'])}, lr {top['learning_rate']:.3g}, "
+          f"{top['phase']}, {top['outcome']}, {int(top['steps_run'])} steps; goal <= 20%)")
     share = ran.groupby(["batch_size", "phase"])["examples_run"].sum().unstack(fill_value=0)
     print("examples by size and phase (the search cost's make-up):")
     print((share.div(share.sum(axis=1), axis=0)).to_string(float_format=lambda x: f"{x:.2f}"))

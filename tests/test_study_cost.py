@@ -145,3 +145,44 @@ def test_only_rates_that_can_be_chosen_hold_the_target_and_the_choice_and_guaran
         return chosen[["learning_rate", "steps_to_target", "step_budget", "holds"]].to_dict("records")
 
     assert choice(after) == choice(before) and choice(after)[0]["holds"]
+
+
+# ---------------------------------------------------------------------------- the bill before the study
+
+def held_sgd_run(optimum, depth, hold_factor):
+    """Steps to target as SGD's: inversely proportional to the rate below the optimum, rising fast above
+    it; reaching trials hold the target to steps x hold_factor, as real trials do."""
+    def run(lr, seed, give_up, contender=None):
+        ratio = optimum / lr
+        steps = int(round(depth * (ratio if ratio >= 1 else 1 + 4.0 * math.log(ratio) ** 2)))
+        if give_up is not None and steps > give_up:
+            return TrialResult("stopped_early", None, give_up, give_up, 0.0, {"loss": 1.0})
+        held = math.ceil(steps * hold_factor)
+        return TrialResult("reached", steps, held, held, 0.0, {"loss": 0.0})
+    return run
+
+
+@pytest.mark.parametrize("optimum", [0.03, 0.3, 1.5])
+def test_the_plans_estimate_is_within_a_factor_2_of_what_the_search_spends(optimum):
+    from stages.core.config import ScalingSettings
+    from stages.core.refine import resolve
+    from stages.scaling.plan import plan_table, search_steps
+
+    s = ScalingSettings()
+    run = held_sgd_run(optimum, 400, s.hold_factor)
+    grid = learning_rate_grid(s.lr_min, s.lr_max, s.lr_points)
+    # the first rate predicted from the neighbouring sizes (lr_start: neighbour), 40% off
+    coarse = search(grid, run, 0, hint=optimum * 1.4, unimodal=True, resolution=s.eval_resolution)
+    refined = resolve(coarse, run, 0, ratio=s.lr_refine_ratio, max_trials=s.lr_refine_trials,
+                      resolution=s.eval_resolution, low_limit=s.lr_min / s.lr_widen_factor,
+                      high_limit=s.lr_max * s.lr_widen_factor, widen_step=grid[1] / grid[0])
+    trials = coarse + refined
+    trials += successive_halving(trials, run, [1, 2], s.rerun_top)
+    spent = sum(t.result.steps_run for t in trials)
+    best = min(t.result.steps_to_target for t in trials if t.result.steps_to_target)
+    assert 0.5 <= search_steps(best, s) / spent <= 2.0
+    # the table: a size predicted from its measured neighbours, its seconds from the time per step
+    table = plan_table([16, 32, 64], {16: 800.0, 64: 200.0}, {32: 0.01}, s)
+    row = table.set_index("batch_size").loc[32]
+    assert row["steps_to_target"] == 400 and "between bs 16 and 64" in row["from"]
+    assert row["seconds"] == pytest.approx(search_steps(400, s) * 0.01)

@@ -4,6 +4,7 @@ critical batch size (McCandlish et al. 2018).
     python -m stages.scaling trials --batch-size 64   # one job per size (scaling_trials@64): stages/scaling/trials.py
     python -m stages.scaling summarize                # the aggregate stage: stages/scaling/aggregate.py
     python -m stages.scaling fit TABLE.csv            # the fit alone, on any batch_size,steps_to_target[,seed] CSV
+    python -m stages.scaling plan                     # the study's bill before it runs: stages/scaling/plan.py
 
 `fit` prints one JSON object (critical_batch_size, kind, ci_low, ci_high, s_min, e_min, ...); a table
 that cannot bound B_crit exits 2 with the reason on stderr. The subcommands import what they need
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("trials", help="the learning-rate search and seed reruns at one batch size")
     t.add_argument("--batch-size", type=int, required=True)
     sub.add_parser("summarize", help="aggregate the per-size trials: tables, fit, noise scale, plots")
+    sub.add_parser("plan", help="estimate the study's trials, examples and wall time before it runs")
     f = sub.add_parser("fit", help="fit S(B) = S_min (1 + B_crit / B) to a CSV and print one JSON object")
     f.add_argument("table", help="CSV with columns batch_size,steps_to_target (optional seed)")
     f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         from stages.scaling.trials import main_trials
 
         main_trials(args.batch_size)
+    elif args.command == "plan":
+        from stages.scaling.plan import main_plan
+
+        main_plan()
     elif args.command == "summarize":
         from stages.scaling.aggregate import main_summarize
 

@@ -1,0 +1,94 @@
+"""`python -m stages.scaling plan`: the study's bill before it runs -- trials, examples and wall time
+per batch size, from the steps the neighbouring sizes already measured (their journals) and the
+throughput stage's time per step.
+
+The cost model (`search_steps`) counts a size's search in runs of its steps to target S: the coarse
+grid and refinement trials each stop by about S (early stopping), about half of them reach and hold
+to S x hold_factor, and every seed rerun runs to S x hold_factor. Where no size has measured its steps
+yet, S is max_steps: the estimate is then the bill's upper end (every first trial bounded by max_steps).
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+REACHING_SHARE = 0.5  # share of the search-seed trials that reach the target (and hold it), measured ~0.4-0.6
+
+
+def search_trials(s) -> tuple[int, int]:
+    """(search-seed trials, seed reruns) one size's search is expected to spend with settings `s`:
+    the unimodal coarse grid stops after about 4 rates, the refinement after about 3 (its caps permitting);
+    the seeds: `rerun_top` rates get the first, then half of them each further one."""
+    coarse = min(s.lr_points, 4 if s.lr_unimodal else s.lr_points)
+    refine = min(s.lr_refine_trials, 3)
+    seeds, rates = 0, s.rerun_top
+    for k in range(s.seeds):
+        seeds += rates
+        rates = max(1, math.ceil(rates / 2))
+    return coarse + refine, seeds
+
+
+def search_steps(steps_to_target: float, s) -> float:
+    """Training steps one size's search is expected to spend if its best rate needs `steps_to_target`."""
+    searched, seeded = search_trials(s)
+    return steps_to_target * (searched * (1 + REACHING_SHARE * (s.hold_factor - 1)) + seeded * s.hold_factor)
+
+
+def predicted_steps(batch_size: int, measured: dict[int, float], max_steps: int) -> tuple[float, str]:
+    """Steps to target at `batch_size` from the sizes measured so far: between two measured sizes,
+    interpolated in log-log; below the smallest, perfect scaling (steps x the size ratio); above the
+    largest, its steps (steps never rise with the batch size); nothing measured: max_steps."""
+    if batch_size in measured:
+        return measured[batch_size], "measured"
+    if not measured:
+        return float(max_steps), "max_steps (nothing measured yet)"
+    sizes = sorted(measured)
+    below = [b for b in sizes if b < batch_size]
+    above = [b for b in sizes if b > batch_size]
+    if below and above:
+        b0, b1 = below[-1], above[0]
+        t = math.log(batch_size / b0) / math.log(b1 / b0)
+        steps = math.exp((1 - t) * math.log(measured[b0]) + t * math.log(measured[b1]))
+        return min(steps, max_steps), f"between bs {b0} and {b1}"
+    if above:
+        return min(measured[above[0]] * above[0] / batch_size, max_steps), f"perfect scaling from bs {above[0]}"
+    return min(measured[below[-1]], max_steps), f"no fewer than bs {below[-1]}'s"
+
+
+def plan_table(batch_sizes: list[int], measured: dict[int, float], time_per_step_s: dict[int, float],
+               s) -> pd.DataFrame:
+    """One row per size: predicted steps to target and where from, trials, steps, examples and seconds
+    the search is expected to spend (seconds: NaN where throughput did not time the size)."""
+    searched, seeded = search_trials(s)
+    rows = []
+    for b in batch_sizes:
+        steps, source = predicted_steps(b, measured, s.max_steps)
+        spend = search_steps(steps, s)
+        rows.append({"batch_size": b, "steps_to_target": round(steps), "from": source, "trials": searched + seeded,
+                     "steps": round(spend), "examples": round(spend * b),
+                     "seconds": spend * time_per_step_s[b] if b in time_per_step_s else math.nan})
+    return pd.DataFrame(rows)
+
+
+def main_plan() -> None:
+    from stages.core import log
+    from stages.core import outputs as out
+    from stages.core.context import setup
+    from stages.pipeline.declaration import load_stage_params
+    from stages.scaling.trials import _journalled_steps
+
+    ctx = setup(params=load_stage_params("scaling_trials"))
+    s = ctx.params.scaling
+    measured = {b: float(max(st)) for b in s.batch_sizes if (st := _journalled_steps(ctx, b))}
+    timing: dict[int, float] = {}
+    if out.THROUGHPUT_CSV.at().exists():
+        t = out.read_csv(out.THROUGHPUT_CSV)
+        timing = {int(b): float(x) for b, x in zip(t["batch_size"], t["time_per_step_s"]) if pd.notna(x)}
+    table = plan_table(list(s.batch_sizes), measured, timing, s)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    known = table["seconds"].notna()
+    log.info("scaling", f"plan: {int(table['trials'].sum())} trials, {int(table['examples'].sum())} examples, "
+                        f"about {table.loc[known, 'seconds'].sum():.0f} s of training"
+                        f"{'' if known.all() else ' (sizes without a throughput time per step not counted)'}"
+                        f"{'; an upper end: no size has measured its steps yet' if not measured else ''}")
