@@ -22,6 +22,7 @@ from stages.pipeline import freshness
 from stages.core.config import validate
 from stages.core.context import check_sources
 from stages.core.errors import ConfigError, KickoffError
+from stages.core.lock import hold_pipeline
 from stages.core.model_choice import check_candidates
 from stages.workloads.base import workload_factory
 
@@ -40,6 +41,13 @@ try:  # the same validation the stages run, on the values Snakemake's YAML 1.1 l
         freshness.sync_stamps(RAW)
 except KickoffError as e:
     raise WorkflowError(str(e)) from None
+
+onstart:  # a real run, not a dry one: the pipeline is this process's until it ends (stages/core/lock.py)
+    try:
+        PIPELINE_LOCK = hold_pipeline("snakemake")
+    except KickoffError as e:
+        raise WorkflowError(str(e)) from None
+
 
 wildcard_constraints:
     batch_size=r"\d+",

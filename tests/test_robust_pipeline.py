@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -123,6 +124,39 @@ def test_while_a_stage_runs_a_second_run_through_either_tool_stops_and_changes_n
     finally:
         holder.kill()
         holder.wait()
+
+
+def _holding(root: Path, code: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", code + "\nprint('holding', flush=True)\ntime.sleep(120)"], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "holding\n"
+    return proc
+
+
+def test_one_pipeline_run_per_clone_across_the_two_tools(results_project):
+    """Issue 22 part 3: Snakemake refuses to start while `dvc repro` holds DVC's lock (zc.lockfile, as
+    DVC takes it), and a stage that `dvc repro` starts refuses while Snakemake holds the pipeline."""
+    root, before = results_project
+    dvc = _holding(root, "import time, zc.lockfile; lock = zc.lockfile.LockFile('.dvc/tmp/lock')")
+    try:
+        proc = run([sys.executable, "-m", "snakemake", "-c1", "--forcerun", "select", "--", "select"], root, check=False)
+        assert proc.returncode != 0
+        assert f"dvc is running in this clone (pid {dvc.pid};" in proc.stderr + proc.stdout
+        assert_untouched(root, before)
+    finally:
+        dvc.kill()
+        dvc.wait()
+    snakemake = _holding(root, "import time; from stages.core.lock import hold_pipeline; fd = hold_pipeline('snakemake')")
+    try:
+        proc = run(["dvc", "repro", "--single-item", "--force", "select"], root, check=False)
+        assert proc.returncode != 0
+        message = [ln for ln in proc.stderr.splitlines() if ln.startswith("kickoff: error:")]
+        assert len(message) == 1 and f"the pipeline is running in this clone (pid {snakemake.pid}, `snakemake`" in message[0]
+        assert_untouched(root, before)
+    finally:
+        snakemake.kill()
+        snakemake.wait()
 
 
 # ---------------------------------------------------------------------------- 13: a fresh clone

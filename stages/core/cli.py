@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stages.core.errors import KickoffError
-from stages.core.lock import exclusive, lock_name
+from stages.core.lock import check_pipeline, exclusive, lock_name
 from stages.core.provenance import output_set
 
 def _interrupted_message(job: str) -> str:
@@ -48,7 +48,8 @@ def run_main(main: Callable[[], Any], what: str | None = None, lock: bool = True
     name = what or Path(sys.argv[0]).parent.name or "stage"
     job = " ".join([name, *sys.argv[1:]])
     try:
-        if lock:  # a stage: one run at a time, and its outputs written all or none with their manifest
+        if lock:  # a stage: one run at a time, none beside another tool's pipeline run, outputs all or none
+            check_pipeline()
             with exclusive(lock_name(name, sys.argv[1:]), job), output_set(job):
                 main()
         else:

@@ -82,3 +82,73 @@ def _holder(path: Path) -> str:
         return f"pid {info['pid']}, `{info['command']}`, started {info['started']}"
     except (OSError, ValueError, KeyError, TypeError):  # the holder is between taking the lock and writing
         return "holder unknown"
+
+
+# ---------------------------------------------------------------------------- the whole pipeline
+
+PIPELINE = "pipeline"                  # .kickoff/locks/pipeline.lock: held by a running `snakemake`
+HOLDER_ENV = "KICKOFF_PIPELINE_PID"    # the holder's pid, inherited by the jobs it starts
+DVC_LOCK = Path(".dvc/tmp/lock")       # held by a running `dvc repro` (zc.lockfile: flock(2) and the pid)
+
+
+def _held(path: Path) -> bool:
+    """Does another process hold an flock on `path`? (False if it does not exist.)"""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def check_dvc_idle(root: Path = Path(".")) -> None:
+    """LockedError naming the process if a `dvc` command holds DVC's lock in this clone."""
+    dvc_lock = root / DVC_LOCK
+    if _held(dvc_lock):
+        try:
+            pid = dvc_lock.read_text().split()[0]
+        except (OSError, IndexError):
+            pid = "?"
+        raise LockedError(f"dvc is running in this clone (pid {pid}; lock {DVC_LOCK}): two tools running one "
+                          f"pipeline would mix their stages' outputs; wait for it to finish (or stop it), then rerun")
+
+
+def hold_pipeline(tool: str, root: Path = Path(".")) -> int:
+    """Take the pipeline lock for this process's lifetime (Snakemake's main process, before its first job):
+    refuse if `dvc repro` or another Snakemake runs the pipeline in this clone. Returns the open fd."""
+    check_dvc_idle(root)
+    lock_dir = root / LOCK_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"{PIPELINE}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LockedError(f"the pipeline is already running in this clone ({_holder(path)}; lock {path}); wait for "
+                          f"it to finish (or stop it), then rerun") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "command": tool, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode())
+    os.environ[HOLDER_ENV] = str(os.getpid())
+    return fd
+
+
+def check_pipeline(root: Path = Path(".")) -> None:
+    """LockedError if a Snakemake run other than the one that started this process holds the pipeline (a
+    stage run by `dvc repro`, or by hand, while Snakemake is mid-pipeline)."""
+    path = root / LOCK_DIR / f"{PIPELINE}.lock"
+    if not _held(path):
+        return
+    try:
+        holder = str(json.loads(path.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        holder = None
+    if holder is not None and os.environ.get(HOLDER_ENV) == holder:
+        return  # one of the holder's own jobs
+    raise LockedError(f"the pipeline is running in this clone ({_holder(path)}; lock {path}): a stage run beside it "
+                      f"would mix its outputs with that run's; wait for it to finish (or stop it), then rerun")

@@ -54,12 +54,16 @@ def require_dvc(root: Path) -> None:
                               f"dvc.lock, for DVC and for Snakemake alike; run `dvc init` there first")
 
 
-def stale(root: Path, *jobs: str) -> set[str]:
+def stale(root: Path, *jobs: str, wait: bool = False) -> set[str]:
     """The jobs `dvc status` lists as changed (as DVC names them: 'probe', 'scaling_trials@64'): a
     changed param, code file, input or output, a changed command, or no entry in dvc.lock yet.
-    All jobs, or only those named."""
+    All jobs, or only those named; `wait`: for a Snakemake job, whose neighbours may be writing dvc.lock."""
+    from stages.core.lock import check_dvc_idle
+
     require_dvc(root)
-    proc = _dvc(["status", "--json", *jobs], root)
+    if not wait:  # `dvc repro` running: say so, rather than DVC's "unable to acquire lock"
+        check_dvc_idle(root)
+    proc = _dvc([*(["--wait-for-lock"] if wait else []), "status", "--json", *jobs], root)
     if proc.returncode != 0:
         raise ProvenanceError(f"`dvc status` failed in {root}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     try:

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     root = Path.cwd()
     if args.skip_if_current:
         try:
-            current = args.job not in provenance.stale(root, args.job)
+            current = args.job not in provenance.stale(root, args.job, wait=True)
         except provenance.ProvenanceError:
             current = False  # then run the stage: it says what is wrong, if anything
         if not current:
