@@ -30,6 +30,10 @@ from stages.pipeline.overrides import merge, set_param_args
 from tests.conftest import ROOT, make_project, run, write_params
 
 SMALL = yaml.safe_load((ROOT / "profiles/small/params.yaml").read_text())
+# The team repository's own small profile: quicker than the project's (the mechanics under test, not B_crit).
+QUICK = {**SMALL, "family": {"max_steps": 300},
+         "scaling": {**SMALL["scaling"], "batch_sizes": [16, 64, 256], "max_steps": 300, "seeds": 0, "lr_refine_trials": 2},
+         "probe": {**SMALL["probe"], "batch_sizes": [16, 64, 256]}}
 EXTRA_FILES = ("profiles", "envs", ".ci", ".github")  # the team workflow's files, whatever conftest copies
 TAG, BRANCH = "baseline-v1", "wider"
 WORKFLOW = ROOT / ".github/workflows/pr-review.yml"
@@ -66,6 +70,7 @@ def test_small_config_is_valid_and_keeps_the_branchs_workload_and_optimizer():
     validate(merge(params, SMALL), "params.yaml + profiles/small/params.yaml")
     assert not {"workload", "optimizer"} & set(SMALL), "a PR changing the model must still show in the review"
     assert len(SMALL["scaling"]["batch_sizes"]) >= 3, "B_crit needs three batch sizes"
+    assert SMALL["scaling"]["seeds"] >= 1, "two runs per size, or no interval has a width and the review cannot tell"
 
 
 def test_overrides_are_one_shell_word_each_and_numbers_survive_yaml_1_1():
@@ -139,6 +144,7 @@ def team(tmp_path_factory):
     for name in EXTRA_FILES:  # conftest may copy some of them already
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
                         dirs_exist_ok=True)
+    (root / "profiles/small/params.yaml").write_text(yaml.safe_dump(QUICK, sort_keys=False))
     (root / "profiles/team").mkdir()
     (root / "profiles/team/params.yaml").write_text("family:\n  candidates: null\n")
     run([sys.executable, "-m", "stages.pipeline", "--profile", "small", "--profile", "team"], root)
@@ -166,7 +172,7 @@ def team(tmp_path_factory):
 
 @pytest.mark.e2e
 def test_first_run_runs_every_stage_and_the_width_change_reruns_them_all(team):
-    names = all_stage_names(SMALL["scaling"]["batch_sizes"])
+    names = all_stage_names(QUICK["scaling"]["batch_sizes"])
     assert stages_run(team.first)[0] == names
     assert stages_run(team.second)[0] == names  # every stage builds the model
     assert team.old_width != team.new_width
@@ -246,7 +252,7 @@ def test_pr_review_script_writes_one_comment_and_the_plots_and_restores_the_bran
     # the small profile the review applies is exactly what the committed runs used: nothing reran
     for log in (team.root / "pr-review").glob("review-*.log"):
         ran, skipped = stages_run(log.read_text())
-        assert not ran and skipped == all_stage_names(SMALL["scaling"]["batch_sizes"]), log.name
+        assert not ran and skipped == all_stage_names(QUICK["scaling"]["batch_sizes"]), log.name
     assert run(["git", "branch", "--show-current"], team.root).stdout.strip() == BRANCH
     assert run(["git", "status", "--porcelain", "--untracked-files=no"], team.root).stdout == "", proc.stderr
 
@@ -316,7 +322,7 @@ def test_cluster_profile_is_accepted_by_snakemake(team, name):
 
 @pytest.mark.e2e
 def test_experiments_rerun_exactly_the_affected_stages_and_exp_show_lists_them(team):
-    root, sizes = team.root, SMALL["scaling"]["batch_sizes"]
+    root, sizes = team.root, QUICK["scaling"]["batch_sizes"]
     try:
         # optimizer.name: every stage that reads it (probe measures the optimizer's state too)
         dry = run(["dvc", "exp", "run", "--dry", "-S", "optimizer.name=adam"], root).stdout
