@@ -318,11 +318,12 @@ def test_select_says_every_trial_diverged_instead_of_advising_an_easier_target(t
     assert not (tmp_path / "reports/select").exists()
 
 
-def test_select_still_advises_an_easier_target_when_some_trials_ran_without_diverging(tmp_path):
-    diverged_study(tmp_path, ["not_reached", "diverged"])
+def test_select_advises_more_steps_when_the_closest_trials_ran_to_the_step_cap(tmp_path):
+    diverged_study(tmp_path, ["not_reached", "diverged"])  # 0.01 ran its 2000 steps, 0.1 diverged
     proc = stage_cli("stages.select", [], tmp_path)
     assert proc.returncode == 2
-    assert "an easier target in workload.kwargs" in proc.stderr and "diverged (non-finite" not in proc.stderr
+    assert "still training when the step cap stopped it at 2000 steps; raise scaling.max_steps (now 2000)" in proc.stderr
+    assert "diverged (non-finite" not in proc.stderr and "easier target" not in proc.stderr
 
 
 # ---------------------------------------------------------------------------- 4: a model too big for memory

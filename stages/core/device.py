@@ -1,8 +1,10 @@
-"""Device choice, CPU threads, seeding and synchronisation -- written once, used by every stage."""
+"""Device choice, CPU threads, seeding, synchronisation and the one out-of-memory predicate -- written
+once, used by every stage."""
 from __future__ import annotations
 
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -84,3 +86,51 @@ def describe(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return str(device)
+
+
+# ---------------------------------------------------------------------------- out of memory
+
+# (rule, regular expression searched case-insensitively in the error text, where it comes from).
+# Messages come from the allocators of torch 2.x and the vendor runtimes; tests feed each one.
+OOM_MESSAGES: tuple[tuple[str, str, str], ...] = (
+    ("message:cuda", r"CUDA out of memory", "CUDA caching allocator (a RuntimeError before torch 2.5)"),
+    ("message:cuda_runtime", r"CUDA error: out of memory", "CUDA runtime, e.g. a kernel launch or context creation"),
+    ("message:cublas", r"CUBLAS_STATUS_ALLOC_FAILED", "cuBLAS could not allocate its workspace"),
+    ("message:cudnn", r"CUDNN_STATUS_ALLOC_FAILED", "cuDNN could not allocate its workspace"),
+    ("message:hip", r"HIP out of memory", "ROCm caching allocator"),
+    ("message:hip_runtime", r"HIP error: out of memory", "ROCm runtime"),
+    ("message:xpu", r"XPU out of memory", "Intel GPU allocator"),
+    ("message:mps", r"MPS backend out of memory", "Apple MPS allocator"),
+    ("message:cpu", r"DefaultCPUAllocator: can't allocate memory", "torch's CPU allocator (malloc failed)"),
+)
+_OOM_PATTERNS = tuple((rule, re.compile(pattern, re.IGNORECASE)) for rule, pattern, _ in OOM_MESSAGES)
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and its causes/contexts, each once (a wrapper may hide the OOM in its cause)."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def classify_message(text: str) -> str | None:
+    """The rule of the first device OOM message found in `text`, or None."""
+    for rule, pattern in _OOM_PATTERNS:
+        if pattern.search(text):
+            return rule
+    return None
+
+
+def classify_exception(exc: BaseException) -> str | None:
+    """The rule that makes `exc` an out-of-memory error, or None if it is any other error."""
+    chain = _exception_chain(exc)
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    for e in chain:
+        if oom_type is not None and isinstance(e, oom_type):
+            return "exception:torch.OutOfMemoryError"
+        if isinstance(e, MemoryError):
+            return "exception:MemoryError"
+    return classify_message("\n".join(str(e) for e in chain))

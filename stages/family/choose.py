@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from stages.core import advice
 from stages.core.errors import StudyError
 
 
@@ -30,13 +31,39 @@ def _time_range(row) -> tuple[float, float]:
     return row["steps_low"] * row["time_per_step_s"], row["steps_high"] * row["time_per_step_s"]
 
 
-def choose(table: pd.DataFrame, rule: str) -> Choice:
-    """Raises StudyError when no candidate reached the target (saying why each did not)."""
+def candidate_kind(row) -> str:
+    """The class of a candidate's failure (stages/core/advice.py): its status, or the label its reason opens with."""
+    return {"failed": "crashed", "out_of_memory": "out_of_memory"}.get(row["status"]) or advice.kind_of(row["reason"])
+
+
+def fitting_action(table: pd.DataFrame, limits: advice.Limits) -> str:
+    """The one change that fits when no candidate reached the target: every candidate crashed with the
+    same error -> fix it; all out of memory -> a smaller batch; else what the largest candidate that
+    trained needs (the largest is the most able: if it levels off, only a larger model helps)."""
+    kinds = [candidate_kind(r) for _, r in table.iterrows()]
+    if set(kinds) == {"crashed"}:
+        errors = sorted(set(table["reason"]))
+        head = (f"every candidate crashed with the same error ({errors[0]})" if len(errors) == 1
+                else "every candidate crashed")
+        return f"{head}: {advice.action_for('crashed', limits)}"
+    if set(kinds) == {"out_of_memory"}:
+        return f"every candidate ran out of memory: {advice.action_for('out_of_memory', limits)}"
+    trained = table[[k not in ("crashed", "out_of_memory") for k in kinds]]
+    largest = trained.sort_values("parameters", kind="stable", na_position="first").iloc[-1]
+    kind = candidate_kind(largest)
+    return (f"{'every candidate' if set(kinds) == {kind} else f'the largest that trained, {describe(largest)},'} "
+            f"{advice.SUMMARIES[kind]}: {advice.action_for(kind, limits)}")
+
+
+def choose(table: pd.DataFrame, rule: str, limits: advice.Limits | None = None) -> Choice:
+    """Raises StudyError when no candidate reached the target (saying why each did not, and the one
+    change that fits: stages/core/advice.py)."""
     reached = table[table["status"] == "reached"]
     if reached.empty:
         why = "; ".join(f"{describe(r)}: {r['status']} ({r['reason']})" for _, r in table.iterrows())
-        raise StudyError(f"family: no candidate reached the target, so none can be chosen -- {why}. Add larger "
-                         f"candidates, raise family.max_steps, or widen the learning-rate range (scaling.lr_min/lr_max)")
+        limits = limits or advice.Limits("family.max_steps", None, None, None)
+        raise StudyError(f"family: no candidate reached the target, so none can be chosen -- {why}. In short, "
+                         f"{fitting_action(table, limits)}")
     if rule == "smallest":
         order = reached.sort_values(["parameters", "time_to_target_s"], kind="stable")
         best = order.iloc[0]

@@ -28,12 +28,12 @@ import traceback
 from pathlib import Path
 
 import pandas as pd
-import torch
 import yaml
 
-from stages.core import io, log, plotting
+from stages.core import advice, io, log, plotting
 from stages.core import outputs as out
 from stages.core.context import Context, setup
+from stages.core.device import classify_exception
 from stages.core.declared import replace_sections
 from stages.core.errors import ConfigError, InputError, KickoffError
 from stages.core.lr_search import Journal, best_learning_rate, final_metric_score, journal_key
@@ -88,6 +88,17 @@ def _seed_steps(trials, learning_rate: float) -> list[int | None]:
     return [t.result.steps_to_target for t in trials if t.learning_rate == learning_rate]
 
 
+def target_of(w) -> advice.Target:
+    return advice.Target(w.target_metric, w.target_value, w.target_direction)
+
+
+def family_limits(max_steps: int, lr_min: float | None = None, lr_max: float | None = None) -> advice.Limits:
+    """The settings the family's advice names: its own step cap and batch size, scaling's rate range
+    (whose values only the trial jobs read)."""
+    return advice.Limits("family.max_steps", max_steps, lr_min, lr_max, batch_size_key="family.batch_size",
+                         model_key="family.candidates")
+
+
 def measure_candidate(ctx: Context, name: str, overrides: dict, batch_size: int, max_steps: int) -> dict:
     """The candidate's row: its size and cost, then the learning-rate search at `batch_size`."""
     w, p, seed = ctx.workload, ctx.params, ctx.params.runtime.seed
@@ -105,10 +116,11 @@ def measure_candidate(ctx: Context, name: str, overrides: dict, batch_size: int,
     row["trials"] = len(trials)
     lr = best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials])
     row["time_per_step_s"] = time_per_step_s(w, p.optimizer, lr or p.scaling.lr_min, batch_size, ctx.device, seed)
-    if lr is None:
-        return row | {"status": "not_reached",
-                      "reason": f"no learning rate reached {w.target_metric} {w.target_value} within {max_steps} steps "
-                                f"(best {w.target_metric} {row['final_metric']:.4g})"}
+    if lr is None:  # why, and the one change that fits (stages/core/advice.py), opened by the class's label
+        runs = [advice.Run(t.result.outcome, t.learning_rate, t.result.steps_run, max_steps,
+                           t.result.final_metrics.get(w.target_metric, math.nan), t.result.reason) for t in trials]
+        why = advice.why_not_reached(runs, target_of(w), family_limits(max_steps, p.scaling.lr_min, p.scaling.lr_max))
+        return row | {"status": "not_reached", "reason": f"{why.label}: {why.message}"}
     steps = _seed_steps(trials, lr)
     row["learning_rate"] = lr
     if any(s is None for s in steps):
@@ -134,16 +146,18 @@ def main_trial(candidate: str) -> None:
                     f"at most {fam.max_steps} steps per trial")
     try:
         row = measure_candidate(ctx, candidate, overrides, batch_size, fam.max_steps)
-    except (torch.OutOfMemoryError, MemoryError) as e:
-        row = blank_row(candidate, overrides, batch_size, fam.max_steps, status="out_of_memory",
-                        reason=f"out of memory at batch size {batch_size} ({str(e).splitlines()[0][:200]}); "
-                               f"set family.batch_size lower")
     except KickoffError:
         raise
-    except Exception as e:  # the candidate's own code crashed: recorded (with the traceback on stderr), never chosen
-        log.info(STAGE, f"{candidate} crashed:\n{traceback.format_exc()}")
-        row = blank_row(candidate, overrides, batch_size, fam.max_steps, status="failed",
-                        reason=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    except Exception as e:  # out of memory (CUDA's or the CPU allocator's: stages/core/device.py), or the
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""  # candidate's own code crashed
+        if classify_exception(e):
+            row = blank_row(candidate, overrides, batch_size, fam.max_steps, status="out_of_memory",
+                            reason=f"{advice.LABELS['out_of_memory']}: at batch size {batch_size} ({first}); "
+                                   f"lower family.batch_size")
+        else:  # recorded (with the traceback on stderr), never chosen
+            log.info(STAGE, f"{candidate} crashed:\n{traceback.format_exc()}")
+            row = blank_row(candidate, overrides, batch_size, fam.max_steps, status="failed",
+                            reason=f"{type(e).__name__}: {first}")
     log.info(STAGE, f"{candidate}: {row['status']}"
                     + (f" in {row['steps_to_target']} steps at lr {row['learning_rate']:.3g}" if row["status"] == "reached"
                        else f" ({row['reason']})"))
@@ -236,7 +250,7 @@ def main_choose() -> None:
     else:
         check_candidates(wl.name, wl.kwargs, fam.candidates)
         table = read_trials(fam.candidates, fam.max_steps, fam.batch_size)
-        choice = choose(table, fam.rule)  # StudyError (nothing written) when no candidate reached the target
+        choice = choose(table, fam.rule, family_limits(fam.max_steps))  # StudyError (nothing written) when no candidate reached the target
         c = table.loc[choice.index]
         choice_index = choice.index
         overrides = fam.candidates[choice.index]

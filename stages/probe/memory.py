@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import resource
 import signal
 import sys
@@ -22,56 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stages.core.device import OOM_MESSAGES, classify_exception, classify_message  # noqa: F401 (the probe's names)
 from stages.core.types import BatchSize, Bytes
 
 
 # ---------------------------------------------------------------------------- OOM classification
-
-# (rule, regular expression searched case-insensitively in the error text, where it comes from).
-# Messages come from the allocators of torch 2.x and the vendor runtimes; tests feed each one.
-OOM_MESSAGES: tuple[tuple[str, str, str], ...] = (
-    ("message:cuda", r"CUDA out of memory", "CUDA caching allocator (a RuntimeError before torch 2.5)"),
-    ("message:cuda_runtime", r"CUDA error: out of memory", "CUDA runtime, e.g. a kernel launch or context creation"),
-    ("message:cublas", r"CUBLAS_STATUS_ALLOC_FAILED", "cuBLAS could not allocate its workspace"),
-    ("message:cudnn", r"CUDNN_STATUS_ALLOC_FAILED", "cuDNN could not allocate its workspace"),
-    ("message:hip", r"HIP out of memory", "ROCm caching allocator"),
-    ("message:hip_runtime", r"HIP error: out of memory", "ROCm runtime"),
-    ("message:xpu", r"XPU out of memory", "Intel GPU allocator"),
-    ("message:mps", r"MPS backend out of memory", "Apple MPS allocator"),
-    ("message:cpu", r"DefaultCPUAllocator: can't allocate memory", "torch's CPU allocator (malloc failed)"),
-)
-_OOM_PATTERNS = tuple((rule, re.compile(pattern, re.IGNORECASE)) for rule, pattern, _ in OOM_MESSAGES)
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    """`exc` and its causes/contexts, each once (a wrapper may hide the OOM in its cause)."""
-    chain, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return chain
-
-
-def classify_message(text: str) -> str | None:
-    """The rule of the first device OOM message found in `text`, or None."""
-    for rule, pattern in _OOM_PATTERNS:
-        if pattern.search(text):
-            return rule
-    return None
-
-
-def classify_exception(exc: BaseException) -> str | None:
-    """The rule that makes `exc` an out-of-memory error, or None if it is any other error."""
-    chain = _exception_chain(exc)
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    for e in chain:
-        if oom_type is not None and isinstance(e, oom_type):
-            return "exception:torch.OutOfMemoryError"
-        if isinstance(e, MemoryError):
-            return "exception:MemoryError"
-    return classify_message("\n".join(str(e) for e in chain))
-
+# The OOM predicate itself (exception type, then device messages) is stages/core/device.py's, shared by
+# every stage that trains; here the probe adds the case of a trial child killed by a signal.
 
 def classify_signal(signum: int) -> tuple[str, str]:
     """(rule, reason) for a trial process killed by signal `signum`."""

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.core import io
+from stages.core import advice, io
 from stages.core import outputs as out
 from stages.core import log
 from stages.core.context import Context, setup
 from stages.pipeline.declaration import load_stage_params
-from stages.scaling.noise_scale import measure_noise_scale
+from stages.scaling.noise_scale import choose_sizes, describe, measure_noise_scale
 from stages.core.optim import fixed_values
 from stages.scaling.fit import FitError, ScalingFit, fit_critical_batch_size
 from stages.scaling.plots import curves_figure, examples_figure, fmt, learning_rate_figure, steps_figure
@@ -35,28 +35,21 @@ from stages.scaling.tables import (PHASES, TRIAL_COLUMNS, add_fit_columns, compu
 STAGE = "scaling"  # the log label
 
 
-def _noise_scale_sizes(ctx: Context, table: pd.DataFrame) -> tuple[int, int] | None:
-    if ctx.params.scaling.noise_scale_batch_sizes:
-        small, big = ctx.params.scaling.noise_scale_batch_sizes
-        return small, big
-    reached = table[table["status"] == "reached"]
-    if reached.empty:
-        return None
-    small = int(reached["batch_size"].min())
-    big = 16 * small
-    n = ctx.workload.num_train_examples
-    while n is not None and big > n and big > 2 * small:
-        big //= 2
-    return (small, big) if n is None or big <= n else None
-
-
 def noise_scale(ctx: Context, table: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     """One short run at the big size (its best rate, else the nearest studied size's) to the target."""
-    sizes = _noise_scale_sizes(ctx, table)
+    sizes, why = choose_sizes(ctx.params.scaling.noise_scale_batch_sizes,  # only sizes the study ran (probe-feasible)
+                              [int(b) for b in table[table["status"].isin(["reached", "not_reached", "boundary"])]["batch_size"]],
+                              [int(b) for b in table[table["status"] == "reached"]["batch_size"]],
+                              ctx.workload.num_train_examples)
     if sizes is None:
-        return {"gradient_noise_scale": None, "gradient_noise_scale_reason": "no batch size reached the target"}, pd.DataFrame()
+        log.info(STAGE, f"gradient noise scale not measured: {why}")
+        return {"gradient_noise_scale": None, "gradient_noise_scale_reason": f"Not measured: {why}."}, pd.DataFrame()
     small, big = sizes
+    log.info(STAGE, f"gradient noise scale: training at batch size {big} with chunks of {small} ({why})")
     reached = table[table["status"] == "reached"]
+    if reached.empty:  # (configured sizes) the run needs a learning rate that reached the target
+        return {"gradient_noise_scale": None, "gradient_noise_scale_reason": "Not measured: no batch size reached the "
+                "target, so no learning rate to train with."}, pd.DataFrame()
     nearest = reached.iloc[(reached["batch_size"].map(lambda b: abs(math.log(b / big)))).argsort().iloc[0]]
     lr = float(nearest["best_learning_rate"])
     result = measure_noise_scale(ctx.workload, ctx.params.optimizer, lr, small, big, ctx.params.runtime.seed,
@@ -65,7 +58,7 @@ def noise_scale(ctx: Context, table: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
                     f"(lr {lr:.4g}, {result.steps_run} steps: {result.reason})")
     return ({"gradient_noise_scale": result.gradient_noise_scale, "gradient_noise_scale_batch_sizes": [small, big],
              "gradient_noise_scale_learning_rate": lr, "gradient_noise_scale_steps": result.steps_run,
-             "gradient_noise_scale_reason": result.reason}, pd.DataFrame(result.rows))
+             "gradient_noise_scale_reason": describe(result, why)}, pd.DataFrame(result.rows))
 
 
 def _fit(rows: pd.DataFrame, bootstrap: int, seed: int, resolution: float) -> tuple[ScalingFit | None, dict]:
@@ -115,6 +108,15 @@ def reached_curves(curve_frames: list[pd.DataFrame], trials: pd.DataFrame) -> pd
     return _curves_of(curve_frames, set(zip(reached["batch_size"].astype(int), reached["learning_rate"].astype(float))))
 
 
+def scaling_limits(p, trials: pd.DataFrame) -> advice.Limits:
+    """The settings the scaling study's advice names (stages/core/advice.py), the rates as tried."""
+    tried = learning_rate_range(trials)
+    return advice.Limits("scaling.max_steps", p.scaling.max_steps, tried["learning_rate_min_tried"],
+                         tried["learning_rate_max_tried"],
+                         batch_size_key="scaling.batch_sizes",
+                         model_key="workload.kwargs" if p.family.candidates is None else "family.candidates")
+
+
 def main_summarize() -> None:
     ctx = setup(params=load_stage_params("scaling"))
     p, w = ctx.params, ctx.workload
@@ -125,6 +127,10 @@ def main_summarize() -> None:
     trials = pd.concat(frames, ignore_index=True)[TRIAL_COLUMNS]
     table = per_size_table(trials, p.scaling.batch_sizes, p.scaling.eval_resolution)
     fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed, p.scaling.eval_resolution)
+    if not (table["status"] == "reached").any() and (trials["outcome"] != "skipped").any():
+        why = advice.why_not_reached(advice.runs_of(trials.to_dict("records")),  # the one change that fits
+                                     advice.Target(w.target_metric, w.target_value, w.target_direction), scaling_limits(p, trials))
+        fit_metrics["critical_batch_size_message"] = f"no batch size reached the target, so B_crit is undetermined: {why.message}"
     log.info(STAGE, f"critical batch size: {fit_metrics['critical_batch_size_kind']} -- {fit_metrics['critical_batch_size_message']}")
     table = add_fit_columns(table, fit)
     gns, gns_rows = noise_scale(ctx, table)

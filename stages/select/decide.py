@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from stages.core.config import SelectSettings
+from stages.core import advice
 from stages.core.errors import StudyError
 from stages.core.types import BatchSize, Steps
 
@@ -345,17 +346,6 @@ def choose(table: pd.DataFrame, objective: str) -> pd.DataFrame:
     return table
 
 
-def all_diverged(trials: pd.DataFrame | None) -> tuple[int, float, int] | None:
-    """(number of trials, smallest learning rate, most steps any ran) if every trained trial diverged --
-    the loss was not finite -- else None. Then no target or step budget is the problem."""
-    if trials is None or trials.empty or not {"outcome", "learning_rate", "steps_run"} <= set(trials.columns):
-        return None
-    trained = trials[trials["outcome"] != "skipped"]
-    if trained.empty or not (trained["outcome"] == "diverged").all():
-        return None
-    return len(trained), float(trained["learning_rate"].min()), int(trained["steps_run"].max())
-
-
 def _no_candidate_message(table: pd.DataFrame, target: Target, study: Study,
                           trials: pd.DataFrame | None = None) -> str:
     goal = f"{target.metric} {'>=' if target.direction == 'above' else '<='} {target.value:g}"
@@ -371,20 +361,19 @@ def _no_candidate_message(table: pd.DataFrame, target: Target, study: Study,
         whys = "; ".join(f"{int(r.batch_size)}: {r.why}" for r in table.itertuples() if r.why)
         return (f"the scaling study trained no batch size, so nothing reached the target ({goal}) -- {whys}. "
                 f"Change the probe/throughput limits or scaling.batch_sizes. select wrote no configuration.")
-    diverged = all_diverged(trials)
-    if measured.empty and diverged:
-        n, lr_smallest, most_steps = diverged
-        return (f"every one of the {n} scaling trials diverged (non-finite loss) within {most_steps} steps, even at "
-                f"the smallest learning rate {lr_smallest:g}: an easier target or more steps cannot help. Check "
-                f"the loss and the model first (a NaN from the first step: inputs, labels, initialisation, a log "
-                f"or division by zero), then lower the learning-rate range (scaling.lr_min, scaling.lr_max; "
-                f"now {study.lr_min:g}..{study.lr_max:g}). select wrote no configuration.")
-    if measured.empty:
+    if measured.empty:  # why nothing reached it, and the one change that fits (stages/core/advice.py)
         sizes = table[table["steps_source"].isin(["measured", "not reached"])]["batch_size"].tolist()
-        return (f"no batch size reached the target ({goal}) in the scaling study (sizes {sizes}, up to "
-                f"scaling.max_steps={study.max_steps} steps, learning rates {study.lr_min:g}..{study.lr_max:g}). "
-                f"Change one of: an easier target in workload.kwargs; a larger scaling.max_steps; a wider "
-                f"learning-rate range (scaling.lr_min, scaling.lr_max). select wrote no configuration.")
+        limits = advice.Limits("scaling.max_steps", study.max_steps, study.lr_min, study.lr_max,
+                               batch_size_key="scaling.batch_sizes", model_key="workload.kwargs or family.candidates")
+        if trials is None or trials.empty:  # no trial to tell why: every change that could help
+            return (f"no batch size reached the target ({goal}) in the scaling study (sizes {sizes}, up to "
+                    f"scaling.max_steps={study.max_steps} steps, learning rates {study.lr_min:g}..{study.lr_max:g}). "
+                    f"Change one of: an easier target in workload.kwargs; a larger scaling.max_steps; a wider "
+                    f"learning-rate range (scaling.lr_min, scaling.lr_max). select wrote no configuration.")
+        why = advice.why_not_reached(advice.runs_of(trials.to_dict("records")),
+                                     advice.Target(target.metric, target.value, target.direction), limits, "scaling trials")
+        return (f"no batch size reached the target ({goal}) in the scaling study (sizes {sizes}): {why.message}. "
+                f"select wrote no configuration.")
     whys = "; ".join(f"{int(r.batch_size)}: {r.why}" for r in measured.itertuples())
     return (f"batch sizes reached the target ({goal}) but none is usable -- {whys}. Change: select.max_devices, "
             f"the throughput/probe limits, or the scaling study's batch sizes. select wrote no configuration.")
