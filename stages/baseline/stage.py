@@ -22,6 +22,7 @@ from __future__ import annotations
 import pandas as pd
 
 from stages.core import log
+from stages.core import timer
 from stages.core import plotting
 from stages.core.config import Params, validate
 from stages.core import outputs as out
@@ -89,10 +90,7 @@ def predictions_checked(result: TrialResult, config: dict) -> dict:
         # the training clock at the first evaluation that met the target (its evaluation excluded)
         time_to_target = row["train_seconds"]
     first = next((r["train_seconds"] for r in result.curve if r["step"] == 1), None)
-    if first is not None and result.steps_run > 1:
-        time_per_step = (result.seconds - first) / (result.steps_run - 1)
-    else:
-        time_per_step = result.seconds / result.steps_run if result.steps_run else None
+    time_per_step, low, high = steady_time_per_step(result, int(config["batch_size"]))
     predicted = {"steps_to_target": config.get("steps_to_target"), "time_per_step_s": config.get("time_per_step_s"),
                  "time_to_target_s": config.get("expected_time_to_target_s")}
     measured = {"steps_to_target": result.steps_to_target, "time_per_step_s": time_per_step,
@@ -103,8 +101,27 @@ def predictions_checked(result: TrialResult, config: dict) -> dict:
         out[f"predicted_{key}"] = predicted[key]
         out[f"measured_{key}"] = measured[key]
         out[f"{name}_ratio"] = _ratio(measured[key], predicted[key])
+    out["measured_time_per_step_s_ci_low"], out["measured_time_per_step_s_ci_high"] = low, high
     out["first_step_seconds"] = first
     return out
+
+
+def steady_time_per_step(result: TrialResult, batch_size: int) -> tuple[float | None, float | None, float | None]:
+    """(seconds per step, interval low, high) of this run, by the one timer's rule (stages/core/timer.py) applied
+    to the training clock read at each evaluation: warm-up steps left out, stretches between evaluations
+    merged into windows of at least the timer's window length, batch size / the median examples/s -- so it
+    compares with the time per step throughput measured and select multiplied. A run too short for one window
+    falls back to its steady rate after the first step (interval None)."""
+    marks = [(r["step"], r["train_seconds"]) for r in result.curve] + [(result.steps_run, result.seconds)]
+    rate = timer.rate_of_windows(timer.windows_from_clock(marks), batch_size)
+    if rate is not None:
+        median, low, high = rate
+        finite = low == low and high == high  # NaN: too few windows for an interval
+        return batch_size / median, (batch_size / high if finite else None), (batch_size / low if finite else None)
+    first = next((r["train_seconds"] for r in result.curve if r["step"] == 1), None)
+    if first is not None and result.steps_run > 1:
+        return (result.seconds - first) / (result.steps_run - 1), None, None
+    return (result.seconds / result.steps_run if result.steps_run else None), None, None
 
 
 def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed: int, device: str) -> dict:

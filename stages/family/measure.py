@@ -1,11 +1,9 @@
 """What one candidate model costs, measured: parameters, FLOPs per example, time per training step."""
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
+from stages.core import timer
 from stages.core.config import OptimizerSettings
 from stages.core.device import synchronize
 from stages.core.optim import build_optimizer
@@ -24,27 +22,19 @@ def flops_per_example(workload: Workload, optimizer: OptimizerSettings, batch_si
 
 
 def time_per_step_s(workload: Workload, optimizer: OptimizerSettings, learning_rate: float, batch_size: int,
-                    device: torch.device, seed: int, *, warmup: int = 3, steps: int = 20,
-                    max_seconds: float = 1.0) -> float:
-    """Median seconds of one training step (forward, backward, optimizer step) on real batches, the
-    device synchronised around each, after `warmup` uncounted steps; at most `steps` steps or
-    `max_seconds`."""
+                    device: torch.device, seed: int, rule: timer.WindowRule = timer.WindowRule()) -> float:
+    """Seconds per training step as a training run takes it (next batch, copy, forward, backward, optimizer
+    step), timed by the one timer every stage shares (stages/core/timer.py: warm-up excluded, windows
+    between device syncs, the stop rule): batch size / the median examples/s over its windows."""
     model = build_model(workload, seed, device)
     opt = build_optimizer(model.parameters(), optimizer, learning_rate)
     data = workload.batches("train", batch_size, seed)
-    times: list[float] = []
-    started = time.perf_counter()
-    for i in range(warmup + steps):
-        batch = to_device(next(data), device)
-        synchronize(device)
-        t0 = time.perf_counter()
-        train_step(model, opt, workload, batch)
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            if time.perf_counter() - started > max_seconds and len(times) >= 3:
-                break
-    return statistics.median(times)
+    try:
+        m = timer.time_steps(lambda: train_step(model, opt, workload, to_device(next(data), device)), batch_size,
+                             rule, lambda: synchronize(device))
+    finally:
+        getattr(data, "close", lambda: None)()  # a DataLoader's workers end here
+    return batch_size / m.median
 
 
 def size_of(workload: Workload, seed: int) -> int:

@@ -24,7 +24,7 @@ from stages.core import outputs as out
 from stages.core import log
 from stages.core.context import Context, setup
 from stages.pipeline.declaration import load_stage_params
-from stages.scaling.noise_scale import measure_noise_scale
+from stages.scaling.noise_scale import choose_sizes, describe, measure_noise_scale
 from stages.core.optim import fixed_values
 from stages.scaling.fit import FitError, ScalingFit, fit_critical_batch_size
 from stages.scaling.plots import curves_figure, examples_figure, fmt, learning_rate_figure, steps_figure
@@ -35,28 +35,21 @@ from stages.scaling.tables import (PHASES, TRIAL_COLUMNS, add_fit_columns, compu
 STAGE = "scaling"  # the log label
 
 
-def _noise_scale_sizes(ctx: Context, table: pd.DataFrame) -> tuple[int, int] | None:
-    if ctx.params.scaling.noise_scale_batch_sizes:
-        small, big = ctx.params.scaling.noise_scale_batch_sizes
-        return small, big
-    reached = table[table["status"] == "reached"]
-    if reached.empty:
-        return None
-    small = int(reached["batch_size"].min())
-    big = 16 * small
-    n = ctx.workload.num_train_examples
-    while n is not None and big > n and big > 2 * small:
-        big //= 2
-    return (small, big) if n is None or big <= n else None
-
-
 def noise_scale(ctx: Context, table: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     """One short run at the big size (its best rate, else the nearest studied size's) to the target."""
-    sizes = _noise_scale_sizes(ctx, table)
+    sizes, why = choose_sizes(ctx.params.scaling.noise_scale_batch_sizes,  # only sizes the study ran (probe-feasible)
+                              [int(b) for b in table[table["status"].isin(["reached", "not_reached", "boundary"])]["batch_size"]],
+                              [int(b) for b in table[table["status"] == "reached"]["batch_size"]],
+                              ctx.workload.num_train_examples)
     if sizes is None:
-        return {"gradient_noise_scale": None, "gradient_noise_scale_reason": "no batch size reached the target"}, pd.DataFrame()
+        log.info(STAGE, f"gradient noise scale not measured: {why}")
+        return {"gradient_noise_scale": None, "gradient_noise_scale_reason": f"Not measured: {why}."}, pd.DataFrame()
     small, big = sizes
+    log.info(STAGE, f"gradient noise scale: training at batch size {big} with chunks of {small} ({why})")
     reached = table[table["status"] == "reached"]
+    if reached.empty:  # (configured sizes) the run needs a learning rate that reached the target
+        return {"gradient_noise_scale": None, "gradient_noise_scale_reason": "Not measured: no batch size reached the "
+                "target, so no learning rate to train with."}, pd.DataFrame()
     nearest = reached.iloc[(reached["batch_size"].map(lambda b: abs(math.log(b / big)))).argsort().iloc[0]]
     lr = float(nearest["best_learning_rate"])
     result = measure_noise_scale(ctx.workload, ctx.params.optimizer, lr, small, big, ctx.params.runtime.seed,
@@ -65,7 +58,7 @@ def noise_scale(ctx: Context, table: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
                     f"(lr {lr:.4g}, {result.steps_run} steps: {result.reason})")
     return ({"gradient_noise_scale": result.gradient_noise_scale, "gradient_noise_scale_batch_sizes": [small, big],
              "gradient_noise_scale_learning_rate": lr, "gradient_noise_scale_steps": result.steps_run,
-             "gradient_noise_scale_reason": result.reason}, pd.DataFrame(result.rows))
+             "gradient_noise_scale_reason": describe(result, why)}, pd.DataFrame(result.rows))
 
 
 def _fit(rows: pd.DataFrame, bootstrap: int, seed: int, resolution: float) -> tuple[ScalingFit | None, dict]:
@@ -119,7 +112,8 @@ def scaling_limits(p, trials: pd.DataFrame) -> advice.Limits:
     """The settings the scaling study's advice names (stages/core/advice.py), the rates as tried."""
     tried = learning_rate_range(trials)
     return advice.Limits("scaling.max_steps", p.scaling.max_steps, tried["learning_rate_min_tried"],
-                         tried["learning_rate_max_tried"], batch_size_key="scaling.batch_sizes",
+                         tried["learning_rate_max_tried"],
+                         batch_size_key="scaling.batch_sizes",
                          model_key="workload.kwargs" if p.family.candidates is None else "family.candidates")
 
 

@@ -114,9 +114,10 @@ def tie_label(sel: Selection) -> str:
     return "~".join(map(str, sel.tied)) + f": chose {int(sel.chosen['batch_size'])} (fewer devices, then smaller batch)"
 
 
-def loader_settings(params, workload, throughput_metrics: dict) -> dict | None:
-    """initial_config.yaml's `data`: params.yaml's DataLoader settings with the num_workers throughput
-    recommends (when it measured one); None for a workload without a DataLoader."""
+def loader_settings(params, workload, throughput_metrics: dict, throughput_diagnostics: dict | None = None) -> dict | None:
+    """initial_config.yaml's `data`: params.yaml's DataLoader settings with the setting throughput recommends and
+    timed every batch size with (num_workers, and persistent workers where it measured them so) -- the times
+    per step select used are those of this setting; None for a workload without a DataLoader."""
     if workload.loader_settings is None:
         return None
     recommended = throughput_metrics.get("recommended_num_workers")
@@ -124,7 +125,9 @@ def loader_settings(params, workload, throughput_metrics: dict) -> dict | None:
         raise InputError(out.THROUGHPUT_METRICS.path, f"recommended_num_workers: received {recommended!r}; allowed: "
                          f"null or a non-negative integer", out.THROUGHPUT_METRICS.producer)
     data = dataclasses.asdict(params.data)
-    return {**data, "num_workers": data["num_workers"] if recommended is None else recommended}
+    persistent = (throughput_diagnostics or {}).get("measured_with_persistent_workers")
+    return {**data, "num_workers": data["num_workers"] if recommended is None else recommended,
+            **({"persistent_workers": persistent} if isinstance(persistent, bool) and recommended else {})}
 
 
 def initial_config(sel: Selection, params, target: Target, first_step_overhead_s: float = 0.0,
@@ -183,7 +186,8 @@ def main() -> None:
     log.info("select", f"batch size {int(c['batch_size'])}, lr {c['best_learning_rate']:.3g}, {sel.train_steps} steps, "
                        f"{int(c['devices'])} device(s), {c['training_time_s']:.3g} s to target ({sel.objective})")
     config = initial_config(sel, params, target, measurements.first_step_overhead_s,
-                            loader_settings(params, workload, out.read_json(out.THROUGHPUT_METRICS)))
+                            loader_settings(params, workload, out.read_json(out.THROUGHPUT_METRICS),
+                                            out.read_json(out.THROUGHPUT_DIAGNOSTICS)))
     header = ("# Initial configuration chosen by `python -m stages.select` (see reasoning.md next to it).\n"
               "# Train it with `python -m stages.baseline`.\n")
     write_csv(out.SELECT_DECISION.path, sel.table)

@@ -13,9 +13,10 @@ reports/throughput/:
                       where not measured): what a reviewer compares
   diagnostics.json    the rest: peak FLOP/s, device, threads, regimes, the workers' speed-up over 0,
                       the first step's overhead (select adds it), seconds
-  workers.csv         examples/s per DataLoader num_workers at the largest useful batch size, with its
+  workers.csv         examples/s per DataLoader num_workers at the largest measured batch size, with its
                       interval and the recommended count (header only for workloads without a
-                      DataLoader: stages/throughput/workers.py)
+                      DataLoader: stages/throughput/workers.py); measured first, so that every size
+                      is then timed with the recommended setting (the one a training run uses)
   diagnosis.md        the diagnosis in words, how FLOPs, intervals and the time split were measured,
                       and what the recommended num_workers gains
   devices.csv         with throughput.devices beyond [1]: per device count, data-parallel examples/s and
@@ -29,7 +30,10 @@ works and what the intervals mean: stages/throughput/timing.py.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
+
 import numpy as np
 import pandas as pd
 import torch
@@ -37,11 +41,13 @@ import torch
 from stages.throughput import devices, timing, workers
 from stages.core.config import ThroughputSettings
 from stages.core.errors import ConfigError, StudyError
+from stages.core import timer
 from stages.core.context import Context, setup
 from stages.core.device import describe, synchronize, usable_cpus
 from stages.core import outputs as out
 from stages.core.io import write_csv, write_text
 from stages.core.log import info
+from stages.core.progress import Progress, duration
 from stages.core.optim import build_optimizer
 from stages.core.plotting import figure, save
 from stages.core.train import build_model, count_flops, train_step
@@ -79,14 +85,30 @@ def check_settings(s: ThroughputSettings) -> None:
 
 # ---------------------------------------------------------------------------- measurement
 
+def workers_of(workload) -> int:
+    """The DataLoader workers the workload's batches come from (0: built in memory or in the training process)."""
+    return 0 if workload.loader_settings is None else workload.loader_settings.num_workers
+
+
+def settle_steps(workload) -> int:
+    """Untimed steps after switching to a size: 1, plus the batches a DataLoader's workers loaded ahead
+    while other sizes were timed (workers x prefetch factor), which would otherwise come for free."""
+    loader = workload.loader_settings
+    if loader is None or loader.num_workers == 0:
+        return 1
+    return 1 + loader.num_workers * (loader.prefetch_factor or workers.TORCH_PREFETCH)
+
+
 def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tuple[list[dict], list[dict], float | None]:
     """Windows for every size in two modes (real pipeline; one batch kept on the device), interleaved
     round-robin, then the phase split (also interleaved) and the FLOPs per example; also the time of
     the very first training step (the smallest size's first warm-up step), or None without warm-up.
+    Batches come with ctx.workload's DataLoader settings: the recommended ones, where workers were measured.
 
     One model and optimizer serve every size (their cost does not depend on the weights), so memory
     never exceeds what the probe found for the largest size plus the kept batches."""
     w, device = ctx.workload, ctx.device
+    settle = settle_steps(w)
     model = build_model(w, ctx.params.runtime.seed, device)
     optimizer = build_optimizer(model.parameters(), ctx.params.optimizer, MEASURE_LR)
     rule = timing.StopRule(s.min_windows, s.relative_precision, s.max_seconds_per_size, s.confidence)
@@ -100,12 +122,13 @@ def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tupl
     def pipeline_step(data):  # exactly what a training loop does: next batch, copy, train_step
         return lambda: train_step(model, optimizer, w, to_device(next(data), device))
 
-    streams, data_of, extras = [], {}, []
+    streams, data_of, step_of, extras = [], {}, {}, []
     first_step_s: float | None = None
-    for b in sizes:
+    warm = Progress(STAGE, "warm-up and calibration", len(sizes))
+    for i, b in enumerate(sizes):
         data_of[b] = data = w.batches("train", b, ctx.params.runtime.seed)
-        step = pipeline_step(data)
-        for k in range(s.warmup_steps):
+        step_of[b] = step = timer.BurstAligned(pipeline_step(data), workers_of(w))  # windows of whole bursts
+        for k in range(s.warmup_steps + settle - 1):  # (with workers: beyond the batches they load ahead)
             if not extras and k == 0:
                 # The very first step of a fresh model and optimizer carries one-off costs (optimizer
                 # state, autograd's first pass) that a training run pays once: timed on its own.
@@ -116,21 +139,32 @@ def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tupl
                 first_step_s = time.perf_counter() - started
             else:
                 step()
-        steps = timing.steps_per_window(step, sync, s.window_seconds, s.min_window_steps)
+        k = step.workers
+        min_steps = k * math.ceil(max(s.min_window_steps, 2 * k if k > 1 else 1) / k)
+        steps = k * math.ceil(timing.steps_per_window(step, sync, s.window_seconds, min_steps) / k)
         resident = to_device(next(data), device)
         flops = count_flops(lambda: compute(resident), STAGE)
-        streams += [(b, mode, fn, timing.Measurement(steps, b, rule, s.window_seconds, s.min_window_steps))
-                    for mode, fn in (("pipeline", step), ("on_device", lambda r=resident: compute(r)))]
+        streams += [(b, "pipeline", step, timing.Measurement(steps, b, rule, s.window_seconds, min_steps, k)),
+                    (b, "on_device", lambda r=resident: compute(r),
+                     timing.Measurement(steps, b, rule, s.window_seconds, s.min_window_steps))]
         extras.append({"batch_size": b, "steps_per_window": steps,
                        "flops_per_example": flops / b if flops else None})
-        info(STAGE, f"batch {b}: warmed up, {steps} steps per window, "
-                    f"{'unknown' if not flops else f'{flops / b:,.0f}'} FLOPs per example")
-    info(STAGE, f"timing {len(sizes)} sizes x 2 modes, interleaved (windows of ~{s.window_seconds:g} s)")
-    timing.measure_interleaved([(step, m) for _, _, step, m in streams], sync)
+        warm.update(i + 1, f"batch {b}: {steps} steps per window, "
+                           f"{'unknown' if not flops else f'{flops / b:,.0f}'} FLOPs per example")
+    cap = len(streams) * s.max_seconds_per_size  # each stream stops by its time cap at the latest
+    info(STAGE, f"timing {len(sizes)} sizes x 2 modes, interleaved (windows of ~{s.window_seconds:g} s; at most "
+                f"about {duration(cap)} of windows)")
+    timed = Progress(STAGE, "sizes x modes timed", len(streams))
+    spent = [time.perf_counter()]
+    timing.measure_interleaved([(step, m) for _, _, step, m in streams], sync, settle=settle,
+                               progress=lambda done, total: timed.update(
+                                   done, eta_s=max(0.0, cap - (time.perf_counter() - spent[0]))))
     per_round = max(1, s.split_steps // 5)
     phases = {b: {p: [] for p in timing.PHASES} for b in sizes}
     for done in range(0, s.split_steps, per_round):
         for b in sizes:
+            for _ in range(settle - 1):  # the batches loaded ahead while other sizes ran are not a data wait
+                step_of[b]()
             got = timing.split_steps(lambda: next(data_of[b]), lambda x: to_device(x, device), compute,
                                      min(per_round, s.split_steps - done), sync)
             for p in timing.PHASES:
@@ -140,6 +174,8 @@ def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tupl
     rows = [{"batch_size": b, "mode": mode, "window": i, "steps": k, "seconds": b * k / eps,
              "examples_per_s": eps, "stop_reason": m.stop_reason}
             for b, mode, _, m in streams for i, (k, eps) in enumerate(zip(m.steps, m.samples))]
+    for data in data_of.values():
+        getattr(data, "close", lambda: None)()  # each size's DataLoader workers end here
     del model, optimizer, streams
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -158,8 +194,15 @@ def peak_flops(ctx: Context, s: ThroughputSettings) -> tuple[float | None, str]:
 
 # ---------------------------------------------------------------------------- analysis (from the windows file)
 
+def loader_text(loader) -> str | None:
+    """The DataLoader setting the sizes were timed with, in words (None: batches built in memory)."""
+    if loader is None:
+        return None
+    return f"num_workers {loader.num_workers}" + (", persistent workers" if loader.persistent_workers else "")
+
+
 def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, peak: float | None,
-              threads: int) -> tuple[pd.DataFrame, dict]:
+              threads: int, loader: str | None = None) -> tuple[pd.DataFrame, dict]:
     """throughput.csv rows and the decisions (largest useful batch size, strict and not; diagnosis),
     computed from the windows."""
     rows, sizes = [], []
@@ -190,7 +233,8 @@ def summarise(windows: pd.DataFrame, extras: list[dict], s: ThroughputSettings, 
                     "regime": d.regime, "grew_most": d.grew_most, "useful": row["batch_size"] <= largest,
                     "flops_per_example": fpe, "achieved_flops_per_s": achieved,
                     "utilisation": None if achieved is None or not peak else achieved / peak, "threads": threads})
-    diagnosis = timing.diagnose(doublings, {r["batch_size"]: r["input_bound"] for r in rows}, split, s.scaling_ratio)
+    diagnosis = timing.diagnose(doublings, {r["batch_size"]: r["input_bound"] for r in rows}, split, s.scaling_ratio,
+                                loader)
     worst = max(rows, key=lambda r: r["window_spread"])
     if worst["window_spread"] > NOISY_SPREAD:
         parked = (f" (with {threads} torch threads, every parallel region waits for any thread the OS has parked;"
@@ -264,21 +308,32 @@ def main() -> None:
     info(STAGE, f"{ctx.workload.name} on {describe(ctx.device)}, {ctx.threads} threads; sizes {sizes}")
     peak, peak_method = peak_flops(ctx, s)
     info(STAGE, f"peak matmul: {'n/a' if peak is None else f'{peak / 1e9:.1f} GFLOP/s'} ({peak_method})")
-    windows, extras, first_step_s = measure_sizes(ctx, sizes, s)
+    # The DataLoader workers first (at the largest size: where loading costs most next to compute), so that
+    # every size is then timed with the setting a training run will use -- select's choice and prediction
+    # and the baseline then agree (stages/throughput/workers.py).
+    worker_rows, workers_skipped = workers.run(ctx, sizes[-1], s, MEASURE_LR)
+    loader = workers.recommended_settings(ctx.workload, worker_rows)
+    timed = dataclasses.replace(ctx, workload=ctx.workload.with_loader_settings(loader)) if loader is not None else ctx
+    if worker_rows:
+        info(STAGE, f"timing every size with the recommended num_workers {loader.num_workers}"
+                    f"{' (persistent workers)' if loader.persistent_workers else ''}")
+    windows, extras, first_step_s = measure_sizes(timed, sizes, s)
     frame_windows = pd.DataFrame(windows)
-    frame, decision = summarise(frame_windows, extras, s, peak, ctx.threads)
+    frame, decision = summarise(frame_windows, extras, s, peak, ctx.threads, loader_text(loader))
     largest, diagnosis = decision["largest_useful_batch_size"], decision["diagnosis"]
     for r in frame.itertuples():
         info(STAGE, f"batch {r.batch_size}: {r.examples_per_s:,.0f} examples/s [{r.examples_per_s_ci_low:,.0f}, "
                     f"{r.examples_per_s_ci_high:,.0f}] over {r.windows} windows ({r.stop_reason}); on device "
                     f"{r.on_device_examples_per_s:,.0f}; data {r.data_wait_s * 1e3:.3g} ms, copy {r.copy_s * 1e3:.3g} ms, "
                     f"compute {r.compute_s * 1e3:.3g} ms per step; {r.regime}")
-    worker_rows, workers_skipped = workers.run(ctx, largest, s, MEASURE_LR)
     parallel = devices.measure(ctx, s, largest) if devices.wanted(s) else []  # at the largest useful per-device batch
     parallel_table, parallel_windows = devices.frames(parallel, s.confidence)
     model = ctx.workload.init_model()
     metrics = {
-        **workers.summary(worker_rows, workers_skipped),
+        **workers.summary(worker_rows, workers_skipped, None if loader is None else ctx.workload.loader_settings.num_workers),
+        # the DataLoader setting every size was timed with (null: batches built in memory)
+        "measured_with_num_workers": None if loader is None else loader.num_workers,
+        "measured_with_persistent_workers": None if loader is None else loader.persistent_workers,
         **decision,
         "feasible_batch_sizes": feasible,
         "measured_batch_sizes": sizes,
@@ -308,7 +363,7 @@ def main() -> None:
     write_csv(out.THROUGHPUT_DEVICE_WINDOWS.path, parallel_windows)
     parallel_notes = devices.notes(parallel_table, parallel_warning)
     write_text(out.THROUGHPUT_NOTES.path, notes_markdown(diagnosis, peak_method)
-               + f"\n## DataLoader workers\n\n{workers.notes(worker_rows, workers_skipped, usable_cpus())}\n"
+               + f"\n## DataLoader workers\n\n{workers.notes(worker_rows, workers_skipped, usable_cpus(), 0 if loader is None else ctx.workload.loader_settings.num_workers)}\n"
                + (f"\n## Data parallelism\n\n{parallel_notes}\n" if parallel_notes else ""))
     plot(frame, largest)
     devices.plot(parallel_table)

@@ -1,12 +1,9 @@
-"""The one timer: timed windows of training steps, their statistics, and what the numbers mean.
+"""Throughput's analysis of timed windows: the time split, the doubling analysis, what the numbers mean.
 
 Measurement
-- A *window* is `steps` back-to-back calls of a step function between two device synchronisations,
-  timed with the monotonic `time.perf_counter`. Nothing else happens inside a window, so the
-  headline examples/s carries no per-step instrumentation (on CUDA/MPS the only syncs are at the
-  window edges; on CPU a sync is a no-op).
-- Windows repeat until the confidence interval of the median examples/s is narrower than a relative
-  precision, or a time cap is spent (always at least `min_windows`).
+- Windows of training steps are timed by the one timer every stage shares (stages/core/timer.py:
+  warm-up excluded, windows between two device synchronisations, the stop rule, the median's
+  order-statistic interval); its names are re-exported here for throughput's modules.
 - Where the time goes (data wait / host-to-device copy / compute) is measured in *separate* steps,
   one phase at a time with a device sync between phases. Those syncs remove the overlap of copy and
   compute that the real loop enjoys, which is why they never touch the headline windows.
@@ -32,6 +29,8 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
+from stages.core.timer import (Measurement, StopRule, Stream, bounded_window, measure, measure_interleaved,  # noqa: F401
+                               median_interval, min_windows_for, steps_per_window, timed_window)
 from stages.core.types import ExamplesPerS, Seconds
 
 ThroughputRegime = Literal["reference", "scaling", "partial", "saturated", "inconclusive"]
@@ -40,30 +39,6 @@ PHASE_NAMES = {"data_wait_s": "data wait (next(iterator))", "copy_s": "host-to-d
                "compute_s": "compute (forward, backward, optimizer step)"}
 
 # ---------------------------------------------------------------------------- statistics
-
-
-def min_windows_for(confidence: float) -> int:
-    """Fewest samples for which the order-statistic median interval reaches `confidence`."""
-    n = 2
-    while 1 - 2 * 0.5 ** n < confidence:
-        n += 1
-    return n
-
-
-def median_interval(samples: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(median, low, high): low/high are the j-th smallest and largest samples, j the largest rank with
-    P(Binomial(n, 1/2) <= j-1) <= (1-confidence)/2 -- coverage >= confidence for any continuous law."""
-    x = np.sort(np.asarray(samples, dtype=float))
-    n = x.size
-    if n == 0:
-        raise ValueError("no samples")
-    alpha = 1 - confidence
-    j, tail = 0, 0.0  # tail = P(Binomial(n, 1/2) <= j)
-    while j + 1 <= n // 2 and (tail := tail + math.comb(n, j) / 2**n) <= alpha / 2:
-        j += 1  # ranks are 1-based: interval [x_(j), x_(n+1-j)]
-    if j == 0:
-        raise ValueError(f"{n} samples cannot give a {confidence:.0%} interval for a median; need {min_windows_for(confidence)}")
-    return float(np.median(x)), float(x[j - 1]), float(x[n - j])
 
 
 def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], confidence: float = 0.95,
@@ -79,140 +54,7 @@ def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], con
     return float(np.median(a) / np.median(b)), float(low), float(high)
 
 
-# ---------------------------------------------------------------------------- timed windows
-
-@dataclass(frozen=True)
-class StopRule:
-    min_windows: int = 6              # windows before the precision test applies
-    relative_precision: float = 0.02  # stop when CI half-width / median <= this
-    max_seconds: Seconds = 1.0        # ... or when this much time is spent in windows
-    confidence: float = 0.95
-
-
-@dataclass
-class Measurement:
-    """The windows of one stream (a batch size in one mode) and, once stopped, their statistics.
-
-    When a window lasts more than 4x or less than 1/4 of `window_seconds` (the machine slowed down or
-    sped up since calibration), later windows get proportionally fewer or more steps, so windows
-    stay about `window_seconds` long and the time cap keeps its meaning."""
-    steps_per_window: int
-    examples_per_step: int
-    rule: StopRule
-    window_seconds: Seconds | None = None
-    min_steps: int = 1
-    samples: list[ExamplesPerS] = field(default_factory=list)  # examples/s of each window
-    steps: list[int] = field(default_factory=list)             # steps of each window
-    median: ExamplesPerS = math.nan
-    ci_low: ExamplesPerS = math.nan
-    ci_high: ExamplesPerS = math.nan
-    seconds: Seconds = 0.0               # time spent in timed windows
-    stop_reason: str = ""                # "precision" or "time_cap"
-
-    @property
-    def windows(self) -> int:
-        return len(self.samples)
-
-    @property
-    def relative_half_width(self) -> float:
-        return (self.ci_high - self.ci_low) / 2 / self.median
-
-    def add(self, seconds: Seconds, steps: int | None = None) -> bool:
-        """Record one window of `steps` steps (default `steps_per_window`); True when the stop rule says
-        this stream is done."""
-        steps = self.steps_per_window if steps is None else steps
-        self.seconds += seconds
-        self.steps.append(steps)
-        self.samples.append(self.examples_per_step * steps / seconds)
-        if self.window_seconds and not self.window_seconds / 4 <= seconds <= 4 * self.window_seconds:
-            self.steps_per_window = max(self.min_steps, round(steps * self.window_seconds / seconds))
-        if self.windows < self.rule.min_windows:
-            return False
-        self.median, self.ci_low, self.ci_high = median_interval(self.samples, self.rule.confidence)
-        if self.relative_half_width <= self.rule.relative_precision:
-            self.stop_reason = "precision"
-        elif self.seconds >= self.rule.max_seconds:
-            self.stop_reason = "time_cap"
-        return bool(self.stop_reason)
-
-
-def timed_window(step: Callable[[], object], steps: int, sync: Callable[[], None],
-                 clock: Callable[[], float] = time.perf_counter) -> Seconds:
-    """Seconds for `steps` calls of `step`, queued device work included (sync at both edges only)."""
-    sync()
-    start = clock()
-    for _ in range(steps):
-        step()
-    sync()
-    return clock() - start
-
-
-def bounded_window(step: Callable[[], object], steps: int, sync: Callable[[], None], limit: Seconds,
-                   clock: Callable[[], float] = time.perf_counter) -> tuple[Seconds, int]:
-    """Like timed_window, but stops early once `limit` seconds have passed on the host clock (a guard
-    against a machine that slowed down 100-fold, one clock read per step); returns (seconds, steps run).
-    On an asynchronous device the host runs at most a queue's depth ahead, so the guard still holds."""
-    sync()
-    start = clock()
-    done = 0
-    while done < steps:
-        step()
-        done += 1
-        if clock() - start > limit:
-            break
-    sync()
-    return clock() - start, done
-
-
-def steps_per_window(step: Callable[[], object], sync: Callable[[], None], window_seconds: Seconds,
-                     min_steps: int = 1, tries: int = 3, clock: Callable[[], float] = time.perf_counter) -> int:
-    """Steps that fill about `window_seconds`: time 1, 2, 4, ... steps until a run lasts a tenth of it;
-    the fastest of `tries` such estimates wins (a slow one is interference). These steps double as warm-up."""
-    best = math.inf
-    for _ in range(tries):
-        k = 1
-        while True:
-            elapsed = timed_window(step, k, sync, clock)
-            if elapsed >= window_seconds / 10 or k >= 2**20:
-                break
-            k *= 2
-        best = min(best, elapsed / k)
-    return max(min_steps, math.ceil(window_seconds / max(best, 1e-9)))
-
-
-Stream = tuple[Callable[[], object], Measurement]
-
-
-def measure_interleaved(streams: Sequence[Stream], sync: Callable[[], None] = lambda: None,
-                        clock: Callable[[], float] = time.perf_counter) -> None:
-    """Round-robin: one window of each unfinished stream per round, until every stream is done.
-
-    Interleaving spreads a slow spell of the machine (another process, thermal throttling) over all
-    batch sizes and both modes instead of letting it land on one of them, so ratios between streams
-    stay honest. After switching streams, one untimed step settles caches and the allocator."""
-    pending = list(streams)
-    last = None
-    while pending:
-        for item in list(pending):
-            step, m = item
-            if last is not item and len(streams) > 1:
-                step()
-            last = item
-            if m.window_seconds:
-                done = m.add(*bounded_window(step, m.steps_per_window, sync, 4 * m.window_seconds, clock))
-            else:
-                done = m.add(timed_window(step, m.steps_per_window, sync, clock))
-            if done:
-                pending.remove(item)
-
-
-def measure(step: Callable[[], object], examples_per_step: int, steps: int, rule: StopRule,
-            sync: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.perf_counter) -> Measurement:
-    """Timed windows of `steps` steps until the median's interval is within the precision or time is up."""
-    m = Measurement(steps, examples_per_step, rule)
-    measure_interleaved([(step, m)], sync, clock)
-    return m
-
+# ---------------------------------------------------------------------------- the time split
 
 def split_steps(next_batch: Callable[[], object], copy: Callable[[object], object],
                 compute: Callable[[object], object], steps: int, sync: Callable[[], None] = lambda: None,
@@ -312,20 +154,37 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:+.3g} ms"
 
 
+def _gain(d: Doubling) -> str:
+    """'Doubling 16 -> 32 raised throughput 1.47x' -- or, across a gap of several doublings, the raw gain and
+    the gain per doubling, both said (1.47x per doubling over two doublings is 2.15x in all)."""
+    k = math.log2(d.batch_size / d.doubling_from)
+    interval = f"interval {d.doubling_ratio_low:.2f}-{d.doubling_ratio_high:.2f} per doubling, {d.regime}"
+    if abs(k - 1) < 1e-9:
+        return f"Doubling {d.doubling_from} -> {d.batch_size} raised throughput {d.doubling_ratio:.3g}x ({interval})"
+    return (f"Going {d.doubling_from} -> {d.batch_size} ({k:.3g} doublings) raised throughput "
+            f"{d.doubling_ratio ** k:.3g}x in all, {d.doubling_ratio:.3g}x per doubling ({interval})")
+
+
 def diagnose(doublings: Sequence[Doubling], input_bound: dict[int, bool],
-             split: dict[int, dict[str, Seconds]], scaling_ratio: float = 1.8) -> str:
-    """Plain-text diagnosis: input-bound sizes, then the first doubling that clearly did not nearly
-    double throughput (upper end of its interval below `scaling_ratio`) and which part of the step
-    grew -- the playbook's 'diagnose the bottleneck first'."""
+             split: dict[int, dict[str, Seconds]], scaling_ratio: float = 1.8, loader: str | None = None) -> str:
+    """Plain-text diagnosis: input-bound sizes first (with the DataLoader setting `loader` they were timed
+    with: the input pipeline is then the limit), then the first doubling that clearly did not nearly
+    double throughput (upper end of its interval below `scaling_ratio`) and which part of the step grew
+    -- the playbook's 'diagnose the bottleneck first'."""
     lines = []
     bound = sorted(b for b, flag in input_bound.items() if flag)
     if bound:
         worst = max(bound, key=lambda b: split[b].get("data_wait_s", 0) + split[b].get("copy_s", 0))
         s = split[worst]
-        lines.append(f"Input-bound at batch sizes {bound}: the input pipeline is clearly slower than a batch kept "
-                     f"on the device. At {worst}, data wait is {s['data_wait_s'] * 1e3:.3g} ms and copy "
-                     f"{s['copy_s'] * 1e3:.3g} ms of each step (compute {s['compute_s'] * 1e3:.3g} ms): speed up "
-                     f"data loading (workers, prefetching, caching, pinned memory) before choosing a batch size.")
+        setting = (f" even with the recommended DataLoader setting ({loader}) that every size was timed with"
+                   if loader else "")
+        lines.append(f"**The input pipeline is the limit.** Input-bound at batch sizes {bound}{setting}: a batch kept "
+                     f"on the device trains clearly faster than batches from the input pipeline. At {worst}, data "
+                     f"wait is {s['data_wait_s'] * 1e3:.3g} ms and copy {s['copy_s'] * 1e3:.3g} ms of each step "
+                     f"(compute {s['compute_s'] * 1e3:.3g} ms). The time per step select uses at these sizes is this "
+                     f"input-bound one, measured as a run{' with that setting' if loader else ''} will train, so the "
+                     f"choice and its prediction hold; to train faster, speed up data loading (more workers or "
+                     f"cores, caching, cheaper decoding, pinned memory) and rerun.")
     first = next((d for d in doublings if d.doubling_ratio_high < scaling_ratio), None)
     unclear = [f"{d.doubling_from}->{d.batch_size}" for d in doublings if d.regime == "inconclusive"]
     if unclear:
@@ -340,12 +199,13 @@ def diagnose(doublings: Sequence[Doubling], input_bound: dict[int, bool],
         total = sum(first.growth_s.values())
         detail = ", ".join(f"{PHASE_NAMES[p].split(' (')[0]} {_ms(v)}" for p, v in first.growth_s.items())
         where = f"mostly {PHASE_NAMES[first.grew_most]}" if first.grew_most else "no phase in particular"
-        lines.append(f"Doubling {first.doubling_from} -> {first.batch_size} raised throughput {first.doubling_ratio:.2f}x "
-                     f"(interval {first.doubling_ratio_low:.2f}-{first.doubling_ratio_high:.2f}, {first.regime}), "
-                     f"clearly short of 2x. Time per step grew by {_ms(total)}, {where} ({detail}).")
+        lines.append(f"{_gain(first)}, clearly short of 2x per doubling. Time per step grew by {_ms(total)}, "
+                     f"{where} ({detail}).")
         if first.grew_most == "compute_s":
-            lines.append("Compute grew: the device is doing more work per step, i.e. it is filling up -- a hardware "
-                         "limit, not an input bottleneck.")
+            either_bound = input_bound.get(first.batch_size) or input_bound.get(first.doubling_from)
+            lines.append("Compute grew most: the device is doing more work per step, i.e. it is filling up" +
+                         (" (the input pipeline, above, limits these sizes as well)." if either_bound else
+                          " -- a hardware limit, not an input bottleneck."))
         elif first.grew_most == "data_wait_s":
             lines.append("The data wait grew: the input pipeline cannot keep up -- fix it before trusting larger sizes.")
         elif first.grew_most == "copy_s":

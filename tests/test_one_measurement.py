@@ -1,0 +1,121 @@
+"""One coherent measurement (issue 21): one timer for every stage that reports a time per step, windows
+of whole bursts of a DataLoader's workers, the noise-scale sizes within the study's, and the slow-Dataset
+case end to end (the choice and the prediction use the recommended workers; baseline's receipt agrees).
+
+The models here wait a fixed time in their forward pass (tests/dataset_fakes.py), so a step's time is
+known and barely depends on how busy the machine is."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stages.core import timer
+from stages.core.config import OptimizerSettings
+from stages.scaling.noise_scale import choose_sizes
+from stages.workloads.base import make_workload
+
+F = "tests.dataset_fakes"
+CPU = torch.device("cpu")
+SGD = OptimizerSettings(name="sgd", momentum=0.9)
+STEP_S = 0.01  # the model's forward waits this long: a step of about 10 ms
+
+
+def slow_model(**kwargs):
+    return make_workload("dataset", {"model": f"{F}:model", "train": f"{F}:train_set", "validation": f"{F}:validation_set",
+                                     "target": 0.99, "model_kwargs": {"step_s": STEP_S}, **kwargs})
+
+
+# ---------------------------------------------------------------------------- the one timer
+
+def test_windows_from_a_training_clock_leave_out_warm_up_and_merge_short_stretches():
+    marks = [(1, 0.5), (2, 0.51), (3, 0.52), (5, 0.54), (6, 0.55), (8, 0.57), (12, 0.61), (20, 0.69), (40, 0.89)]
+    # the first step's 0.5 s start-up is warm-up; stretches of < 0.05 s merge; every window is 10 ms per step
+    windows = timer.windows_from_clock(marks, warmup_steps=5, window_seconds=0.05)
+    assert [k for k, _ in windows] == [7, 8, 20] and all(abs(t / k - 0.01) < 1e-9 for k, t in windows)
+    median, low, high = timer.rate_of_windows(windows, 4)
+    assert median == pytest.approx(400) and low != low  # three windows: too few for a 95% interval
+    assert timer.windows_from_clock([(1, 0.1), (2, 0.2)], warmup_steps=5) == []
+
+
+def test_whole_bursts_a_window_of_two_workers_starts_after_a_wait_and_spans_whole_bursts():
+    clock = [0.0]
+    taken = [0]
+
+    def step():  # batches j = 0, 2, 4, ... wait 20 ms (a burst of two arrives), the odd ones are ready
+        clock[0] += 0.02 if taken[0] % 2 == 0 else 0.0
+        taken[0] += 1
+
+    aligned = timer.BurstAligned(step, 2)
+    aligned()  # batch 0 (a wait) ...
+    aligned()  # ... and batch 1, ready: a window starting here would time half a burst
+    m = timer.Measurement(2, 8, timer.StopRule(6, 0.01, 10.0), multiple=2)
+    timer.measure_interleaved([(aligned, m)], clock=lambda: clock[0])
+    assert m.median == pytest.approx(8 / 0.01)  # 10 ms per step, exactly: no free half-burst
+    assert all(k % 2 == 0 for k in m.steps)
+
+
+def test_family_throughput_and_baseline_time_the_same_step_alike(tmp_path, monkeypatch):
+    """The same configuration (batch 8, a 10 ms step) timed by the family stage's measure, throughput's
+    sweep and the baseline's training clock: one timer, so within 15% of each other (and of 10 ms)."""
+    from stages.baseline.stage import steady_time_per_step
+    from stages.core.config import ThroughputSettings
+    from stages.core.context import Context
+    from stages.core.config import validate
+    from stages.core.train import train_to_target
+    from stages.family.measure import time_per_step_s
+    from stages.throughput.stage import measure_sizes
+
+    w = slow_model()
+    family = time_per_step_s(w, SGD, 0.01, 8, CPU, 0)
+    params = validate({"workload": {"name": "dataset", "kwargs": w.hyperparameters()}, "runtime": {"device": "cpu"}})
+    s = ThroughputSettings(warmup_steps=2, window_seconds=0.05, max_seconds_per_size=0.5, split_steps=2)
+    rows, extras, _ = measure_sizes(Context(params, CPU, 1, w), [8], s)
+    pipeline = [r for r in rows if r["mode"] == "pipeline"]
+    throughput = 8 / sorted(r["examples_per_s"] for r in pipeline)[len(pipeline) // 2]
+    result = train_to_target(w, SGD, 0.01, 8, 0, CPU, 60, stop_at_target=False)  # never reaches 0.99: all 60 steps
+    baseline, low, high = steady_time_per_step(result, 8)
+    times = {"family": family, "throughput": throughput, "baseline": baseline}
+    assert max(times.values()) / min(times.values()) < 1.15, times
+    assert all(t > 0.009 for t in times.values()), times  # at least the model's wait
+    assert low is not None and low <= baseline <= high
+
+
+# ---------------------------------------------------------------------------- the noise scale within the probe's sizes
+
+def test_the_noise_scale_uses_only_sizes_the_study_ran():
+    # the study ran 16 and 64 (all the probe found feasible); 16 x 16 = 256 was never probed
+    assert choose_sizes(None, [16, 64], [16, 64], 1000) == ((16, 64), "the smallest size that reached the target (16) "
+                                                                      "and the largest studied size up to 16x it (64)")
+    sizes, why = choose_sizes([8, 1024], [8, 16, 32, 64, 128, 256], [8, 16], 5000)
+    assert sizes is None and "1024 is above the largest batch size the study ran (256" in why
+    assert choose_sizes(None, [64], [64])[0] is None  # no multiple >= 2 of 64 was run: not measured, said so
+    assert choose_sizes([8, 32], [8, 16, 32], [8])[0] == (8, 32)
+
+
+# ---------------------------------------------------------------------------- the slow-Dataset case, end to end
+
+def test_the_slow_dataset_case_is_measured_as_it_is_trained(tmp_path):
+    """bench/bench_slow_dataset.py's quick case: a Dataset sleeping 2 ms per example with num_workers 0
+    configured. Throughput recommends workers and times every size with them; select's configuration
+    carries them; the baseline trained with them takes the predicted time per step and time to target;
+    started with those workers configured, the choice is the same."""
+    from bench.bench_slow_dataset import case, run
+
+    figures = run(case(2.0e-3, [8, 16, 32], 256, quick=True), tmp_path, log=lambda *_: None)
+    assert figures["recommended_num_workers"] == 2 == figures["measured_with_num_workers"]
+    assert figures["data"]["num_workers"] == 2 and figures["data"]["persistent_workers"] is True
+    assert 0.7 <= figures["time_per_step_ratio"] <= 1.4, figures  # a budget of under 20 steps: a few windows
+    if figures["steps_to_target_ratio"] == 1:  # the prediction's steps came true: its time must too
+        assert 0.85 <= figures["time_to_target_ratio"] <= 1.15, figures
+    # Started with those workers configured, the same choice -- or one select could not tell from it: on this
+    # input-bound task every size trains the same examples per second, so neighbouring sizes come within noise.
+    chosen, again = figures["batch_size"], figures["batch_size_when_started_with_them"]
+    times = figures["predicted_time_to_target_by_size_when_started_with_them"]
+    assert again == chosen or chosen in (figures["tied_batch_sizes_when_started_with_them"] or []) or (
+        times[chosen] <= 1.15 * times[again]), figures
+    report = (tmp_path / "reports/throughput/diagnosis.md").read_text()
+    assert report.startswith("## Diagnosis\n\n**The input pipeline is the limit.**")
