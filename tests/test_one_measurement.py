@@ -119,3 +119,31 @@ def test_the_slow_dataset_case_is_measured_as_it_is_trained(tmp_path):
         times[chosen] <= 1.15 * times[again]), figures
     report = (tmp_path / "reports/throughput/diagnosis.md").read_text()
     assert report.startswith("## Diagnosis\n\n**The input pipeline is the limit.**")
+
+
+# ---------------------------------------------------------------------------- words that say what was measured
+
+def test_wordings_say_exactly_what_was_measured(tmp_path):
+    from stages.report.format import fmt
+    from stages.report.stage import closing_summary
+    from stages.throughput import timing
+
+    # a gap of two doublings: the raw gain and the gain per doubling, both said
+    d = timing.Doubling(64, 16, 1.4666, 1.4, 1.5, "partial", "compute_s", {"compute_s": 0.001})
+    text = timing.diagnose([timing.Doubling(16, None, float("nan"), float("nan"), float("nan"), "reference", None, {}), d],
+                           {16: True, 64: True}, {16: {"data_wait_s": 0.01, "copy_s": 0.0, "compute_s": 0.001},
+                                                  64: {"data_wait_s": 0.04, "copy_s": 0.0, "compute_s": 0.002}},
+                           loader="num_workers 2, persistent workers")
+    assert "Going 16 -> 64 (2 doublings) raised throughput 2.15x in all, 1.47x per doubling" in text
+    assert text.startswith("**The input pipeline is the limit.**") and "not an input bottleneck" not in text
+    # numbers for reading: 3 significant figures; counts exact
+    assert fmt(0.010000000000000004, "learning_rate") == "0.01" and fmt(52440.7) == "52,400" and fmt(15001709) == "15,001,709"
+    # the closing line: the recommendation and where to read it
+    (tmp_path / "reports/select").mkdir(parents=True)
+    (tmp_path / "reports/select/initial_config.yaml").write_text(yaml.safe_dump({
+        "batch_size": 16, "learning_rate": 0.010000000000000004, "train_steps": 120, "expected_time_to_target_s": 2.2049,
+        "expected_training_time_s": 3.1, "workload": {"name": "digits_mlp", "kwargs": {"hidden": [16]}},
+        "data": {"num_workers": 2}}))
+    line = closing_summary(tmp_path)
+    assert line.startswith("recommended: digits_mlp (hidden [16]), batch size 16, learning rate 0.01, 120 steps, "
+                           "num_workers 2; expected 2.2 s to the target") and line.endswith("reports/REPORT.md")

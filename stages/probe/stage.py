@@ -334,6 +334,9 @@ def main() -> None:
         raise StudyError(f"probe: no batch size fits: batch size {failure['batch_size']} was {failure['status']} "
                          f"({failure['reason']}); see {out.PROBE_CSV.path}; lower probe.min_batch_size, shrink the "
                          f"model, or raise probe.memory_budget")
-    info("probe", f"max batch size {best} (memory model predicts {outcome.metrics['predicted_max_batch_size']}); "
+    predicted = outcome.metrics["predicted_max_batch_size"]
+    model_says = ("the memory model could not be fitted" if predicted is None
+                  else f"the memory model predicts {predicted}")
+    info("probe", f"max batch size {best} ({model_says}); "
                   f"wrote {out.PROBE_CSV.path}, {out.PROBE_METRICS.path}, {out.PROBE_PLOT.path}")
 

@@ -11,8 +11,11 @@ that names the file and the stage that writes it -- the report is still written.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+
+import yaml
 
 from stages.core import outputs as out
 from stages.core.io import write_text
@@ -183,11 +186,17 @@ def scaling_section(inputs: Inputs) -> list[str]:
     if m is not None:
         kind = _metric(m, "critical_batch_size_kind")
         what = {"lower_bound": "at least", "upper_bound": "at most"}.get(str(kind), "about")
-        lines += [f"**Decision:** critical batch size {what} **{fmt(_metric(m, 'critical_batch_size'))}** "
-                  f"({fmt(kind)}; interval {fmt(_metric(m, 'ci_low'))} to {fmt(_metric(m, 'ci_high'))}); "
-                  f"S_min = {fmt(_metric(m, 's_min'))} steps, E_min = {fmt(_metric(every, 'e_min'))} examples. "
-                  "Up to it, doubling the batch size nearly halves the steps; beyond it the gain shrinks. "
-                  f"The gradient noise scale (the cheap predictor) says {fmt(_metric(every, 'gradient_noise_scale'))}.", ""]
+        gns = _metric(every, "gradient_noise_scale")
+        noise = (f"The gradient noise scale (the cheap predictor) says {fmt(gns)}." if gns is not None else
+                 "The gradient noise scale was not measured (see the notes below).")
+        if _metric(m, "critical_batch_size") is None:
+            lines += ["**Decision:** the critical batch size is **undetermined** (the notes below say why and what "
+                      f"to change), so this study says nothing yet about where doubling the batch stops paying. {noise}", ""]
+        else:
+            lines += [f"**Decision:** critical batch size {what} **{fmt(_metric(m, 'critical_batch_size'))}** "
+                      f"({fmt(kind)}; interval {fmt(_metric(m, 'ci_low'))} to {fmt(_metric(m, 'ci_high'))}); "
+                      f"S_min = {fmt(_metric(m, 's_min'))} steps, E_min = {fmt(_metric(every, 'e_min'))} examples. "
+                      "Up to it, doubling the batch size nearly halves the steps; beyond it the gain shrinks. " + noise, ""]
     lines += _notes(out.SCALING_NOTES, "scaling", inputs)
     caption = f"Best trial per batch size (`{csv_path}`; every trial is in `{out.SCALING_ALL_TRIALS.path}`):"
     return lines + _evidence("scaling", inputs, m, metrics_path, caption, csv_path, SCALING_COLUMNS)
@@ -270,4 +279,33 @@ def main() -> None:
         info("report", problem)
     write_text(REPORT, text)
     info("report", f"wrote {REPORT}" + (f" with {len(problems)} problem(s) noted in it" if problems else ""))
+    info("report", closing_summary(Path(".")))
+
+
+def closing_summary(root: Path) -> str:
+    """The pipeline's last line: the recommendation in one sentence (model, batch size, learning rate, step
+    budget, DataLoader workers, expected time; the input pipeline named when it is the limit) and where to read it."""
+    path = Path(root) / out.SELECT_CONFIG.path
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except Exception:
+        return f"no recommendation ({out.SELECT_CONFIG.path} is missing or unreadable); read {Path(root) / REPORT}"
+    kwargs = (config.get("workload") or {}).get("kwargs") or {}
+    model = f"{(config.get('workload') or {}).get('name', '?')}" + (
+        f" ({', '.join(f'{k} {fmt(v)}' for k, v in kwargs.items() if k in ('hidden', 'model_kwargs', 'model'))})"
+        if any(k in kwargs for k in ("hidden", "model_kwargs", "model")) else "")
+    data = config.get("data")
+    workers = f", num_workers {data.get('num_workers')}" if isinstance(data, dict) else ""
+    limit = ""
+    diagnostics = Path(root) / out.THROUGHPUT_DIAGNOSTICS.path
+    try:
+        bound = json.loads(diagnostics.read_text()).get("input_bound_batch_sizes") or []
+        limit = "; the input pipeline is the limit at that size" if config.get("batch_size") in bound else ""
+    except Exception:
+        pass
+    return (f"recommended: {model}, batch size {config.get('batch_size')}, learning rate "
+            f"{fmt(config.get('learning_rate'))}, {config.get('train_steps')} steps{workers}; expected "
+            f"{fmt(config.get('expected_time_to_target_s'), 'expected_time_to_target_s')} to the target "
+            f"({fmt(config.get('expected_training_time_s'), 'expected_training_time_s')} for the whole budget){limit}. "
+            f"Read {Path(root).resolve() / REPORT}")
 

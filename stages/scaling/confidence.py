@@ -34,7 +34,11 @@ def confidence_text(fit: dict, table: pd.DataFrame, resolution: float) -> str:
         word = "at least" if kind == "lower_bound" else "at most"
         lines.append(f"The critical batch size is only bounded: {word} {_fmt(value)} examples per step "
                      f"({fit.get('critical_batch_size_message', '')}).")
-    if not reached.empty:
+    censored = table[table["status"] == "not_reached"]
+    if value is None and not censored.empty:  # what limited it was the step cap, not the seeds or the rate
+        lines.append(f"What limited it: batch size(s) {', '.join(str(int(b)) for b in censored['batch_size'])} did not "
+                     f"reach the target within scaling.max_steps; raise it (or study sizes that reach the target).")
+    if not reached.empty and value is not None:
         seeds = float(np.median(reached["seeds_run"]))
         spread = float(reached["seed_log_spread"].iloc[0]) if "seed_log_spread" in reached else math.nan
         ratios = reached["lr_resolution_ratio"].astype(float) * (1 + resolution)
