@@ -2,7 +2,7 @@
 workload itself, the device) and print the resolved values with defaults filled in."""
 import yaml
 
-from stages.core.cli import run_main
+from stages.core.cli import no_arguments, run_main
 
 
 def main() -> None:
@@ -14,4 +14,4 @@ def main() -> None:
     print(yaml.safe_dump(ctx.params.as_dict(), sort_keys=False), end="")
 
 
-run_main(main, "params check", lock=False)  # writes nothing
+run_main(main, "params check", lock=False, parser=no_arguments("python -m stages", __doc__))  # writes nothing

@@ -57,6 +57,10 @@ def read_initial_config(source: out.Output = out.SELECT_CONFIG) -> tuple[dict, P
             workload = workload.with_loader_settings(sections.data)
     except ConfigError as e:
         raise InputError(path, str(e).removeprefix(f"{path}: "), source.producer) from None
+    n = workload.num_train_examples
+    if n is not None and config["batch_size"] > n:  # no batch could be drawn (a hand edit: select never chooses it)
+        raise InputError(path, f"batch_size: received {config['batch_size']}; allowed: at most the workload's {n} "
+                               f"training examples", source.producer)
     return config, sections, workload
 
 

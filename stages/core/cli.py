@@ -4,11 +4,12 @@ turns a KickoffError (core/errors.py) into one line and exit code 2, and Ctrl-C 
 exit 130 -- also while the stage is still importing (the hook below)."""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
-from stages.core.errors import KickoffError
+from stages.core.errors import ConfigError, KickoffError
 from stages.core.lock import check_pipeline, exclusive, lock_name
 from stages.core.provenance import output_set
 
@@ -41,13 +42,35 @@ if _is_stage_command():  # never in a process that merely imports kickoff (tests
     sys.excepthook = _one_line_interrupt
 
 
-def run_main(main: Callable[[], Any], what: str | None = None, lock: bool = True) -> None:
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors (an unknown argument, a missing or ill-typed value) are a ConfigError:
+    one line through run_main, exit 2, naming what was received and the usage allowed."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        raise ConfigError(f"{self.prog}: {message}; allowed: {usage}")
+
+
+def no_arguments(prog: str, doc: str | None = None) -> ArgumentParser:
+    """The parser of a stage that takes no arguments: `-h` prints its docstring, anything else is refused."""
+    return ArgumentParser(prog=prog, description=(doc or "").strip().splitlines()[0] if doc else None)
+
+
+def run_main(main: Callable[[], Any], what: str | None = None, lock: bool = True,
+             parser: argparse.ArgumentParser | None = None) -> None:
     """Run a stage's main() holding its output lock (stages/core/lock.py: one run per output set): a
     KickoffError becomes one line on stderr and exit code 2; Ctrl-C one line and exit 130 (finished
-    trials are journaled, so a rerun resumes)."""
+    trials are journaled, so a rerun resumes). Before any lock file is made, the command line is checked
+    against `parser` and a stage checks that it runs in the project root (params.yaml beside it), so a
+    refused command writes nothing."""
     name = what or Path(sys.argv[0]).parent.name or "stage"
     job = " ".join([name, *sys.argv[1:]])
     try:
+        if parser is not None:
+            parser.parse_args(sys.argv[1:])
+        if lock and not Path("params.yaml").is_file():  # e.g. run from reports/: no lock file made there
+            raise ConfigError(f"params.yaml: {'a directory' if Path('params.yaml').is_dir() else 'not found'} in "
+                              f"{Path.cwd()}; allowed: run the stages from the project root, where params.yaml is")
         if lock:  # a stage: one run at a time, none beside another tool's pipeline run, outputs all or none
             check_pipeline()
             with exclusive(lock_name(name, sys.argv[1:]), job), output_set(job):
@@ -60,3 +83,13 @@ def run_main(main: Callable[[], Any], what: str | None = None, lock: bool = True
     except KeyboardInterrupt:
         print(_interrupted_message(job), file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        # Out of memory is the model or batch size the user chose (a 20-billion-parameter model on a laptop),
+        # not a bug: one line. Only a stage that imported the device module trains, so no import here.
+        device = sys.modules.get("stages.core.device")
+        if device is None or not device.classify_exception(e):
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        print(f"kickoff: error: {job}: out of memory ({first}); allowed: a model (workload.kwargs) and batch size "
+              f"that fit this device -- `python -m stages.probe` measures which do", file=sys.stderr)
+        sys.exit(2)

@@ -18,7 +18,6 @@ workload.kwargs is used as given.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -35,6 +34,7 @@ from stages.core import outputs as out
 from stages.core.context import Context, setup
 from stages.core.device import classify_exception
 from stages.core.declared import replace_sections
+from stages.core.cli import ArgumentParser
 from stages.core.errors import ConfigError, InputError, KickoffError
 from stages.core.lr_search import Journal, best_learning_rate, final_metric_score, journal_key
 from stages.core.model_choice import candidate_key, check_candidates, merged_kwargs
@@ -275,13 +275,18 @@ def main_choose() -> None:
     io.write_text(out.FAMILY_MODEL.at(), header + yaml.safe_dump(plain, sort_keys=False, default_flow_style=None))
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.family", description=__doc__.splitlines()[0])
+def parser() -> ArgumentParser:
+    """The command line (its errors are one line: stages/core/cli.ArgumentParser)."""
+    ap = ArgumentParser(prog="python -m stages.family", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("trial", help="measure one candidate and tune its learning rate at the comparison batch size")
     t.add_argument("--candidate", required=True, help="candidate0, candidate1, ... (position in family.candidates)")
     sub.add_parser("choose", help=f"apply family.rule to every candidate's result; write {out.FAMILY_MODEL.path}")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.command == "trial":
         main_trial(args.candidate)
     else:

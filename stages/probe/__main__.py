@@ -1,5 +1,5 @@
 """`python -m stages.probe`: see stages/probe/stage.py."""
-from stages.core.cli import run_main
-from stages.probe.stage import main
+from stages.core.cli import no_arguments, run_main
+from stages.probe.stage import __doc__ as doc, main
 
-run_main(main, "probe")
+run_main(main, "probe", parser=no_arguments("python -m stages.probe", doc))  # it takes none: any is refused

@@ -12,10 +12,10 @@ when they run, so `fit` starts without loading torch.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
+from stages.core.cli import ArgumentParser
 from stages.core.errors import ConfigError, StudyError
 
 
@@ -26,10 +26,16 @@ def main_fit(path: str, bootstrap: int, confidence: float) -> None:
 
     from stages.scaling.fit import FitError, fit_critical_batch_size
 
+    if bootstrap < 1:
+        raise ConfigError(f"--bootstrap: received {bootstrap}; allowed: a positive number of resamples (default 200)")
+    if not (math.isfinite(confidence) and 0 < confidence < 1):
+        raise ConfigError(f"--confidence: received {confidence:g}; allowed: a level strictly between 0 and 1 (default 0.95)")
     try:
         table = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise ConfigError(f"{path}: cannot read it as CSV ({e}); allowed: a CSV with batch_size,steps_to_target[,seed]") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        problem = "not text (a binary file?)" if isinstance(e, UnicodeDecodeError) else str(e)
+        raise ConfigError(f"{path}: cannot read it as CSV ({problem}); allowed: a CSV with "
+                          f"batch_size,steps_to_target[,seed]") from None
     missing = {"batch_size", "steps_to_target"} - set(table.columns)
     if missing:
         raise ConfigError(f"{path}: missing column(s) {', '.join(sorted(missing))}; received columns "
@@ -66,8 +72,9 @@ def _numeric_column(path: str, table, column: str, allowed: str, *, integer: boo
     return values.astype(int) if integer else values
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.scaling", description=__doc__.splitlines()[0])
+def parser() -> ArgumentParser:
+    """The command line (its errors are one line: stages/core/cli.ArgumentParser)."""
+    ap = ArgumentParser(prog="python -m stages.scaling", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     t = sub.add_parser("trials", help="the learning-rate search and seed reruns at one batch size")
     t.add_argument("--batch-size", type=int, required=True)
@@ -77,7 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("table", help="CSV with columns batch_size,steps_to_target (optional seed)")
     f.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (default 200)")
     f.add_argument("--confidence", type=float, default=0.95, help="confidence level (default 0.95)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     if args.command == "trials":
         from stages.scaling.trials import main_trials
 

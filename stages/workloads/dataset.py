@@ -19,6 +19,7 @@ validation set is read once per process (through a DataLoader with the same work
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Any, Callable, Iterator, Literal
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torch.utils.data._utils.collate import default_collate
 
+from stages.core.advice import metric_range
 from stages.core.config import DataSettings
 from stages.core.errors import ConfigError
 from stages.workloads.base import Batch, Workload, import_path
@@ -40,7 +42,7 @@ PerExample = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, ta
 
 
 def data_loader(dataset: Dataset, batch_size: int, settings: DataSettings, seed: int | None = None,
-                shuffle: bool = True, drop_last: bool = True) -> DataLoader:
+                shuffle: bool = True, drop_last: bool = True, collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader with the `data:` settings; persistent_workers and prefetch_factor only mean something
     with workers (torch refuses them without), so num_workers 0 leaves them out. Pinning needs CUDA."""
     extra: dict[str, Any] = {}
@@ -51,14 +53,76 @@ def data_loader(dataset: Dataset, batch_size: int, settings: DataSettings, seed:
     generator = None if seed is None else torch.Generator().manual_seed(seed)  # order (and worker seeds) from `seed`
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                       num_workers=settings.num_workers, pin_memory=settings.pin_memory and torch.cuda.is_available(),
-                      generator=generator, **extra)
+                      generator=generator, collate_fn=collate_fn, **extra)
 
 
 def endless(loader: DataLoader) -> Iterator[Batch]:
     """Epoch after epoch of `loader` as tuples of tensors (each epoch reshuffled by the loader's generator)."""
     while True:
-        for batch in loader:
-            yield tuple(batch)
+        with one_line_errors():
+            for batch in loader:
+                yield tuple(batch)
+
+
+class Numbered(Dataset):
+    """The user's Dataset, each example with its index: a batch that cannot be made names the bad example."""
+
+    def __init__(self, dataset: Dataset, key: str):
+        self.dataset, self.key = dataset, key
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.dataset[i]
+        except Exception as e:
+            raise ConfigError(f"{self.key}: reading example {i} raised {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}; allowed: a Dataset whose "
+                              f"every index below its length returns an example") from None
+
+
+def collate_checked(numbered: list, key: str = KEY, spec: "Spec | None" = None) -> tuple:
+    """default_collate of the examples; when they cannot be stacked or one differs from `spec` (the shapes
+    and dtypes checked at build time), a ConfigError naming the first example that differs and its index."""
+    indices, examples = zip(*numbered)
+    try:
+        batch = default_collate(list(examples))
+        fine = spec is None or tuple((tuple(f.shape[1:]), f.dtype) for f in batch) == spec
+    except Exception:
+        batch, fine = None, False
+    if fine:
+        return batch
+    expected = spec or _example_spec(examples[0])
+    for i, example in zip(indices, examples):
+        found = _example_spec(example)
+        if found != expected:
+            raise ConfigError(f"{key}: example {i} is {_describe(found) if isinstance(found, tuple) else found}, but "
+                              f"the examples checked are {_describe(expected)}; allowed: every example with the same "
+                              f"shapes and dtypes, a tuple (inputs..., target) of tensors or numbers")
+    default_collate(list(examples))  # no single example to blame: its own error
+    return batch
+
+
+def _example_spec(example) -> "Spec | str":
+    if not isinstance(example, (tuple, list)):
+        return f"a {type(example).__name__}"
+    try:
+        return tuple((tuple(f.shape), f.dtype) for f in (default_collate([x]).squeeze(0) for x in example))
+    except Exception:
+        return "(" + ", ".join(type(x).__name__ for x in example) + ")"
+
+
+class one_line_errors:
+    """A ConfigError raised in a DataLoader worker comes back wrapped in its traceback: keep its one line."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is ConfigError and str(exc).startswith("Caught ConfigError"):
+            raise ConfigError(str(exc).rstrip().splitlines()[-1].split("ConfigError: ", 1)[-1]) from None
+        return False
 
 
 # ---------------------------------------------------------------------------- per-example losses and metrics
@@ -80,6 +144,9 @@ def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if output.shape != target.shape and output.numel() == target.numel():
         output = output.reshape(target.shape)  # (B, 1) outputs against (B,) targets
+    if output.shape != target.shape:  # broadcasting would compare every output with every target, silently
+        raise ValueError(f"mse compares the model's outputs {list(output.shape)} with the targets "
+                         f"{list(target.shape)}: they must have the same shape (class labels: use cross_entropy)")
     return _per_example(nn.functional.mse_loss(output, target.to(output.dtype), reduction="none"))
 
 
@@ -197,6 +264,10 @@ class DatasetWorkload(Workload):
         self.target_metric = target_metric
         self.target_direction = direction or ("above" if target_metric == "accuracy" else "below")
         self.target_value = float(target)
+        bounds = metric_range(target_metric) if target_metric in METRICS else None  # a metric of your own: unknown
+        if bounds and not bounds[0] <= self.target_value <= bounds[1]:
+            raise ConfigError(f"{KEY}.target: received {target!r} for {target_metric}; allowed: a value in "
+                              f"[{bounds[0]:g}, {bounds[1]:g}]{' (a fraction, not a percentage)' if target_metric == 'accuracy' else ''}")
         self._chance = None if chance is None else float(chance)
         self.loader_settings = DataSettings()  # the stages that read batches set params.yaml's `data:` section
 
@@ -208,6 +279,7 @@ class DatasetWorkload(Workload):
         self.validation_set = _call(f"{KEY}.validation", validation, data_kwargs, "a torch.utils.data.Dataset")
         n_val = _check_dataset(f"{KEY}.validation", validation, self.validation_set)
         spec, self.first_example = check_examples(f"{KEY}.train", self.train_set, self.num_train_examples)
+        self.spec = spec  # every batch is checked against it (collate_checked)
         val_spec, _ = check_examples(f"{KEY}.validation", self.validation_set, n_val)
         if val_spec != spec:
             raise ConfigError(f"{KEY}.validation: its examples are {_describe(val_spec)} but the training examples "
@@ -216,7 +288,36 @@ class DatasetWorkload(Workload):
             raise ConfigError(f"{KEY}.chance: received null, but the chance level of {target_metric!r} is known only "
                               f"for accuracy on class targets, loss with cross_entropy on class targets, and loss "
                               f"with mse; allowed: the score of a model that guesses, as a number")
+        self._check_outputs(spec)
         self._validation: tuple[torch.Tensor, ...] | None = None
+
+    def _check_outputs(self, spec: Spec) -> None:
+        """The model's output for two training examples through the loss and each metric (on the meta
+        device: no memory, no compute), so a loss that does not fit the targets -- mse on class labels --
+        stops here with one line instead of a traceback mid-trial. Skipped where the model cannot run on meta."""
+        try:
+            with torch.device("meta"):
+                model = self.model_factory(**self.kwargs["model_kwargs"])
+            *inputs, target = (f.unsqueeze(0).expand(2, *f.shape).to("meta") for f in self.first_example)
+            output = model(*inputs)
+        except Exception:  # an op without a meta kernel, init code that needs values: the first trial will tell
+            return
+        names = [(f"{KEY}.loss", self.kwargs["loss"], self.loss_fn)]
+        names += [(f"{KEY}.metrics", name, fn) for name, fn in self.metric_fns.items() if fn is not self.loss_fn]
+        for key, name, fn in names:
+            try:
+                values = fn(output, target)
+                shape = list(values.shape) if isinstance(values, torch.Tensor) else None
+            except Exception as e:
+                raise ConfigError(f"{key}: {name!r} fails on the model's output {list(output.shape)} "
+                                  f"{str(output.dtype).replace('torch.', '')} against the targets {list(target.shape)} "
+                                  f"{str(target.dtype).replace('torch.', '')} ({type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); allowed: a function of "
+                                  f"(output, target) returning one value per example, e.g. cross_entropy for class "
+                                  f"labels") from None
+            if shape != [2]:
+                raise ConfigError(f"{key}: {name!r} returned {shape if shape is not None else type(values).__name__} for "
+                                  f"two examples; allowed: one value per example, shape [2]")
 
     def _check_model(self, path: str) -> None:
         key, kwargs = f"{KEY}.model", self.kwargs["model_kwargs"]
@@ -282,7 +383,8 @@ class DatasetWorkload(Workload):
             raise ValueError(f"dataset streams only the 'train' split, got {split!r}")
         if batch_size > self.num_train_examples:  # drop_last would give no batch at all: an endless empty loop
             raise ValueError(f"batch size {batch_size} exceeds the {self.num_train_examples} training examples")
-        return endless(data_loader(self.train_set, batch_size, self.loader_settings, seed))
+        return endless(data_loader(Numbered(self.train_set, f"{KEY}.train"), batch_size, self.loader_settings, seed,
+                                   collate_fn=partial(collate_checked, key=f"{KEY}.train", spec=self.spec)))
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         *inputs, target = batch
@@ -291,8 +393,11 @@ class DatasetWorkload(Workload):
     def validation_tensors(self) -> tuple[torch.Tensor, ...]:
         """The whole validation set as CPU tensors (N, ...), read once through a DataLoader in order."""
         if self._validation is None:
-            loader = data_loader(self.validation_set, EVAL_CHUNK, self.loader_settings, shuffle=False, drop_last=False)
-            chunks = [tuple(b) for b in loader]
+            loader = data_loader(Numbered(self.validation_set, f"{KEY}.validation"), EVAL_CHUNK, self.loader_settings,
+                                 shuffle=False, drop_last=False,
+                                 collate_fn=partial(collate_checked, key=f"{KEY}.validation", spec=self.spec))
+            with one_line_errors():
+                chunks = [tuple(b) for b in loader]
             self._validation = tuple(torch.cat(parts) for parts in zip(*chunks))
         return self._validation
 

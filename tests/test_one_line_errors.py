@@ -1,0 +1,215 @@
+"""Issue 22 part 5: one line for every user error. Each case runs the command a user runs in a temporary
+copy of the project and checks one line on stderr, exit code 2, and nothing written."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run
+
+TABLE = "batch_size,steps_to_target\n16,6650\n32,3500\n64,1930\n128,1120\n256,760\n"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """One committed copy of the project (no DVC: these commands run stages by hand)."""
+    from tests.conftest import make_project
+
+    return make_project(tmp_path_factory.mktemp("oneline") / "project", dvc=False)
+
+
+def snapshot(root: Path, locks: bool = True) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".git" not in p.parts and "__pycache__" not in p.parts
+            and (locks or "locks" not in p.parts)}
+
+
+def one_line(root: Path, args: list[str], cwd: Path | None = None, message: str = "", locks: bool = True) -> str:
+    """Run `python -m ARGS`; assert one line on stderr, exit 2, nothing written (with `locks`, not even a
+    lock file in .kickoff/locks); return the line."""
+    before = snapshot(root, locks)
+    proc = run([sys.executable, "-m", *args], cwd or root, check=False, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("kickoff: error: "), proc.stderr
+    assert message in lines[0], lines[0]
+    assert snapshot(root, locks) == before
+    return lines[0]
+
+
+@pytest.mark.parametrize("stage", ["stages.select", "stages.probe", "stages.throughput", "stages.report", "stages"])
+def test_unknown_arguments_are_refused_naming_what_is_allowed(root, stage):
+    one_line(root, [stage, "--batch-size", "16"],
+             message=f"python -m {stage}: unrecognized arguments: --batch-size 16; allowed: python -m {stage} [-h]")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["stages.scaling", "trials", "--batch-size", "x"], "argument --batch-size: invalid int value: 'x'; allowed: "
+                                                        "python -m stages.scaling trials [-h] --batch-size BATCH_SIZE"),
+    (["stages.scaling", "summarize", "--bogus"], "unrecognized arguments: --bogus"),
+    (["stages.family", "trial"], "the following arguments are required: --candidate"),
+])
+def test_a_subcommand_with_bad_arguments_is_one_line_before_any_lock(root, args, message):
+    one_line(root, args, message=message)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--bootstrap", "0"], "--bootstrap: received 0; allowed: a positive number of resamples"),
+    (["--bootstrap", "-3"], "--bootstrap: received -3; allowed: a positive number of resamples"),
+    (["--confidence", "2"], "--confidence: received 2; allowed: a level strictly between 0 and 1"),
+    (["--confidence", "nan"], "--confidence: received nan; allowed: a level strictly between 0 and 1"),
+    (["--confidence", "0"], "--confidence: received 0; allowed: a level strictly between 0 and 1"),
+])
+def test_scaling_fit_refuses_impossible_options(root, extra, message):
+    (root / "table.csv").write_text(TABLE)
+    try:
+        one_line(root, ["stages.scaling", "fit", "table.csv", *extra], message=message)
+    finally:
+        (root / "table.csv").unlink()
+
+
+def test_scaling_fit_on_a_binary_file_and_runs_anywhere_without_a_lock(root, tmp_path):
+    (tmp_path / "table.bin").write_bytes(Path(sys.executable).read_bytes()[:4096])
+    one_line(root, ["stages.scaling", "fit", str(tmp_path / "table.bin")], message="cannot read it as CSV (not text")
+    (tmp_path / "table.csv").write_text(TABLE)
+    proc = run([sys.executable, "-m", "stages.scaling", "fit", "table.csv"], tmp_path, env={"PYTHONPATH": str(root)})
+    assert json.loads(proc.stdout)["kind"] and not (tmp_path / ".kickoff").exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "binary", "nul"])
+def test_a_binary_or_directory_params_yaml_is_one_line(root, kind):
+    params = root / "params.yaml"
+    saved = params.read_bytes()
+    params.unlink()
+    if kind == "directory":
+        params.mkdir()
+    else:
+        params.write_bytes(Path(sys.executable).read_bytes()[:2048] if kind == "binary" else b"a: \x00\x01\n")
+    try:
+        # a file is read after the stage took its lock (.kickoff/locks/probe.lock: bookkeeping, no output)
+        one_line(root, ["stages.probe"], message="params.yaml: ", locks=kind == "directory")
+    finally:
+        shutil.rmtree(params) if params.is_dir() else params.unlink()
+        params.write_bytes(saved)
+
+
+def test_a_stage_run_from_a_subdirectory_leaves_nothing_there(root):
+    (root / "reports").mkdir(exist_ok=True)
+    line = one_line(root, ["stages.select"], cwd=root / "reports", message="params.yaml: not found in ")
+    assert "allowed: run the stages from the project root" in line
+    assert not (root / "reports" / ".kickoff").exists()
+
+
+def by_hand(root: Path, cwd: Path, args: list[str]):
+    """A stage run by hand in `cwd` (params.yaml and inputs only, no dvc.yaml to render), kickoff from `root`."""
+    return run([sys.executable, "-m", *args], cwd, check=False, env={"PYTHONPATH": str(root)})
+
+
+def test_a_journal_line_with_a_wrong_typed_value_is_named(root, tmp_path):
+    """A finished trial in the journal, hand-edited: the trials job names the file, the line and the key."""
+    from tests.test_scaling_stage import PARAMS, write_project
+
+    write_project(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {**PARAMS, "scaling": {**PARAMS["scaling"], "batch_sizes": [4], "max_steps": 20, "lr_points": 3}}))
+    assert by_hand(root, tmp_path, ["stages.scaling", "trials", "--batch-size", "4"]).returncode == 0
+    journal = next((tmp_path / ".kickoff" / "journal" / "scaling").glob("bs_4-*.jsonl"))
+    rows = [json.loads(line) for line in journal.read_text().splitlines()]
+    rows[1]["result"]["steps_run"] = "20"
+    journal.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = snapshot(tmp_path, locks=False)
+    proc = by_hand(root, tmp_path, ["stages.scaling", "trials", "--batch-size", "4"])
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{journal.relative_to(tmp_path)}: line 2: result.steps_run: received '20'; allowed: int." in proc.stderr
+    assert "delete that line (or the file) and rerun" in proc.stderr
+    assert snapshot(tmp_path, locks=False) == before
+
+
+def test_a_model_that_cannot_be_allocated_is_one_line_in_scaling_trials_and_throughput(root, tmp_path):
+    """80 GB of weights on this machine: the allocation fails at once (a real 20-billion-parameter model)."""
+    from tests.test_scaling_stage import write_project
+
+    write_project(tmp_path)  # the probe and throughput files the trials read
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"workload": {"name": "digits_mlp", "kwargs": {"hidden": [141421, 141421]}},
+         "runtime": {"device": "cpu", "threads": 1}, "scaling": {"batch_sizes": [16]}}))
+    for args in (["stages.scaling", "trials", "--batch-size", "16"], ["stages.throughput"]):
+        proc = by_hand(root, tmp_path, args)
+        last = proc.stderr.strip().splitlines()[-1]  # after the stage's progress lines
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert ": out of memory (" in last and "allowed: a model (workload.kwargs) and batch size that fit" in last
+
+
+def test_a_hand_edited_batch_size_beyond_the_training_set_is_one_line(root):
+    """The committed reference results, with initial_config.yaml's batch size edited to 100000."""
+    shutil.copytree(ROOT / "reports", root / "reports", dirs_exist_ok=True)
+    config = root / "reports/select/initial_config.yaml"
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**data, "batch_size": 100000}))
+    try:
+        proc = run([sys.executable, "-m", "stages.baseline"], root, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "initial_config.yaml" in proc.stderr and "Traceback" not in proc.stderr
+    finally:
+        shutil.rmtree(root / "reports")
+
+
+# ---------------------------------------------------------------------------- the dataset workload
+
+class BadItem(__import__("tests.dataset_fakes", fromlist=["Quadrants"]).Quadrants):
+    """Quadrants whose example 100 (not among the five checked at build time) is text; 101 raises."""
+
+    def __getitem__(self, i: int):
+        if i == 101:
+            raise KeyError("101.png")
+        return ("oops", 3) if i == 100 else super().__getitem__(i)
+
+
+def bad_item_train(**_) -> BadItem:
+    return BadItem(256, 0)
+
+
+DATASET = {"model": "tests.dataset_fakes:model", "train": "tests.dataset_fakes:train_set",
+           "validation": "tests.dataset_fakes:validation_set", "target": 0.9}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"target": 90}, "workload.kwargs.target: received 90 for accuracy; allowed: a value in [0, 1] (a fraction, not a "
+                     "percentage)"),
+    ({"target_metric": "loss", "target": -0.5}, "workload.kwargs.target: received -0.5 for loss; allowed: a value in "
+                                                "[0, inf]"),
+    ({"loss": "mse", "target_metric": "loss", "target": 0.1},
+     "workload.kwargs.loss: 'mse' fails on the model's output [2, 4] float32 against the targets [2] int64 (ValueError: "
+     "mse compares the model's outputs [2, 4] with the targets [2]: they must have the same shape (class labels: use "
+     "cross_entropy))"),
+])
+def test_the_dataset_workload_refuses_a_target_or_loss_that_cannot_work_up_front(changes, message):
+    from stages.core.errors import ConfigError
+    from stages.workloads.base import make_workload
+
+    with pytest.raises(ConfigError) as e:
+        make_workload("dataset", {**DATASET, **changes})
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_dataset_item_met_in_training_is_named_by_its_index(workers):
+    from stages.core.config import DataSettings
+    from stages.core.errors import ConfigError
+    from stages.workloads.base import make_workload
+
+    w = make_workload("dataset", {**DATASET, "train": "tests.test_one_line_errors:bad_item_train"})
+    w.loader_settings = DataSettings(num_workers=workers)
+    with pytest.raises(ConfigError) as e:
+        batches = w.batches("train", 64, 0)
+        for _ in range(8):  # two epochs: both bad examples are met
+            next(batches)
+    assert str(e.value) in (
+        "workload.kwargs.train: example 100 is (str, int), but the examples checked are ([8] float32, [] int64); "
+        "allowed: every example with the same shapes and dtypes, a tuple (inputs..., target) of tensors or numbers",
+        "workload.kwargs.train: reading example 101 raised KeyError: '101.png'; allowed: a Dataset whose every index "
+        "below its length returns an example")
