@@ -1,5 +1,5 @@
-"""`python -m stages.baseline`: see stages/baseline/stage.py."""
+"""`python -m stages.baseline [--train-edited-config]`: see stages/baseline/stage.py."""
 from stages.core.cli import run_main
-from stages.baseline.stage import main
+from stages.baseline.stage import main, parser
 
-run_main(main, "baseline")
+run_main(main, "baseline", parser=parser())  # an unknown argument is refused before any work

@@ -19,9 +19,12 @@ reports/baseline/:
 """
 from __future__ import annotations
 
+import sys
+
 import pandas as pd
 
-from stages.core import log
+from stages.core import log, provenance
+from stages.core.cli import ArgumentParser
 from stages.core import timer
 from stages.core import plotting
 from stages.core.config import Params, validate
@@ -36,9 +39,24 @@ from stages.workloads.base import Workload, make_workload, target_reached
 PREDICTED = ("steps_to_target", "time_per_step_s", "expected_time_to_target_s")  # select's predictions, checked here
 
 
-def read_initial_config(source: out.Output = out.SELECT_CONFIG) -> tuple[dict, Params, Workload]:
-    """The selected configuration, its optimizer/workload validated like params.yaml sections, and the workload."""
-    config = out.read_yaml(source)  # a missing file or key: InputError naming select
+def read_initial_config(source: out.Output = out.SELECT_CONFIG, edited_ok: bool = False) -> tuple[dict, Params, Workload]:
+    """The selected configuration, its optimizer/workload validated like params.yaml sections, and the
+    workload. The file must be what select wrote (its manifest) unless `edited_ok`; then config carries
+    "config_edited": whether it differs."""
+    try:
+        config = out.read_yaml(source)  # a missing file or key, or a hand-edited one: InputError naming select
+        edited = False
+    except InputError as e:
+        if "cut, edited by hand" not in str(e):
+            raise
+        if not edited_ok:
+            raise InputError(source.path, str(e).removeprefix(f"{source.path}: ").split("; rerun")[0] +
+                             "; to train it as edited anyway: python -m stages.baseline --train-edited-config",
+                             source.producer) from None
+        with provenance.unverified():
+            config = out.read_yaml(source)
+        edited = True
+    config = {**config, "config_edited": edited} if edited_ok else config
     path = source.path
     for key in ("batch_size", "train_steps"):
         if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
@@ -170,9 +188,18 @@ def plot_curve(curve: pd.DataFrame, workload: Workload, path: str) -> None:
     plotting.save(fig, path)
 
 
-def main() -> None:
+def parser() -> ArgumentParser:
+    ap = ArgumentParser(prog="python -m stages.baseline", description=__doc__.splitlines()[0])
+    ap.add_argument("--train-edited-config", action="store_true",
+                    help=f"train {out.SELECT_CONFIG.path} as it is even where it differs from what select wrote "
+                         f"(the metrics then record config_edited: true)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     params = load_stage_params("baseline")
-    config, sections, workload = read_initial_config()
+    config, sections, workload = read_initial_config(edited_ok=args.train_edited_config)
     configure_cpu(params.runtime.threads)
     device = resolve_device(params.runtime.device)
     seed = int(config["seed"])  # the seed select chose with, so the baseline retraces the study's run
@@ -186,5 +213,9 @@ def main() -> None:
     curve = pd.DataFrame(result.curve)
     write_csv(out.BASELINE_CURVE.path, curve)
     plot_curve(curve, workload, out.BASELINE_PLOT.path)
-    out.write_results(out.BASELINE_METRICS, out.BASELINE_DIAGNOSTICS, metrics, also=(workload.target_metric,))
+    if config.get("config_edited"):
+        log.info("baseline", f"trained {out.SELECT_CONFIG.path} as edited by hand, not as select wrote it")
+        metrics["config_edited"] = True
+    out.write_results(out.BASELINE_METRICS, out.BASELINE_DIAGNOSTICS, metrics,
+                      also=(workload.target_metric, *(("config_edited",) if config.get("config_edited") else ())))
 

@@ -169,7 +169,13 @@ def output_set(job: str) -> Iterator[None]:
     outer, _identity = _identity, {"job": job}
     try:
         with staged_writes() as staged:
-            yield
+            try:
+                yield
+            except SystemExit as e:  # sys.exit(0) from a main() that finished is success too
+                if e.code not in (0, None):
+                    raise
+                _commit(staged, _identity)
+                raise
             _commit(staged, _identity)
     finally:
         _identity = outer
