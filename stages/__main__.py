@@ -7,10 +7,14 @@ from stages.core.cli import no_arguments, run_main
 
 def main() -> None:
     from stages.core.context import setup
+    from stages.core.errors import ConfigError
     from stages.core.model_choice import check_candidates
 
     ctx = setup(family_choice=False)  # the params as written: the family's choice is a result, not a setting
-    check_candidates(ctx.params.workload.name, ctx.params.workload.kwargs, ctx.params.family.candidates)
+    try:  # each candidate against the factory it will be given (the dataset workload: its model's too)
+        check_candidates(ctx.params.workload.name, ctx.params.workload.kwargs, ctx.params.family.candidates)
+    except ConfigError as e:
+        raise ConfigError(f"params.yaml: {e}") from None
     print(yaml.safe_dump(ctx.params.as_dict(), sort_keys=False), end="")
 
 

@@ -1,5 +1,6 @@
 """`python -m stages` (the params check every stage runs first) answers a bad environment-dependent
-value -- a device this machine lacks, an unknown workload, a kwargs typo -- with one line and exit 2,
+value -- a device this machine lacks, an unknown workload, a kwargs typo, a family candidate's model
+argument the dataset workload's model factory does not take (issue 21 part 5) -- with one line and exit 2,
 never a traceback (issue 15 part 3: under `-m`, the error class must be the one the checks raise)."""
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ def params_check(tmp_path: Path, params: dict) -> subprocess.CompletedProcess:
                  "params.yaml: workload.name: received 'no_such_workload'; allowed: one of digits_mlp", id="workload"),
     pytest.param({"workload": {"name": "digits_mlp", "kwargs": {"hiden": [64]}}},
                  "params.yaml: workload.kwargs: received {'hiden': [64]}, which 'digits_mlp' does not accept", id="kwargs"),
+    pytest.param({"workload": {"name": "dataset", "kwargs": {
+                     "model": "tests.dataset_fakes:model", "train": "tests.dataset_fakes:train_set",
+                     "validation": "tests.dataset_fakes:validation_set", "target": 0.85}},
+                  "family": {"candidates": [{"model_kwargs": {"hidden": 8}}, {"model_kwargs": {"channels": 8}}]}},
+                 "params.yaml: family.candidates[1] ({'model_kwargs': {'channels': 8}}): workload.kwargs.model_kwargs: "
+                 "received {'channels': 8}, which 'tests.dataset_fakes:model' does not accept", id="candidate-model_kwargs"),
 ])
 def test_a_bad_value_is_one_line_and_exit_2(tmp_path, params, expected):
     proc = params_check(tmp_path, params)

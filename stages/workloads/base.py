@@ -177,22 +177,23 @@ def _describe_type(tp: Any) -> str:
     return getattr(tp, "__name__", None) if isinstance(tp, type) else str(tp).replace("typing.", "")
 
 
-def check_kwarg_types(name: str, factory: Any, kwargs: dict) -> None:
-    """Each kwarg against the factory's annotation (or, where it has none, its default's scalar type)."""
+def check_kwarg_types(name: str, factory: Any, kwargs: dict, key: str = "workload.kwargs") -> None:
+    """Each kwarg against the factory's annotation (or, where it has none, its default's scalar type);
+    `key` is where the kwargs sit in params.yaml (an error names `key.<kwarg>`)."""
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # annotations naming what cannot be imported here: fall back to the defaults
         hints = {}
     params = inspect.signature(factory).parameters
-    for key, value in kwargs.items():
-        tp = hints.get(key)
-        if tp is None and key in params and type(params[key].default) in (bool, int, float, str):
-            tp = type(params[key].default)
+    for kwarg, value in kwargs.items():
+        tp = hints.get(kwarg)
+        if tp is None and kwarg in params and type(params[kwarg].default) in (bool, int, float, str):
+            tp = type(params[kwarg].default)
             tp = float if tp is int and isinstance(value, float) else tp  # an int default does not forbid 0.5
         if tp is not None and not _matches(value, tp):
-            raise ConfigError(f"workload.kwargs.{key}: received {value!r} ({type(value).__name__}); allowed: "
-                              f"{_describe_type(tp)} (the annotation of {key!r} in {name!r})")
+            raise ConfigError(f"{key}.{kwarg}: received {value!r} ({type(value).__name__}); allowed: "
+                              f"{_describe_type(tp)} (the annotation of {kwarg!r} in {name!r})")
 
 
 def workload_factory(name: str, kwargs: dict | None = None):
@@ -205,6 +206,16 @@ def workload_factory(name: str, kwargs: dict | None = None):
         factory = import_path(name)
     else:
         raise ConfigError(f"workload.name: received {name!r}; allowed: one of {', '.join(BUILTINS)}, or 'package.module:factory' for your own")
+    check_call(name, factory, kwargs)
+    nested = getattr(factory, "check_kwargs", None)  # a workload whose kwargs feed factories of its own (dataset)
+    if callable(nested):
+        nested(kwargs)
+    return factory
+
+
+def check_call(name: str, factory: Any, kwargs: dict, key: str = "workload.kwargs") -> None:
+    """`factory(**kwargs)` would be accepted: the names by its signature, the values by its annotations
+    (ConfigError naming `key`, the place of kwargs in params.yaml). Builds nothing."""
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as e:
@@ -212,9 +223,10 @@ def workload_factory(name: str, kwargs: dict | None = None):
             allowed = ", ".join(p for p in inspect.signature(factory).parameters if p != "self") or "none"
         except (TypeError, ValueError):
             allowed = "see the factory's signature"
-        raise ConfigError(f"workload.kwargs: received {kwargs!r}, which {name!r} does not accept ({e}); allowed arguments: {allowed}") from None
-    check_kwarg_types(name, factory, kwargs)
-    return factory
+        raise ConfigError(f"{key}: received {kwargs!r}, which {name!r} does not accept ({e}); allowed arguments: {allowed}") from None
+    except ValueError:  # no signature to read (a builtin): the call itself will tell
+        return
+    check_kwarg_types(name, factory, kwargs, key)
 
 
 def make_workload(name: str, kwargs: dict | None = None) -> Workload:

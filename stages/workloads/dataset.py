@@ -30,7 +30,7 @@ from torch.utils.data._utils.collate import default_collate
 from stages.core.advice import metric_range
 from stages.core.config import DataSettings
 from stages.core.errors import ConfigError
-from stages.workloads.base import Batch, Workload, import_path
+from stages.workloads.base import Batch, Workload, check_call, import_path
 
 LOSSES = ("cross_entropy", "mse")   # built-in losses; anything else is 'package.module:function'
 METRICS = ("accuracy", "loss")      # built-in metrics; anything else is 'package.module:function'
@@ -290,6 +290,19 @@ class DatasetWorkload(Workload):
                               f"with mse; allowed: the score of a model that guesses, as a number")
         self._check_outputs(spec)
         self._validation: tuple[torch.Tensor, ...] | None = None
+
+    @staticmethod
+    def check_kwargs(kwargs: dict) -> None:
+        """model_kwargs against the model factory's signature and data_kwargs against the Datasets' (names and
+        types), importing them but building nothing: workload_factory runs it, so a family candidate's
+        model_kwargs are checked before any job (ConfigError naming workload.kwargs.model_kwargs)."""
+        for path_key, kwargs_key in (("model", "model_kwargs"), ("train", "data_kwargs"), ("validation", "data_kwargs")):
+            path, given = kwargs.get(path_key), kwargs.get(kwargs_key) or {}
+            if not isinstance(path, str) or not isinstance(given, dict):  # building the workload names these
+                continue
+            factory = import_path(path, f"{KEY}.{path_key}")
+            if callable(factory):
+                check_call(path, factory, given, f"{KEY}.{kwargs_key}")
 
     def _check_outputs(self, spec: Spec) -> None:
         """The model's output for two training examples through the loss and each metric (on the meta
