@@ -120,3 +120,32 @@ def test_the_training_clock_leaves_out_a_slow_evaluation():
     assert m["first_step_seconds"] == first and 0.002 <= first < 0.05
     assert m["time_per_step_ratio"] == pytest.approx((result.seconds - first) / 9 / 0.002)
     assert m["final_meets_target"] is True
+
+
+def test_the_training_run_shows_progress_with_an_eta():
+    """Issue 21 part 4: the baseline's training prints `training step i/n`, the time so far, an ETA and the
+    last evaluation's metric (a fake clock: one second per reading)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from stages.baseline.stage import run_baseline
+    from stages.core.config import OptimizerSettings
+    from stages.core.progress import Progress
+    from tests.scripted_workload import ScriptedWorkload
+
+    now, lines = [0.0], []
+
+    def clock() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    progress = Progress("baseline", "training step", 10, every_s=3.0, clock=clock,
+                        say=lambda stage, text: lines.append(f"[{stage}] {text}"))
+    config = {"learning_rate": 0.01, "batch_size": 4, "train_steps": 10}
+    result = run_baseline(ScriptedWorkload(lambda s: 0.96 if s >= 6 else 0.5), config,
+                          SimpleNamespace(optimizer=OptimizerSettings()), 0, torch.device("cpu"), 2, progress)
+    assert result.steps_run == 10
+    assert lines[0] == "[baseline] training step 3/10 (30%), 3 s so far, about 7 s left -- accuracy 0.5 at the last evaluation"
+    assert lines[-1] == "[baseline] training step 10/10 (100%), 10 s so far, done -- accuracy 0.96 at the last evaluation"
+    assert len(lines) == 4  # steps 3, 6, 9 and the last: one line per 3 s at most, the last always

@@ -32,6 +32,7 @@ from stages.core import outputs as out
 from stages.core.errors import ConfigError, InputError
 from stages.core.device import describe, resolve_device, configure_cpu
 from stages.core.io import write_csv
+from stages.core.progress import Progress
 from stages.core.train import TrialResult, eval_schedule, train_to_target
 from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import Workload, make_workload, target_reached
@@ -89,10 +90,18 @@ def eval_steps(train_steps: int, eval_every: int | None) -> list[int]:
     return sorted(set(range(eval_every, train_steps + 1, eval_every)) | {train_steps})
 
 
-def run_baseline(workload: Workload, config: dict, sections: Params, seed: int, device, eval_every: int | None) -> TrialResult:
+def run_baseline(workload: Workload, config: dict, sections: Params, seed: int, device, eval_every: int | None,
+                 progress: Progress | None = None) -> TrialResult:
+    """The training run of the recommended configuration; `progress` gets a line with an ETA every few seconds."""
+    metric = workload.target_metric
+
+    def on_step(step: int, metrics: dict) -> None:
+        progress.update(step, f"{metric} {metrics[metric]:.4g} at the last evaluation" if metric in metrics else "")
+
     return train_to_target(workload, sections.optimizer, float(config["learning_rate"]), int(config["batch_size"]),
                            seed, device, int(config["train_steps"]),
-                           eval_steps=eval_steps(int(config["train_steps"]), eval_every), stop_at_target=False)
+                           eval_steps=eval_steps(int(config["train_steps"]), eval_every), stop_at_target=False,
+                           on_step=on_step if progress is not None else None)
 
 
 def _ratio(measured: float | None, predicted: float | None) -> float | None:
@@ -205,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     seed = int(config["seed"])  # the seed select chose with, so the baseline retraces the study's run
     log.info("baseline", f"training batch size {config['batch_size']}, lr {config['learning_rate']:.3g}, "
                          f"{config['train_steps']} steps, seed {seed} on {describe(device)}")
-    result = run_baseline(workload, config, sections, seed, device, params.baseline.eval_every)
+    result = run_baseline(workload, config, sections, seed, device, params.baseline.eval_every,
+                          Progress("baseline", "training step", int(config["train_steps"])))
     metrics = baseline_metrics(result, workload, config, seed, describe(device))
     log.info("baseline", f"{result.outcome}: {workload.target_metric} {result.final_metrics.get(workload.target_metric, float('nan')):.4g} "
                          f"after {result.steps_run} steps ({result.seconds:.3g} s training, {result.eval_seconds:.3g} s "

@@ -154,7 +154,8 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
                     eval_steps: list[Steps] | None = None, stop_at_target: bool = True,
                     hold_factor: float = 1.0, plateau_tolerance: float = 0.0,
                     give_up_reason: str | None = None,
-                    contender: Callable[[Steps], bool] | None = None) -> TrialResult:
+                    contender: Callable[[Steps], bool] | None = None,
+                    on_step: Callable[[Steps, dict[str, float]], None] | None = None) -> TrialResult:
     """Train from `seed` until the target is reached (or one of the other stop rules fires).
 
     `give_up_after`: stop as soon as the step count passes this without reaching the target
@@ -167,7 +168,8 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     the step count doubles (from PLATEAU_MIN_STEPS) while the target is unmet, and stop after
     PLATEAU_CHECKS stalled checks in a row. `give_up_reason`: what the give-up point stands for (the
     reason of a `stopped_early` trial). `contender(s)`: False when a crossing at step s cannot make
-    this rate the best at its size -- the trial then ends `reached` at s without its hold."""
+    this rate the best at its size -- the trial then ends `reached` at s without its hold. `on_step(s,
+    metrics)` after each training step, with the last evaluation's metrics (a caller's progress line)."""
     model = build_model(workload, seed, device)
     optimizer = build_optimizer(model.parameters(), optimizer_settings, learning_rate)
     schedule = eval_steps if eval_steps is not None else eval_schedule(max_steps, resolution)
@@ -192,6 +194,8 @@ def train_to_target(workload: Workload, optimizer_settings: OptimizerSettings, l
     while step < max_steps:
         loss = train_step(model, optimizer, workload, to_device(next(data), device))
         step += 1
+        if on_step is not None:
+            on_step(step, metrics)
         if not pending or step != pending[-1]:
             continue
         pending.pop()
