@@ -184,13 +184,22 @@ def test_bad_probe_settings_give_a_clear_error():
             params(bad)
 
 
+def test_the_trial_count_bound_and_the_eta():
+    assert search.most_trials(POWERS) == 11 and search.most_trials(POWERS, bisect=True) == 11 + 9  # gap 512
+    assert search.most_trials([4, 6, 8], bisect=True) == 3 + 1 and search.most_trials([], True) == 0
+    assert search.trials_eta_s([], 3) is None
+    assert search.trials_eta_s([0.5, 0.5], 3) == pytest.approx(1.5)      # start-up bound: the same each
+    assert search.trials_eta_s([1.0, 2.0], 2) == pytest.approx(4 + 8)    # compute-bound: doubling
+    assert search.trials_eta_s([1.0, 9.0], 1) == pytest.approx(18) and search.trials_eta_s([2.0, 1.0], 1) == 1.0
+
+
 # ---------------------------------------------------------------------------- real trial processes
 
 @pytest.mark.parametrize("bisect, tried", [
     (False, [1, 2, 4, 8, 16, 32, 64]),
     (True, [1, 2, 4, 8, 16, 32, 64, 48, 40, 44, 42, 41]),
 ])
-def test_fake_oom_above_a_threshold(runner, bisect, tried):
+def test_fake_oom_above_a_threshold(runner, bisect, tried, capsys):
     out = probe_fake(runner, {"max_batch_size": 1024, "bisect": bisect}, oom_above=40)
     assert out.tried == tried
     assert out.max_batch_size == (40 if bisect else 32)
@@ -200,6 +209,13 @@ def test_fake_oom_above_a_threshold(runner, bisect, tried):
     assert all(by_size[b].status == "fits" and by_size[b].steps_run == 3 and by_size[b].examples_run == 3 * b
                for b in tried if b <= 40)
     assert out.metrics["max_batch_size"] == out.max_batch_size and out.metrics["isolation"] == "fork_server"
+    lines = [line for line in capsys.readouterr().err.splitlines() if " trial (of at most" in line]
+    most = 11 + (9 if bisect else 0)
+    assert len(lines) == len(tried) + 1  # one per trial (issue 21 part 4: progress with an ETA), then the end
+    assert lines[0].startswith(f"[probe] trial (of at most {most}) 1/{most} (") and " left -- batch size 1: fits, peak " in lines[0]
+    assert f" -- batch size 64: oom, peak " in lines[6] and "; exception:torch.OutOfMemoryError: " in lines[6]
+    assert lines[-1].startswith(f"[probe] trial (of at most {most}) {len(tried)}/{most}, finished in ")
+    assert lines[-1].endswith(f"-- largest size that fits: {out.max_batch_size}")
 
 
 def test_device_message_oom_and_kill_by_signal_in_a_child(runner):

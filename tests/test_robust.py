@@ -285,7 +285,7 @@ def test_ctrl_c_during_the_probe_leaves_no_child_traceback(tmp_path, when):
         err = proc.stderr.read()
         proc.wait(timeout=60)
     else:
-        err = interrupt_when(proc, "batch size      1:")  # the trial server is up and forking trials
+        err = interrupt_when(proc, "-- batch size 1:")  # the trial server is up and forking trials
     assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and "Error" not in err, err
     assert err.strip().splitlines()[-1].startswith("kickoff: interrupted probe; ")

@@ -6,6 +6,7 @@ first failure. `fits` is any predicate, so tests drive it with a fake out-of-mem
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from stages.core.types import BatchSize
@@ -57,3 +58,21 @@ def search(candidates: list[BatchSize], fits: Callable[[BatchSize], bool], bisec
                 hi = mid
         last_fit = lo
     return tried, last_fit
+
+
+def most_trials(candidates: list[BatchSize], bisect: bool = False) -> int:
+    """An upper bound on the sizes `search` tries: every candidate, and with `bisect` the halvings of the
+    widest gap between two neighbours (the search stops at the first failure, so it is rarely reached)."""
+    ordered = sorted(candidates)
+    gaps = [hi - lo for lo, hi in zip(ordered, ordered[1:])]
+    return len(ordered) + (math.ceil(math.log2(max(gaps))) if bisect and gaps and max(gaps) > 1 else 0)
+
+
+def trials_eta_s(seconds: list[float], left: int) -> float | None:
+    """Seconds the next `left` trials may take: each the previous one's time times the growth between the
+    last two trials, held in [1, 2] -- start-up dominated trials cost the same, compute-bound ones
+    double with the batch size. None before any trial."""
+    if not seconds:
+        return None
+    growth = min(2.0, max(1.0, seconds[-1] / seconds[-2])) if len(seconds) > 1 and seconds[-2] > 0 else 1.0
+    return sum(seconds[-1] * growth ** k for k in range(1, left + 1))

@@ -35,6 +35,7 @@ from stages.core.declared import replace_sections
 from stages.core.errors import ConfigError, StudyError
 from stages.core.log import human_bytes, info
 from stages.core.optim import state_copies
+from stages.core.progress import Progress
 from stages.core.types import ProbeStatus
 from stages.probe.trials import Isolation, ProbeJob, TrialError, TrialRunner
 
@@ -202,17 +203,23 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
             raise ConfigError(f"probe: received candidates {below_batch_norm}, but the model has batch norm, "
                               f"which cannot train on one example; allowed: batch sizes of at least 2")
 
+    most = search.most_trials(kept, settings.bisect)
+    progress = Progress("probe", f"trial (of at most {most})", most, every_s=0.0)  # a line per trial, with an ETA
+
     def fits(batch_size: int) -> bool:
         report = runner.run(("trial", batch_size, fraction, limit if device.type == "cpu" else None))
         rec = record_from_report(batch_size, report, limit, len(records) + 1)
         if report["result"] and report["result"].get("method"):
             methods.append(report["result"]["method"])
         records.append(rec)
-        info("probe", f"batch size {batch_size:>6}: {rec.status:<11} peak {human_bytes(rec.peak_memory_bytes):>10}  "
-                      f"{rec.steps_run} steps  {rec.seconds:.2f} s" + ("" if rec.status == "fits" else f"  {rec.rule + ': ' if rec.rule else ''}{rec.reason}"))
+        progress.update(len(records), f"batch size {batch_size}: {rec.status}, peak {human_bytes(rec.peak_memory_bytes)}, "
+                                      f"{rec.steps_run} steps, {rec.seconds:.2f} s"
+                                      + ("" if rec.status == "fits" else f"; {rec.rule + ': ' if rec.rule else ''}{rec.reason}"),
+                        eta_s=search.trials_eta_s([r.seconds or 0.0 for r in records], most - len(records)))
         return rec.status == "fits"
 
     tried, best = search.search(kept, fits, settings.bisect)
+    progress.finish(len(tried), f"largest size that fits: {best}")
     seconds = time.perf_counter() - start
     records += [TrialRecord(b, "capped", f"exceeds the {num_train_examples} training examples; not run") for b in capped]
     records += [TrialRecord(b, "capped", "batch norm cannot train on a single example (its batch statistics "
