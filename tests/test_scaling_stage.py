@@ -145,7 +145,7 @@ def test_a_rerun_replays_the_journal_and_an_interrupted_one_resumes(study, capfd
     lines = journal.read_text().splitlines()
     journal.write_text("\n".join(lines[:3]) + "\n" + lines[3][:40])  # killed while writing trial 4
     err = trials_in_process(study, 4, capfd)
-    assert err.count("from journal") == 3 and len(re.findall(r"\[scaling\] bs 4 \w+ lr", err)) == n
+    assert err.count("from journal") == 3 and len(re.findall(r"\[scaling\] bs 4 trial \d+/\d+ .* left -- \w+ lr", err)) == n
     after = pd.read_csv(csv).drop(columns="seconds")
     pd.testing.assert_frame_equal(after, pd.read_csv(pd.io.common.StringIO(before)).drop(columns="seconds"))
 
@@ -164,7 +164,11 @@ def test_another_process_without_the_journal_gets_the_same_result(study, tmp_pat
     proc = run_cli(["trials", "--batch-size", "16"], other)
     assert proc.returncode == 0, proc.stderr
     n = len(pd.read_csv(other / "reports/scaling/trials/bs_16.csv"))
-    assert len(re.findall(r"\[scaling\] bs 16 \w+ lr", proc.stderr)) == n and "from journal" not in proc.stderr
+    assert len(re.findall(r"\[scaling\] bs 16 trial \d+/\d+ .* left -- \w+ lr", proc.stderr)) == n
+    assert "from journal" not in proc.stderr
+    # the job's bill first (its size's line of `scaling plan`), its close last
+    assert re.search(r"\[scaling\] bs 16: plan: about \d+ trials, \d+ steps, \d+ examples", proc.stderr)
+    assert re.search(rf"\[scaling\] bs 16 trial {n}/{n}, finished in .* examples, plan: \d+", proc.stderr)
     assert _best(other / "reports/scaling/trials/bs_16.csv") == _best(study / "reports/scaling/trials/bs_16.csv")
     again = write_project(tmp_path / "again")  # the same start: identical trials, row for row
     assert run_cli(["trials", "--batch-size", "16"], again).returncode == 0

@@ -186,3 +186,55 @@ def test_the_plans_estimate_is_within_a_factor_2_of_what_the_search_spends(optim
     row = table.set_index("batch_size").loc[32]
     assert row["steps_to_target"] == 400 and "between bs 16 and 64" in row["from"]
     assert row["seconds"] == pytest.approx(search_steps(400, s) * 0.01)
+
+
+# ---------------------------------------------------------------------------- the bill during the study
+
+def test_each_trial_line_carries_an_eta_from_the_plan_and_the_jobs_own_pace():
+    from stages.core.config import ScalingSettings
+    from stages.scaling.plan import SearchProgress, plan_line, plan_table, search_steps
+
+    s = ScalingSettings()
+    now, lines = [0.0], []
+    progress = SearchProgress("bs 64", 400.0, s, time_per_step_s=0.01, clock=lambda: now[0],
+                              say=lambda stage, text: lines.append(text))
+
+    def finished(lr, steps_run, steps_to_target=None, seconds=0.0, resumed=False, phase="coarse"):
+        now[0] += seconds
+        result = TrialResult("reached" if steps_to_target else "stopped_early", steps_to_target, steps_run,
+                             64 * steps_run, seconds, {"loss": 0.0})
+        progress(Trial(lr, 0, phase, 0, None, result, resumed))
+
+    # a replayed trial costs nothing: the ETA is the plan's steps left at throughput's time per step
+    finished(0.1, 100, resumed=True)
+    assert lines[-1].startswith("bs 64 trial 1/") and "-- coarse lr 0.1 seed 0" in lines[-1]
+    assert f"about {round((search_steps(400, s) - 100) * 0.01)} s left" in lines[-1]
+    # a trained trial reached in 50 steps: the plan shrinks to this size's best so far, at the job's pace
+    finished(0.2, 100, steps_to_target=50, seconds=2.0)
+    left = (search_steps(50, s) - 200) * 2.0 / 100
+    assert left > 2.0 and f"about {left:.0f} s left" in lines[-1], lines[-1]
+    # spent past the estimate: at least one more trial's time, never "done" while the search runs
+    finished(0.3, 10_000, seconds=4.0)
+    assert "about 3 s left" in lines[-1] and "done" not in lines[-1]
+    progress.finish("3 trials")
+    assert lines[-1] == "bs 64 trial 3/3, finished in 6 s -- 3 trials"
+    # the line a job starts with: its size's row of the plan
+    row = plan_table([64], {32: 800.0}, {64: 0.01}, s).iloc[0]
+    text = plan_line(row)
+    assert text.startswith(f"about {row['trials']} trials, {row['steps']} steps, {row['examples']} examples, about ")
+    assert "(steps to target 800: no fewer than bs 32's)" in text
+
+
+def test_the_study_cost_in_training_runs_of_the_chosen_configuration():
+    from stages.core import outputs as out
+    from stages.select.decide import Study
+    from stages.select.stage import study_cost
+
+    config = {"batch_size": 256, "train_steps": 120, "expected_training_time_s": 0.03}
+    cost = study_cost(Study(1000, 0.01, 2.0, examples_run=3_686_400, seconds=6.0), config)
+    assert cost == {"study_training_runs": pytest.approx(120.0), "study_time_training_runs": pytest.approx(200.0)}
+    assert study_cost(Study(1000, 0.01, 2.0), config) == {"study_training_runs": None, "study_time_training_runs": None}
+    # the examples are compared in review (metrics.json), the seconds are a timing (diagnostics.json)
+    assert "examples_run" in out.SCALING_METRICS.fields and "seconds" in out.SCALING_DIAGNOSTICS.timings
+    assert "study_training_runs" in out.SELECT_METRICS.fields
+    assert "study_time_training_runs" in out.SELECT_DIAGNOSTICS.timings

@@ -151,7 +151,7 @@ SCALING_NOISE = Output("reports/scaling/noise_scale.csv", SCALING_CMD)
 SCALING_METRICS = Output("reports/scaling/metrics.json", SCALING_CMD, "metrics",
                          keys=("critical_batch_size", "critical_batch_size_kind", "ci_low", "ci_high", "s_min"),
                          fields=("critical_batch_size", "critical_batch_size_kind", "ci_low", "ci_high", "s_min",
-                                 "search_cost_ratio", "trials"))
+                                 "search_cost_ratio", "trials", "examples_run"))  # the study's cost: examples
 SCALING_DIAGNOSTICS = Output("reports/scaling/diagnostics.json", SCALING_CMD,  # the study's limits, E_min, noise scale
                              keys=("batch_sizes", "max_steps", "learning_rate_min_tried", "learning_rate_max_tried"),
                              timings=("seconds",))
@@ -165,10 +165,12 @@ SELECT_CONFIG = Output("reports/select/initial_config.yaml", SELECT_CMD,
 SELECT_DECISION = Output("reports/select/decision.csv", SELECT_CMD)
 SELECT_METRICS = Output("reports/select/metrics.json", SELECT_CMD, "metrics",
                         fields=("batch_size", "learning_rate", "train_steps", "devices", "objective", "steps_to_target",
-                                "steps_to_target_min", "steps_to_target_max", "tie"))
+                                "steps_to_target_min", "steps_to_target_max", "tie",
+                                "study_training_runs"))  # the scaling study's examples in training runs of the choice
 SELECT_DIAGNOSTICS = Output("reports/select/diagnostics.json", SELECT_CMD,
                             timings=("expected_training_time_s", "expected_time_to_target_s", "time_per_step_s",
-                                     "resource_cost", "device_hours", "runner_up_objective_value", "scaling_efficiency"))
+                                     "resource_cost", "device_hours", "runner_up_objective_value", "scaling_efficiency",
+                                     "study_time_training_runs"))
 SELECT_REASONING = Output("reports/select/reasoning.md", SELECT_CMD)
 SELECT_PLOTS = tuple(Output(f"reports/select/{name}.png", SELECT_CMD, "image")
                      for name in ("training_time", "resource_use"))

@@ -6,6 +6,7 @@ model, at one batch size -- the same search, so both compare models and sizes on
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Callable
 
 import torch
 
@@ -35,14 +36,23 @@ def trial_identity(ctx: Context, batch_size: int, max_steps: int) -> dict:
                      **{str(f): content_hash(f) for f in (*w.source_files(), *p.workload.sources)}}}
 
 
+def trial_text(t: Trial) -> str:
+    """One finished trial in words: 'coarse lr 0.1 seed 0: reached at step 93 (23808 examples, 0.05 s)'."""
+    r = t.result
+    what = f"{r.outcome} at step {r.steps_to_target}" if r.steps_to_target else f"{r.outcome} after {r.steps_run} steps"
+    return (f"{t.phase} lr {t.learning_rate:.4g} seed {t.seed}: {what} "
+            f"({r.examples_run} examples, {r.seconds:.2f} s{', from journal' if t.resumed else ''})")
+
+
 def tune_learning_rate(workload: Workload, optimizer: OptimizerSettings, batch_size: int, device: torch.device,
                        s: ScalingSettings, seed: int, max_steps: int, *, journal: Journal | None = None,
                        hint: float | None = None, bound: Bound | None = None, stage: str = "scaling",
-                       label: str | None = None) -> list[Trial]:
+                       label: str | None = None, on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
     """Every trial of the search (coarse, widen, refine, seed), one progress line per trial on
-    stderr. `s` supplies the search settings (lr_* , seeds, rerun_top, hold_factor, ...); `max_steps`
-    caps each trial (censored beyond it); `bound`: the give-up point of the trials before any rate
-    reached the target (None: max_steps)."""
+    stderr (`on_trial`, e.g. the scaling job's lines with an ETA; else `trial_text` numbered). `s`
+    supplies the search settings (lr_* , seeds, rerun_top, hold_factor, ...); `max_steps` caps each
+    trial (censored beyond it); `bound`: the give-up point of the trials before any rate reached the
+    target (None: max_steps)."""
     label = label or f"bs {batch_size}"
     grid = learning_rate_grid(s.lr_min, s.lr_max, s.lr_points, s.lr_grid, seed)
     count = [0]
@@ -56,13 +66,11 @@ def tune_learning_rate(workload: Workload, optimizer: OptimizerSettings, batch_s
                                plateau_tolerance=s.plateau_tolerance if trial_seed == seed else 0.0,
                                contender=contender)
 
-    def progress(t: Trial) -> None:
-        r = t.result
+    def numbered(t: Trial) -> None:
         count[0] += 1
-        what = f"{r.outcome} at step {r.steps_to_target}" if r.steps_to_target else f"{r.outcome} after {r.steps_run} steps"
-        log.info(stage, f"{label} {t.phase} lr {t.learning_rate:.4g} seed {t.seed}: {what} "
-                        f"({r.examples_run} examples, {r.seconds:.2f} s{', from journal' if t.resumed else ''}) "
-                        f"[trial {count[0]}]")
+        log.info(stage, f"{label} {trial_text(t)} [trial {count[0]}]")
+
+    progress = on_trial or numbered
 
     coarse = search(grid, run, seed, journal=journal, hint=hint, early_stopping=s.early_stopping,
                     score=final_metric_score(workload.target_metric, workload.target_direction),

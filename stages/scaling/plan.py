@@ -1,6 +1,8 @@
 """`python -m stages.scaling plan`: the study's bill before it runs -- trials, examples and wall time
 per batch size, from the steps the neighbouring sizes already measured (their journals) and the
-throughput stage's time per step.
+throughput stage's time per step. Each `scaling trials` job prints its own size's line of it when it
+starts (`plan_line`), and an ETA on each trial's progress line (`SearchProgress`): the same cost model,
+re-estimated from the best steps the size has found so far, at the seconds per step the job measures.
 
 The cost model (`search_steps`) counts a size's search in runs of its steps to target S: the coarse
 grid and refinement trials each stop by about S (early stopping), about half of them reach and hold
@@ -10,8 +12,14 @@ yet, S is max_steps: the estimate is then the bill's upper end (every first tria
 from __future__ import annotations
 
 import math
+import time
+from typing import Callable
 
 import pandas as pd
+
+from stages.core.log import info
+from stages.core.progress import Progress, duration
+from stages.core.tune import trial_text
 
 REACHING_SHARE = 0.5  # share of the search-seed trials that reach the target (and hold it), measured ~0.4-0.6
 
@@ -71,20 +79,72 @@ def plan_table(batch_sizes: list[int], measured: dict[int, float], time_per_step
     return pd.DataFrame(rows)
 
 
+def plan_line(row: pd.Series) -> str:
+    """One size's bill in words: 'about 10 trials, 3720 steps, 238080 examples, about 4 s of training
+    (steps to target 93: between bs 32 and 128)'."""
+    seconds = "" if pd.isna(row["seconds"]) else f", about {duration(row['seconds'])} of training"
+    return (f"about {row['trials']} trials, {row['steps']} steps, {row['examples']} examples{seconds} "
+            f"(steps to target {row['steps_to_target']}: {row['from']})")
+
+
+class SearchProgress:
+    """The progress line of each trial of one size's search, with an ETA: the search's expected steps
+    (`search_steps`) for the steps to target known now -- the best found at this size so far once a
+    rate reached, else the plan's prediction -- less the steps spent, at the wall seconds per step the
+    job's trained trials took (journal replays cost nothing; before any trained trial, throughput's
+    time per step). At least one more trial's time while the search runs past its estimate."""
+
+    def __init__(self, label: str, predicted_steps: float, s, time_per_step_s: float | None = None,
+                 stage: str = "scaling", clock: Callable[[], float] = time.monotonic,
+                 say: Callable[[str, str], None] = info):
+        searched, seeded = search_trials(s)
+        self.bar = Progress(stage, f"{label} trial", searched + seeded, every_s=0.0, clock=clock, say=say)
+        self.predicted, self.s, self.time_per_step_s, self.clock = predicted_steps, s, time_per_step_s, clock
+        self.trials = self.steps = self.trained = self.trained_steps = 0
+        self.trained_seconds, self.last, self.best = 0.0, clock(), None
+
+    def __call__(self, trial) -> None:
+        r, now = trial.result, self.clock()
+        self.trials += 1
+        self.steps += r.steps_run
+        if not trial.resumed:
+            self.trained += 1
+            self.trained_steps += r.steps_run
+            self.trained_seconds += now - self.last
+        self.last = now
+        if trial.phase != "seed" and r.steps_to_target is not None:
+            self.best = min(self.best or r.steps_to_target, r.steps_to_target)
+        self.bar.total = max(self.bar.total, self.trials + 1)  # open-ended: `finish` says when it is done
+        self.bar.update(self.trials, trial_text(trial), eta_s=self.eta_s())
+
+    def eta_s(self) -> float | None:
+        per_step = self.trained_seconds / self.trained_steps if self.trained_steps else self.time_per_step_s
+        if per_step is None:
+            return None
+        left = max(0.0, search_steps(self.best or self.predicted, self.s) - self.steps) * per_step
+        return max(left, self.trained_seconds / self.trained if self.trained else 0.0)
+
+    def finish(self, detail: str = "") -> None:
+        self.bar.total = self.trials
+        self.bar.finish(self.trials, detail)
+
+
+def throughput_times(table: pd.DataFrame) -> dict[int, float]:
+    """Batch size -> time per step from throughput's table (sizes it did not time left out)."""
+    return {int(b): float(x) for b, x in zip(table["batch_size"], table["time_per_step_s"]) if pd.notna(x)}
+
+
 def main_plan() -> None:
     from stages.core import log
     from stages.core import outputs as out
     from stages.core.context import setup
     from stages.pipeline.declaration import load_stage_params
-    from stages.scaling.trials import _journalled_steps
+    from stages.scaling.trials import measured_steps
 
     ctx = setup(params=load_stage_params("scaling_trials"))
     s = ctx.params.scaling
-    measured = {b: float(max(st)) for b in s.batch_sizes if (st := _journalled_steps(ctx, b))}
-    timing: dict[int, float] = {}
-    if out.THROUGHPUT_CSV.at().exists():
-        t = out.read_csv(out.THROUGHPUT_CSV)
-        timing = {int(b): float(x) for b, x in zip(t["batch_size"], t["time_per_step_s"]) if pd.notna(x)}
+    measured = measured_steps(ctx)
+    timing = throughput_times(out.read_csv(out.THROUGHPUT_CSV)) if out.THROUGHPUT_CSV.at().exists() else {}
     table = plan_table(list(s.batch_sizes), measured, timing, s)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     known = table["seconds"].notna()

@@ -24,12 +24,13 @@ import pandas as pd
 from stages.core import io
 from stages.core import outputs as out
 from stages.core import log
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, KickoffError
 from stages.core.context import Context, setup
 from stages.core.lr_search import (JOURNAL_DIR, Bound, Journal, Trial, best_learning_rate, best_steps,
                                    journal_key)
 from stages.core.tune import trial_identity, tune_learning_rate
 from stages.core.optim import effective_learning_rate
+from stages.scaling.plan import SearchProgress, plan_line, plan_table, throughput_times
 from stages.scaling.tables import TRIAL_COLUMNS, curve_rows, skip_reason, skipped_row, trial_row
 from stages.pipeline.declaration import load_stage_params
 
@@ -68,6 +69,24 @@ def _journalled_steps(ctx: Context, batch_size: int) -> list[int] | None:
         return None
     steps = [st for rate, _, st in rows if rate == lr and st is not None]
     return steps or None
+
+
+def measured_steps(ctx: Context) -> dict[int, float]:
+    """Batch size -> the slowest seed's steps of its best rate so far, for every size whose journal
+    has a rate that reached the target (the plan's input: stages/scaling/plan.py)."""
+    return {b: float(max(st)) for b in ctx.params.scaling.batch_sizes if (st := _journalled_steps(ctx, b))}
+
+
+def _time_per_step(batch_size: int) -> float | None:
+    """Throughput's time per step at this size, for the plan line and the ETA before any trial trained;
+    None where throughput has not run, did not time the size, or its table is not readable (a job's
+    estimate must not stop it)."""
+    try:
+        if not out.THROUGHPUT_CSV.at().exists():
+            return None
+        return throughput_times(out.read_csv(out.THROUGHPUT_CSV)).get(batch_size)
+    except KickoffError:
+        return None
 
 
 def first_trial_bound(ctx: Context, batch_size: int) -> Bound | None:
@@ -120,7 +139,13 @@ def _neighbour_hint(ctx: Context, batch_size: int) -> float | None:
 
 def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[Trial]:
     """The learning-rate search at this size (stages/core/tune.py), started near the rate the
-    smaller sizes predict."""
+    smaller sizes predict; first its bill (the plan's line for this size), then one line per trial
+    with an ETA."""
+    s = ctx.params.scaling
+    per_step = _time_per_step(batch_size)
+    plan = plan_table([batch_size], measured_steps(ctx), {batch_size: per_step} if per_step else {}, s).iloc[0]
+    log.info(STAGE, f"bs {batch_size}: plan: {plan_line(plan)}")
+    progress = SearchProgress(f"bs {batch_size}", float(plan["steps_to_target"]), s, per_step, stage=STAGE)
     hint = _neighbour_hint(ctx, batch_size)
     if hint:
         log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the smaller batch sizes)")
@@ -128,9 +153,11 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
     log.info(STAGE, f"bs {batch_size}: first trials give up at step "
                     f"{bound.steps if bound else ctx.params.scaling.max_steps} "
                     f"({bound.why if bound else 'max_steps: no neighbouring size has reached the target yet'})")
-    return tune_learning_rate(ctx.workload, ctx.params.optimizer, batch_size, ctx.device, ctx.params.scaling,
-                              ctx.params.runtime.seed, ctx.params.scaling.max_steps, journal=journal, hint=hint,
-                              bound=bound, stage=STAGE)
+    trials = tune_learning_rate(ctx.workload, ctx.params.optimizer, batch_size, ctx.device, s,
+                                ctx.params.runtime.seed, s.max_steps, journal=journal, hint=hint,
+                                bound=bound, stage=STAGE, on_trial=progress)
+    progress.finish(f"{sum(t.result.examples_run for t in trials)} examples, plan: {plan['examples']}")
+    return trials
 
 
 def main_trials(batch_size: int) -> None:

@@ -54,6 +54,8 @@ class Study:
     max_steps: Steps
     lr_min: float  # the smallest learning rate tried
     lr_max: float  # the largest
+    examples_run: int | None = None  # what the whole study trained (its metrics.json; None: not recorded)
+    seconds: float | None = None     # its trials' training seconds (diagnostics.json)
 
 
 @dataclass(frozen=True)

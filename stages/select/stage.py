@@ -59,9 +59,24 @@ def _num(x):
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
 
 
-def _study(sc_d: dict) -> Study:
+def _study(sc_m: dict, sc_d: dict) -> Study:
     lr_min, lr_max = _num(sc_d.get("learning_rate_min_tried")), _num(sc_d.get("learning_rate_max_tried"))
-    return Study(int(sc_d["max_steps"]), math.nan if lr_min is None else lr_min, math.nan if lr_max is None else lr_max)
+    examples = _num(sc_m.get("examples_run"))
+    return Study(int(sc_d["max_steps"]), math.nan if lr_min is None else lr_min, math.nan if lr_max is None else lr_max,
+                 int(examples) if examples is not None else None, _num(sc_d.get("seconds")))
+
+
+def study_cost(study: Study, config: dict) -> dict:
+    """What the scaling study cost, in training runs of the chosen configuration (one run: batch size x
+    step budget examples, or its expected training time): `study_training_runs` from the examples (what
+    a reviewer compares), `study_time_training_runs` from the seconds (a timing); None where the study
+    did not record them."""
+    run_examples = config["batch_size"] * config["train_steps"]
+    run_seconds = config["expected_training_time_s"]
+    return {"study_training_runs": study.examples_run / run_examples if study.examples_run is not None and run_examples
+            else None,
+            "study_time_training_runs": study.seconds / run_seconds if study.seconds is not None and run_seconds > 0
+            else None}
 
 
 def read_inputs(target: Target, margin: float) -> tuple[Measurements, Study, pd.DataFrame]:
@@ -94,7 +109,7 @@ def read_inputs(target: Target, margin: float) -> tuple[Measurements, Study, pd.
         first_step_overhead_s=_num(thr_d.get("first_step_overhead_s")) or 0.0,
         measured_efficiency=measured_efficiency(),
         trials=trials,  # outcomes: did every trial diverge?
-    ), _study(sc_d), choices
+    ), _study(sc_m, sc_d), choices
 
 
 def measured_efficiency() -> dict[int, float]:
@@ -188,6 +203,12 @@ def main() -> None:
     config = initial_config(sel, params, target, measurements.first_step_overhead_s,
                             loader_settings(params, workload, out.read_json(out.THROUGHPUT_METRICS),
                                             out.read_json(out.THROUGHPUT_DIAGNOSTICS)))
+    cost = study_cost(study, config)
+    if cost["study_training_runs"] is not None:
+        log.info("select", f"the scaling study cost {cost['study_training_runs']:.3g} training runs of this configuration "
+                           f"in examples ({study.examples_run} / ({config['batch_size']} x {config['train_steps']} steps))"
+                           + (f", {cost['study_time_training_runs']:.3g} in training time"
+                              if cost["study_time_training_runs"] is not None else ""))
     header = ("# Initial configuration chosen by `python -m stages.select` (see reasoning.md next to it).\n"
               "# Train it with `python -m stages.baseline`.\n")
     write_csv(out.SELECT_DECISION.path, sel.table)
@@ -209,6 +230,7 @@ def main() -> None:
         "scaling_efficiency_source": str(c["scaling_efficiency_source"]) if int(c["devices"]) > 1 else "one device",
         "tied_batch_sizes": sel.tied,
         "tie": tie_label(sel),
+        **cost,
     })
     write_text(out.SELECT_REASONING.path, reasoning_markdown(sel, measurements, target, params.select, study, config["optimizer"]))
     plot(sel.table, "training_time_s", "Training time to target by batch size", "training time (s)", out.SELECT_PLOTS[0].path)
