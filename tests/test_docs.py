@@ -171,3 +171,23 @@ def test_check_fails_on_drift_and_names_the_command_that_regenerates(tmp_path):
     assert (tmp_path / "params.yaml").read_text() == params
     assert (tmp_path / "docs/settings.md").read_text() == table
     assert run(check, ROOT, check=False).returncode == 0
+
+
+def test_the_workers_measurement_is_described_as_the_code_does_it():
+    """Issue 21 parts 1 and 3: throughput, dataset, select and baseline docs say that the workers are measured
+    first (persistent across epochs where the Dataset allows), every size is then timed with the recommended
+    setting that select writes, and a too-noisy measurement falls back to data.num_workers -- with the
+    numbers of stages/throughput/workers.py."""
+    from stages.throughput import workers
+
+    def flat(name: str) -> str:
+        return " ".join((ROOT / "docs" / name).read_text().split())
+
+    throughput = flat("throughput.md")
+    assert "**measures the loader's workers first**" in throughput and "then times every size with the recommended setting" in throughput
+    assert f"wider than +-{workers.NOISY_HALF_WIDTH:.0%} of its median" in throughput
+    assert f"at least one epoch (up to {workers.EPOCH_WINDOW_CAP} steps)" in throughput and "`set_epoch`" in throughput
+    for name in ("dataset.md", "select.md", "baseline.md"):
+        text = flat(name)
+        assert "too noisy to rank" in text and "`data.num_workers`" in text, name
+        assert "persistent" in text and "initial_config.yaml" in text, name
