@@ -44,6 +44,31 @@ def test_a_bad_value_is_one_line_and_exit_2(tmp_path, params, expected):
     assert len(lines) == 1 and lines[0].startswith(f"kickoff: error: {expected}"), proc.stderr
 
 
+def test_device_counts_beyond_this_machine_are_refused_naming_the_limit(tmp_path, monkeypatch):
+    """Issue 22 part 4: throughput.devices beyond the usable CPU cores stops `python -m stages` and the
+    throughput stage's setup (one line: the key, the value, the limit); on CUDA the limit is the visible
+    GPUs, on mps 1; the stages that do not read the throughput section do not check it."""
+    import os
+
+    from stages.core import device
+    from stages.core.errors import ConfigError
+
+    cores = len(os.sched_getaffinity(0))
+    proc = params_check(tmp_path, {"runtime": {"device": "cpu"}, "throughput": {"devices": [1, cores + 1]}})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == (f"kickoff: error: params.yaml: throughput.devices: received [1, {cores + 1}]; "
+                                   f"allowed: device counts up to {cores} (runtime.device cpu: the CPU cores this "
+                                   f"process may use, one per data-parallel process), e.g. [1]")
+    assert params_check(tmp_path, {"runtime": {"device": "cpu"}, "throughput": {"devices": [1, cores]}}).returncode == 0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"^throughput.devices: received \[1, 2\]; allowed: device counts up to 1 "
+                                          r"\(runtime.device cuda: the CUDA devices visible to this process\), e.g. \[1\]$"):
+        device.check_device_counts([1, 2], torch.device("cuda"))
+    with pytest.raises(ConfigError, match=r"up to 1 \(runtime.device mps: torch.distributed has no backend there\)"):
+        device.check_device_counts([1, 2], torch.device("mps"))
+    device.check_device_counts([1], torch.device("mps"))
+
+
 def test_good_params_print_the_resolved_values(tmp_path):
     proc = params_check(tmp_path, {"runtime": {"device": "cpu"}, "workload": {"name": "nqm"}})
     assert proc.returncode == 0, proc.stderr

@@ -14,7 +14,7 @@ import yaml
 
 from stages.core.config import PARAMS_FILE, Params, load_params
 from stages.core.declared import declares
-from stages.core.device import configure_cpu, resolve_device
+from stages.core.device import check_device_counts, configure_cpu, resolve_device
 from stages.core.errors import ConfigError
 from stages.core.model_choice import apply_family_choice
 from stages.workloads.base import Workload, make_workload
@@ -61,10 +61,14 @@ def build_workload(p: Params) -> Workload:
 
 
 def check_environment(params: Params, source: str = PARAMS_FILE) -> tuple[Workload, torch.device]:
-    """The checks that need this machine, raising ConfigError: sources, the workload (built), the device."""
+    """The checks that need this machine, raising ConfigError: sources, the workload (built), the device,
+    and -- where the params hold the throughput section -- its data-parallel device counts."""
     try:
         check_sources(params)
-        return build_workload(params), resolve_device(params.runtime.device)
+        workload, device = build_workload(params), resolve_device(params.runtime.device)
+        if declares(params, "throughput"):
+            check_device_counts(params.throughput.devices, device)
+        return workload, device
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

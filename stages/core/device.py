@@ -64,6 +64,26 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def usable_devices(device: torch.device) -> tuple[int, str]:
+    """How many processes data parallelism may run on this machine for `device`, and what bounds it: one
+    per CPU core this process may use (each process needs a core of its own), one per visible CUDA device
+    (CUDA_VISIBLE_DEVICES counts), one on mps (torch.distributed has no backend there)."""
+    if device.type == "cuda":
+        return torch.cuda.device_count(), "runtime.device cuda: the CUDA devices visible to this process"
+    if device.type == "mps":
+        return 1, "runtime.device mps: torch.distributed has no backend there"
+    return usable_cpus(), "runtime.device cpu: the CPU cores this process may use, one per data-parallel process"
+
+
+def check_device_counts(counts: list[int], device: torch.device, key: str = "throughput.devices") -> None:
+    """ConfigError naming `key`, the counts received and the limit when a count exceeds usable_devices."""
+    limit, why = usable_devices(device)
+    if counts and max(counts) > limit:
+        fitting = [c for c in counts if c <= limit]
+        raise ConfigError(f"{key}: received {counts}; allowed: device counts up to {limit} ({why})"
+                          + (f", e.g. {fitting}" if fitting else ""))
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same initial weights and data order (bit-identical losses on CPU)."""
     random.seed(seed)

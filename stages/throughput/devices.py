@@ -12,8 +12,7 @@ import torch
 from stages.core import outputs as out
 from stages.core.config import ThroughputSettings
 from stages.core.context import Context
-from stages.core.device import usable_cpus
-from stages.core.errors import ConfigError
+from stages.core.device import check_device_counts, usable_cpus
 from stages.core.log import info
 from stages.core.plotting import figure, save
 from stages.throughput import ddp, timing
@@ -33,12 +32,7 @@ def check(s: ThroughputSettings, device: torch.device, threads: int) -> str:
     if not wanted(s):
         return ""
     most = max(s.devices)
-    if device.type == "mps":
-        raise ConfigError(f"throughput.devices: received {s.devices}, but runtime.device is mps, where "
-                          f"torch.distributed has no backend; allowed on mps: [1]")
-    if device.type == "cuda" and most > torch.cuda.device_count():
-        raise ConfigError(f"throughput.devices: received {s.devices}; this machine has {torch.cuda.device_count()} "
-                          f"CUDA device(s); allowed: counts up to {torch.cuda.device_count()}")
+    check_device_counts(s.devices, device)  # also in every stage's setup (stages/core/context.py)
     cores = usable_cpus()
     if device.type == "cpu" and most * threads > cores:
         return (f"{most} processes x {threads} thread(s) need {most * threads} cores, but this process may use "
