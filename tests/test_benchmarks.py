@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -15,3 +17,23 @@ def test_bench_nqm_runs_the_study_on_nqm_with_tiny_arguments():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "search cost" in done.stdout and "largest single trial" in done.stdout
     assert "B_crit closed form" in done.stdout
+
+
+def test_bench_peers_compares_kickoff_and_optuna_with_tiny_arguments():
+    pytest.importorskip("optuna", reason="bench_peers needs Optuna, the optional `bench` extra (pip install -e '.[bench]')")
+    done = subprocess.run([sys.executable, "bench/bench_peers.py", "--sizes", "64", "--max-steps", "200",
+                           "--optuna-trials", "3", "--repeats", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "kickoff_to_10pct" in done.stdout and "optuna_to_10pct" in done.stdout and "optuna_steps" in done.stdout
+
+
+def test_bench_peers_counts_examples_to_the_first_trial_near_the_best_rate():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_peers import examples_to_within, objective_value
+
+    history = [(0.1, 100), (1.0, 50), (0.3, 20), (0.32, 10)]
+    assert examples_to_within(history, 0.32) == 170  # 0.3 is within 10% of 0.32
+    assert examples_to_within(history, 0.05) is None and examples_to_within(history, None) is None
+    assert objective_value(120, 0.96, 0.95, 1000) == 120.0
+    assert objective_value(None, 0.85, 0.95, 1000) == pytest.approx(1100.0)  # censored, closer ranks first
