@@ -138,6 +138,23 @@ def test_memory_model_fit_and_prediction():
     assert memory.predicted_max_batch_size(memory.fit_memory_model([1, 2], [100, 90]), 1000) is None
 
 
+def test_a_memory_model_that_cannot_predict_says_why():
+    """Issue 22 part 4: on the CPU a tiny model's peaks are jitter around the process's RSS; a line through
+    them predicted 1.586e+20 or 45355459. Such a fit is refused with its reason, and no prediction is made."""
+    sizes = [1, 2, 4, 8, 16]
+    assert memory.fit_problem(memory.fit_memory_model(sizes, [100e6 + 1e6 * b for b in sizes]), sizes,
+                              [100e6 + 1e6 * b for b in sizes]) is None  # 1 MB per example: measurable
+    jitter = [300e6 + d for d in (0, 4096, 0, 8192, 4096)]  # a few pages of RSS jitter
+    problem = memory.fit_problem(memory.fit_memory_model(sizes, jitter), sizes, jitter)
+    assert problem.startswith("the peak grew by ") and "less than the measurement resolves" in problem
+    flat = [300e6] * 5
+    assert memory.fit_problem(memory.fit_memory_model(sizes, flat), sizes, flat).startswith(
+        "the peak did not grow with the batch size (0 B per example")
+    assert memory.fit_problem(memory.fit_memory_model([4], [1e8]), [4], [1e8]) == "1 batch size(s) fit, and a line needs two"
+    scattered = [100e6, 400e6, 100e6, 400e6, 300e6]
+    assert "do not lie on a line" in memory.fit_problem(memory.fit_memory_model(sizes, scattered), sizes, scattered)
+
+
 def test_budget_resolution():
     assert memory.resolve_budget("auto", 12345) == 12345
     assert memory.resolve_budget("1GiB", 12345) == 2**30
@@ -310,6 +327,13 @@ def test_stage_smoke_on_the_default_workload(tmp_path):
     assert "isolation_note" not in metrics and all(not isinstance(v, str) or len(v) <= 40 for v in metrics.values())
     assert "## Peak memory\n\npeak resident set size" in (out / "notes.md").read_text()  # the prose kept out of metrics.json
     assert proc.stderr.count("batch size") >= 3  # one progress line per trial
+    notes = (out / "notes.md").read_text()
+    if metrics["memory_model_fitted"]:  # a fit the measurement resolves: a prediction
+        assert metrics["predicted_max_batch_size"] is not None and "## Memory model" not in notes
+    else:  # digits_mlp on the CPU: activations below the RSS jitter -- no prediction, the reason in words
+        assert metrics["predicted_max_batch_size"] is None and "memory_model_problem" not in metrics
+        assert "## Memory model\n\nNot fitted, so no predicted_max_batch_size: " in notes
+        assert "the memory model could not be fitted: " in proc.stderr
     # probe.plan_for: every uncapped candidate estimated; each target's size is the largest within its limit
     plan = pd.read_csv(out / "memory_plan.csv")
     assert list(plan.batch_size) == [256, 512, 1024] and set(plan.status) == {"estimated"}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from stages.core.log import human_bytes
 from stages.core.device import OOM_MESSAGES, classify_exception, classify_message  # noqa: F401 (the probe's names)
 from stages.core.types import BatchSize, Bytes
 
@@ -251,6 +252,33 @@ def fit_memory_model(batch_sizes: list[BatchSize], peaks: list[float]) -> Memory
     total = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - residual / total if total > 0 else 1.0
     return MemoryModel(float(fixed), float(per_example), r2, points)
+
+
+MIN_GROWTH_BYTES = 1 << 20   # a peak that grows less than this over the sizes fitted is within the measurement's noise
+MIN_GROWTH_FRACTION = 0.01   # ... or less than this fraction of the peak (RSS and allocator jitter on the CPU)
+MIN_FIT_R2 = 0.9             # peaks further from a line than this cannot be extrapolated to the limit
+
+
+def fit_problem(model: MemoryModel, batch_sizes: list[BatchSize], peaks: list[float]) -> str | None:
+    """Why the fitted line cannot predict the largest size under the limit (None: it can): fewer than two
+    sizes, memory that does not grow with the batch size (0 B or less per example), growth over the sizes
+    fitted within the measurement's noise (a tiny model on the CPU: a line through jitter predicts sizes
+    like 1.6e+20), or peaks that do not lie on a line."""
+    if model.points < 2 or model.per_example_bytes is None:
+        return f"{model.points} batch size(s) fit, and a line needs two"
+    sizes = [b for b, y in zip(batch_sizes, peaks) if y is not None and math.isfinite(y)]
+    growth = model.per_example_bytes * (max(sizes) - min(sizes))
+    peak = max(y for y in peaks if y is not None and math.isfinite(y))
+    if model.per_example_bytes <= 0:
+        return (f"the peak did not grow with the batch size ({round(model.per_example_bytes):d} B per example over batch "
+                f"sizes {min(sizes)}-{max(sizes)})")
+    if growth < max(MIN_GROWTH_BYTES, MIN_GROWTH_FRACTION * peak):
+        return (f"the peak grew by {human_bytes(growth)} over batch sizes {min(sizes)}-{max(sizes)} "
+                f"({model.per_example_bytes:.3g} B per example), less than the measurement resolves "
+                f"(max(1 MiB, 1% of the {peak / 2**20:.1f} MiB peak)): the activations are too small to measure here")
+    if model.r2 is not None and model.r2 < MIN_FIT_R2:
+        return f"the peaks do not lie on a line (R^2 {model.r2:.2f} < {MIN_FIT_R2})"
+    return None
 
 
 def predicted_max_batch_size(model: MemoryModel, limit: Bytes) -> BatchSize | None:

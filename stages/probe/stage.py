@@ -226,6 +226,7 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
                                          "need at least 2); not run") for b in below_batch_norm]
     fitting = [r for r in records if r.status == "fits"]
     model = memory.fit_memory_model([r.batch_size for r in fitting], [r.peak_memory_bytes for r in fitting])
+    unfit = memory.fit_problem(model, [r.batch_size for r in fitting], [r.peak_memory_bytes for r in fitting])
     failure = next((r for r in records if r.status in ("oom", "over_budget", "killed")), None)
     metrics = {
         "max_batch_size": best,
@@ -233,7 +234,8 @@ def run_probe(params: Params, device: torch.device, num_train_examples: int | No
         "memory_budget_setting": settings.memory_budget,
         "memory_capacity_bytes": about["capacity_bytes"], "memory_capacity_source": about["capacity_source"],
         "memory_fixed_bytes": model.fixed_bytes, "memory_per_example_bytes": model.per_example_bytes,
-        "memory_fit_r2": model.r2, "predicted_max_batch_size": memory.predicted_max_batch_size(model, limit),
+        "memory_fit_r2": model.r2, "memory_model_fitted": unfit is None, "memory_model_problem": unfit,
+        "predicted_max_batch_size": None if unfit else memory.predicted_max_batch_size(model, limit),
         "peak_memory_measure": methods[0] if methods else "",
         "device": about["device"], "device_type": device.type, "threads": about["threads"],
         "has_batch_norm": about["has_batch_norm"], "parameter_count": about["parameter_count"],
@@ -259,13 +261,16 @@ def write_outputs(outcome: ProbeOutcome) -> None:
     for column in ("peak_memory_bytes", "peak_reserved_bytes", "baseline_memory_bytes", "trial"):
         frame[column] = frame[column].astype("Int64")
     # Prose (an out-of-memory message runs to hundreds of characters) goes to notes.md, numbers to metrics.json / diagnostics.json.
-    metrics = {k: v for k, v in outcome.metrics.items() if k not in ("isolation_note", "peak_memory_measure")}
+    metrics = {k: v for k, v in outcome.metrics.items()
+               if k not in ("isolation_note", "peak_memory_measure", "memory_model_problem")}
     failure = metrics["first_failure"]
     if failure is not None:
         metrics["first_failure"] = {k: v for k, v in failure.items() if k != "reason"}
     notes = {"First size that did not fit": failure and f"Batch size {failure['batch_size']} ({failure['status']}): "
                                                          f"{failure['reason']}",
              "Peak memory": outcome.metrics.get("peak_memory_measure"),
+             "Memory model": outcome.metrics.get("memory_model_problem") and (
+                 f"Not fitted, so no predicted_max_batch_size: {outcome.metrics['memory_model_problem']}."),
              "Trial isolation": outcome.metrics.get("isolation_note"),
              "Memory plan": outcome.plan and plan.plan_markdown(outcome.plan, outcome.plan_fits,
                                                                outcome.metrics["safety_margin"])}
@@ -297,7 +302,7 @@ def plot_memory(frame, metrics: dict, path: str, plan_rows=None, plan_fits=()) -
                    label="oom / killed (no peak)")
     fixed, per_example = metrics["memory_fixed_bytes"], metrics["memory_per_example_bytes"]
     tried = frame[frame["status"] != "capped"]["batch_size"]
-    if fixed is not None and per_example is not None and len(tried):
+    if fixed is not None and per_example is not None and len(tried) and metrics.get("memory_model_fitted", True):
         xs = np.geomspace(tried.min(), tried.max(), 50)
         ys = fixed + per_example * xs
         ax.plot(xs[ys > 0], ys[ys > 0], color="tab:gray", lw=1,
@@ -342,7 +347,9 @@ def main() -> None:
                          f"({failure['reason']}); see {out.PROBE_CSV.path}; lower probe.min_batch_size, shrink the "
                          f"model, or raise probe.memory_budget")
     predicted = outcome.metrics["predicted_max_batch_size"]
-    model_says = ("the memory model could not be fitted" if predicted is None
+    problem = outcome.metrics.get("memory_model_problem")
+    model_says = (f"the memory model could not be fitted: {problem}" if problem
+                  else "the memory model could not be fitted" if predicted is None
                   else f"the memory model predicts {predicted}")
     info("probe", f"max batch size {best} ({model_says}); "
                   f"wrote {out.PROBE_CSV.path}, {out.PROBE_METRICS.path}, {out.PROBE_PLOT.path}")
