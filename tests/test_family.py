@@ -176,3 +176,32 @@ def test_null_candidates_render_the_pipeline_without_candidate_jobs():
     for name in ("probe", "throughput", "scaling_trials", "scaling", "select"):
         s = pipeline.stage(name)
         assert out.FAMILY_MODEL in s.inputs and {"family.candidates", "family.rule"} <= set(s.params), name
+
+
+def test_a_candidates_search_shows_progress_with_an_eta():
+    """Issue 21 part 4: each family trial is a progress line -- 'trial i/n' of at most n (the search's bound),
+    the time so far, the ETA, the trial in words; a fake clock of one second per reading."""
+    from types import SimpleNamespace
+
+    from stages.core.config import ScalingSettings
+    from stages.core.progress import Progress
+    from stages.family.stage import candidate_progress, most_trials
+
+    s = ScalingSettings()
+    assert most_trials(s) >= s.lr_points + s.lr_refine_trials + s.rerun_top
+    now, lines = [0.0], []
+
+    def clock() -> float:
+        now[0] += 1.0
+        return now[0]
+
+    progress = Progress("family", "candidate0 bs 64: trial (of at most 4)", 4, every_s=0.0, clock=clock,
+                        say=lambda stage, text: lines.append(text))
+    result = SimpleNamespace(outcome="reached", steps_to_target=93, steps_run=120, examples_run=7680, seconds=0.05)
+    on_trial = candidate_progress(progress)
+    for _ in range(2):
+        on_trial(SimpleNamespace(phase="coarse", learning_rate=0.1, seed=0, result=result, resumed=False))
+    assert lines == ["candidate0 bs 64: trial (of at most 4) 1/4 (25%), 1 s so far, about 3 s left -- coarse lr 0.1 "
+                     "seed 0: reached at step 93 (7680 examples, 0.05 s)",
+                     "candidate0 bs 64: trial (of at most 4) 2/4 (50%), 2 s so far, about 2 s left -- coarse lr 0.1 "
+                     "seed 0: reached at step 93 (7680 examples, 0.05 s)"]

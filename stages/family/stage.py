@@ -38,7 +38,8 @@ from stages.core.cli import ArgumentParser
 from stages.core.errors import ConfigError, InputError, KickoffError
 from stages.core.lr_search import Journal, best_learning_rate, final_metric_score, journal_key
 from stages.core.model_choice import candidate_key, check_candidates, merged_kwargs
-from stages.core.tune import trial_identity, tune_learning_rate
+from stages.core.progress import Progress
+from stages.core.tune import trial_identity, trial_text, tune_learning_rate
 from stages.family.choose import choose
 from stages.family.measure import flops_per_example, size_of, time_per_step_s
 from stages.pipeline.declaration import load_stage_params
@@ -99,6 +100,28 @@ def family_limits(max_steps: int, lr_min: float | None = None, lr_max: float | N
                          model_key="family.candidates")
 
 
+def most_trials(s) -> int:
+    """An upper bound on one learning-rate search's trials (the search stops early, so it is rarely reached):
+    the coarse grid, the widening on either side, the refinement, the seed reruns (successive halving)."""
+    grid_step = (s.lr_max / s.lr_min) ** (1 / (s.lr_points - 1)) if s.lr_points > 1 and s.lr_max > s.lr_min else 2.0
+    widen = 2 * math.ceil(math.log(s.lr_widen_factor) / math.log(grid_step)) if s.lr_widen_factor > 1 else 0
+    seeds, contenders = 0, s.rerun_top
+    for k in range(s.seeds):
+        contenders = contenders if k == 0 else max(1, math.ceil(contenders / 2))
+        seeds += contenders
+    return s.lr_points + widen + s.lr_refine_trials + seeds
+
+
+def candidate_progress(progress: Progress):
+    """tune_learning_rate's on_trial: the trial in words on a progress line with the ETA."""
+    count = [0]
+
+    def on_trial(t) -> None:
+        count[0] += 1
+        progress.update(min(count[0], progress.total), trial_text(t))
+    return on_trial
+
+
 def measure_candidate(ctx: Context, name: str, overrides: dict, batch_size: int, max_steps: int) -> dict:
     """The candidate's row: its size and cost, then the learning-rate search at `batch_size`."""
     w, p, seed = ctx.workload, ctx.params, ctx.params.runtime.seed
@@ -108,8 +131,13 @@ def measure_candidate(ctx: Context, name: str, overrides: dict, batch_size: int,
                                                     f"({w.num_train_examples} examples); set family.batch_size lower"}
     row["flops_per_example"] = flops_per_example(w, p.optimizer, batch_size, ctx.device, seed, STAGE)
     journal = Journal.open(JOURNAL_DIR / f"{name}-{journal_key(trial_identity(ctx, batch_size, max_steps))}.jsonl")
+    most = most_trials(p.scaling)
+    progress = Progress(STAGE, f"{name} {overrides_text(overrides)} bs {batch_size}: trial (of at most {most})", most,
+                        every_s=0.0)  # a line per trial, with an ETA from the trials so far
     trials = tune_learning_rate(w, p.optimizer, batch_size, ctx.device, p.scaling, seed, max_steps,
-                                journal=journal, stage=STAGE, label=f"{name} {overrides_text(overrides)} bs {batch_size}")
+                                journal=journal, stage=STAGE, label=f"{name} {overrides_text(overrides)} bs {batch_size}",
+                                on_trial=candidate_progress(progress))
+    progress.finish(len(trials))
     score = final_metric_score(w.target_metric, w.target_direction)
     closest = min((t.result for t in trials), key=score)  # the trial that got closest to (or furthest past) the target
     row["final_metric"] = closest.final_metrics.get(w.target_metric, math.nan)
