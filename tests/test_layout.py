@@ -117,8 +117,7 @@ def test_each_alias_and_type_is_defined_once():
 # ---------------------------------------------------------------------------- outputs
 
 def declared_outputs() -> list[out.Output]:
-    return [v for v in vars(out).values() if isinstance(v, out.Output)] + [
-        o for v in vars(out).values() if isinstance(v, tuple) for o in v if isinstance(o, out.Output)]
+    return out.all_outputs()  # the manifests included
 
 
 def test_every_output_is_written_by_exactly_the_stage_that_declares_it():

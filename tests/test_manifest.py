@@ -41,7 +41,7 @@ def table_for(o: out.Output, rows: int) -> pd.DataFrame:
 
 
 def write_set(files: dict[Path, pd.DataFrame | str], job: str = "a job") -> None:
-    with provenance.output_set(job):
+    with provenance.output_set(job, out.manifest_for_path):
         for path, content in files.items():
             if isinstance(content, str):
                 io.write_text(path, content)
@@ -74,7 +74,7 @@ def test_nothing_is_renamed_until_the_stage_ends_and_nothing_at_all_when_it_fail
     write_set({first: pd.DataFrame({"batch_size": [64]}), second: "old\n"})
     before = {p: p.read_bytes() for p in (first, second)}
     with pytest.raises(RuntimeError):
-        with provenance.output_set("select"):
+        with provenance.output_set("select", out.manifest_for_path):
             io.write_csv(first, pd.DataFrame({"batch_size": [128]}))
             assert first.read_bytes() == before[first]  # staged, not in place yet
             raise RuntimeError("the stage failed half-way")
@@ -126,15 +126,15 @@ def test_a_file_left_from_another_run_is_refused_and_one_no_job_wrote_is_read(he
 
 
 def test_results_made_for_another_model_are_refused_naming_both(here):
-    with provenance.output_set("probe"):
+    with provenance.output_set("probe", out.manifest_for_path):
         provenance.note("model", {"workload": "digits_mlp", "kwargs": {"hidden": [16]}})
         io.write_text(out.PROBE_NOTES.at(), "probed\n")
-    with provenance.output_set("throughput"):
+    with provenance.output_set("throughput", out.manifest_for_path):
         provenance.note("model", {"workload": "digits_mlp", "kwargs": {"hidden": [32]}})
         with pytest.raises(InputError, match=r'notes.md: was made for model digits_mlp \{"hidden": \[16\]\}, and this '
                                              r'run builds digits_mlp \{"hidden": \[32\]\}.*python -m stages.probe'):
             out.read_text(out.PROBE_NOTES)
-    with provenance.output_set("throughput"):
+    with provenance.output_set("throughput", out.manifest_for_path):
         provenance.note("model", {"workload": "digits_mlp", "kwargs": {"hidden": [16]}})
         assert out.read_text(out.PROBE_NOTES) == "probed\n"
 

@@ -11,6 +11,7 @@ from typing import Any, Callable, NoReturn
 
 from stages.core.errors import ConfigError, KickoffError
 from stages.core.lock import check_pipeline, exclusive, lock_name
+from stages.core.outputs import manifest_for_path
 from stages.core.provenance import output_set
 
 def _interrupted_message(job: str) -> str:
@@ -73,7 +74,7 @@ def run_main(main: Callable[[], Any], what: str | None = None, lock: bool = True
                               f"{Path.cwd()}; allowed: run the stages from the project root, where params.yaml is")
         if lock:  # a stage: one run at a time, none beside another tool's pipeline run, outputs all or none
             check_pipeline()
-            with exclusive(lock_name(name, sys.argv[1:]), job), output_set(job):
+            with exclusive(lock_name(name, sys.argv[1:]), job), output_set(job, manifest_for_path):
                 main()
         else:
             main()

@@ -230,6 +230,12 @@ def find_output(path: str | Path) -> tuple[Output, dict] | None:
     return None
 
 
+def manifest_for_path(path: str) -> Path | None:
+    """The manifest that lists a written file (by its path relative to the project root), or None."""
+    found = find_output(path)
+    return manifest_of(found[0], **found[1]) if found else None
+
+
 def manifest_of(out: Output, **wildcards: Any) -> Path | None:
     """The manifest that lists `out` (its job's), or None for an output outside any manifest."""
     manifest = MANIFESTS.get(out.producer)
@@ -284,7 +290,7 @@ def _raw(out: Output, wildcards: dict) -> tuple[Path, str]:
         text = data.decode()
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(path, f"cannot be read ({type(e).__name__}: {e})", out.rerun(**wildcards)) from None
-    verify(out, path, data, wildcards)
+    verify(path, data, manifest_of(out, **wildcards), out.rerun(**wildcards))
     return path, text
 
 

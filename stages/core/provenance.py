@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from stages.core.errors import InputError, KickoffError
 
@@ -91,6 +91,7 @@ def stamp_path(job: str) -> Path:
 # ---------------------------------------------------------------------------- manifests
 
 _identity: dict[str, Any] | None = None  # what the running job is run for, while its output set is open
+ManifestFor = Callable[[str], "Path | None"]  # a written path (relative) -> the manifest that lists it
 
 
 def note(key: str, value: Any) -> None:
@@ -128,10 +129,8 @@ def _write_now(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
-def _commit(staged: list[tuple[Path, Path]], identity: dict) -> None:
+def _commit(staged: list[tuple[Path, Path]], identity: dict, manifest_for: ManifestFor) -> None:
     """Rename the staged files into place, then write each job manifest that lists them."""
-    from stages.core import outputs
-
     last = {}
     for tmp, target in staged:  # a target written twice: the last write wins
         if target in last:
@@ -140,8 +139,7 @@ def _commit(staged: list[tuple[Path, Path]], identity: dict) -> None:
     manifests: dict[Path, dict] = {}
     for target, tmp in last.items():
         rel = _relative(target)
-        found = outputs.find_output(rel)
-        manifest = outputs.manifest_of(found[0], **found[1]) if found else None
+        manifest = manifest_for(rel)
         if manifest is not None:
             data = tmp.read_bytes()
             manifests.setdefault(manifest, {})[rel] = {"sha256": _digest(data), "bytes": len(data),
@@ -161,8 +159,9 @@ def _commit(staged: list[tuple[Path, Path]], identity: dict) -> None:
 
 
 @contextlib.contextmanager
-def output_set(job: str) -> Iterator[None]:
-    """Around a stage's main(): its outputs are written all or none, the manifest last."""
+def output_set(job: str, manifest_for: ManifestFor) -> Iterator[None]:
+    """Around a stage's main(): its outputs are written all or none, the manifest last. `manifest_for`
+    names the manifest that lists a written path (stages/core/outputs.manifest_for_path), or None."""
     global _identity
     from stages.core.io import staged_writes
 
@@ -174,9 +173,9 @@ def output_set(job: str) -> Iterator[None]:
             except SystemExit as e:  # sys.exit(0) from a main() that finished is success too
                 if e.code not in (0, None):
                     raise
-                _commit(staged, _identity)
+                _commit(staged, _identity, manifest_for)
                 raise
-            _commit(staged, _identity)
+            _commit(staged, _identity, manifest_for)
     finally:
         _identity = outer
 
@@ -195,15 +194,11 @@ def unverified() -> Iterator[None]:
         _trusting = before
 
 
-def verify(out: Any, path: Path, data: bytes, wildcards: dict) -> None:
-    """InputError unless `path` (declared output `out`) is byte for byte what its job's manifest lists,
-    and was written for the model the running job builds (where both are known)."""
-    from stages.core import outputs
-
-    manifest_path = outputs.manifest_of(out, **wildcards)
+def verify(path: Path, data: bytes, manifest_path: Path | None, rerun: str) -> None:
+    """InputError unless `path` is byte for byte what its job's manifest (`manifest_path`) lists, and was
+    written for the model the running job builds (where both are known). `rerun`: the job's command."""
     if _trusting or manifest_path is None or not manifest_path.is_file():
         return
-    rerun = out.rerun(**wildcards)
     try:
         manifest = json.loads(manifest_path.read_text())
         files = manifest["files"]

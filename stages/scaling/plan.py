@@ -132,23 +132,3 @@ class SearchProgress:
 def throughput_times(table: pd.DataFrame) -> dict[int, float]:
     """Batch size -> time per step from throughput's table (sizes it did not time left out)."""
     return {int(b): float(x) for b, x in zip(table["batch_size"], table["time_per_step_s"]) if pd.notna(x)}
-
-
-def main_plan() -> None:
-    from stages.core import log
-    from stages.core import outputs as out
-    from stages.core.context import setup
-    from stages.pipeline.declaration import load_stage_params
-    from stages.scaling.trials import measured_steps
-
-    ctx = setup(params=load_stage_params("scaling_trials"))
-    s = ctx.params.scaling
-    measured = measured_steps(ctx)
-    timing = throughput_times(out.read_csv(out.THROUGHPUT_CSV)) if out.THROUGHPUT_CSV.at().exists() else {}
-    table = plan_table(list(s.batch_sizes), measured, timing, s)
-    print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
-    known = table["seconds"].notna()
-    log.info("scaling", f"plan: {int(table['trials'].sum())} trials, {int(table['examples'].sum())} examples, "
-                        f"about {table.loc[known, 'seconds'].sum():.0f} s of training"
-                        f"{'' if known.all() else ' (sizes without a throughput time per step not counted)'}"
-                        f"{'; an upper end: no size has measured its steps yet' if not measured else ''}")

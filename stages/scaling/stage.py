@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
         main_trials(args.batch_size)
     elif args.command == "plan":
-        from stages.scaling.plan import main_plan
+        from stages.scaling.trials import main_plan
 
         main_plan()
     elif args.command == "summarize":

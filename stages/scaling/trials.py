@@ -188,3 +188,18 @@ def main_trials(batch_size: int) -> None:
     log.info(STAGE, f"bs {batch_size}: best steps to target {best} over {len(trials)} trials")
     io.write_csv(csv_path, pd.DataFrame(rows, columns=TRIAL_COLUMNS))
     io.write_csv(curves_path, pd.DataFrame(curves))
+
+
+def main_plan() -> None:
+    """`python -m stages.scaling plan`: the study's estimated cost per size, before it runs."""
+    ctx = setup(params=load_stage_params("scaling_trials"))
+    s = ctx.params.scaling
+    measured = measured_steps(ctx)
+    timing = throughput_times(out.read_csv(out.THROUGHPUT_CSV)) if out.THROUGHPUT_CSV.at().exists() else {}
+    table = plan_table(list(s.batch_sizes), measured, timing, s)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    known = table["seconds"].notna()
+    log.info("scaling", f"plan: {int(table['trials'].sum())} trials, {int(table['examples'].sum())} examples, "
+                        f"about {table.loc[known, 'seconds'].sum():.0f} s of training"
+                        f"{'' if known.all() else ' (sizes without a throughput time per step not counted)'}"
+                        f"{'; an upper end: no size has measured its steps yet' if not measured else ''}")
