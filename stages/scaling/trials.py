@@ -16,6 +16,7 @@ tight is lifted, lr_search.search).
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -137,6 +138,26 @@ def _neighbour_hint(ctx: Context, batch_size: int) -> float | None:
     return lr1 * (batch_size / b1) ** exponent
 
 
+def _start(ctx: Context, batch_size: int, journal: Journal | None) -> tuple[float | None, Bound | None]:
+    """The search's starting rate and first-trial bound, from the neighbours' journals as they stand now --
+    or, where this size's journal already holds trials (a rerun, a resume), those its first run started
+    with (kept beside the journal): the neighbours may have finished since, and a rerun must replay."""
+    start_file = journal.path.with_suffix(".start.json") if journal is not None else None
+    if start_file is not None and journal.entries and start_file.is_file():
+        try:
+            recorded = json.loads(start_file.read_text())
+            bound = recorded["bound"]
+            return recorded["hint"], (Bound(int(bound["steps"]), str(bound["why"])) if bound else None)
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: start afresh (the trials whose keys match still replay)
+    hint = _neighbour_hint(ctx, batch_size)
+    bound = first_trial_bound(ctx, batch_size) if ctx.params.scaling.early_stopping else None
+    if start_file is not None:
+        start_file.parent.mkdir(parents=True, exist_ok=True)  # local state beside the journal, not an output
+        start_file.write_text(json.dumps({"hint": hint, "bound": bound and {"steps": bound.steps, "why": bound.why}}))
+    return hint, bound
+
+
 def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[Trial]:
     """The learning-rate search at this size (stages/core/tune.py), started near the rate the
     smaller sizes predict; first its bill (the plan's line for this size), then one line per trial
@@ -146,10 +167,9 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[T
     plan = plan_table([batch_size], measured_steps(ctx), {batch_size: per_step} if per_step else {}, s).iloc[0]
     log.info(STAGE, f"bs {batch_size}: plan: {plan_line(plan)}")
     progress = SearchProgress(f"bs {batch_size}", float(plan["steps_to_target"]), s, per_step, stage=STAGE)
-    hint = _neighbour_hint(ctx, batch_size)
+    hint, bound = _start(ctx, batch_size, journal)
     if hint:
         log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the smaller batch sizes)")
-    bound = first_trial_bound(ctx, batch_size) if ctx.params.scaling.early_stopping else None
     log.info(STAGE, f"bs {batch_size}: first trials give up at step "
                     f"{bound.steps if bound else ctx.params.scaling.max_steps} "
                     f"({bound.why if bound else 'max_steps: no neighbouring size has reached the target yet'})")
