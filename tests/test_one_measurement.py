@@ -136,6 +136,13 @@ def test_wordings_say_exactly_what_was_measured(tmp_path):
                            loader="num_workers 2, persistent workers")
     assert "Going 16 -> 64 (2 doublings) raised throughput 2.15x in all, 1.47x per doubling" in text
     assert text.startswith("**The input pipeline is the limit.**") and "not an input bottleneck" not in text
+    # larger sizes input-bound, a smaller doubling compute-bound: said as such, no contradiction
+    text = timing.diagnose([timing.Doubling(64, None, float("nan"), float("nan"), float("nan"), "reference", None, {}),
+                            timing.Doubling(128, 64, 1.7, 1.65, 1.75, "partial", "compute_s", {"compute_s": 0.001})],
+                           {64: False, 128: False, 256: True},
+                           {256: {"data_wait_s": 0.0001, "copy_s": 0.0, "compute_s": 0.0005}})
+    assert "at 64 -> 128 a hardware limit, not the input pipeline (which limits only the sizes named above)" in text
+    assert "not an input bottleneck" not in text
     # numbers for reading: 3 significant figures; counts exact
     assert fmt(0.010000000000000004, "learning_rate") == "0.01" and fmt(52440.7) == "52,400" and fmt(15001709) == "15,001,709"
     # the closing line: the recommendation and where to read it

@@ -205,6 +205,8 @@ def diagnose(doublings: Sequence[Doubling], input_bound: dict[int, bool],
             either_bound = input_bound.get(first.batch_size) or input_bound.get(first.doubling_from)
             lines.append("Compute grew most: the device is doing more work per step, i.e. it is filling up" +
                          (" (the input pipeline, above, limits these sizes as well)." if either_bound else
+                          f" -- at {first.doubling_from} -> {first.batch_size} a hardware limit, not the input "
+                          f"pipeline (which limits only the sizes named above)." if bound else
                           " -- a hardware limit, not an input bottleneck."))
         elif first.grew_most == "data_wait_s":
             lines.append("The data wait grew: the input pipeline cannot keep up -- fix it before trusting larger sizes.")
