@@ -1,5 +1,6 @@
 """`python -m stages`: validate params.yaml as every stage does (values, the workload's sources, the
-workload itself, the device) and print the resolved values with defaults filled in."""
+workload itself, the device, and that dvc.yaml was rendered from it) and print the resolved values
+with defaults filled in."""
 import yaml
 
 from stages.core.cli import no_arguments, run_main
@@ -15,6 +16,13 @@ def main() -> None:
         check_candidates(ctx.params.workload.name, ctx.params.workload.kwargs, ctx.params.family.candidates)
     except ConfigError as e:
         raise ConfigError(f"params.yaml: {e}") from None
+    # a setting that shapes dvc.yaml (family.candidates null or a list, optimizer.name, workload.name or
+    # .sources) changed without `python -m stages.pipeline`: say so here, before DVC fails parsing it
+    from pathlib import Path
+
+    from stages.pipeline.declaration import check_rendered
+
+    check_rendered(Path.cwd())
     print(yaml.safe_dump(ctx.params.as_dict(), sort_keys=False), end="")
 
 

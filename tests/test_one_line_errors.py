@@ -97,6 +97,21 @@ def test_a_binary_or_directory_params_yaml_is_one_line(root, kind):
         params.write_bytes(saved)
 
 
+def test_candidates_switched_to_null_without_re_rendering_say_the_command(root):
+    """DVC itself then fails parsing dvc.yaml ("'Value' object is not iterable"): `python -m stages` and
+    every stage name the cause and the command in one line instead."""
+    params = root / "params.yaml"
+    saved = params.read_text()
+    raw = yaml.safe_load(saved)
+    raw["family"]["candidates"] = None
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        for command in (["stages"], ["stages.select"]):
+            one_line(root, command, message="dvc.yaml is out of date with params.yaml", locks=False)
+    finally:
+        params.write_text(saved)
+
+
 def test_a_stage_run_from_a_subdirectory_leaves_nothing_there(root):
     (root / "reports").mkdir(exist_ok=True)
     line = one_line(root, ["stages.select"], cwd=root / "reports", message="params.yaml: not found in ")
