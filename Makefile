@@ -1,6 +1,7 @@
 # One command each, from a fresh clone (each does its own set-up into .venv):
 #   make pipeline   run probe -> throughput -> scaling -> select -> baseline -> report (dvc repro --force)
 #   make test       run the test suite
+#   make test-fast  the suite without the end-to-end dvc/snakemake runs (the inner loop)
 # Override TORCH to pick another build, e.g. a CUDA one (see README "GPU machines").
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup pipeline snakemake test bench clean-reports
+.PHONY: setup pipeline snakemake test test-fast bench clean-reports
 
 setup: $(VENV)/.installed
 
@@ -33,6 +34,11 @@ snakemake: setup
 PYTEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
+# The inner loop, under 2 minutes: everything but the end-to-end runs of the real dvc and snakemake
+# (marker e2e) and the tests that take several seconds each (marker slow); `make test` runs them all.
+test-fast: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not e2e and not slow"
 
 bench: setup
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -151,6 +151,7 @@ def test_a_range_whose_largest_rate_came_closest_without_diverging_says_raise_lr
 
 # ---------------------------------------------------------------------------- scaling summarize and select
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_scaling_summarize_says_the_change_that_fits_instead_of_study_more_sizes(tmp_path):
     from tests.test_scaling_stage import PARAMS, run_cli, write_project
 

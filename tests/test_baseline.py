@@ -14,6 +14,7 @@ from stages.core.errors import InputError
 from tests.test_select import digits_fixture, run_stage
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_select_then_baseline_reaches_the_target_on_the_default_workload(tmp_path):
     """digits_mlp, batch 64, lr 0.3, SGD momentum 0.9: known to reach 95% validation accuracy in ~30 steps."""
     digits_fixture(tmp_path)

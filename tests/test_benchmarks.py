@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_bench_nqm_runs_the_study_on_nqm_with_tiny_arguments():
     done = subprocess.run([sys.executable, "bench/bench_nqm.py", "--sizes", "16", "64", "256", "--dim", "5",
                            "--target", "0.1", "--max-steps", "300", "--seeds", "1"],
@@ -19,6 +20,7 @@ def test_bench_nqm_runs_the_study_on_nqm_with_tiny_arguments():
     assert "B_crit closed form" in done.stdout
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_bench_peers_compares_kickoff_and_optuna_with_tiny_arguments():
     pytest.importorskip("optuna", reason="bench_peers needs Optuna, the optional `bench` extra (pip install -e '.[bench]')")
     done = subprocess.run([sys.executable, "bench/bench_peers.py", "--sizes", "64", "--max-steps", "200",

@@ -169,6 +169,7 @@ QUICK = {"warmup_steps": 2, "window_seconds": 0.02, "min_windows": 6, "max_secon
          "split_steps": 5, "peak_seconds": 0.02}
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_the_pipeline_runs_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     from stages.baseline.stage import main as baseline
     from stages.probe.stage import main as probe
@@ -252,6 +253,7 @@ def slow_throughput(root, monkeypatch, data: dict, max_workers: int) -> tuple[pd
     return row, {**json.loads((out / "diagnostics.json").read_text()), **json.loads((out / "metrics.json").read_text())}
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_two_workers_are_recommended_and_every_size_is_timed_with_them(tmp_path, monkeypatch):
     row, metrics = slow_throughput(tmp_path, monkeypatch, {"num_workers": 0}, max_workers=2)
     # one worker overlaps loading with compute (one batch per 20 ms), two deliver one per 10 ms

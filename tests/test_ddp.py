@@ -36,6 +36,7 @@ def test_efficiency_and_communication_from_known_windows():
     assert rows[4]["status"] == "crashed" and math.isnan(rows[4]["scaling_efficiency"]) and "boom" in rows[4]["reason"]
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_stage_times_two_gloo_processes(tmp_path):
     """The real thing on 2 CPU processes (1 thread each): intervals, an efficiency in (0, 1.2], the split."""
     proc = run_stage(tmp_path, {"name": "tests.ddp_fakes:factory", "kwargs": {}}, [8],
@@ -73,6 +74,7 @@ def test_a_rank_that_crashes_is_recorded_with_its_reason():
     assert row["status"] == "crashed" and row["reason"] == result.reason
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_group_that_hangs_is_stopped_at_its_timeout():
     """Rank 1 never finishes its step, so rank 0 waits in the all-reduce: the parent's deadline stops both."""
     import multiprocessing

@@ -97,6 +97,7 @@ def test_a_binary_or_directory_params_yaml_is_one_line(root, kind):
         params.write_bytes(saved)
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_candidates_switched_to_null_without_re_rendering_say_the_command(root):
     """DVC itself then fails parsing dvc.yaml ("'Value' object is not iterable"): `python -m stages` and
     every stage name the cause and the command in one line instead."""
@@ -124,6 +125,7 @@ def by_hand(root: Path, cwd: Path, args: list[str]):
     return run([sys.executable, "-m", *args], cwd, check=False, env={"PYTHONPATH": str(root)})
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_journal_line_with_a_wrong_typed_value_is_named(root, tmp_path):
     """A finished trial in the journal, hand-edited: the trials job names the file, the line and the key."""
     from tests.test_scaling_stage import PARAMS, write_project
@@ -144,6 +146,7 @@ def test_a_journal_line_with_a_wrong_typed_value_is_named(root, tmp_path):
     assert snapshot(tmp_path, locks=False) == before
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_model_that_cannot_be_allocated_is_one_line_in_scaling_trials_and_throughput(root, tmp_path):
     """80 GB of weights on this machine: the allocation fails at once (a real 20-billion-parameter model)."""
     from tests.test_scaling_stage import write_project

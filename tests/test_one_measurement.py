@@ -58,6 +58,7 @@ def test_whole_bursts_a_window_of_two_workers_starts_after_a_wait_and_spans_whol
     assert all(k % 2 == 0 for k in m.steps)
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_family_throughput_and_baseline_time_the_same_step_alike(tmp_path, monkeypatch):
     """The same configuration (batch 8, a 10 ms step) timed by the family stage's measure, throughput's
     sweep and the baseline's training clock: one timer, so within 15% of each other (and of 10 ms)."""
@@ -98,6 +99,7 @@ def test_the_noise_scale_uses_only_sizes_the_study_ran():
 
 # ---------------------------------------------------------------------------- the slow-Dataset case, end to end
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_the_slow_dataset_case_is_measured_as_it_is_trained(tmp_path):
     """bench/bench_slow_dataset.py's quick case: a Dataset sleeping 2 ms per example with num_workers 0
     configured. Throughput recommends workers and times every size with them; select's configuration

@@ -44,6 +44,7 @@ def test_a_bad_value_is_one_line_and_exit_2(tmp_path, params, expected):
     assert len(lines) == 1 and lines[0].startswith(f"kickoff: error: {expected}"), proc.stderr
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_device_counts_beyond_this_machine_are_refused_naming_the_limit(tmp_path, monkeypatch):
     """Issue 22 part 4: throughput.devices beyond the usable CPU cores stops `python -m stages` and the
     throughput stage's setup (one line: the key, the value, the limit); on CUDA the limit is the visible

@@ -309,6 +309,7 @@ def test_budget_is_honoured_on_cpu_with_real_peaks(runner):
 
 # ---------------------------------------------------------------------------- the stage command
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_stage_smoke_on_the_default_workload(tmp_path):
     proc = run_stage(tmp_path, {"workload": {"name": "digits_mlp"}, "runtime": {"device": "cpu", "threads": 1},
                                 "probe": {"min_batch_size": 256, "max_batch_size": 4096,

@@ -117,6 +117,7 @@ def test_the_journal_identity_hashes_code_that_exists():
     assert all((ROOT / f).is_file() for f in files), files
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_scaling_trials_with_a_folder_in_sources_runs_and_a_change_in_it_starts_a_new_journal(tmp_path):
     root = write_project(tmp_path / "p")
     (root / "mylib").mkdir()
@@ -260,6 +261,7 @@ def popen_stage(module: str, args: list[str], cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, start_new_session=True)
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_ctrl_c_during_the_scaling_study_prints_one_line_and_a_rerun_resumes(tmp_path):
     root = write_project(tmp_path / "p")
     proc = popen_stage("stages.scaling", ["trials", "--batch-size", "4"], root)
@@ -274,6 +276,7 @@ def test_ctrl_c_during_the_scaling_study_prints_one_line_and_a_rerun_resumes(tmp
 
 
 @pytest.mark.parametrize("when", ["starting", "trials"])
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_ctrl_c_during_the_probe_leaves_no_child_traceback(tmp_path, when):
     """Early (the stage and its trial server still importing torch) or during the trials: one line."""
     root = params_project(tmp_path, {"runtime": {"device": "cpu", "threads": 1},
@@ -364,6 +367,7 @@ def test_training_state_is_parameters_gradients_and_optimizer_state():
     assert training_state_bytes(4000, 2) == 16000
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_model_too_big_for_the_budget_is_refused_before_any_trial_builds_it(tmp_path):
     # 64 -> 20000 -> 20000 -> 10: 401,520,010 float32 parameters; SGD with momentum keeps one more copy
     params = 64 * 20000 + 20000 + 20000 * 20000 + 20000 + 20000 * 10 + 10
@@ -378,6 +382,7 @@ def test_a_model_too_big_for_the_budget_is_refused_before_any_trial_builds_it(tm
     assert not (root / "reports").exists()
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_cpu_trial_cannot_grow_past_the_budget_and_fails_alone(tmp_path):
     # batch 2048 of 3x64x64 images through 32-channel convolutions: ~1 GiB per activation, over the limit
     root = params_project(tmp_path, {"workload": {"name": "synthetic_cnn",

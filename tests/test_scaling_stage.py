@@ -157,6 +157,7 @@ def _best(trials_csv: Path) -> tuple:
     return table["best_learning_rate"].iloc[0], table["steps_to_target"].iloc[0], table["status"].iloc[0]
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_another_process_without_the_journal_gets_the_same_result(study, tmp_path):
     # Without the smaller sizes' journals the search starts at the centre instead of the predicted
     # rate: other trials run, but the best rate and its steps (what the study reports) are the same.

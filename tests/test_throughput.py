@@ -230,6 +230,7 @@ def run_stage(tmp_path: Path, workload: dict, sizes: list[int], throughput: dict
     return proc
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_stage_smoke_on_a_tiny_workload(tmp_path):
     proc = run_stage(tmp_path, {"name": "digits_mlp", "kwargs": {"hidden": [8]}}, [1, 2, 4, 8],
                      {"max_batch_size": 4})
@@ -260,6 +261,7 @@ def test_stage_smoke_on_a_tiny_workload(tmp_path):
     assert proc.stderr.count("examples/s [") == 3  # one result line per size
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_slow_data_loader_is_input_bound(tmp_path):
     run_stage(tmp_path, {"name": "tests.throughput_fakes:factory", "kwargs": {"sleep_per_example_s": 1.0e-3}},
               [2, 4, 8])
