@@ -96,7 +96,8 @@ def run_baseline(workload: Workload, config: dict, sections: Params, seed: int, 
     metric = workload.target_metric
 
     def on_step(step: int, metrics: dict) -> None:
-        progress.update(step, f"{metric} {metrics[metric]:.4g} at the last evaluation" if metric in metrics else "")
+        # inside the timed training loop: the line is formatted only when one is printed
+        progress.update(step, lambda: f"{metric} {metrics[metric]:.4g} at the last evaluation" if metric in metrics else "")
 
     return train_to_target(workload, sections.optimizer, float(config["learning_rate"]), int(config["batch_size"]),
                            seed, device, int(config["train_steps"]),

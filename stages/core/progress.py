@@ -33,10 +33,13 @@ class Progress:
         self.clock, self.say = clock, say
         self.started = self.last = clock()
 
-    def update(self, done: int, detail: str = "", eta_s: float | None = None) -> None:
+    def update(self, done: int, detail: str | Callable[[], str] = "", eta_s: float | None = None) -> None:
+        """`detail` may be a function, called only when a line is printed: a caller inside a timed loop
+        (the baseline's training steps) then pays one clock reading per update, no formatting."""
         now = self.clock()
         if done < self.total and now - self.last < self.every_s:
             return
+        detail = detail() if callable(detail) else detail
         self.last = now
         elapsed = now - self.started
         if eta_s is None:
