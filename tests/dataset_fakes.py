@@ -44,19 +44,24 @@ def validation_set(n: int = 256, sleep_per_example_s: float = 0.0) -> Quadrants:
 class SlowModel(nn.Module):
     """A tiny MLP whose forward also waits `step_s` (the compute of a bigger model, without using a core)."""
 
-    def __init__(self, step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES):
+    def __init__(self, step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES, spin: bool = False):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
-        self.step_s = step_s
+        self.step_s, self.spin = step_s, spin
 
     def forward(self, x):
         if self.step_s and self.training:
-            time.sleep(self.step_s)
+            if self.spin:  # a busy wait: exactly step_s, where sleep's wake-up overshoot varies run to run
+                end = time.perf_counter() + self.step_s
+                while time.perf_counter() < end:
+                    pass
+            else:
+                time.sleep(self.step_s)
         return self.net(x)
 
 
-def model(step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES) -> nn.Module:
-    return SlowModel(step_s, hidden, outputs)
+def model(step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES, spin: bool = False) -> nn.Module:
+    return SlowModel(step_s, hidden, outputs, spin)
 
 
 def regression_set(**_) -> TensorDataset:

