@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
           f"({', '.join(str(b) for b in judged[~within]['batch_size']) or 'none'} outside)")
     print(f"search cost (all examples / the best rates' runs alone): {metrics['search_cost_ratio']:.2f}; "
           f"trials by phase {metrics['trials_by_phase']}; study wall time {wall:.0f} s")
-    ran = trials[trials["outcome"] != "skipped"]
+    ran = trials[~trials["outcome"].isin(("skipped", "predicted"))]
     top = ran.loc[ran["examples_run"].idxmax()]
     print(f"largest single trial: {top['examples_run'] / ran['examples_run'].sum():.1%} of the study's "
           f"{int(ran['examples_run'].sum())} examples (bs {int(top['batch_size'])}, lr {top['learning_rate']:.3g}, "

@@ -52,7 +52,8 @@ def write_params(workdir: Path, raw: dict, args: argparse.Namespace) -> None:
     raw = {**raw, "family": {**raw.get("family", {}), "candidates": None},  # the workload as given
            "runtime": {**raw.get("runtime", {}), "device": "cpu", "threads": 1}}
     raw["scaling"] = {**raw["scaling"], "batch_sizes": args.sizes, "max_steps": args.max_steps,
-                      "noise_scale_batch_sizes": None}
+                      "noise_scale_batch_sizes": None,
+                      "adaptive": False}  # every size searched: the comparison is per size
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for b in sorted(args.sizes):
         trials = ours[b]
-        ran = trials[trials["outcome"] != "skipped"]
+        ran = trials[~trials["outcome"].isin(("skipped", "predicted"))]
         table = per_size_table(trials, [b], settings["eval_resolution"]).iloc[0]
         best_lr = float(table["best_learning_rate"]) if pd.notna(table["best_learning_rate"]) else None
         t = time.perf_counter()

@@ -157,7 +157,18 @@ def test_refinement_finds_a_rate_within_the_set_ratio_of_the_true_optimum(optimu
 def test_refinement_stops_when_neighbours_tie_at_the_evaluation_resolution():
     flat = lambda lr, seed: 100 if 0.05 <= lr <= 1.0 else 400  # noqa: E731 -- a plateau of equally good rates
     coarse, refined = _search_and_refine(fake_run(flat))
-    assert refined == []  # the best (0.083) ties with its upper neighbour (0.24): nothing to gain between them
+    # the best (0.083) ties with its upper neighbour (0.24) and with 0.69: a plateau, nothing to gain between them
+    assert refined == []
+    two = lambda lr, seed: 100 if 0.05 <= lr <= 0.3 else 400  # noqa: E731 -- two grid rates on it: one bisection finds a third
+    coarse, refined = _search_and_refine(fake_run(two))
+    assert [t.learning_rate for t in refined] == [pytest.approx(math.sqrt(0.0833 * 0.2402), rel=1e-3)]
+
+
+def test_two_rates_tying_on_either_side_of_a_bowls_optimum_are_bisected_to_it():
+    # steps 100 (1 + 4 ln^2(lr / 0.14)): the grid rates 0.083 and 0.24 tie (~130), the optimum between needs 100
+    coarse, refined = _search_and_refine(fake_run(bowl(math.sqrt(0.0833 * 0.2402))))
+    best = best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in coarse + refined])
+    assert max(best / 0.1414, 0.1414 / best) <= 1.1
 
 
 def test_a_best_rate_beyond_the_range_widens_it_within_the_cap():

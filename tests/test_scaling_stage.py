@@ -83,10 +83,13 @@ def test_trials_table_holds_every_trial_with_its_outcome(study):
     assert {"batch_size", "learning_rate", "seed", "outcome", "steps_to_target", "steps_run",
             "examples_run", "seconds", "reason"} <= set(trials.columns)
     ran = trials[trials["outcome"] != "skipped"]
-    for b, t in ran.groupby("batch_size"):  # per size: the 7-rate grid until bracketed, <= 7 refinements, <= 2 seed runs
+    for b, t in ran.groupby("batch_size"):  # per size: the 7-rate grid until bracketed (2 at an edge), <= 7 refinements, <= 2 seed runs
         phases = t["phase"].value_counts().to_dict()
-        assert 3 <= phases.get("coarse") <= 7 and phases.get("refine", 0) <= 7 and 1 <= phases.get("seed", 0) <= 2, (b, phases)
-        assert set(phases) <= {"coarse", "widen", "refine", "seed"}
+        assert 2 <= phases.get("coarse") <= 7 and phases.get("refine", 0) <= 7 and 1 <= phases.get("seed", 0) <= 2, (b, phases)
+        assert set(phases) <= {"coarse", "widen", "refine", "seed", "bounded"}
+        bounded = t[t["phase"] == "bounded"]  # first trials a bound stopped, each tried again without it
+        assert (bounded["outcome"] == "stopped_early").all() and bounded["reason"].str.contains("the most the best rate").all()
+        assert set(bounded["learning_rate"]) <= set(t.loc[t["phase"] == "coarse", "learning_rate"])
     assert (ran["phase"] == "refine").any()  # the 7-point grid (ratio 3.16) is refined somewhere
     assert set(trials["outcome"]) >= {"reached", "stopped_early", "skipped"}
     assert set(trials["outcome"]) & {"diverged", "plateaued"}  # rates past the stability edge stop at once

@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable
 
+from stages.core.types import NOT_TRAINED
+
 # What a metric can take at all; a target outside is unreachable whatever the model or the settings.
 METRIC_RANGES: dict[str, tuple[float, float]] = {
     "accuracy": (0.0, 1.0),      # a fraction, not a percentage
@@ -172,7 +174,7 @@ def why_not_reached(runs: Iterable[Run], target: Target, limits: Limits, what: s
     """The class of failure of `runs` (none of which reached the target) and the one change that fits.
     `what` names the runs in the plural ("trials", "candidates")."""
     one = what[:-1] if what.endswith("s") else what
-    runs = [r for r in runs if r.outcome not in ("skipped", "stopped_early")]
+    runs = [r for r in runs if r.outcome not in (*NOT_TRAINED, "stopped_early")]
     n = len(runs)
 
     def advice(kind: str, evidence: str) -> Advice:

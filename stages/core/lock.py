@@ -59,6 +59,23 @@ def exclusive(name: str, what: str, lock_dir: Path = LOCK_DIR) -> Iterator[Path]
         os.close(fd)  # releases the lock
 
 
+@contextlib.contextmanager
+def waiting(path: Path, what: str, say) -> Iterator[Path]:
+    """Hold the flock on `path` for the block, waiting for another process that holds it (after
+    `say(...)`-ing so, once): for work two jobs may both need, done once by whichever comes first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting: another job is running {what} (lock {path})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def check_not_running(name: str, what: str, lock_dir: Path = LOCK_DIR) -> None:
     """Raise LockedError if a run holds `name` now (for a tool that would delete that run's outputs
     before starting its own -- Snakemake does). Creates nothing."""

@@ -240,7 +240,9 @@ class Bound:
 class Trial:
     learning_rate: float
     seed: int
-    phase: Literal["coarse", "widen", "refine", "seed"]  # see refine.py for the last three
+    # see refine.py for widen, refine and seed; "bounded": a first trial the bound stopped, then tried
+    # again without it (lr_search.search) -- it counts in the study's cost, never as a measurement
+    phase: Literal["coarse", "widen", "refine", "seed", "bounded"]
     order: int                  # position in the order the trials were run
     give_up_after: int | None
     result: TrialResult
@@ -298,6 +300,9 @@ def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | No
         # a noisy measurement). Try those rates again without it, closest first.
         stopped = [i for i, r in tried.items() if r.outcome == "stopped_early"]
         rank = score or (lambda r: 0.0)
+        for t in trials:  # superseded by the retries: kept for their cost, not read as measurements
+            if t.result.outcome == "stopped_early":
+                t.phase = "bounded"
         for i in sorted(stopped, key=lambda i: (rank(tried[i]), i)):
             give_up = best_steps(list(tried.values()), keep) if early_stopping else None
             attempt(i, give_up, False)
@@ -305,9 +310,11 @@ def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | No
 
 
 def best_learning_rate(rows: list[tuple[float, str, int | None]]) -> float | None:
-    """The best rate from (learning rate, phase, steps to target) rows of one batch size: among the
+    """The best rate from (learning rate, phase, steps to target) rows of one batch size (phase
+    'bounded' left out: a retried attempt): among the
     rates rerun with seeds (phase 'seed') if any -- of those, the ones that got the most seeds, i.e.
     survived the successive halving -- else all, the one with the best rank_key (median first)."""
+    rows = [r for r in rows if r[1] != "bounded"]  # first trials a bound stopped, tried again without it
     seeded = {lr for lr, phase, _ in rows if phase == "seed"}
     by_lr: dict[float, list[int | None]] = {}
     for lr, _, steps in rows:

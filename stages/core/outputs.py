@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stages.core.errors import InputError
-from stages.core.types import Outcome, ProbeStatus
+from stages.core.types import NOT_TRAINED, Outcome, ProbeStatus
 
 OutputKind = Literal["out", "metrics", "image"]
 
@@ -63,7 +63,7 @@ BASELINE_CMD = "python -m stages.baseline"
 REPORT_CMD = "python -m stages.report"
 
 _STATUS = tuple(typing.get_args(ProbeStatus))
-_OUTCOME = (*typing.get_args(Outcome), "skipped")  # skipped: a size the earlier stages ruled out
+_OUTCOME = (*typing.get_args(Outcome), *NOT_TRAINED)  # skipped: ruled out by earlier stages; predicted: not trained (adaptive)
 
 # ---------------------------------------------------------------------------- family
 _FAMILY_CHECKS = dict(columns=("candidate", "overrides", "parameters", "flops_per_example", "batch_size",
@@ -143,7 +143,7 @@ SCALING_ALL_TRIALS = Output("reports/scaling/trials.csv", SCALING_CMD, **_TRIAL_
 SCALING_STEPS = Output("reports/scaling/steps_to_target.csv", SCALING_CMD,
                        columns=("batch_size", "status", "best_learning_rate", "steps_to_target", "regime"),
                        numeric=("batch_size", "best_learning_rate", "steps_to_target"),
-                       allowed=(("status", ("reached", "not_reached", "boundary", "skipped", "missing")),))
+                       allowed=(("status", ("reached", "not_reached", "boundary", "skipped", "predicted", "missing")),))
 SCALING_CURVES = Output("reports/scaling/curves.csv", SCALING_CMD,  # every seed of each rate that reached the target
                         columns=("batch_size", "learning_rate", "seed", "step"),
                         numeric=("batch_size", "learning_rate", "seed", "step"))

@@ -4,9 +4,10 @@
   coarse-grid step further out, up to [lr_min / widen_factor, lr_max * widen_factor]; a best still
   at that edge is a `boundary` result (tables.py marks it and says which way to widen), never a finding.
 - Refine: bisect in log space between the best rate and its wider-apart neighbour until both tried
-  neighbours lie within `ratio` of it, or a neighbour is no worse than the best by more than the
-  evaluation resolution (the optimum lies between the two, where steps cannot tell rates apart), or
-  `max_trials` refinement trials were spent. Each trial gives up once it cannot beat
+  neighbours lie within `ratio` of it, or `max_trials` refinement trials were spent. A neighbour no
+  worse than the best by more than the evaluation resolution ties with it: the optimum lies between
+  the two (on a bowl, two rates equally far from the optimum tie while it needs far fewer steps), so
+  the bisection goes that way; a third rate tying with them marks a plateau, and the refinement stops. Each trial gives up once it cannot beat
   the best (early stopping), so a refinement trial costs at most the best's steps.
 - Seeds (successive halving): the `top` rates of the search get a second seed; contenders whose
   range of steps over seeds no longer overlaps the leader's drop out, and at most half stay for the
@@ -48,11 +49,16 @@ def next_rate(tried: dict[float, TrialResult], *, ratio: float, resolution: floa
             return None  # at the cap: a boundary result
         return "widen", out
     lo, hi, steps = rates[i - 1], rates[i + 1], tried[best].steps_to_target
-    if not (measurably_worse(tried[lo], steps, resolution) and measurably_worse(tried[hi], steps, resolution)):
-        # A neighbour ties with the best: the optimum lies between them (steps are unimodal in the
-        # rate), where no rate can beat the best by more than the evaluation resolution.
-        return None
+    worse = {n: measurably_worse(tried[n], steps, resolution) for n in (lo, hi)}
     sides = [(r, n) for r, n in ((best / lo, lo), (hi / best, hi)) if r > ratio]
+    if not all(worse.values()):
+        # A neighbour ties with the best: the optimum lies between the two (steps are unimodal in the
+        # rate) -- on a bowl, two rates equally far from it tie while it needs far fewer steps -- so
+        # bisect towards the tying neighbour until the gap is within `ratio` -- unless that already
+        # found a third rate tying with them: a plateau, where steps cannot tell the rates apart.
+        if sum(not measurably_worse(r, steps, resolution) for r in tried.values()) >= 3:
+            return None
+        sides = [(r, n) for r, n in sides if not worse[n]]
     if not sides:
         return None
     _, other = max(sides)  # the wider gap first (ties: the lower side, it comes first)

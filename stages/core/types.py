@@ -11,4 +11,7 @@ ExamplesPerS = float  # throughput, examples per second
 
 # Labels that files carry, so writers and the readers that validate them share one list.
 ProbeStatus = Literal["fits", "oom", "over_budget", "killed", "capped"]       # a probe trial (probe.csv)
-Outcome = Literal["reached", "not_reached", "diverged", "stopped_early", "plateaued"]  # a training run (a trial row may also be "skipped")
+Outcome = Literal["reached", "not_reached", "diverged", "stopped_early", "plateaued"]  # a training run
+# A scaling trial row that is no training run: a size the earlier stages ruled out ("skipped"), or one
+# the adaptive descent predicted from perfect scaling instead of training ("predicted").
+NOT_TRAINED = ("skipped", "predicted")

@@ -73,6 +73,9 @@ class Stage:
     # Snakemake resources (runtime in minutes). CPU-only stages carry no `gpu` key at all: the Kubernetes
     # executor requests a GPU node for any job that has one, even `gpu: 0`.
     resources: dict = field(default_factory=lambda: {"mem_mb": 4000, "runtime": 30})
+    # (key, flag): params keys tracked only while a boolean setting is on, e.g. the fan-out list, which
+    # each job's result depends on only when the jobs run as one descent (scaling.adaptive)
+    tracked_when: tuple[tuple[str, str], ...] = ()
 
     @property
     def module(self) -> str:
@@ -151,10 +154,12 @@ _DECLARED: tuple[Stage, ...] = (
         name="scaling_trials",
         cmd=out.SCALING_TRIALS_CMD,
         params=("workload", "optimizer", "runtime", *SEARCH_KEYS, "scaling.lr_start", "scaling.give_up_margin", "scaling.max_steps",
-                "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list, scaling.batch_sizes
+                "scaling.adaptive", "scaling.adaptive_ratio", "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list
         inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
         outputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         foreach=("batch_size", "scaling.batch_sizes"),
+        # adaptive: a size is predicted or trained depending on the sizes above it in the list
+        tracked_when=(("scaling.batch_sizes", "scaling.adaptive"),),
         resources=GPU_JOB,
     ),
     Stage(
@@ -293,7 +298,21 @@ def tracked_keys(s: Stage, params: dict) -> list[str]:
             keys += [f"optimizer.{k}" for k in used]
         elif not key.startswith("optimizer.") or key.split(".", 1)[1] in used:
             keys.append(key)
+    for key, flag in s.tracked_when:  # rendered too: toggling the flag needs `python -m stages.pipeline`
+        if _flag(params, flag) and key not in keys:
+            keys.append(key)
     return keys
+
+
+def _flag(params: dict, key: str) -> bool:
+    """A boolean setting's value, the schema's default where params.yaml leaves it out."""
+    from stages.core import config
+
+    value = param_value(params, key)
+    if value is None:
+        section, name = key.split(".", 1)
+        value = getattr(config.SECTIONS[section](), name)
+    return bool(value)
 
 
 def param_value(params: dict, key: str):
@@ -438,12 +457,12 @@ def effective_params(raw: dict, root: Path = ROOT) -> dict:
 
 def check_rendered(root: Path) -> None:
     """ConfigError unless dvc.yaml is what params.yaml and the active profiles render: a setting that
-    shapes it (workload.name, workload.sources, optimizer.name, family.candidates null or not) changed
-    without `python -m stages.pipeline`, and DVC would track the wrong keys or files."""
+    shapes it (workload.name, workload.sources, optimizer.name, family.candidates null or not,
+    scaling.adaptive) changed without `python -m stages.pipeline`, and DVC would track the wrong keys or files."""
     target = root / DVC_FILE
     if target.is_file() and target.read_text() != rendered_text(root):
         raise ConfigError(f"{DVC_FILE} is out of date with params.yaml (a setting that decides what the stages track "
-                          f"changed: workload.name, workload.sources, optimizer.name or family.candidates); run "
+                          f"changed: workload.name, workload.sources, optimizer.name, family.candidates or scaling.adaptive); run "
                           f"`python -m stages.pipeline` to re-render it, then rerun")
 
 

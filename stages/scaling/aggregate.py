@@ -23,6 +23,7 @@ from stages.core import advice, io
 from stages.core import outputs as out
 from stages.core import log
 from stages.core.context import Context, setup
+from stages.core.types import NOT_TRAINED
 from stages.pipeline.declaration import load_stage_params
 from stages.scaling.noise_scale import choose_sizes, describe, measure_noise_scale
 from stages.core.optim import fixed_values
@@ -79,7 +80,7 @@ def _fit(rows: pd.DataFrame, bootstrap: int, seed: int, resolution: float) -> tu
 
 def learning_rate_range(trials: pd.DataFrame) -> dict:
     """The smallest and largest learning rates the study tried (None if every size was skipped)."""
-    rates = trials.loc[trials["outcome"] != "skipped", "learning_rate"].dropna()
+    rates = trials.loc[~trials["outcome"].isin(NOT_TRAINED), "learning_rate"].dropna()
     return {"learning_rate_min_tried": float(rates.min()) if len(rates) else None,
             "learning_rate_max_tried": float(rates.max()) if len(rates) else None}
 
@@ -117,6 +118,40 @@ def scaling_limits(p, trials: pd.DataFrame) -> advice.Limits:
                          model_key="workload.kwargs" if p.family.candidates is None else "family.candidates")
 
 
+def prediction_savings(trials: pd.DataFrame, table: pd.DataFrame) -> dict:
+    """What the adaptive descent's predicted sizes saved: each would have cost about the examples the
+    smallest measured size's search spent (in perfect scaling examples to target do not change with
+    the batch size) and at least its seconds (a smaller batch needs no less time per example)."""
+    predicted = [int(b) for b in table.loc[table["status"] == "predicted", "batch_size"]]
+    measured = table[table["status"] == "reached"]
+    if not predicted or measured.empty:
+        return {"predicted_batch_sizes": predicted, "predicted_examples_saved": None, "predicted_seconds_saved": None}
+    smallest = int(measured["batch_size"].min())
+    spent = trials[(trials["batch_size"] == smallest) & ~trials["outcome"].isin(NOT_TRAINED)]
+    return {"predicted_batch_sizes": predicted, "predicted_from_batch_size": smallest,
+            "predicted_examples_saved": int(spent["examples_run"].sum()) * len(predicted),
+            "predicted_seconds_saved": float(spent["seconds"].sum()) * len(predicted)}
+
+
+def predicted_text(savings: dict, spent: int, seconds: float) -> str | None:
+    """The report's words on the predicted sizes (None: nothing was predicted)."""
+    sizes = savings["predicted_batch_sizes"]
+    if not sizes:
+        return None
+    text = (f"Batch sizes {', '.join(map(str, sizes))} were predicted, not trained (scaling.adaptive): the study ran "
+            f"from the largest size down and stopped once two halvings in a row were confirmed in perfect scaling, "
+            f"where a smaller batch needs proportionally more steps, so it trains no faster and no cheaper. Their "
+            f"steps to target are perfect scaling's from bs {savings.get('predicted_from_batch_size')}, drawn hollow "
+            f"in the figures; B_crit's fit and interval use the measured sizes only, and select never chooses them.")
+    if savings["predicted_examples_saved"] is not None:
+        examples, secs = savings["predicted_examples_saved"], savings["predicted_seconds_saved"]
+        text += (f" Not training them saved about {examples:,} examples ({examples / max(spent + examples, 1):.0%} "
+                 f"of what the study would have spent) and at least {secs:.0f} s of training "
+                 f"(each as much as bs {savings['predicted_from_batch_size']}'s search cost). Set scaling.adaptive: "
+                 f"false to train every size.")
+    return text
+
+
 def main_summarize() -> None:
     ctx = setup(params=load_stage_params("scaling"))
     p, w = ctx.params, ctx.workload
@@ -127,7 +162,7 @@ def main_summarize() -> None:
     trials = pd.concat(frames, ignore_index=True)[TRIAL_COLUMNS]
     table = per_size_table(trials, p.scaling.batch_sizes, p.scaling.eval_resolution)
     fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed, p.scaling.eval_resolution)
-    if not (table["status"] == "reached").any() and (trials["outcome"] != "skipped").any():
+    if not (table["status"] == "reached").any() and (~trials["outcome"].isin(NOT_TRAINED)).any():
         why = advice.why_not_reached(advice.runs_of(trials.to_dict("records")),  # the one change that fits
                                      advice.Target(w.target_metric, w.target_value, w.target_direction), scaling_limits(p, trials))
         fit_metrics["critical_batch_size_message"] = f"no batch size reached the target, so B_crit is undetermined: {why.message}"
@@ -135,6 +170,7 @@ def main_summarize() -> None:
     table = add_fit_columns(table, fit)
     gns, gns_rows = noise_scale(ctx, table)
     spent, full, saved = compute_saved(trials)
+    savings = prediction_savings(trials, table)
 
     curves = best_curves(curve_frames, table, p.runtime.seed)
 
@@ -143,15 +179,16 @@ def main_summarize() -> None:
     metrics = {
         **fit_metrics, **gns,
         "search_cost_ratio": search_cost_ratio(trials, table),
-        "trials_by_phase": {ph: int(((trials["phase"] == ph) & (trials["outcome"] != "skipped")).sum()) for ph in PHASES},
+        "trials_by_phase": {ph: int(((trials["phase"] == ph) & ~trials["outcome"].isin(NOT_TRAINED)).sum()) for ph in PHASES},
         "boundary_batch_sizes": [int(b) for b in table[table["status"] == "boundary"]["batch_size"]],
         "compute_saved_fraction": saved, "examples_run": spent, "examples_if_every_trial_ran_to_max_steps": full,
-        "trials": int((trials["outcome"] != "skipped").sum()), "seconds": float(trials["seconds"].sum()),
+        "trials": int((~trials["outcome"].isin(NOT_TRAINED)).sum()), "seconds": float(trials["seconds"].sum()),
         # the study's limits, so select can say what to change without reading scaling's params
         "batch_sizes": list(p.scaling.batch_sizes), "max_steps": p.scaling.max_steps, **learning_rate_range(trials),
         "studied_batch_sizes": [int(b) for b in table[table["status"].isin(["reached", "not_reached"])]["batch_size"]],
         "reached_batch_sizes": [int(b) for b in reached["batch_size"]],
         "skipped_batch_sizes": [int(b) for b in table[table["status"] == "skipped"]["batch_size"]],
+        **savings,
         "perfect_scaling_up_to": int(perfect.max()) if len(perfect) else None,
         "learning_rate_scaling_exponent": learning_rate_exponent(table),
         "target_metric": w.target_metric, "target_value": w.target_value, "target_direction": w.target_direction,
@@ -163,6 +200,7 @@ def main_summarize() -> None:
     io.write_csv(out.SCALING_NOISE.path, gns_rows)
     notes = {"How sure": confidence_text(fit_metrics, table, p.scaling.eval_resolution),  # prose: kept out of metrics.json
              "Critical batch size": metrics.pop("critical_batch_size_message"),
+             "Predicted, not trained": predicted_text(savings, spent, float(trials["seconds"].sum())),
              "Gradient noise scale": metrics.pop("gradient_noise_scale_reason", None)}
     out.write_results(out.SCALING_METRICS, out.SCALING_DIAGNOSTICS, metrics)
     io.write_text(out.SCALING_NOTES.path, out.notes_markdown(notes))

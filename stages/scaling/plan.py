@@ -20,6 +20,7 @@ import pandas as pd
 from stages.core.log import info
 from stages.core.progress import Progress, duration
 from stages.core.tune import trial_text
+from stages.scaling.descent import descent_stop
 
 REACHING_SHARE = 0.5  # share of the search-seed trials that reach the target (and hold it), measured ~0.4-0.6
 
@@ -64,14 +65,34 @@ def predicted_steps(batch_size: int, measured: dict[int, float], max_steps: int)
     return min(measured[below[-1]], max_steps), f"no fewer than bs {below[-1]}'s"
 
 
+def not_trained(batch_sizes: list[int], measured: dict[int, float], ratio: float) -> set[int]:
+    """The sizes the adaptive descent will predict instead of training, as far as the measured sizes
+    (from the largest down, without a gap) already confirm two halvings in perfect scaling."""
+    seen: list[tuple[int, float | None]] = []
+    for i, b in enumerate(sorted(batch_sizes, reverse=True)):
+        if descent_stop(seen, ratio) is not None:
+            return set(sorted(batch_sizes, reverse=True)[i:])
+        if b not in measured:
+            return set()
+        seen.append((b, measured[b]))
+    return set()
+
+
 def plan_table(batch_sizes: list[int], measured: dict[int, float], time_per_step_s: dict[int, float],
-               s) -> pd.DataFrame:
+               s, all_sizes: list[int] | None = None) -> pd.DataFrame:
     """One row per size: predicted steps to target and where from, trials, steps, examples and seconds
-    the search is expected to spend (seconds: NaN where throughput did not time the size)."""
+    the search is expected to spend (seconds: NaN where throughput did not time the size). With
+    scaling.adaptive, a size the measured ones already place below two perfect-scaling halvings
+    costs nothing (`all_sizes`: the study's sizes, when `batch_sizes` is a part of them)."""
     searched, seeded = search_trials(s)
+    skip = not_trained(all_sizes or batch_sizes, measured, s.adaptive_ratio) if s.adaptive else set()
     rows = []
     for b in batch_sizes:
         steps, source = predicted_steps(b, measured, s.max_steps)
+        if b in skip:
+            rows.append({"batch_size": b, "steps_to_target": round(steps), "trials": 0, "steps": 0, "examples": 0,
+                         "from": "not trained: the adaptive descent predicts it (perfect scaling)", "seconds": 0.0})
+            continue
         spend = search_steps(steps, s)
         rows.append({"batch_size": b, "steps_to_target": round(steps), "from": source, "trials": searched + seeded,
                      "steps": round(spend), "examples": round(spend * b),

@@ -34,6 +34,15 @@ def _mark_critical(ax, fit: ScalingFit | None, noise_scale: float | None) -> Non
         ax.axvline(noise_scale, color="tab:purple", ls=":", lw=1.2, label=f"noise scale {noise_scale:.3g}")
 
 
+def _predicted(ax, table: pd.DataFrame, per_example: bool) -> None:
+    """The adaptive descent's predicted sizes: hollow, apart from the measured points."""
+    p = table[table["status"] == "predicted"] if "predicted_steps_to_target" in table else table.iloc[:0]
+    if not p.empty:
+        y = p["predicted_steps_to_target"] * (p["batch_size"] if per_example else 1)
+        ax.scatter(p["batch_size"], y, facecolors="none", edgecolors="tab:green", zorder=3,
+                   label="predicted, not trained (perfect scaling)")
+
+
 def steps_figure(table: pd.DataFrame, fit: ScalingFit | None, noise_scale: float | None, path: Path) -> None:
     r = table[table["status"] == "reached"]
     fig, ax = plotting.figure("Steps to target by batch size (learning rate retuned per size)",
@@ -48,6 +57,7 @@ def steps_figure(table: pd.DataFrame, fit: ScalingFit | None, noise_scale: float
         if fit is not None:
             grid = np.geomspace(r["batch_size"].min(), r["batch_size"].max(), 100)
             ax.plot(grid, fit.steps(grid), color="black", lw=1.2, label="fit S_min (1 + B_crit / B)")
+    _predicted(ax, table, per_example=False)
     _mark_critical(ax, fit, noise_scale)
     _legend(ax)
     plotting.save(fig, path)
@@ -62,6 +72,7 @@ def examples_figure(table: pd.DataFrame, fit: ScalingFit | None, noise_scale: fl
         if fit is not None:
             grid = np.geomspace(r["batch_size"].min(), r["batch_size"].max(), 100)
             ax.plot(grid, grid * fit.steps(grid), color="black", lw=1.2, label="fit B S_min + E_min")
+    _predicted(ax, table, per_example=True)
     _mark_critical(ax, fit, noise_scale)
     _legend(ax)
     plotting.save(fig, path)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from stages.core.lr_search import Trial, best_learning_rate
+from stages.core.types import NOT_TRAINED
 from stages.scaling.fit import ScalingFit, regime
 
 TRIAL_COLUMNS = ["batch_size", "learning_rate", "seed", "phase", "order", "outcome", "steps_to_target",
@@ -47,6 +48,14 @@ def skipped_row(batch_size: int, reason: str) -> dict:
     return row
 
 
+def predicted_row(batch_size: int, steps: float, reason: str) -> dict:
+    """A size the adaptive descent did not train: perfect scaling's steps to target, and why."""
+    row = {c: None for c in TRIAL_COLUMNS}
+    row.update(batch_size=batch_size, outcome="predicted", steps_to_target=max(1, round(steps)), steps_run=0,
+               examples_run=0, seconds=0.0, reason=reason)
+    return row
+
+
 def trial_row(batch_size: int, trial: Trial, max_steps: int, target_metric: str, effective_lr: float) -> dict:
     r = trial.result
     return {"batch_size": batch_size, "learning_rate": trial.learning_rate, "seed": trial.seed,
@@ -66,7 +75,7 @@ def _steps(value) -> int | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
 
 
-PHASES = ("coarse", "widen", "refine", "seed")
+PHASES = ("coarse", "widen", "refine", "seed", "bounded")
 
 
 def search_bracket(ran: pd.DataFrame, lr: float) -> tuple[float | None, float | None, str]:
@@ -108,7 +117,7 @@ def measured_runs(ran: pd.DataFrame, lr: float) -> pd.DataFrame:
     """The runs that measure a rate's steps to target: its seed reruns when there are at least two --
     the search seed's run chose the rate, so it is the lucky draw among the rates compared (winner's
     curse) -- else every run of it."""
-    runs = ran[ran["learning_rate"] == lr]
+    runs = ran[(ran["learning_rate"] == lr) & (ran["phase"] != "bounded")]  # a bounded attempt was retried
     fresh = runs[runs["phase"] == "seed"]
     return fresh if len(fresh) >= 2 else runs
 
@@ -126,7 +135,11 @@ def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: flo
         if (t["outcome"] == "skipped").all():
             rows.append({**row, "status": "skipped", "reason": str(t["reason"].iloc[0])})
             continue
-        ran = t[t["outcome"] != "skipped"]
+        if (t["outcome"] == "predicted").all():  # not trained: perfect scaling's steps, kept apart from measured ones
+            rows.append({**row, "status": "predicted", "reason": str(t["reason"].iloc[0]),
+                         "predicted_steps_to_target": float(t["steps_to_target"].iloc[0])})
+            continue
+        ran = t[~t["outcome"].isin(NOT_TRAINED)]
         row.update({f"trials_{p}": int((ran["phase"] == p).sum()) for p in PHASES})
         lr = best_learning_rate([(float(r.learning_rate), r.phase, _steps(r.steps_to_target))
                                  for r in ran.itertuples()])
@@ -162,7 +175,8 @@ def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: flo
     table = pd.DataFrame(rows)
     for col in ("best_learning_rate", "effective_learning_rate", "lr_bracket_low", "lr_bracket_high",
                 "lr_resolution_ratio", "steps_to_target", "steps_to_target_min", "steps_to_target_max",
-                "steps_to_target_spread", "seeds_run", "seeds_reached", *(f"trials_{p}" for p in PHASES)):
+                "steps_to_target_spread", "seeds_run", "seeds_reached", "predicted_steps_to_target",
+                *(f"trials_{p}" for p in PHASES)):
         if col not in table:
             table[col] = np.nan
     if "boundary" not in table:
@@ -193,7 +207,7 @@ def search_cost_ratio(trials: pd.DataFrame, table: pd.DataFrame) -> float | None
     if found.empty:
         return None
     sizes = set(found["batch_size"].astype(int))
-    ran = trials[(trials["outcome"] != "skipped") & trials["batch_size"].isin(sizes)]
+    ran = trials[~trials["outcome"].isin(NOT_TRAINED) & trials["batch_size"].isin(sizes)]
     best = pd.concat([ran[(ran["batch_size"] == r.batch_size) & (ran["learning_rate"] == r.best_learning_rate)]
                       for r in found.itertuples()])
     spent_best = float(best["examples_run"].sum())
@@ -205,7 +219,7 @@ def fit_rows(trials: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     best learning rate (`measured_runs`; boundary sizes left out: their best rate is not an optimum)."""
     parts = []
     for r in table[table["status"] == "reached"].itertuples():
-        t = measured_runs(trials[(trials["batch_size"] == r.batch_size) & (trials["outcome"] != "skipped")],
+        t = measured_runs(trials[(trials["batch_size"] == r.batch_size) & ~trials["outcome"].isin(NOT_TRAINED)],
                           r.best_learning_rate)
         parts.append(t[["batch_size", "steps_to_target", "seed"]].assign(lr_resolution_ratio=r.lr_resolution_ratio))
     if not parts:
@@ -248,7 +262,7 @@ def learning_rate_exponent(table: pd.DataFrame) -> float | None:
 
 def compute_saved(trials: pd.DataFrame) -> tuple[int, int, float | None]:
     """(examples run, examples if every trial ran to max_steps, share saved) over trials that ran."""
-    ran = trials[trials["outcome"] != "skipped"]
+    ran = trials[~trials["outcome"].isin(NOT_TRAINED)]
     spent = int(ran["examples_run"].sum())
     full = int((ran["max_steps"] * ran["batch_size"]).sum())
     return spent, full, (1 - spent / full) if full else None

@@ -7,22 +7,31 @@ probe or throughput stage rules the size out, or it exceeds the training set) an
 Finished trials are journalled in .kickoff/journal/scaling/ -- outside the outputs, which DVC deletes
 before a run -- so an interrupted job resumes without redoing them.
 
-The jobs of the fan-out are independent (DVC and Snakemake may run them in any order, or at once), so
-what a size learns from its neighbours -- the first rate to try (`_neighbour_hint`) and the give-up
-point of its first trials (`first_trial_bound`) -- comes from the neighbours' journals as they stand
-when the job starts: nothing there, no hint and no bound beyond max_steps. Which trials run then
-depends on the order the jobs ran in; the best rate and its steps do not (a bound that proves too
-tight is lifted, lr_search.search).
+With scaling.adaptive (the default) the study descends from the largest size (`descent`): the job at
+size B first makes sure every larger size is searched -- largest first, each under a lock beside its
+journal, so a search another job already ran replays from the journal and one it is running is waited
+for -- and stops descending once two consecutive halvings are confirmed in perfect scaling (the
+smaller size needs scaling.adaptive_ratio x the steps): then B, below them, is `predicted` (perfect
+scaling from the smallest measured size) instead of trained, in a file with one `predicted` row. Every
+job computes the same descent, so the jobs agree on which sizes are predicted whatever order they run
+in; they effectively run one after another (adaptive: false makes them independent, for many devices).
+
+What a size learns from its neighbours -- the first rate to try (`_neighbour_hint`: from the larger
+sizes when adaptive, else the smaller) and the give-up point of its first trials (`first_trial_bound`)
+-- comes from the neighbours' journals as they stand when its search starts: nothing there, no hint
+and no bound beyond max_steps. Without adaptive, which trials run then depends on the order the jobs
+ran in; the best rate and its steps do not (a bound that proves too tight is lifted, lr_search.search).
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
-from stages.core import io
+from stages.core import io, lock
 from stages.core import outputs as out
 from stages.core import log
 from stages.core.errors import ConfigError, KickoffError
@@ -31,8 +40,10 @@ from stages.core.lr_search import (JOURNAL_DIR, Bound, Journal, Trial, best_lear
                                    journal_key)
 from stages.core.tune import trial_identity, tune_learning_rate
 from stages.core.optim import effective_learning_rate
+from stages.scaling.descent import Prediction, descent_stop
 from stages.scaling.plan import SearchProgress, plan_line, plan_table, throughput_times
-from stages.scaling.tables import TRIAL_COLUMNS, curve_rows, skip_reason, skipped_row, trial_row
+from stages.scaling.tables import (TRIAL_COLUMNS, curve_rows, per_size_table, predicted_row, skip_reason, skipped_row,
+                                   trial_row)
 from stages.pipeline.declaration import load_stage_params
 
 STAGE = "scaling"
@@ -117,16 +128,20 @@ def first_trial_bound(ctx: Context, batch_size: int) -> Bound | None:
 
 
 def _neighbour_hint(ctx: Context, batch_size: int) -> float | None:
-    """The rate predicted from the two nearest smaller sizes already searched (their journals): their
+    """The rate predicted from the two nearest sizes already searched on the side the study comes
+    from (their journals: the larger sizes with scaling.adaptive, else the smaller): their
     learning-rate exponent (clamped to [0, 1]: between no and linear scaling) extrapolated to this
     size; with one such size, its best scaled by the square root of the size ratio."""
-    if ctx.params.scaling.lr_start != "neighbour":
+    s = ctx.params.scaling
+    if s.lr_start != "neighbour":
         return None
+    side = (sorted(b for b in s.batch_sizes if b > batch_size) if s.adaptive
+            else sorted((b for b in s.batch_sizes if b < batch_size), reverse=True))
     known: list[tuple[int, float]] = []
-    for smaller in sorted((b for b in ctx.params.scaling.batch_sizes if b < batch_size), reverse=True):
-        rate = _best_journalled_rate(ctx, smaller)
+    for other in side:
+        rate = _best_journalled_rate(ctx, other)
         if rate is not None:
-            known.append((smaller, rate))
+            known.append((other, rate))
         if len(known) == 2:
             break
     if not known:
@@ -158,26 +173,91 @@ def _start(ctx: Context, batch_size: int, journal: Journal | None) -> tuple[floa
     return hint, bound
 
 
-def run_trials(ctx: Context, batch_size: int, journal: Journal | None) -> list[Trial]:
+def run_trials(ctx: Context, batch_size: int, journal: Journal | None, replays: bool = True,
+               studied: list[int] | None = None) -> list[Trial]:
     """The learning-rate search at this size (stages/core/tune.py), started near the rate the
-    smaller sizes predict; first its bill (the plan's line for this size), then one line per trial
-    with an ETA."""
+    neighbouring sizes predict; first its bill (the plan's line for this size), then one line per
+    trial with an ETA (`replays` False: none for the trials replayed from the journal). `studied`:
+    the sizes the earlier stages did not rule out (default: all), for the plan."""
     s = ctx.params.scaling
     per_step = _time_per_step(batch_size)
-    plan = plan_table([batch_size], measured_steps(ctx), {batch_size: per_step} if per_step else {}, s).iloc[0]
+    plan = plan_table([batch_size], measured_steps(ctx), {batch_size: per_step} if per_step else {}, s,
+                      all_sizes=studied or list(s.batch_sizes)).iloc[0]
     log.info(STAGE, f"bs {batch_size}: plan: {plan_line(plan)}")
     progress = SearchProgress(f"bs {batch_size}", float(plan["steps_to_target"]), s, per_step, stage=STAGE)
     hint, bound = _start(ctx, batch_size, journal)
     if hint:
-        log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the smaller batch sizes)")
+        log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the "
+                        f"{'larger' if s.adaptive else 'smaller'} batch sizes)")
     log.info(STAGE, f"bs {batch_size}: first trials give up at step "
                     f"{bound.steps if bound else ctx.params.scaling.max_steps} "
                     f"({bound.why if bound else 'max_steps: no neighbouring size has reached the target yet'})")
     trials = tune_learning_rate(ctx.workload, ctx.params.optimizer, batch_size, ctx.device, s,
                                 ctx.params.runtime.seed, s.max_steps, journal=journal, hint=hint,
-                                bound=bound, stage=STAGE, on_trial=progress)
+                                bound=bound, stage=STAGE,
+                                on_trial=progress if replays else (lambda t: None if t.resumed else progress(t)))
     progress.finish(f"{sum(t.result.examples_run for t in trials)} examples, plan: {plan['examples']}")
     return trials
+
+
+def size_steps(ctx: Context, batch_size: int, trials: list[Trial]) -> float | None:
+    """A searched size's steps to target as the scaling table will state them (median over the best
+    rate's seeds; None unless the size reached the target at a rate inside the searched range)."""
+    rows = [trial_row(batch_size, t, ctx.params.scaling.max_steps, ctx.workload.target_metric, t.learning_rate)
+            for t in trials]
+    row = per_size_table(pd.DataFrame(rows, columns=TRIAL_COLUMNS), [batch_size],
+                         ctx.params.scaling.eval_resolution).iloc[0]
+    return float(row["steps_to_target"]) if row["status"] == "reached" and pd.notna(row["steps_to_target"]) else None
+
+
+def search_size(ctx: Context, batch_size: int, replays: bool = True, studied: list[int] | None = None) -> list[Trial]:
+    """One size's search, under a lock beside its journal: whichever job comes first runs it, the
+    others wait and replay it from the journal."""
+    path = journal_path(ctx, batch_size)
+    say = lambda text: log.info(STAGE, f"bs {batch_size}: {text}")  # noqa: E731
+    with lock.waiting(path.with_suffix(".lock"), f"the search at bs {batch_size}", say):
+        journal = Journal.open(path)
+        if journal.entries and replays:
+            say(f"resuming, {len(journal.entries)} finished trials in {journal.path}")
+        return run_trials(ctx, batch_size, journal, replays=replays, studied=studied)
+
+
+def descent(ctx: Context, batch_size: int, reason_of: Callable[[int], str | None]) -> tuple[list[Trial], Prediction | None]:
+    """scaling.adaptive: the sizes from the largest down to `batch_size` (those the earlier stages did
+    not rule out), each searched (or replayed) in turn, until two consecutive halvings are confirmed
+    in perfect scaling: then ([], the prediction for `batch_size`); else (its own trials, None)."""
+    s = ctx.params.scaling
+    measured: list[tuple[int, float | None]] = []
+    studied = [b for b in s.batch_sizes if reason_of(b) is None]
+    for b in sorted((b for b in studied if b >= batch_size), reverse=True):
+        why = descent_stop(measured, s.adaptive_ratio)
+        if why is not None:
+            smallest, steps = measured[-1]
+            predicted = steps * smallest / batch_size
+            return [], Prediction(predicted, (
+                f"predicted, not trained (scaling.adaptive): {why}; perfect scaling from bs {smallest} "
+                f"({steps:.0f} steps) gives {predicted:.0f} steps here, and a smaller batch in perfect scaling trains "
+                f"no faster and no cheaper, so it is never chosen (scaling.adaptive: false trains it)"))
+        if b != batch_size:
+            log.info(STAGE, f"bs {batch_size}: adaptive descent: bs {b} first (the larger sizes decide whether "
+                            f"this one is trained)")
+        trials = search_size(ctx, b, replays=b == batch_size, studied=studied)
+        if b == batch_size:
+            return trials, None
+        measured.append((b, size_steps(ctx, b, trials)))
+        log.info(STAGE, f"bs {batch_size}: bs {b} needs "
+                        f"{'no steps (did not reach)' if measured[-1][1] is None else f'{measured[-1][1]:.0f} steps'}")
+    raise AssertionError(f"bs {batch_size} is not among the sizes the descent searches")
+
+
+def skip_reasons(ctx: Context) -> Callable[[int], str | None]:
+    """Batch size -> why the earlier stages rule it out (None: study it). Their verdicts are optional
+    (the study can run alone), but a file that exists is checked."""
+    probe_rows, probe_metrics, throughput_metrics = (
+        reader(o) if o.at().exists() else None for reader, o in ((out.read_csv, out.PROBE_CSV),
+                                                             (out.read_json, out.PROBE_METRICS),
+                                                             (out.read_json, out.THROUGHPUT_METRICS)))
+    return lambda b: skip_reason(b, probe_rows, probe_metrics, throughput_metrics, ctx.workload.num_train_examples)
 
 
 def main_trials(batch_size: int) -> None:
@@ -186,21 +266,23 @@ def main_trials(batch_size: int) -> None:
     if batch_size not in s.batch_sizes:
         raise ConfigError(f"--batch-size: received {batch_size}; allowed: one of scaling.batch_sizes {s.batch_sizes}")
     csv_path, curves_path = out.SCALING_TRIALS.at(batch_size=batch_size), out.SCALING_TRIAL_CURVES.at(batch_size=batch_size)
-    # The earlier stages' verdicts are optional (the study can run alone), but a file that exists is checked.
-    probe_rows, probe_metrics, throughput_metrics = (
-        reader(o) if o.at().exists() else None for reader, o in ((out.read_csv, out.PROBE_CSV),
-                                                             (out.read_json, out.PROBE_METRICS),
-                                                             (out.read_json, out.THROUGHPUT_METRICS)))
-    reason = skip_reason(batch_size, probe_rows, probe_metrics, throughput_metrics, w.num_train_examples)
-    if reason is not None:
+    reason_of = skip_reasons(ctx)
+    no_curves = pd.DataFrame(columns=["batch_size", "learning_rate", "seed", "phase", "examples", "step"])
+    if (reason := reason_of(batch_size)) is not None:
         log.info(STAGE, f"bs {batch_size}: skipped ({reason})")
         io.write_csv(csv_path, pd.DataFrame([skipped_row(batch_size, reason)], columns=TRIAL_COLUMNS))
-        io.write_csv(curves_path, pd.DataFrame(columns=["batch_size", "learning_rate", "seed", "phase", "examples", "step"]))
+        io.write_csv(curves_path, no_curves)
         return
-    journal = Journal.open(journal_path(ctx, batch_size))
-    if journal.entries:
-        log.info(STAGE, f"bs {batch_size}: resuming, {len(journal.entries)} finished trials in {journal.path}")
-    trials = run_trials(ctx, batch_size, journal)
+    if s.adaptive:
+        trials, prediction = descent(ctx, batch_size, reason_of)
+        if prediction is not None:
+            log.info(STAGE, f"bs {batch_size}: {prediction.why}")
+            io.write_csv(csv_path, pd.DataFrame([predicted_row(batch_size, prediction.steps, prediction.why)],
+                                                columns=TRIAL_COLUMNS))
+            io.write_csv(curves_path, no_curves)
+            return
+    else:
+        trials = search_size(ctx, batch_size, studied=[b for b in s.batch_sizes if reason_of(b) is None])
     rows = [trial_row(batch_size, t, s.max_steps, w.target_metric,
                       effective_learning_rate(ctx.params.optimizer, t.learning_rate)) for t in trials]
     curves = [row for t in trials for row in curve_rows(batch_size, t)]
@@ -216,10 +298,17 @@ def main_plan() -> None:
     s = ctx.params.scaling
     measured = measured_steps(ctx)
     timing = throughput_times(out.read_csv(out.THROUGHPUT_CSV)) if out.THROUGHPUT_CSV.at().exists() else {}
-    table = plan_table(list(s.batch_sizes), measured, timing, s)
+    reason_of = skip_reasons(ctx)
+    studied = [b for b in s.batch_sizes if reason_of(b) is None]
+    table = plan_table(studied, measured, timing, s)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     known = table["seconds"].notna()
+    skipped = [b for b in s.batch_sizes if b not in studied]
+    predicted = table.loc[table["trials"] == 0, "batch_size"].tolist()
     log.info("scaling", f"plan: {int(table['trials'].sum())} trials, {int(table['examples'].sum())} examples, "
                         f"about {table.loc[known, 'seconds'].sum():.0f} s of training"
                         f"{'' if known.all() else ' (sizes without a throughput time per step not counted)'}"
-                        f"{'; an upper end: no size has measured its steps yet' if not measured else ''}")
+                        f"{f'; skipped by the earlier stages: {skipped}' if skipped else ''}"
+                        f"{f'; predicted, not trained: {predicted}' if predicted else ''}"
+                        f"{'; an upper end: no size has measured its steps yet' if not measured else ''}"
+                        f"{'; an upper end: scaling.adaptive will predict the sizes below two halvings in perfect scaling, not train them' if s.adaptive and not predicted else ''}")

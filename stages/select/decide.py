@@ -203,6 +203,9 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
     scaling_regime = {int(b): str(r) for b, r in zip(m.steps["batch_size"], m.steps["regime"] if "regime" in m.steps else [""] * n)
                       if isinstance(r, str) and r}
     skipped = {**m.skipped, **{b: scaling_reason.get(b, "skipped") for b, st in scaling_status.items() if st in ("skipped", "missing")}}
+    predicted = {int(b): float(s) for b, s, st in zip(m.steps["batch_size"], m.steps.get("predicted_steps_to_target", [math.nan] * n),
+                                                      m.steps["status"] if "status" in m.steps else [""] * n)
+                 if st == "predicted" and is_finite(s)}
     reached = sorted(b for b, (s, _) in studied.items() if math.isfinite(s))
     fit = is_finite(m.s_min) and is_finite(m.critical_batch_size) and m.critical_batch_size_kind == "estimate"
     sizes = sorted(set(probe) | set(tps) | set(studied))
@@ -226,6 +229,8 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
         steps_source = "measured" if math.isfinite(steps) else ("not reached" if b in studied and b not in skipped else "not studied")
         if steps_source == "not reached" and scaling_status.get(b) == "not_held":
             steps_source = "not held"
+        if b in predicted:  # the adaptive descent's perfect-scaling steps: shown, never a candidate
+            steps, steps_source = predicted[b], "predicted"
         if not math.isfinite(steps) and reached and reached[0] < b < reached[-1] and steps_source == "not studied":
             if fit:
                 steps, steps_source = fitted_steps(b, m.s_min, m.critical_batch_size), "fitted curve"
@@ -257,6 +262,8 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
             why = f"fits but throughput stops rising after {m.largest_useful_batch_size}, so it is not considered"
         elif time_source == "missing":
             why = f"no throughput measurement at {shard}"
+        elif steps_source == "predicted":
+            why = f"not trained, so not a candidate: {scaling_reason.get(b, 'predicted by perfect scaling')}"
         elif steps_source == "not held":
             why = f"no learning rate holds the target through its step budget ({scaling_reason.get(b, '')})"
         elif steps_source == "not reached":

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from stages.core.ranking import rank_key
-from stages.core.types import Steps
+from stages.core.types import NOT_TRAINED, Steps
 from stages.select.decide import Target, step_budget
 from stages.workloads.base import target_reached
 
@@ -84,7 +84,7 @@ def check_rate(batch_size: int, learning_rate: float, trials: pd.DataFrame, curv
 
 def check_rates(trials: pd.DataFrame, curves: pd.DataFrame, target: Target, margin: float) -> list[RateCheck]:
     """Every (batch size, rate) that reached the target at least once, checked."""
-    ran = trials[trials["outcome"] != "skipped"]
+    ran = trials[~trials["outcome"].isin(NOT_TRAINED) & (trials["phase"] != "bounded")]  # bounded: retried
     out = []
     for (b, lr), rows in ran.groupby(["batch_size", "learning_rate"], sort=True):
         if rows["steps_to_target"].isna().all():

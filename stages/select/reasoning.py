@@ -114,6 +114,13 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
         if len(better):
             out.append(f"By that estimate {_sizes(better['batch_size'])} could beat the choice; add "
                        f"{'it' if len(better) == 1 else 'them'} to scaling.batch_sizes to measure.\n")
+    predicted = t[t["steps_source"] == "predicted"]
+    if len(predicted):
+        out.append(f"{_sizes(predicted['batch_size'])} were predicted, not trained (scaling.adaptive): the sizes above "
+                   f"them are in perfect scaling, where a smaller batch needs proportionally more steps and so trains "
+                   f"no faster and no cheaper; their steps ("
+                   + ", ".join(f"{int(r.batch_size)}: {r.steps_to_target:.0f}" for r in predicted.itertuples())
+                   + ") are perfect scaling's, shown but never chosen.\n")
     not_held = t[t["steps_source"] == "not held"]
     for r in not_held.itertuples():
         out.append(f"{int(r.batch_size)} reached the target, but no learning rate held it through its step budget: "
