@@ -114,7 +114,10 @@ def main(argv: list[str] | None = None) -> None:
         for label, rev in (("new", args.new), ("old", args.old)):
             projects[label] = Path(tmp) / label
             names[label] = checkout(rev, projects[label])
-        sizes = {label: prepare(projects[label], projects["new"], overrides) for label in ("new", "old")}
+        earlier = Path(tmp) / "earlier"  # the earlier stages' results as committed at --new, for both
+        for part in EARLIER:
+            shutil.copytree(projects["new"] / part, earlier / part)
+        sizes = {label: prepare(projects[label], earlier, overrides) for label in ("new", "old")}
         results: dict[str, list[dict]] = {"old": [], "new": []}
         for k in range(args.repeats):
             for label in ("old", "new"):
@@ -126,8 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'commit':<16} {'study wall s':>12} {'trials':>7} {'examples':>10}  chosen (batch, lr, steps)")
     for label in ("old", "new"):
         rs = results[label]
+        examples = [r["examples"] for r in rs if r["examples"] is not None]  # not recorded before issue 20
         print(f"{label + ' ' + names[label]:<16} {statistics.median(r['wall_s'] for r in rs):>12.1f} "
-              f"{statistics.median(r['trials'] for r in rs):>7.0f} {statistics.median(r['examples'] for r in rs):>10.0f}  "
+              f"{statistics.median(r['trials'] for r in rs):>7.0f} "
+              f"{f'{statistics.median(examples):.0f}' if examples else 'n/a':>10}  "
               f"{', '.join(str(r['chosen']) for r in rs)}")
     old = statistics.median(r["wall_s"] for r in results["old"])
     new = statistics.median(r["wall_s"] for r in results["new"])

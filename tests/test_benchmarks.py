@@ -39,3 +39,13 @@ def test_bench_peers_counts_examples_to_the_first_trial_near_the_best_rate():
     assert examples_to_within(history, 0.05) is None and examples_to_within(history, None) is None
     assert objective_value(120, 0.96, 0.95, 1000) == 120.0
     assert objective_value(None, 0.85, 0.95, 1000) == pytest.approx(1100.0)  # censored, closer ranks first
+
+
+@pytest.mark.slow  # two tiny studies in two clones: left out of `make test-fast`
+def test_bench_study_time_times_two_commits_side_by_side_with_tiny_arguments():
+    done = subprocess.run([sys.executable, "bench/bench_study_time.py", "--old", "HEAD", "--new", "HEAD",
+                           "--set", "scaling.batch_sizes=[512,1024]", "--set", "scaling.max_steps=150",
+                           "--set", "scaling.seeds=1", "--set", "scaling.bootstrap=10"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "new / old study wall time" in done.stdout and "same chosen configuration: yes" in done.stdout

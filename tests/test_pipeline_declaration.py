@@ -187,3 +187,27 @@ def test_a_profile_changes_no_params_yaml_and_both_tools_plan_its_stages(clones)
         run([sys.executable, "-m", "stages.pipeline", "--no-profile"], root)
         shutil.rmtree(root / "profiles/tiny")
     assert dvc_stale(root) == set()
+
+
+def test_a_render_check_that_passed_is_remembered_until_one_of_its_inputs_changes(tmp_path):
+    """Every stage process checks that dvc.yaml is what params.yaml renders; a pass is remembered in
+    .kickoff/cache/rendered, and any change to what the render reads checks afresh."""
+    from stages.core.errors import ConfigError
+    from stages.pipeline.declaration import RENDER_CHECKED, check_rendered
+
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    check_rendered(tmp_path)
+    assert (tmp_path / RENDER_CHECKED).is_file()
+    saved = (tmp_path / "params.yaml").read_text()
+    raw = yaml.safe_load(saved)
+    raw["optimizer"]["name"] = "adam"  # decides which optimizer keys the stages track
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match="dvc.yaml is out of date"):
+        check_rendered(tmp_path)
+    (tmp_path / "params.yaml").write_text(saved)
+    check_rendered(tmp_path)
+    dvc_yaml = (tmp_path / "dvc.yaml").read_text()
+    (tmp_path / "dvc.yaml").write_text(dvc_yaml.replace("- scaling.give_up_margin\n", "", 1))  # a hand edit
+    with pytest.raises(ConfigError, match="dvc.yaml is out of date"):
+        check_rendered(tmp_path)

@@ -172,3 +172,17 @@ def test_the_own_model_example_workload_works_as_documented(tmp_path, monkeypatc
     assert result.outcome == "reached", result.reason
     sys.modules.pop("my_project.workload", None)
     sys.modules.pop("my_project", None)
+
+
+def test_digits_are_read_from_scikit_learns_file_exactly_as_load_digits_returns_them():
+    """digits_mlp reads digits.csv.gz itself (importing scikit-learn costs every stage process 0.8 s):
+    the same pixels and labels, in the same order."""
+    from sklearn.datasets import load_digits
+
+    from stages.workloads.digits_mlp import _digits_file, _load_digits
+
+    assert _digits_file() is not None
+    x, y = _load_digits()
+    bunch = load_digits()
+    assert torch.equal(x, torch.tensor(bunch.data, dtype=torch.float32) / 16.0)
+    assert torch.equal(y, torch.tensor(bunch.target, dtype=torch.long))

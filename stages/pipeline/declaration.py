@@ -28,6 +28,8 @@ switching the list between null and a list needs `python -m stages.pipeline` (th
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -455,15 +457,57 @@ def effective_params(raw: dict, root: Path = ROOT) -> dict:
     return apply_profiles(raw, profiles_in(root), root)
 
 
+RENDER_CHECKED = Path(".kickoff") / "cache" / "rendered"  # the inputs of the last render check that passed
+
+
+def _render_inputs(root: Path) -> str:
+    """A hash of everything dvc.yaml is rendered from -- dvc.yaml itself, params.yaml, the active
+    profiles, every kickoff module (its declaration and imports) by path, size and mtime, the workload
+    sources listed -- for `check_rendered` to skip the render when nothing changed since it passed."""
+    h = hashlib.sha256(sys.version.encode())
+    files = [root / DVC_FILE, root / "params.yaml", *(root / p for p in profiles_in(root))]
+    for f in files:
+        h.update(f"{f}\0".encode() + (f.read_bytes() if f.is_file() else b"-") + b"\0")
+    raw = load_raw_params(root / "params.yaml") if (root / "params.yaml").is_file() else {}
+    listed = [root / src for src in workload_sources(apply_profiles(raw, profiles_in(root), root))]
+    code = sorted((ROOT / "stages").rglob("*.py")) + sorted(
+        f for src in listed for f in ([src] if not src.is_dir() else sorted(src.rglob("*"))))
+    for f in code:
+        try:
+            st = f.stat()
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\0".encode())
+        except OSError:
+            h.update(f"{f}:missing\0".encode())
+    return h.hexdigest()
+
+
 def check_rendered(root: Path) -> None:
     """ConfigError unless dvc.yaml is what params.yaml and the active profiles render: a setting that
     shapes it (workload.name, workload.sources, optimizer.name, family.candidates null or not,
-    scaling.adaptive) changed without `python -m stages.pipeline`, and DVC would track the wrong keys or files."""
+    scaling.adaptive) changed without `python -m stages.pipeline`, and DVC would track the wrong keys or files.
+    A pass is remembered (.kickoff/cache/rendered, by `_render_inputs`): every stage process checks, and
+    rendering costs 0.6 s of import analysis that is the same until a file it reads changes."""
     target = root / DVC_FILE
-    if target.is_file() and target.read_text() != rendered_text(root):
+    if not target.is_file():
+        return
+    marker = root / RENDER_CHECKED
+    key = _render_inputs(root)
+    try:
+        if marker.read_text() == key:
+            return
+    except OSError:
+        pass
+    if target.read_text() != rendered_text(root):
         raise ConfigError(f"{DVC_FILE} is out of date with params.yaml (a setting that decides what the stages track "
                           f"changed: workload.name, workload.sources, optimizer.name, family.candidates or scaling.adaptive); run "
                           f"`python -m stages.pipeline` to re-render it, then rerun")
+    try:  # remembered for the next process; a cache, so a failure to write it costs only time
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+        tmp.write_text(key)
+        os.replace(tmp, marker)
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
