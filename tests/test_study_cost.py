@@ -81,6 +81,26 @@ def test_first_trials_give_up_at_the_bound_and_a_wrong_bound_costs_trials_not_th
         t.result.steps_to_target or math.inf for t in reference)
 
 
+def test_a_bound_that_stops_every_grid_rate_tries_between_the_two_closest_before_it_is_lifted():
+    """The bound is about the best rate; a grid a factor ~3 apart can straddle it with both neighbours
+    beyond the bound: the rate between the two that came closest is tried within it, not the grid again."""
+    grid = learning_rate_grid(0.01, 2.0, 6)
+    optimum = math.sqrt(grid[2] * grid[3])  # halfway (in log) between 0.083 and 0.24: both need ~2100 steps
+
+    def run(lr, seed, give_up, contender=None):
+        steps = int(round(1000 * (1 + 4.0 * math.log(lr / optimum) ** 2)))
+        if give_up is not None and steps > give_up:  # how far it got: the closer rates end nearer the target
+            return TrialResult("stopped_early", None, give_up, give_up, 0.0, {"loss": steps / 1000}, reason="bound")
+        return TrialResult("reached", steps, steps, steps, 0.0, {"loss": 0.0})
+
+    score = lambda r: r.final_metrics["loss"]  # noqa: E731
+    trials = search(grid, run, seed=0, unimodal=True, score=score, bound=Bound(1500, "bs 32: 1000 x 1.5"))
+    assert all(t.result.outcome == "stopped_early" for t in trials[:-1]) and not any(t.phase == "bounded" for t in trials)
+    last = trials[-1]
+    assert last.phase == "refine" and last.learning_rate == pytest.approx(optimum) and last.result.steps_to_target == 1000
+    assert last.give_up_after == 1500
+
+
 # ---------------------------------------------------------------------------- the no-progress stop
 
 def test_a_trial_that_keeps_crossing_and_falling_back_stops_with_its_reason():

@@ -23,6 +23,7 @@ from typing import Any, Callable, Literal
 import yaml
 
 from stages.core.errors import ConfigError
+from stages.core.profile import load_yaml
 
 PARAMS_FILE = "params.yaml"
 
@@ -474,7 +475,7 @@ def read_raw(path: str | Path = PARAMS_FILE) -> dict:
         what = "a directory" if path.is_dir() else "file not found"
         raise ConfigError(f"{path}: {what}; run from the project root (where params.yaml is) or pass its path")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     profiles = profiles_in(path.parent)

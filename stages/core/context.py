@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from stages.core.config import PARAMS_FILE, Params, load_params
 from stages.core.declared import declares
 from stages.core.device import check_device_counts, configure_cpu, resolve_device
 from stages.core.errors import ConfigError
 from stages.core.model_choice import apply_family_choice
+from stages.core.profile import load_yaml
 from stages.workloads.base import Workload, make_workload
 
 
@@ -42,7 +42,7 @@ def _check_dvc_yaml_tracks(sources: list[str], dvc_yaml: Path) -> None:
     editing them the declaration must be re-rendered -- otherwise DVC would silently not track them."""
     if not sources or not dvc_yaml.exists():
         return
-    declared = yaml.safe_load(dvc_yaml.read_text()) or {}
+    declared = load_yaml(dvc_yaml.read_text()) or {}
     deps = set()
     for body in (declared.get("stages") or {}).values():
         body = body.get("do", body)

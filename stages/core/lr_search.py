@@ -13,14 +13,17 @@ Every learning rate of the grid is tried (so the result equals an exhaustive gri
 - A give-up point from the first trial: before any rate at this size reached the target, a trial
   gives up at `bound` -- steps that the best rate at this size needs at most, known from the
   neighbouring sizes (trials.py's `first_trial_bound`) -- instead of running to max_steps. Should no
-  rate reach within it (the bound was wrong), the rates it stopped are tried again without it,
-  closest first, so a bound can cost trials but never the result.
+  grid rate reach within it, the rate between the two that came closest is tried within it (the
+  bound is about the best rate, which a coarse grid can miss by a factor ~3); should that miss too
+  (the bound was wrong), the rates it stopped are tried again without it, closest first, so a bound
+  can cost trials but never the result.
 - Journal: each finished trial is appended (one JSON line, flushed) to a file named by a hash of
   everything that determines a trial. A rerun replays finished trials from it instead of training
   again; the order and give-up points are deterministic, so an interrupted job resumes exactly.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -148,11 +151,16 @@ def _fits(value, hint) -> bool:
     return isinstance(value, origin or hint) if isinstance(origin or hint, type) else True
 
 
+@functools.cache
+def _result_fields() -> dict:
+    return typing.get_type_hints(TrialResult)
+
+
 def _journal_row_problem(row) -> str | None:
     """What is wrong with one journal row, as 'key: received ...; allowed: ...', or None."""
     if not isinstance(row, dict):
         return f"received {row!r}; allowed: a JSON object with learning_rate, seed, give_up_after, result"
-    fields_of = typing.get_type_hints(TrialResult)
+    fields_of = _result_fields()
     expected = {"learning_rate": float, "seed": int, "give_up_after": int | None, "result": dict}
     for key, hint in expected.items():
         if key not in row or not _fits(row[key], hint):
@@ -279,15 +287,19 @@ def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | No
     tried: dict[int, TrialResult] = {}
     trials: list[Trial] = []
 
-    def attempt(i: int, give_up: int | None, from_bound: bool) -> None:
-        result, resumed = run_cached(run, journal, grid[i], seed, give_up)
+    def attempt(i: int | float, give_up: int | None, from_bound: bool) -> TrialResult:
+        """Grid rate i (an int), or a rate between two (a float: phase refine, not in `tried`)."""
+        lr = grid[i] if isinstance(i, int) else i
+        result, resumed = run_cached(run, journal, lr, seed, give_up)
         if from_bound and result.outcome == "stopped_early":
             result = replace(result, reason=f"not reached by step {result.steps_run}, the most the best rate "
                                             f"here needs: {bound.why}")
-        tried[i] = result
-        trials.append(Trial(grid[i], seed, "coarse", len(trials), give_up, result, resumed))
+        if isinstance(i, int):
+            tried[i] = result
+        trials.append(Trial(lr, seed, "coarse" if isinstance(i, int) else "refine", len(trials), give_up, result, resumed))
         if on_trial:
             on_trial(trials[-1])
+        return result
 
     while (i := next_index(grid, tried, start, score)) is not None:
         if unimodal and bracketed(grid, tried, resolution):
@@ -295,11 +307,19 @@ def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | No
         give_up = best_steps(list(tried.values()), keep) if early_stopping else None
         from_bound = bound is not None and best_steps(list(tried.values())) is None
         attempt(i, bound.steps if from_bound and give_up is None else give_up, from_bound and give_up is None)
+    stopped = [i for i, r in tried.items() if r.outcome == "stopped_early"]
+    rank = score or (lambda r: 0.0)
+    if bound is not None and best_steps(list(tried.values())) is None and stopped:
+        # The bound stopped every grid rate short of the target. The grid is coarse (a factor ~3 between
+        # rates), and the best rate -- which the bound is about -- may lie between the two that came
+        # closest: try there, within the bound, first.
+        i = min(stopped, key=lambda k: (rank(tried[k]), k))
+        j = min((k for k in (i - 1, i + 1) if k in stopped), key=lambda k: (rank(tried[k]), k), default=None)
+        if j is not None and attempt(math.sqrt(grid[i] * grid[j]), bound.steps, True).steps_to_target is not None:
+            return trials
     if bound is not None and best_steps(list(tried.values())) is None:
-        # The bound stopped every rate short of the target: it was too tight (a neighbour's steps are
-        # a noisy measurement). Try those rates again without it, closest first.
-        stopped = [i for i, r in tried.items() if r.outcome == "stopped_early"]
-        rank = score or (lambda r: 0.0)
+        # Still nothing: the bound was too tight (a neighbour's steps are a noisy measurement). Try the
+        # grid rates again without it, closest first.
         for t in trials:  # superseded by the retries: kept for their cost, not read as measurements
             if t.result.outcome == "stopped_early":
                 t.phase = "bounded"

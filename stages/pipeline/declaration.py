@@ -39,8 +39,8 @@ import yaml
 from stages.core import outputs as out
 from stages.core.errors import ConfigError
 from stages.core.imports import ROOT, code_deps
-from stages.core.profile import (VAR, active_profile, apply_profiles, flatten, profile_path, profiles_in,
-                                 read_profile)
+from stages.core.profile import (VAR, active_profile, apply_profiles, flatten, load_yaml, profile_path,
+                                 profiles_in, read_profile)
 from stages.core.outputs import Output
 
 DVC_FILE = "dvc.yaml"
@@ -437,7 +437,7 @@ def dvc_yaml_text(params: dict, profiles: dict[str, dict] | None = None) -> str:
 
 def load_raw_params(path: Path = ROOT / "params.yaml") -> dict:
     """params.yaml as written (no profile applied)."""
-    return yaml.safe_load(path.read_text()) or {}
+    return load_yaml(path.read_text()) or {}
 
 
 def rendered_text(root: Path, profiles: list[str] | None = None) -> str:

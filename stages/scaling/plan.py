@@ -121,12 +121,19 @@ class SearchProgress:
         searched, seeded = search_trials(s)
         self.bar = Progress(stage, f"{label} trial", searched + seeded, every_s=0.0, clock=clock, say=say)
         self.predicted, self.s, self.time_per_step_s, self.clock = predicted_steps, s, time_per_step_s, clock
-        self.trials = self.steps = self.trained = self.trained_steps = 0
+        self.trials = self.steps = self.trained = self.trained_steps = self.replayed = 0
         self.trained_seconds, self.last, self.best = 0.0, clock(), None
 
     def __call__(self, trial) -> None:
+        self.count(trial)
+        self.bar.total = max(self.bar.total, self.trials + 1)  # open-ended: `finish` says when it is done
+        self.bar.update(self.trials, trial_text(trial), eta_s=self.eta_s())
+
+    def count(self, trial) -> None:
+        """Take a finished trial into the counts and the ETA, without a line (a replay nobody waits for)."""
         r, now = trial.result, self.clock()
         self.trials += 1
+        self.replayed += trial.resumed
         self.steps += r.steps_run
         if not trial.resumed:
             self.trained += 1
@@ -135,8 +142,6 @@ class SearchProgress:
         self.last = now
         if trial.phase != "seed" and r.steps_to_target is not None:
             self.best = min(self.best or r.steps_to_target, r.steps_to_target)
-        self.bar.total = max(self.bar.total, self.trials + 1)  # open-ended: `finish` says when it is done
-        self.bar.update(self.trials, trial_text(trial), eta_s=self.eta_s())
 
     def eta_s(self) -> float | None:
         per_step = self.trained_seconds / self.trained_steps if self.trained_steps else self.time_per_step_s
@@ -147,7 +152,8 @@ class SearchProgress:
 
     def finish(self, detail: str = "") -> None:
         self.bar.total = self.trials
-        self.bar.finish(self.trials, detail)
+        replayed = f"{self.replayed} from the journal, " if self.replayed else ""
+        self.bar.finish(self.trials, replayed + detail)
 
 
 def throughput_times(table: pd.DataFrame) -> dict[int, float]:

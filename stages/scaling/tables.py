@@ -122,9 +122,11 @@ def measured_runs(ran: pd.DataFrame, lr: float) -> pd.DataFrame:
     return fresh if len(fresh) >= 2 else runs
 
 
-def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: float = 0.05) -> pd.DataFrame:
+def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: float = 0.05,
+                   intervals: bool = True) -> pd.DataFrame:
     """One row per batch size: status, best learning rate, its bracket and the trials each phase
-    spent, steps to target (median over `measured_runs`) with an interval (seed spread pooled over sizes)."""
+    spent, steps to target (median over `measured_runs`) with an interval (seed spread pooled over sizes;
+    `intervals` False: left empty, without importing scipy -- the descent's quick read)."""
     rows = []
     for b in batch_sizes:
         t = trials[trials["batch_size"] == b]
@@ -186,7 +188,7 @@ def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: flo
     groups = [g for g in table.loc[complete, "_seed_steps"]] if "_seed_steps" in table else []
     spread, df = pooled_log_spread(groups)
     table["steps_to_target_ci_low"], table["steps_to_target_ci_high"] = np.nan, np.nan
-    for i in table.index[complete]:
+    for i in table.index[complete] if intervals else []:
         table.loc[i, ["steps_to_target_ci_low", "steps_to_target_ci_high"]] = steps_interval(
             table.at[i, "_seed_steps"], spread, df, resolution)
     table["seed_log_spread"] = spread

@@ -49,8 +49,15 @@ from stages.pipeline.declaration import load_stage_params
 STAGE = "scaling"
 
 
+_JOURNAL_PATHS: dict[tuple[int, int], Path] = {}  # (id of the context, batch size) -> path: hashing the code costs
+
+
 def journal_path(ctx: Context, batch_size: int) -> Path:
-    return JOURNAL_DIR / f"bs_{batch_size}-{journal_key(trial_identity(ctx, batch_size, ctx.params.scaling.max_steps))}.jsonl"
+    key = (id(ctx), batch_size)
+    if key not in _JOURNAL_PATHS:
+        identity = trial_identity(ctx, batch_size, ctx.params.scaling.max_steps)
+        _JOURNAL_PATHS[key] = JOURNAL_DIR / f"bs_{batch_size}-{journal_key(identity)}.jsonl"
+    return _JOURNAL_PATHS[key]
 
 
 def _best_journalled_rate(ctx: Context, batch_size: int) -> float | None:
@@ -195,7 +202,7 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None, replays: 
     trials = tune_learning_rate(ctx.workload, ctx.params.optimizer, batch_size, ctx.device, s,
                                 ctx.params.runtime.seed, s.max_steps, journal=journal, hint=hint,
                                 bound=bound, stage=STAGE,
-                                on_trial=progress if replays else (lambda t: None if t.resumed else progress(t)))
+                                on_trial=progress if replays else (lambda t: progress.count(t) if t.resumed else progress(t)))
     progress.finish(f"{sum(t.result.examples_run for t in trials)} examples, plan: {plan['examples']}")
     return trials
 
@@ -206,7 +213,7 @@ def size_steps(ctx: Context, batch_size: int, trials: list[Trial]) -> float | No
     rows = [trial_row(batch_size, t, ctx.params.scaling.max_steps, ctx.workload.target_metric, t.learning_rate)
             for t in trials]
     row = per_size_table(pd.DataFrame(rows, columns=TRIAL_COLUMNS), [batch_size],
-                         ctx.params.scaling.eval_resolution).iloc[0]
+                         ctx.params.scaling.eval_resolution, intervals=False).iloc[0]
     return float(row["steps_to_target"]) if row["status"] == "reached" and pd.notna(row["steps_to_target"]) else None
 
 
