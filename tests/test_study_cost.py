@@ -237,7 +237,7 @@ def test_each_trial_line_carries_an_eta_from_the_plan_and_the_jobs_own_pace():
     finished(0.3, 10_000, seconds=4.0)
     assert "about 3 s left" in lines[-1] and "done" not in lines[-1]
     progress.finish("3 trials")
-    assert lines[-1] == "bs 64 trial 3/3, finished in 6 s -- 3 trials"
+    assert lines[-1] == "bs 64 trial 3/3, finished in 6 s -- 1 from the journal, 3 trials"
     # the line a job starts with: its size's row of the plan
     row = plan_table([64], {32: 800.0}, {64: 0.01}, s).iloc[0]
     text = plan_line(row)
