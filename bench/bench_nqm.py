@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     # noise), so the yardstick is tuned for it too: the best median over rates at and below the
     # expectation's optimum.
     mc = {b: min(sustained_crossings(args, b, exact[b][0] * m, resolution, hold_factor) for m in MC_RATE_FACTORS)
-          for b in args.sizes if exact[b][1] is not None}
+          for b in args.sizes if exact[b][1] is not None and b in set(table.loc[table["status"] != "predicted", "batch_size"])}
     rows = []
     for r in table.itertuples():
         lr_exact, steps_exact = exact[r.batch_size]
@@ -175,7 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     print(out.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print("(yardstick: exact_steps, or mc_sustained where noise-dominated; trials: coarse/widen/refine/seed)")
 
-    sizes = [b for b in args.sizes if exact[b][1] is not None]
+    # where the study measured (scaling.adaptive predicts the sizes below two perfect-scaling halvings)
+    predicted = [int(b) for b in table.loc[table["status"] == "predicted", "batch_size"]]
+    sizes = [b for b in args.sizes if exact[b][1] is not None and b not in predicted]
+    if predicted:
+        print(f"predicted, not trained: {predicted} (saved about {metrics.get('predicted_examples_saved')} examples); "
+              f"the closed form's B_crit below is fitted on the measured sizes {sizes}")
     text, truth = fit_value(sizes, [exact[b][1] for b in sizes])
     print(f"B_crit closed form (expected loss): {text}")
     text, truth_mc = fit_value(sizes, [mc[b] for b in sizes])

@@ -157,10 +157,11 @@ def test_refinement_finds_a_rate_within_the_set_ratio_of_the_true_optimum(optimu
 def test_refinement_stops_when_neighbours_tie_at_the_evaluation_resolution():
     flat = lambda lr, seed: 100 if 0.05 <= lr <= 1.0 else 400  # noqa: E731 -- a plateau of equally good rates
     coarse, refined = _search_and_refine(fake_run(flat))
-    # the best (0.083) ties with its upper neighbour (0.24) and with 0.69: a plateau, nothing to gain between them
+    # the best (0.083) ties with 0.24 and 0.69, and 0.24 lies between 0.083 and 0.69 without beating them:
+    # a plateau, nothing to gain between them
     assert refined == []
-    two = lambda lr, seed: 100 if 0.05 <= lr <= 0.3 else 400  # noqa: E731 -- two grid rates on it: one bisection finds a third
-    coarse, refined = _search_and_refine(fake_run(two))
+    two = lambda lr, seed: 100 if 0.05 <= lr <= 0.3 else 400  # noqa: E731 -- two grid rates on it
+    coarse, refined = _search_and_refine(fake_run(two))  # the rate between them, once: no better, so stop
     assert [t.learning_rate for t in refined] == [pytest.approx(math.sqrt(0.0833 * 0.2402), rel=1e-3)]
 
 

@@ -7,7 +7,8 @@
   neighbours lie within `ratio` of it, or `max_trials` refinement trials were spent. A neighbour no
   worse than the best by more than the evaluation resolution ties with it: the optimum lies between
   the two (on a bowl, two rates equally far from the optimum tie while it needs far fewer steps), so
-  the bisection goes that way; a third rate tying with them marks a plateau, and the refinement stops. Each trial gives up once it cannot beat
+  the rate between them is tried; if it does not beat the best, the refinement stops (a plateau, or
+  seed noise larger than the rates' differences: steps cannot tell them apart). Each trial gives up once it cannot beat
   the best (early stopping), so a refinement trial costs at most the best's steps.
 - Seeds (successive halving): the `top` rates of the search get a second seed; contenders whose
   range of steps over seeds no longer overlaps the leader's drop out, and at most half stay for the
@@ -51,13 +52,15 @@ def next_rate(tried: dict[float, TrialResult], *, ratio: float, resolution: floa
     lo, hi, steps = rates[i - 1], rates[i + 1], tried[best].steps_to_target
     worse = {n: measurably_worse(tried[n], steps, resolution) for n in (lo, hi)}
     sides = [(r, n) for r, n in ((best / lo, lo), (hi / best, hi)) if r > ratio]
+    ties = [r for r in rates if r != best and not measurably_worse(tried[r], steps, resolution)]
+    if any(min(best, t) < r < max(best, t) for t in ties for r in rates):
+        # A rate between the best and one it ties with was tried and did not beat it: a plateau, or
+        # seed noise larger than the rates' differences -- steps cannot tell these rates apart.
+        return None
     if not all(worse.values()):
         # A neighbour ties with the best: the optimum lies between the two (steps are unimodal in the
         # rate) -- on a bowl, two rates equally far from it tie while it needs far fewer steps -- so
-        # bisect towards the tying neighbour until the gap is within `ratio` -- unless that already
-        # found a third rate tying with them: a plateau, where steps cannot tell the rates apart.
-        if sum(not measurably_worse(r, steps, resolution) for r in tried.values()) >= 3:
-            return None
+        # try the rate between them once.
         sides = [(r, n) for r, n in sides if not worse[n]]
     if not sides:
         return None
