@@ -52,7 +52,8 @@ def test_first_trial_bound_from_a_smaller_size_and_from_a_larger_ones_perfect_sc
     journalled = {}
     monkeypatch.setattr(scaling_trials, "_journalled_steps", lambda ctx, b: journalled.get(b))
     ctx = _ctx([16, 32, 64, 128])
-    assert scaling_trials.first_trial_bound(ctx, 64) is None  # nothing known: max_steps
+    look = scaling_trials.first_trial_bound(ctx, 64)  # nothing known: a first look at max_steps / 32
+    assert look.steps == 94 and "first look" in look.why
     journalled[32] = [100, 110]  # a smaller size: its slowest seed at its best rate x the margin
     bound = scaling_trials.first_trial_bound(ctx, 64)
     assert bound.steps == 165 and "bs 32" in bound.why and "never rise" in bound.why
@@ -60,7 +61,7 @@ def test_first_trial_bound_from_a_smaller_size_and_from_a_larger_ones_perfect_sc
     bound = scaling_trials.first_trial_bound(ctx, 64)
     assert bound.steps == 60 and "bs 128" in bound.why and "perfect scaling" in bound.why
     journalled.clear()
-    journalled[16] = [2500]      # a bound at or beyond max_steps is no bound
+    journalled[16] = [2500]      # a bound at or beyond max_steps is no bound (and no first look: it would only add waves)
     assert scaling_trials.first_trial_bound(ctx, 64) is None
 
 
@@ -99,6 +100,27 @@ def test_a_bound_that_stops_every_grid_rate_tries_between_the_two_closest_before
     last = trials[-1]
     assert last.phase == "refine" and last.learning_rate == pytest.approx(optimum) and last.result.steps_to_target == 1000
     assert last.give_up_after == 1500
+
+
+def test_with_nothing_known_the_first_trials_take_a_first_look_deepened_until_a_rate_reaches():
+    """No neighbour: the first trials give up at max_steps / 32, raised x4 while no rate reaches -- a
+    first rate far from the best no longer runs to max_steps -- and the result is the unbounded search's."""
+    from stages.core.lr_search import first_look
+
+    grid = learning_rate_grid(0.01, 2.0, 6)
+    reference = search(grid, bowl_run(0.9), seed=0, unimodal=True)
+    calls: list = []
+    looked = search(grid, bowl_run(0.9, calls=calls), seed=0, unimodal=True, bound=first_look(32000), max_steps=32000)
+    assert calls[0][1] == 1000  # 32000 / 32: the optimum needs 1000 steps, the grid rates more
+    assert 4000 in [give_up for _, give_up in calls]  # nothing reached within 1000: x4
+    assert any(t.phase == "bounded" for t in looked)
+    assert best_learning_rate(rows(looked)) == best_learning_rate(rows(reference))
+    assert min(t.result.steps_to_target or math.inf for t in looked) == min(
+        t.result.steps_to_target or math.inf for t in reference)
+    # the costliest trial is bounded by the deepened look, not max_steps
+    far = search(grid, bowl_run(0.011, depth=100), seed=0, unimodal=True, bound=first_look(32000), max_steps=32000,
+                 hint=2.0)  # starts at the far end: a rate needing ~10^4 steps
+    assert max(t.result.steps_run for t in far) <= 1000
 
 
 # ---------------------------------------------------------------------------- the no-progress stop

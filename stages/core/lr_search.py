@@ -15,8 +15,11 @@ Every learning rate of the grid is tried (so the result equals an exhaustive gri
   neighbouring sizes (trials.py's `first_trial_bound`) -- instead of running to max_steps. Should no
   grid rate reach within it, the rate between the two that came closest is tried within it (the
   bound is about the best rate, which a coarse grid can miss by a factor ~3); should that miss too
-  (the bound was wrong), the rates it stopped are tried again without it, closest first, so a bound
-  can cost trials but never the result.
+  (the bound was wrong), the bound is raised x4 and the rates it stopped are tried again, closest
+  first, until one reaches (beyond max_steps the bound is lifted), so a bound can cost trials but
+  never the result. With nothing known (no neighbouring size has reached yet: the first size of the
+  scaling study), the first bound is a first look at max_steps / 32 (`first_look`): a first rate far
+  from the best -- at the largest batch size, the costliest steps -- no longer runs to max_steps.
 - Journal: each finished trial is appended (one JSON line, flushed) to a file named by a hash of
   everything that determines a trial. A rerun replays finished trials from it instead of training
   again; the order and give-up points are deterministic, so an interrupted job resumes exactly.
@@ -276,7 +279,7 @@ def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | No
            hint: float | None = None, early_stopping: bool = True,
            score: Callable[[TrialResult], float] | None = None, keep: int = 1,
            unimodal: bool = False, resolution: float = 0.05, bound: Bound | None = None,
-           on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
+           max_steps: int | None = None, on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
     """Try the rates of `grid` at one seed, in the order above, each giving up once it cannot beat
     the `keep`-th best so far -- i.e. can no longer enter the top `keep` that get seed reruns
     (unless `early_stopping` is False: the exhaustive grid) -- and, before any rate reached the
@@ -317,16 +320,36 @@ def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | No
         j = min((k for k in (i - 1, i + 1) if k in stopped), key=lambda k: (rank(tried[k]), k), default=None)
         if j is not None and attempt(math.sqrt(grid[i] * grid[j]), bound.steps, True).steps_to_target is not None:
             return trials
-    if bound is not None and best_steps(list(tried.values())) is None:
-        # Still nothing: the bound was too tight (a neighbour's steps are a noisy measurement). Try the
-        # grid rates again without it, closest first.
+    while bound is not None and best_steps(list(tried.values())) is None and stopped:
+        # Still nothing: the bound was too tight (a neighbour's steps are a noisy measurement, or the
+        # bound was a first look). Deepen it x4 (`max_steps` given; beyond it, or without it: lift it)
+        # and try the stopped rates again, closest first.
         for t in trials:  # superseded by the retries: kept for their cost, not read as measurements
             if t.result.outcome == "stopped_early":
                 t.phase = "bounded"
+        deeper = bound.steps * DEEPEN
+        bound = (Bound(deeper, f"{bound.why}; no rate reached within {bound.steps} steps, so x{DEEPEN}")
+                 if max_steps is not None and deeper < max_steps else None)
         for i in sorted(stopped, key=lambda i: (rank(tried[i]), i)):
             give_up = best_steps(list(tried.values()), keep) if early_stopping else None
-            attempt(i, give_up, False)
+            from_bound = bound is not None and give_up is None
+            attempt(i, bound.steps if from_bound else give_up, from_bound)
+        stopped = [i for i, r in tried.items() if r.outcome == "stopped_early"]
     return trials
+
+
+DEEPEN = 4       # a bound that stopped every rate is raised this many times over (up to max_steps), then lifted
+FIRST_LOOK = 32   # with nothing known, a size's first trials give up at max_steps / this (deepened while no rate reaches)
+
+
+def first_look(max_steps: int) -> Bound:
+    """The give-up point of a search's first trials when nothing is known -- no neighbouring size has
+    reached the target yet: a fraction of max_steps, deepened x DEEPEN while no rate reaches -- so a
+    first rate far from the best (at the largest batch size, the most examples a step) costs at most
+    max_steps / FIRST_LOOK steps. (Where a neighbour says the best rate may need max_steps, there is
+    no first look: it would only add waves.)"""
+    return Bound(max(1, math.ceil(max_steps / FIRST_LOOK)),
+                 f"nothing known yet: a first look at max_steps / {FIRST_LOOK}, x{DEEPEN} while no rate reaches")
 
 
 def best_learning_rate(rows: list[tuple[float, str, int | None]]) -> float | None:

@@ -52,7 +52,7 @@ def tune_learning_rate(workload: Workload, optimizer: OptimizerSettings, batch_s
     stderr (`on_trial`, e.g. the scaling job's lines with an ETA; else `trial_text` numbered). `s`
     supplies the search settings (lr_* , seeds, rerun_top, hold_factor, ...); `max_steps` caps each
     trial (censored beyond it); `bound`: the give-up point of the trials before any rate reached the
-    target (None: max_steps)."""
+    target (None: max_steps), raised x4 while it stops every rate (lr_search.search)."""
     label = label or f"bs {batch_size}"
     grid = learning_rate_grid(s.lr_min, s.lr_max, s.lr_points, s.lr_grid, seed)
     count = [0]
@@ -75,7 +75,8 @@ def tune_learning_rate(workload: Workload, optimizer: OptimizerSettings, batch_s
     coarse = search(grid, run, seed, journal=journal, hint=hint, early_stopping=s.early_stopping,
                     score=final_metric_score(workload.target_metric, workload.target_direction),
                     keep=1, unimodal=s.lr_unimodal, resolution=s.eval_resolution,
-                    bound=bound if s.early_stopping else None, on_trial=progress)
+                    bound=bound if s.early_stopping else None, max_steps=max_steps,
+                    on_trial=progress)
     widen_step = grid[1] / grid[0] if len(grid) > 1 else 2.0
     refined = resolve(coarse, run, seed, ratio=s.lr_refine_ratio, max_trials=s.lr_refine_trials,
                       resolution=s.eval_resolution, low_limit=s.lr_min / s.lr_widen_factor,

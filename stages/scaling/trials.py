@@ -37,7 +37,7 @@ from stages.core import log
 from stages.core.errors import ConfigError, KickoffError
 from stages.core.context import Context, setup
 from stages.core.lr_search import (JOURNAL_DIR, Bound, Journal, Trial, best_learning_rate, best_steps,
-                                   journal_key)
+                                   first_look, journal_key)
 from stages.core.tune import trial_identity, tune_learning_rate
 from stages.core.optim import effective_learning_rate
 from stages.scaling.descent import Prediction, descent_stop
@@ -113,7 +113,8 @@ def first_trial_bound(ctx: Context, batch_size: int) -> Bound | None:
     scaling.give_up_margin (a neighbour's steps are a noisy measurement): with the rate retuned, steps
     to target never rise with the batch size (a smaller size bounds it with its own steps) and examples
     to target never fall as it shrinks (a larger size B' bounds it with its steps x B'/B: perfect
-    scaling). The tightest of these, or None (max_steps) when no neighbour has reached the target yet."""
+    scaling). The tightest of these (None where it reaches max_steps); when no neighbour has reached
+    the target yet, a first look at a fraction of max_steps (lr_search.first_look)."""
     s = ctx.params.scaling
     candidates: list[tuple[float, str]] = []
     for other in s.batch_sizes:
@@ -128,8 +129,8 @@ def first_trial_bound(ctx: Context, batch_size: int) -> Bound | None:
             candidates.append((slowest * other / batch_size * s.give_up_margin,
                                f"bs {other} reached in {slowest} steps, x {other}/{batch_size} (perfect scaling) x "
                                f"{s.give_up_margin:g}; examples to target never fall as the batch size shrinks"))
-    if not candidates:
-        return None
+    if not candidates:  # nothing known: a first look, deepened while no rate reaches
+        return first_look(s.max_steps)
     steps, why = min(candidates)
     return Bound(math.ceil(steps), why) if math.ceil(steps) < s.max_steps else None
 
@@ -197,8 +198,8 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None, replays: 
         log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the "
                         f"{'larger' if s.adaptive else 'smaller'} batch sizes)")
     log.info(STAGE, f"bs {batch_size}: first trials give up at step "
-                    f"{bound.steps if bound else ctx.params.scaling.max_steps} "
-                    f"({bound.why if bound else 'max_steps: no neighbouring size has reached the target yet'})")
+                    f"{bound.steps if bound else s.max_steps} "
+                    f"({bound.why if bound else 'max_steps: the neighbouring sizes say the best rate may need that many'})")
     trials = tune_learning_rate(ctx.workload, ctx.params.optimizer, batch_size, ctx.device, s,
                                 ctx.params.runtime.seed, s.max_steps, journal=journal, hint=hint,
                                 bound=bound, stage=STAGE,
