@@ -319,4 +319,4 @@ def main_plan() -> None:
                         f"{f'; skipped by the earlier stages: {skipped}' if skipped else ''}"
                         f"{f'; predicted, not trained: {predicted}' if predicted else ''}"
                         f"{'; an upper end: no size has measured its steps yet' if not measured else ''}"
-                        f"{'; an upper end: scaling.adaptive will predict the sizes below two halvings in perfect scaling, not train them' if s.adaptive and not predicted else ''}")
+                        f"{'; an upper end: scaling.adaptive will predict the sizes below two halvings in perfect scaling, not train them' if s.adaptive and not predicted and set(studied) - set(measured) else ''}")
