@@ -162,7 +162,7 @@ def test_the_stage_predicts_the_sizes_below_two_perfect_halvings_and_trains_the_
     assert metrics["predicted_batch_sizes"] == [16] and metrics["predicted_examples_saved"] > 0
     assert 16 not in metrics["studied_batch_sizes"]
     notes = (curve_study / "reports/scaling/notes.md").read_text()
-    assert "## Predicted, not trained" in notes and "Batch sizes 16 were predicted" in notes
+    assert "## Predicted, not trained" in notes and "Batch size 16 was predicted" in notes
 
 
 def test_b_crit_is_fitted_on_measured_sizes_only(curve_study):

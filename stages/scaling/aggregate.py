@@ -138,7 +138,8 @@ def predicted_text(savings: dict, spent: int, seconds: float) -> str | None:
     sizes = savings["predicted_batch_sizes"]
     if not sizes:
         return None
-    text = (f"Batch sizes {', '.join(map(str, sizes))} were predicted, not trained (scaling.adaptive): the study ran "
+    which = f"Batch size {sizes[0]} was" if len(sizes) == 1 else f"Batch sizes {', '.join(map(str, sizes))} were"
+    text = (f"{which} predicted, not trained (scaling.adaptive): the study ran "
             f"from the largest size down and stopped once two halvings in a row were confirmed in perfect scaling, "
             f"where a smaller batch needs proportionally more steps, so it trains no faster and no cheaper. Their "
             f"steps to target are perfect scaling's from bs {savings.get('predicted_from_batch_size')}, drawn hollow "
