@@ -19,8 +19,9 @@ in; they effectively run one after another (adaptive: false makes them independe
 What a size learns from its neighbours -- the first rate to try (`_neighbour_hint`: from the larger
 sizes when adaptive, else the smaller) and the give-up point of its first trials (`first_trial_bound`)
 -- comes from the neighbours' journals as they stand when its search starts: nothing there, no hint
-and no bound beyond max_steps. Without adaptive, which trials run then depends on the order the jobs
-ran in; the best rate and its steps do not (a bound that proves too tight is lifted, lr_search.search).
+and a first look at a fraction of max_steps (lr_search.first_look). Without adaptive, which trials run
+then depends on the order the jobs ran in; the best rate and its steps do not (a bound that proves
+too tight is raised, then lifted: lr_search.search).
 """
 from __future__ import annotations
 
@@ -49,15 +50,17 @@ from stages.pipeline.declaration import load_stage_params
 STAGE = "scaling"
 
 
-_JOURNAL_PATHS: dict[tuple[int, int], Path] = {}  # (id of the context, batch size) -> path: hashing the code costs
+# (id of the context, batch size) -> (the context, the path): hashing the code costs, and the descent
+# asks again for every size; the context is kept so that its id is never another context's
+_JOURNAL_PATHS: dict[tuple[int, int], tuple[Context, Path]] = {}
 
 
 def journal_path(ctx: Context, batch_size: int) -> Path:
     key = (id(ctx), batch_size)
     if key not in _JOURNAL_PATHS:
         identity = trial_identity(ctx, batch_size, ctx.params.scaling.max_steps)
-        _JOURNAL_PATHS[key] = JOURNAL_DIR / f"bs_{batch_size}-{journal_key(identity)}.jsonl"
-    return _JOURNAL_PATHS[key]
+        _JOURNAL_PATHS[key] = (ctx, JOURNAL_DIR / f"bs_{batch_size}-{journal_key(identity)}.jsonl")
+    return _JOURNAL_PATHS[key][1]
 
 
 def _best_journalled_rate(ctx: Context, batch_size: int) -> float | None:
