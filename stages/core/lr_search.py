@@ -251,8 +251,9 @@ class Bound:
 class Trial:
     learning_rate: float
     seed: int
-    # see refine.py for widen, refine and seed; "bounded": a first trial the bound stopped, then tried
-    # again without it (lr_search.search) -- it counts in the study's cost, never as a measurement
+    # see refine.py for widen, refine and seed; "bounded": a trial a bound stopped before any rate
+    # reached, then tried again with the bound raised or lifted (search) -- it counts in the study's
+    # cost, never as a measurement
     phase: Literal["coarse", "widen", "refine", "seed", "bounded"]
     order: int                  # position in the order the trials were run
     give_up_after: int | None
@@ -357,7 +358,7 @@ def best_learning_rate(rows: list[tuple[float, str, int | None]]) -> float | Non
     'bounded' left out: a retried attempt): among the
     rates rerun with seeds (phase 'seed') if any -- of those, the ones that got the most seeds, i.e.
     survived the successive halving -- else all, the one with the best rank_key (median first)."""
-    rows = [r for r in rows if r[1] != "bounded"]  # first trials a bound stopped, tried again without it
+    rows = [r for r in rows if r[1] != "bounded"]  # trials a bound stopped, tried again
     seeded = {lr for lr, phase, _ in rows if phase == "seed"}
     by_lr: dict[float, list[int | None]] = {}
     for lr, _, steps in rows:

@@ -133,7 +133,7 @@ def prediction_savings(trials: pd.DataFrame, table: pd.DataFrame) -> dict:
             "predicted_seconds_saved": float(spent["seconds"].sum()) * len(predicted)}
 
 
-def predicted_text(savings: dict, spent: int, seconds: float) -> str | None:
+def predicted_text(savings: dict, spent: int) -> str | None:
     """The report's words on the predicted sizes (None: nothing was predicted)."""
     sizes = savings["predicted_batch_sizes"]
     if not sizes:
@@ -201,7 +201,7 @@ def main_summarize() -> None:
     io.write_csv(out.SCALING_NOISE.path, gns_rows)
     notes = {"How sure": confidence_text(fit_metrics, table, p.scaling.eval_resolution),  # prose: kept out of metrics.json
              "Critical batch size": metrics.pop("critical_batch_size_message"),
-             "Predicted, not trained": predicted_text(savings, spent, float(trials["seconds"].sum())),
+             "Predicted, not trained": predicted_text(savings, spent),
              "Gradient noise scale": metrics.pop("gradient_noise_scale_reason", None)}
     out.write_results(out.SCALING_METRICS, out.SCALING_DIAGNOSTICS, metrics)
     io.write_text(out.SCALING_NOTES.path, out.notes_markdown(notes))
