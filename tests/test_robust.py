@@ -278,9 +278,11 @@ def test_ctrl_c_during_the_scaling_study_prints_one_line_and_a_rerun_resumes(tmp
 @pytest.mark.parametrize("when", ["starting", "trials"])
 @pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_ctrl_c_during_the_probe_leaves_no_child_traceback(tmp_path, when):
-    """Early (the stage and its trial server still importing torch) or during the trials: one line."""
+    """Early (the stage and its trial server still importing torch) or during the trials: one line.
+    The trials are long enough (1000 steps each) that the stage is still at work when Ctrl-C comes: at
+    50 steps a stage that starts fast finished the whole probe within the second."""
     root = params_project(tmp_path, {"runtime": {"device": "cpu", "threads": 1},
-                                     "probe": {"batch_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], "steps": 50}})
+                                     "probe": {"batch_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], "steps": 1000}})
     proc = popen_stage("stages.probe", [], root)
     if when == "starting":
         time.sleep(1.0)
