@@ -63,12 +63,26 @@ def journal_path(ctx: Context, batch_size: int) -> Path:
     return _JOURNAL_PATHS[key][1]
 
 
+_READ: dict[Path, tuple[tuple[int, int], list[dict]]] = {}  # path -> ((mtime_ns, size), its entries)
+
+
+def _journalled(ctx: Context, batch_size: int) -> list[dict]:
+    """Another size's finished trials (its journal's entries; none without a journal), read once per
+    version of the file: the plan, the hint and the bound of every size ask for every neighbour's."""
+    path = journal_path(ctx, batch_size)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return []
+    version = (st.st_mtime_ns, st.st_size)
+    if path not in _READ or _READ[path][0] != version:
+        _READ[path] = (version, list(Journal.open(path).entries.values()))
+    return _READ[path][1]
+
+
 def _best_journalled_rate(ctx: Context, batch_size: int) -> float | None:
     """Fewest steps at the search seed among the finished trials of another size (None: no journal)."""
-    path = journal_path(ctx, batch_size)
-    if not path.exists():
-        return None
-    entries = [e for e in Journal.open(path).entries.values()
+    entries = [e for e in _journalled(ctx, batch_size)
                if e["seed"] == ctx.params.runtime.seed and e["result"]["steps_to_target"] is not None]
     if not entries:
         return None
@@ -80,12 +94,9 @@ def _journalled_steps(ctx: Context, batch_size: int) -> list[int] | None:
     by median over seed reruns where there are any, else at the search seed); None if nothing there
     reached the target. The best found so far needs at least as many steps as that size's optimum,
     so even a search still under way bounds it."""
-    path = journal_path(ctx, batch_size)
-    if not path.exists():
-        return None
     seed = ctx.params.runtime.seed
     rows = [(e["learning_rate"], "seed" if e["seed"] != seed else "coarse", e["result"]["steps_to_target"])
-            for e in Journal.open(path).entries.values()]
+            for e in _journalled(ctx, batch_size)]
     lr = best_learning_rate(rows)
     if lr is None:
         return None
@@ -194,15 +205,18 @@ def run_trials(ctx: Context, batch_size: int, journal: Journal | None, replays: 
     per_step = _time_per_step(batch_size)
     plan = plan_table([batch_size], measured_steps(ctx), {batch_size: per_step} if per_step else {}, s,
                       all_sizes=studied or list(s.batch_sizes)).iloc[0]
-    log.info(STAGE, f"bs {batch_size}: plan: {plan_line(plan)}")
+    say = replays or journal is None or not journal.entries  # another size's search being replayed: its last line only
+    if say:
+        log.info(STAGE, f"bs {batch_size}: plan: {plan_line(plan)}")
     progress = SearchProgress(f"bs {batch_size}", float(plan["steps_to_target"]), s, per_step, stage=STAGE)
     hint, bound = _start(ctx, batch_size, journal)
-    if hint:
+    if hint and say:
         log.info(STAGE, f"bs {batch_size}: starting near lr {hint:.4g} (predicted from the "
                         f"{'larger' if s.adaptive else 'smaller'} batch sizes)")
-    log.info(STAGE, f"bs {batch_size}: first trials give up at step "
-                    f"{bound.steps if bound else s.max_steps} "
-                    f"({bound.why if bound else 'max_steps: the neighbouring sizes say the best rate may need that many'})")
+    if say:
+        log.info(STAGE, f"bs {batch_size}: first trials give up at step "
+                        f"{bound.steps if bound else s.max_steps} "
+                        f"({bound.why if bound else 'max_steps: the neighbouring sizes say the best rate may need that many'})")
     trials = tune_learning_rate(ctx.workload, ctx.params.optimizer, batch_size, ctx.device, s,
                                 ctx.params.runtime.seed, s.max_steps, journal=journal, hint=hint,
                                 bound=bound, stage=STAGE,
