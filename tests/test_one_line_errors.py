@@ -399,3 +399,26 @@ def test_a_folder_that_may_not_be_written_is_one_line_naming_it(root, tmp_path, 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and last.startswith("kickoff: error: "), proc.stderr
     assert folder in last and ("not writable" in last or "Operation not permitted" in last or "Permission denied" in last)
     assert {p: (tmp_path / p).read_bytes() for p in stand_ins} == stand_ins
+
+
+def test_the_closing_recommendation_is_checked_like_report_md(tmp_path, monkeypatch):
+    """`dvc repro`'s last line quotes initial_config.yaml only as select wrote it: a hand edit is named instead."""
+    from stages.core import outputs as out
+    from stages.core.io import write_text
+    from stages.core.provenance import output_set
+    from stages.report.format import Inputs
+    from stages.report.stage import closing_summary
+
+    monkeypatch.chdir(tmp_path)
+    config = {"batch_size": 16, "learning_rate": 0.01, "train_steps": 120, "expected_time_to_target_s": 2.2,
+              "expected_training_time_s": 3.1, "workload": {"name": "digits_mlp", "kwargs": {"hidden": [16]}}}
+    with output_set("select", out.manifest_for_path):  # as the select stage writes it, with its manifest
+        write_text(out.SELECT_CONFIG.path, yaml.safe_dump(config))
+    assert closing_summary(Path(".")).startswith("recommended: digits_mlp (hidden [16]), batch size 16, ")
+    path = Path(out.SELECT_CONFIG.path)
+    path.write_text(yaml.safe_dump({**config, "batch_size": 4096}))  # edited by hand
+    line = closing_summary(Path("."))
+    assert line.startswith("no recommendation: reports/select/initial_config.yaml differs from what its job wrote "
+                           "(reports/select/manifest.json): cut, edited by hand, or written by another run"), line
+    inputs = Inputs(Path("."))
+    assert inputs.yaml(out.SELECT_CONFIG.path, "select") is None and "differs from what its job wrote" in inputs.problems[0]
