@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -333,72 +334,72 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def select_project(dest: Path) -> dict[str, bytes]:
-    """select's inputs (tests/test_select.py's digits case) and stand-ins of its outputs; returns the stand-ins."""
-    from tests.test_select import digits_fixture
-
-    digits_fixture(dest)
+def report_project(dest: Path) -> dict[str, bytes]:
+    """A project whose report stage runs (it writes REPORT.md whatever it finds: here, that its inputs are missing --
+    half a second, the cheapest stage) with stand-ins of its outputs in place; returns the stand-ins."""
+    (dest / "params.yaml").write_text("runtime:\n  device: cpu\n")
     stand_ins = {}
-    for output in ("reports/select/initial_config.yaml", "reports/select/decision.csv"):
+    for output in ("reports/REPORT.md", "reports/report.manifest.json"):
         (dest / output).parent.mkdir(parents=True, exist_ok=True)
         (dest / output).write_text(f"committed {output}\n")
         stand_ins[output] = (dest / output).read_bytes()
     return stand_ins
 
 
+def files(root: Path, names) -> dict[str, bytes]:
+    return {name: (root / name).read_bytes() for name in names}
+
+
 @pytest.mark.slow  # several seconds: left out of `make test-fast`
-def test_a_full_disk_while_select_writes_is_one_line_and_every_output_stays(root, small_disk):
-    stand_ins = select_project(small_disk)
+def test_a_full_disk_while_a_stage_writes_is_one_line_and_every_output_stays(root, small_disk):
+    stand_ins = report_project(small_disk)
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # fill the disk, then give back 32 KiB: the lock file fits, select's outputs do not
+    with open(filler, "wb") as f:  # fill the disk, then give back 16 KiB: the lock file fits, not the outputs
         try:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
         except OSError:
             pass
-    os.truncate(filler, filler.stat().st_size - 32768)
-    proc = by_hand(root, small_disk, ["stages.select"])
-    lines = proc.stderr.strip().splitlines()
+    os.truncate(filler, filler.stat().st_size - 16384)
+    proc = by_hand(root, small_disk, ["stages.report"])
+    last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[-1].startswith("kickoff: error: select: ") and "No space left on device; kept: every output already in " \
-           "place is as it was" in lines[-1] and "allowed: free space on that disk, then rerun" in lines[-1]
-    assert "reports/select/" in lines[-1]  # the file it was writing, not a temp file's name
-    assert {p: (small_disk / p).read_bytes() for p in stand_ins} == stand_ins
-    assert list((small_disk / ".kickoff/tmp").glob("*")) == []
+    assert re.match(r"kickoff: error: report: reports/(REPORT\.md|report\.manifest\.json): No space left on device; "
+                    r"kept: every output already in place is as it was", last), last  # the file, not its temp file
+    assert last.endswith("allowed: free space on that disk, then rerun")
+    assert files(small_disk, stand_ins) == stand_ins and list((small_disk / ".kickoff/tmp").glob("*")) == []
     filler.unlink()  # space again: the same command finishes
-    assert by_hand(root, small_disk, ["stages.select"]).returncode == 0
+    assert by_hand(root, small_disk, ["stages.report"]).returncode == 0
 
 
-@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_read_only_disk_is_one_line(root, small_disk):
-    stand_ins = select_project(small_disk)
+    stand_ins = report_project(small_disk)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    proc = by_hand(root, small_disk, ["stages.select"])
+    proc = by_hand(root, small_disk, ["stages.report"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Read-only file system; kept: every output already in place is as it was" in proc.stderr
     assert "allowed: a writable filesystem (this one is mounted read-only), then rerun" in proc.stderr
-    assert {p: (small_disk / p).read_bytes() for p in stand_ins} == stand_ins
+    assert files(small_disk, stand_ins) == stand_ins
 
 
-@pytest.mark.slow  # several seconds: left out of `make test-fast`
-@pytest.mark.parametrize("folder", [".kickoff/locks", "reports/select"])
+@pytest.mark.parametrize("folder", [".kickoff/locks", "reports"])
 def test_a_folder_that_may_not_be_written_is_one_line_naming_it(root, tmp_path, folder):
     """The lock folder, or the folder an output goes to: immutable (chattr +i) as root, who may write any mode;
     read-only by its mode otherwise."""
-    stand_ins = select_project(tmp_path)
+    stand_ins = report_project(tmp_path)
     target = tmp_path / folder
     target.mkdir(parents=True, exist_ok=True)
-    lock = ["chattr", "+i", str(target)] if os.geteuid() == 0 else None
-    subprocess.run(lock, check=True) if lock else target.chmod(0o555)
+    immutable = os.geteuid() == 0
+    subprocess.run(["chattr", "+i", str(target)], check=True) if immutable else target.chmod(0o555)
     try:
-        proc = by_hand(root, tmp_path, ["stages.select"])
+        proc = by_hand(root, tmp_path, ["stages.report"])
     finally:
-        subprocess.run(["chattr", "-i", str(target)], check=True) if lock else target.chmod(0o755)
+        subprocess.run(["chattr", "-i", str(target)], check=True) if immutable else target.chmod(0o755)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and last.startswith("kickoff: error: "), proc.stderr
     assert folder in last and ("not writable" in last or "Operation not permitted" in last or "Permission denied" in last)
-    assert {p: (tmp_path / p).read_bytes() for p in stand_ins} == stand_ins
+    assert files(tmp_path, stand_ins) == stand_ins
 
 
 def test_the_closing_recommendation_is_checked_like_report_md(tmp_path, monkeypatch):

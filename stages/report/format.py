@@ -67,8 +67,8 @@ class Inputs:
             return None
         try:  # what its job wrote, as its manifest lists it: a hand edit or a file from another run is not shown
             written_by_its_job(self.root, rel)
-        except InputError as e:
-            self._problem(rel, e.problem, stage)
+        except InputError as e:  # the file itself, or the manifest it is checked against
+            self._problem(rel, e.problem if e.path == str(path) else f"cannot be checked: {e.path} {e.problem}", stage)
             return None
         try:
             return parse(path)

@@ -291,7 +291,7 @@ def closing_summary(root: Path) -> str:
         written_by_its_job(Path(root), out.SELECT_CONFIG.path)
         config = yaml.safe_load(path.read_text()) or {}
     except InputError as e:
-        return f"no recommendation: {out.SELECT_CONFIG.path} {e.problem}; read {Path(root) / REPORT}"
+        return f"no recommendation: {e.path} {e.problem}; read {Path(root) / REPORT}"
     except Exception:
         return f"no recommendation ({out.SELECT_CONFIG.path} is missing or unreadable); read {Path(root) / REPORT}"
     kwargs = (config.get("workload") or {}).get("kwargs") or {}
