@@ -19,16 +19,24 @@ sys.path.insert(0, workflow.basedir)
 
 from stages.pipeline import declaration as pipeline
 from stages.pipeline import freshness
+from stages.pipeline import recover
 from stages.core.config import validate
 from stages.core.context import check_sources
-from stages.core.errors import ConfigError, KickoffError
+from stages.core.errors import ConfigError, KickoffError, check_yaml
 from stages.core.lock import hold_pipeline
 from stages.core.model_choice import check_candidates
 from stages.workloads.base import workload_factory
 
+try:  # Snakemake's own loader would say only "Config file is not valid JSON or YAML": name the file and line
+    check_yaml("params.yaml")
+except KickoffError as e:
+    raise WorkflowError(str(e)) from None
+
 configfile: "params.yaml"
 
 try:  # the same validation the stages run, on the values Snakemake's YAML 1.1 loader produced
+    if workflow.is_main_process:  # first: a cut dvc.lock put back, a killed Snakemake's lock and marks cleared
+        recover.at_start(Path(workflow.basedir))
     # params.yaml with the profiles dvc.yaml records as active (python -m stages.pipeline --profile NAME)
     RAW = pipeline.effective_params(config, Path(workflow.basedir))
     PARAMS = validate(RAW, "params.yaml (as read by Snakemake)")

@@ -79,6 +79,7 @@ def run(params: dict, root: Path, log=print) -> dict:
         figures["batch_size_when_started_with_them"] = second["batch_size"]
         figures["tied_batch_sizes_when_started_with_them"] = second["tied_batch_sizes"]
         figures["predicted_time_to_target_by_size_when_started_with_them"] = second["time_to_target_by_size"]
+        figures["not_considered_when_started_with_them"] = second["why_not_considered_by_size"]
         return figures
     finally:
         os.chdir(here)
@@ -95,10 +96,14 @@ def read(root: Path) -> dict:
 
     select_d = json.loads((root / "reports/select/diagnostics.json").read_text())
     decision = pd.read_csv(root / "reports/select/decision.csv")
-    considered = decision[decision["considered"].astype(bool)]
+    timed = decision[decision["training_time_s"].notna()]
+    # every size with a predicted time to target, considered or not: a rerun's throughput may put the size the
+    # first run chose beyond where throughput stops rising (two sizes within noise), and it is compared all the same
     return {"recommended_num_workers": thr["recommended_num_workers"],
             "tied_batch_sizes": select_d.get("tied_batch_sizes"),
-            "time_to_target_by_size": {int(b): float(t) for b, t in zip(considered["batch_size"], considered["training_time_s"])},
+            "time_to_target_by_size": {int(b): float(t) for b, t in zip(timed["batch_size"], timed["training_time_s"])},
+            "why_not_considered_by_size": {int(b): str(w) for b, w, c in zip(decision["batch_size"], decision["why"].fillna(""),
+                                                                             decision["considered"].astype(bool)) if not c},
             "measured_with_num_workers": thr["measured_with_num_workers"],
             "input_bound_batch_sizes": thr["input_bound_batch_sizes"],
             "batch_size": config["batch_size"], "data": config.get("data"),

@@ -1,9 +1,9 @@
 """`python -m stages`: validate params.yaml as every stage does (values, the workload's sources, the
 workload itself, the device, and that dvc.yaml was rendered from it) and print the resolved values
 with defaults filled in."""
-import yaml
+from stages.core.cli import no_arguments, run_main  # first: a package missing here is then one line
 
-from stages.core.cli import no_arguments, run_main
+import yaml  # noqa: E402
 
 
 def main() -> None:

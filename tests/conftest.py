@@ -93,7 +93,7 @@ def project(tmp_path: Path):
 # The files whose module fixtures run whole pipelines take 2-3 minutes each: started first, they run
 # side by side on the two workers of `make test` (--dist loadfile) while the other files follow, the
 # longest first, instead of a long one starting last and the suite waiting for it alone.
-LONG_FILES = ("test_pipeline_declaration.py", "test_team_workflow.py",
+LONG_FILES = ("test_pipeline_declaration.py", "test_team_workflow.py", "test_interrupts.py",
               # then the next longest (each 30-60 s), so that no long file starts last and runs alone
               "test_robust.py", "test_one_measurement.py", "test_robust_pipeline.py", "test_benchmarks.py",
               "test_dataset_workload.py", "test_one_line_errors.py", "test_cluster.py", "test_manifest.py")

@@ -130,11 +130,14 @@ def test_every_trial_diverging_says_lower_the_learning_rate_range(family):
     assert "raise family.max_steps" not in message
 
 
-def test_a_target_beyond_the_metric_says_fix_the_target(family):
-    message = family({"mode": "accuracy", "target": 90})  # a percentage where a fraction is meant
-    assert "accuracy >= 90 can never be met: accuracy is at most 1" in message
-    assert message.endswith("every candidate cannot meet the target: set workload.kwargs.target within the "
-                            "metric's range")
+def test_a_target_beyond_the_metric_is_refused_before_any_candidate_trains(family, tmp_path):
+    """Issue 29 part 4: not after the study (every candidate then 'cannot meet the target'), but by the first job."""
+    from stages.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"workload.kwargs.target: received 90 for accuracy, which is never above 1; "
+                                          r"allowed: a value in \[0, 1\] \(a fraction, not a percentage\)"):
+        family({"mode": "accuracy", "target": 90})  # a percentage where a fraction is meant
+    assert not (tmp_path / "reports").exists()  # no candidate trained
 
 
 def test_trials_stopped_by_the_step_cap_say_raise_max_steps(family):

@@ -115,8 +115,23 @@ def test_the_slow_dataset_case_is_measured_as_it_is_trained(tmp_path):
     started with those workers configured, the choice is the same."""
     from bench.bench_slow_dataset import case, run
 
+    def same_choice(figures: dict) -> bool:
+        """Started with the recommended workers configured, the same choice -- or one select could not tell from it:
+        on this input-bound task every size trains the same examples per second, so neighbouring sizes come within
+        noise. The second throughput run may even find throughput flat from a smaller size on, so that the first
+        choice is not considered at all; its predicted time to target is compared all the same (every size has one)."""
+        chosen, again = figures["batch_size"], figures["batch_size_when_started_with_them"]
+        times = figures["predicted_time_to_target_by_size_when_started_with_them"]
+        return again == chosen or chosen in (figures["tied_batch_sizes_when_started_with_them"] or []) or (
+            chosen in times and again in times and times[chosen] <= 1.15 * times[again])
+
+    def timings_hold(figures: dict) -> bool:
+        """What timings taken apart decide (each asserted below, the same bounds on both tries)."""
+        return 0.7 <= figures["time_per_step_ratio"] <= 1.4 and same_choice(figures) and (
+            figures["steps_to_target_ratio"] != 1 or 0.85 <= figures["time_to_target_ratio"] <= 1.15)
+
     figures = run(case(2.0e-3, [8, 16, 32], 256, quick=True), tmp_path, log=lambda *_: None)
-    if figures["steps_to_target_ratio"] == 1 and not 0.85 <= figures["time_to_target_ratio"] <= 1.15:
+    if not timings_hold(figures):
         # one more run when a busy neighbour (CI's 2 shared cores) slowed one of the two timings apart:
         # the assertions are the same; seen once in five suite runs (0.82), never on an idle machine
         tmp_path = tmp_path / "again"
@@ -127,12 +142,7 @@ def test_the_slow_dataset_case_is_measured_as_it_is_trained(tmp_path):
     assert 0.7 <= figures["time_per_step_ratio"] <= 1.4, figures  # a budget of under 20 steps: a few windows
     if figures["steps_to_target_ratio"] == 1:  # the prediction's steps came true: its time must too
         assert 0.85 <= figures["time_to_target_ratio"] <= 1.15, figures
-    # Started with those workers configured, the same choice -- or one select could not tell from it: on this
-    # input-bound task every size trains the same examples per second, so neighbouring sizes come within noise.
-    chosen, again = figures["batch_size"], figures["batch_size_when_started_with_them"]
-    times = figures["predicted_time_to_target_by_size_when_started_with_them"]
-    assert again == chosen or chosen in (figures["tied_batch_sizes_when_started_with_them"] or []) or (
-        times[chosen] <= 1.15 * times[again]), figures
+    assert same_choice(figures), figures
     report = (tmp_path / "reports/throughput/diagnosis.md").read_text()
     assert report.startswith("## Diagnosis\n\n**The input pipeline is the limit.**")
 

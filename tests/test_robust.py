@@ -11,7 +11,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -255,9 +254,9 @@ def interrupt_when(proc: subprocess.Popen, marker: str) -> str:
     return seen + rest
 
 
-def popen_stage(module: str, args: list[str], cwd: Path) -> subprocess.Popen:
+def popen_stage(module: str, args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -278,18 +277,18 @@ def test_ctrl_c_during_the_scaling_study_prints_one_line_and_a_rerun_resumes(tmp
 @pytest.mark.parametrize("when", ["starting", "trials"])
 @pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_ctrl_c_during_the_probe_leaves_no_child_traceback(tmp_path, when):
-    """Early (the stage and its trial server still importing torch) or during the trials: one line.
-    The trials are long enough (1000 steps each) that the stage is still at work when Ctrl-C comes: at
-    50 steps a stage that starts fast finished the whole probe within the second."""
+    """Early (the stage still importing torch: tests/faults/sitecustomize.py sends the Ctrl-C as the import
+    starts, not a timer) or during the trials: one line. The trials are long enough (1000 steps each) that the
+    stage is still at work when Ctrl-C comes."""
     root = params_project(tmp_path, {"runtime": {"device": "cpu", "threads": 1},
                                      "probe": {"batch_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512], "steps": 1000}})
-    proc = popen_stage("stages.probe", [], root)
     if when == "starting":
-        time.sleep(1.0)
-        os.killpg(proc.pid, signal.SIGINT)
+        proc = popen_stage("stages.probe", [], root, {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'faults'}",
+                                                       "KICKOFF_TEST_CTRL_C_AT_IMPORT": "stages.probe:torch"})
         err = proc.stderr.read()
         proc.wait(timeout=60)
     else:
+        proc = popen_stage("stages.probe", [], root)
         err = interrupt_when(proc, "-- batch size 1:")  # the trial server is up and forking trials
     assert proc.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err and "Error" not in err, err

@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, yaml_error
 from stages.core.profile import load_yaml
 
 PARAMS_FILE = "params.yaml"
@@ -477,7 +477,7 @@ def read_raw(path: str | Path = PARAMS_FILE) -> dict:
     try:
         raw = load_yaml(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(yaml_error(path, e)) from None  # the file, line and column (stages/core/errors.py)
     profiles = profiles_in(path.parent)
     return apply_profiles(raw, profiles, path.parent) if profiles and isinstance(raw, dict) else raw
 

@@ -26,7 +26,35 @@ class InputError(KickoffError):
                else "rerun the stage that writes it (`dvc repro` or `snakemake`)")
         super().__init__(f"{path}: {problem}; {fix}")
         self.path = str(path)
+        self.problem = problem
 
 
 class StudyError(KickoffError):
     """The measurements cannot support a decision (e.g. no batch size reached the target)."""
+
+
+def yaml_error(path: str | Path, exc: Exception) -> str:
+    """The one line for a YAML file that does not parse: the file, the line and column, the problem -- e.g.
+    "params.yaml: not valid YAML at line 4, column 9: mapping values are not allowed here". PyYAML's own first
+    line holds no line number; a file that is not text says so. Used by every reader of params.yaml, the
+    profiles and the Snakefile (whose own loader says only "Config file is not valid JSON or YAML")."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"{path}: not valid YAML: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r})"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{path}: not valid YAML{where}: {problem}{f' ({context})' if context else ''}"
+
+
+def check_yaml(path: str | Path) -> None:
+    """ConfigError with `yaml_error`'s line unless `path` parses as YAML (a missing file: no error here)."""
+    import yaml
+
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+        yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except FileNotFoundError:
+        return
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(yaml_error(path, e) + "; allowed: YAML (fix that line, then rerun)") from None

@@ -30,8 +30,12 @@ def imports_of(module: str) -> frozenset[str]:
     path = module_file(module)
     if path is None:
         return frozenset()
+    try:
+        tree = ast.parse(path.read_text())
+    except SyntaxError:  # a user's module that does not parse: importing it names the line (workloads/base.import_path)
+        return frozenset()
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -1,20 +1,28 @@
 """Atomic output writers: every file a stage writes goes to a temp file, then is renamed.
 
 A crash (or Ctrl-C) mid-write therefore never leaves a half-written report: either the old file
-is still there, or the new one is complete. Also here: the one content hash of files and folders
-(the scaling journal's identity, Snakemake's code trigger).
+is still there, or the new one is complete. The temp files wait under the project's .kickoff/tmp/,
+never beside the outputs: a hard kill (SIGKILL) leaves nothing in a folder DVC hashes as an output
+(reports/scaling/trials/, reports/family/trials/) or git lists, and the next start of any kickoff
+command removes what a killed writer left (`clean_temp`). Also here: the one content hash of files
+and folders (the scaling journal's identity, Snakemake's code trigger).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+TMP_DIR = Path(".kickoff/tmp")  # temp files of atomic writes, named `<host>-<pid>.XXXXXXXX.<file name>`
+STALE_ELSEWHERE_S = 24 * 3600   # a temp file another machine's writer left (a cluster's shared disk): gone after a day
 
 
 def normal_write_mode(path: Path) -> int:
@@ -29,34 +37,120 @@ def normal_write_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def temp_path(target: Path, root: Path | None = None) -> Path:
+    """A new, empty temp file for an atomic write of `target`: under `root`/.kickoff/tmp/ (root: the working
+    directory, the project root) when `target` lies inside root, else beside `target`; named with this machine and
+    process first, so the next start tells a killed writer's leftover from one a running writer still needs."""
+    target = Path(target)
+    root = Path.cwd() if root is None else Path(root)
+    inside = Path(os.path.abspath(target)).is_relative_to(os.path.abspath(root))
+    base = root / TMP_DIR if inside else target.parent
+    base.mkdir(parents=True, exist_ok=True)
+    prefix = f"{_writer()}." if inside else f".{target.name}.{os.getpid()}."
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=f".{target.name}" if inside else ".tmp", dir=base)
+    os.close(fd)
+    return Path(name)
+
+
+def replace(tmp: Path, target: Path) -> None:
+    """os.replace, or -- where .kickoff/ lies on another filesystem than the target (a symlink) -- a copy beside
+    the target first, then the rename there."""
+    try:
+        os.replace(tmp, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        import shutil
+
+        beside = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copy2(tmp, beside)
+            os.replace(beside, target)
+        finally:
+            beside.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def _writer() -> str:
+    """This process, as temp names carry it: host and pid (on a cluster's shared disk, a pid alone is ambiguous)."""
+    import socket
+
+    return f"{re.sub(r'[^A-Za-z0-9_]+', '_', socket.gethostname())}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+# The temp files an older kickoff left beside its outputs: `.probe.csv.k2j4_x9a.tmp.csv`, `.manifest.json.x8d_1ka2.tmp`
+_OLD_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.\w+)?$")
+
+
+def clean_temp(root: Path, folders: Iterable[Path] = ()) -> list[Path]:
+    """Remove what writers killed half-way left (a SIGKILL runs no cleanup): the files in root/.kickoff/tmp/ whose
+    process no longer runs on this machine (or, from another machine sharing the disk, older than a day), and the
+    hidden temp files an older kickoff wrote beside its outputs in `folders` (relative to root). Returns them."""
+    import time
+
+    removed = []
+    tmp = Path(root) / TMP_DIR
+    here = _writer().rsplit("-", 1)[0]
+    if tmp.is_dir():
+        for f in tmp.iterdir():
+            host, _, pid = f.name.split(".", 1)[0].rpartition("-")
+            with contextlib.suppress(OSError):
+                gone = (not _alive(int(pid)) if host == here else
+                        time.time() - f.stat().st_mtime > STALE_ELSEWHERE_S) if pid.isdigit() else False
+                if gone:
+                    f.unlink()
+                    removed.append(f)
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for f in (Path(root) / folder).iterdir():
+                if _OLD_TEMP.match(f.name) and f.is_file():
+                    f.unlink()
+                    removed.append(f)
+    return removed
+
+
 # While a stage's output set is open (staged_writes, opened by stages/core/provenance.output_set), the
-# written files wait as temp files beside their targets: (temp, target) in the order written.
+# written files wait as temp files: (temp, target) in the order written.
 _staged: list[tuple[Path, Path]] | None = None
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path next to `path`; on success rename it onto `path` (or, inside staged_writes,
-    keep it for the set's commit), else delete it."""
+    """Yield a temp path (temp_path); on success rename it onto `path` (or, inside staged_writes, keep it for
+    the set's commit), else delete it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    except PermissionError:
+        tmp_path: Path | None = temp_path(path)
+    except PermissionError as e:
         from stages.core.errors import KickoffError
 
-        raise KickoffError(f"{path.parent}: not writable (permission denied), so {path.name} cannot be written; "
+        where = Path(e.filename).parent if e.filename else path.parent
+        raise KickoffError(f"{where}: not writable (permission denied), so {path.name} cannot be written; "
                            f"allowed: a folder you may write to (check its owner and mode)") from None
-    os.close(fd)
-    tmp_path: Path | None = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as e:  # a full disk while writing: name the file being written, not its temp file
+            if e.filename in (None, str(tmp_path)) and e.errno is not None:
+                raise OSError(e.errno, e.strerror, str(path)) from e
+            raise
         os.chmod(tmp_path, normal_write_mode(path))
         if _staged is not None:
             _staged.append((tmp_path, path))
             tmp_path = None
         else:
-            os.replace(tmp_path, path)
+            replace(tmp_path, path)
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()

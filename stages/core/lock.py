@@ -108,7 +108,7 @@ HOLDER_ENV = "KICKOFF_PIPELINE_PID"    # the holder's pid, inherited by the jobs
 DVC_LOCK = Path(".dvc/tmp/lock")       # held by a running `dvc repro` (zc.lockfile: flock(2) and the pid)
 
 
-def _held(path: Path) -> bool:
+def held(path: Path) -> bool:
     """Does another process hold an flock on `path`? (False if it does not exist.)"""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -126,7 +126,7 @@ def _held(path: Path) -> bool:
 def check_dvc_idle(root: Path = Path(".")) -> None:
     """LockedError naming the process if a `dvc` command holds DVC's lock in this clone."""
     dvc_lock = root / DVC_LOCK
-    if _held(dvc_lock):
+    if held(dvc_lock):
         try:
             pid = dvc_lock.read_text().split()[0]
         except (OSError, IndexError):
@@ -159,7 +159,7 @@ def check_pipeline(root: Path = Path(".")) -> None:
     """LockedError if a Snakemake run other than the one that started this process holds the pipeline (a
     stage run by `dvc repro`, or by hand, while Snakemake is mid-pipeline)."""
     path = root / LOCK_DIR / f"{PIPELINE}.lock"
-    if not _held(path):
+    if not held(path):
         return
     try:
         holder = str(json.loads(path.read_text())["pid"])

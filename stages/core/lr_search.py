@@ -225,14 +225,17 @@ class Journal:
         self.entries[self.key(learning_rate, seed, give_up_after)] = row
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() > 0:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # a line cut short by a crash: end it, so this one stays whole
-                    f.write(b"\n")
-            f.write((json.dumps(row) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                f.seek(0, os.SEEK_END)
+                if f.tell() > 0:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":  # a line cut short by a crash: end it, so this one stays whole
+                        f.write(b"\n")
+                f.write((json.dumps(row) + "\n").encode())
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:  # a full disk: the one line (stages/core/cli.py) names the journal
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
 
 
 # ---------------------------------------------------------------------------- the search

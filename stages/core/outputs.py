@@ -213,6 +213,11 @@ def all_outputs() -> list[Output]:
     return found + [m for m in MANIFESTS.values() if m not in found]
 
 
+def folders() -> set[str]:
+    """Every folder a stage writes into ('reports/scaling/trials' for 'reports/scaling/trials/bs_{batch_size}.csv')."""
+    return {Path(o.path.split("{", 1)[0] + "x").parent.as_posix() for o in all_outputs()}
+
+
 def _pattern(path: str) -> re.Pattern:
     parts = re.split(r"\{(\w+)\}", path)
     regex = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[A-Za-z0-9]+)" for i, p in enumerate(parts))  # 64, candidate0

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from stages.core.errors import ConfigError
+from stages.core.errors import ConfigError, yaml_error
 
 VAR = "kickoff_profiles"  # the dvc.yaml variable naming the active profiles
 WHOLE = ("workload.kwargs",)  # mappings replaced as a whole, never merged key by key
@@ -69,8 +69,7 @@ def read_profile(path: str, root: Path) -> dict:
     try:
         overrides = yaml.safe_load(file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"profile {path}: not valid YAML ({str(e).splitlines()[0]}); allowed: a mapping of "
-                          f"params.yaml sections") from None
+        raise ConfigError(f"profile {yaml_error(path, e)}; allowed: a mapping of params.yaml sections") from None
     overrides = {} if overrides is None else overrides
     if not isinstance(overrides, dict):
         raise ConfigError(f"profile {path}: received {type(overrides).__name__}; allowed: a mapping of params.yaml sections")

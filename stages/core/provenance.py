@@ -28,7 +28,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -65,7 +64,10 @@ def stale(root: Path, *jobs: str, wait: bool = False) -> set[str]:
         check_dvc_idle(root)
     proc = _dvc([*(["--wait-for-lock"] if wait else []), "status", "--json", *jobs], root)
     if proc.returncode != 0:
-        raise ProvenanceError(f"`dvc status` failed in {root}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+        from stages.core.dvc_lock import check_rwlock, dvc_error
+
+        check_rwlock(root)  # the one DVC failure with a known fix: name it and the command
+        raise ProvenanceError(f"`dvc status` failed in {root} (exit {proc.returncode}): {dvc_error(proc.stderr)}")
     try:
         status = json.loads(proc.stdout or "{}")
     except json.JSONDecodeError:
@@ -74,12 +76,17 @@ def stale(root: Path, *jobs: str, wait: bool = False) -> set[str]:
 
 
 def record(job: str, root: Path) -> None:
-    """Write `job`'s entry in dvc.lock as it now stands (after it ran outside `dvc repro`).
-    `--wait-for-lock`: jobs that finish together take turns at dvc.lock."""
+    """Write `job`'s entry in dvc.lock as it now stands (after it ran outside `dvc repro`): `dvc commit`, run
+    in this process with dvc.lock written whole (temp file and rename: stages/core/dvc_lock.dvc_atomic), so an
+    interrupt leaves the previous dvc.lock or the new one. `--wait-for-lock`: jobs that finish together take
+    turns at dvc.lock."""
+    from stages.core.dvc_lock import dvc_atomic
+
     require_dvc(root)
-    proc = _dvc(["--wait-for-lock", "commit", "--force", "--quiet", job], root)
-    if proc.returncode != 0:
-        raise ProvenanceError(f"`dvc commit {job}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    code, errors = dvc_atomic(["--wait-for-lock", "commit", "--force", job], root)
+    if code != 0:
+        raise ProvenanceError(f"`dvc commit {job}` failed (exit {code}): {'; '.join(errors) or 'no message'}; "
+                              f"dvc.lock is as it was before")
 
 
 def stamp_path(job: str) -> Path:
@@ -114,23 +121,12 @@ def _relative(path: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), Path.cwd().resolve())).as_posix()
 
 
-def _write_now(path: Path, text: str) -> None:
-    """An atomic write that is not staged (the manifest, written after the set's files)."""
-    from stages.core.io import normal_write_mode
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, normal_write_mode(path))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _commit(staged: list[tuple[Path, Path]], identity: dict, manifest_for: ManifestFor) -> None:
-    """Rename the staged files into place, then write each job manifest that lists them."""
+    """Rename the staged files into place, then each job manifest that lists them. Everything that can fail --
+    the manifests written to their temp files (a full disk), a folder that is not writable -- happens before the
+    first rename, so a failure leaves every file as it was; renames need no space."""
+    from stages.core.io import normal_write_mode, replace, temp_path
+
     last = {}
     for tmp, target in staged:  # a target written twice: the last write wins
         if target in last:
@@ -144,18 +140,31 @@ def _commit(staged: list[tuple[Path, Path]], identity: dict, manifest_for: Manif
             data = tmp.read_bytes()
             manifests.setdefault(manifest, {})[rel] = {"sha256": _digest(data), "bytes": len(data),
                                                        "rows": _rows(data, target)}
-    for target in last:  # what would stop a rename half-way, before any rename: nothing written then
+    for target in [*last, *manifests]:  # what would stop a rename half-way, before any rename: nothing written then
         if target.is_dir():
             raise KickoffError(f"{target}: is a directory, so the stage's output cannot be written there; nothing "
                                f"was written; allowed: a file path (remove or move the directory, then rerun)")
         if not os.access(target.parent, os.W_OK):
             raise KickoffError(f"{target.parent}: not writable, so {target.name} cannot be written; nothing was "
                                f"written; allowed: a folder you may write to")
-    for target, tmp in last.items():
-        os.replace(tmp, target)
-    for manifest, files in manifests.items():  # last: a crash before here leaves the old manifest, which the new files fail
-        record = {"job": identity.get("job"), **{k: v for k, v in identity.items() if k != "job"}, "files": files}
-        _write_now(manifest, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    ready: list[tuple[Path, Path]] = []
+    try:
+        for manifest, files in manifests.items():
+            record = {"job": identity.get("job"), **{k: v for k, v in identity.items() if k != "job"}, "files": files}
+            tmp = temp_path(manifest)
+            ready.append((tmp, manifest))
+            try:
+                tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+            except OSError as e:  # a full disk: name the manifest, not its temp file
+                raise OSError(e.errno, e.strerror, str(manifest)) from e
+            os.chmod(tmp, normal_write_mode(manifest))
+        for target, tmp in last.items():
+            replace(tmp, target)
+        for tmp, manifest in ready:  # last: a crash before here leaves the old manifest, which the new files fail
+            replace(tmp, manifest)
+    finally:
+        for tmp, _ in ready:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -194,9 +203,10 @@ def unverified() -> Iterator[None]:
         _trusting = before
 
 
-def verify(path: Path, data: bytes, manifest_path: Path | None, rerun: str) -> None:
+def verify(path: Path, data: bytes, manifest_path: Path | None, rerun: str, rel: str | None = None) -> None:
     """InputError unless `path` is byte for byte what its job's manifest (`manifest_path`) lists, and was
-    written for the model the running job builds (where both are known). `rerun`: the job's command."""
+    written for the model the running job builds (where both are known). `rerun`: the job's command; `rel`: the
+    path as the manifest names it, relative to the project root (default: `path` relative to the working directory)."""
     if _trusting or manifest_path is None or not manifest_path.is_file():
         return
     try:
@@ -204,7 +214,7 @@ def verify(path: Path, data: bytes, manifest_path: Path | None, rerun: str) -> N
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(manifest_path, "is not a readable manifest (cut off or edited?)", rerun) from None
-    entry = files.get(_relative(path)) if isinstance(files, dict) else None
+    entry = files.get(rel or _relative(path)) if isinstance(files, dict) else None
     if not isinstance(entry, dict):
         raise InputError(path, f"is not among the files its job's last run wrote ({manifest_path}): it is left "
                                f"from another run", rerun)

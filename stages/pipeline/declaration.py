@@ -481,6 +481,28 @@ def _render_inputs(root: Path) -> str:
     return h.hexdigest()
 
 
+def check_workload(root: Path, import_it: bool = True) -> None:
+    """ConfigError naming workload.name (or its kwargs) unless the workload params.yaml names resolves to a factory
+    that takes its kwargs (stages/workloads/base.workload_factory; nothing is built). Without `import_it`, only
+    what needs no import (seconds of torch for a built-in): a name that is neither built in nor
+    'package.module:factory', or a package that is not there."""
+    import importlib.util
+
+    from stages.core.config import load_params
+    from stages.workloads.registry import BUILTINS
+
+    params = load_params(root / "params.yaml")
+    name = params.workload.name
+    top = name.partition(":")[0].split(".")[0]
+    try:
+        if import_it or (name not in BUILTINS and (":" not in name or not top or importlib.util.find_spec(top) is None)):
+            from stages.workloads.base import workload_factory
+
+            workload_factory(name, params.workload.kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"params.yaml: {e}") from None
+
+
 def check_rendered(root: Path) -> None:
     """ConfigError unless dvc.yaml is what params.yaml and the active profiles render: a setting that
     shapes it (workload.name, workload.sources, optimizer.name, family.candidates null or not,
@@ -498,6 +520,7 @@ def check_rendered(root: Path) -> None:
     except OSError:
         pass
     if target.read_text() != rendered_text(root):
+        check_workload(root)  # a workload.name typo is named as such: re-rendering would not fix it
         raise ConfigError(f"{DVC_FILE} is out of date with params.yaml (a setting that decides what the stages track "
                           f"changed: workload.name, workload.sources, optimizer.name, family.candidates or scaling.adaptive); run "
                           f"`python -m stages.pipeline` to re-render it, then rerun")
@@ -527,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.add_profile:
         profiles = profiles_in(args.root)
         profiles += [p for p in map(profile_path, args.add_profile) if p not in profiles]
+    if not args.check:  # a dvc.yaml rendered for a workload name that does not exist would only pass the error on
+        check_workload(args.root, import_it=False)
     text = rendered_text(args.root, profiles)
     target = args.root / DVC_FILE
     if args.check:

@@ -1,6 +1,7 @@
 """`python -m stages.pipeline.record JOB`: what every Snakemake job runs after its stage -- the job's
-entry in dvc.lock (`dvc commit`, stages/core/provenance.py), then its stamp, the output Snakemake
-waits for. Run outside Snakemake it records a job run by hand, as `dvc commit JOB` does.
+entry in dvc.lock (`dvc commit`, stages/core/provenance.py, with dvc.lock written whole through a temp
+file: an interrupt leaves the old file or the new one), then its stamp, the output Snakemake waits for.
+Run outside Snakemake it records a job run by hand, as `dvc commit JOB` does.
 
 `python -m stages.pipeline.record --skip-if-current JOB` runs first: Snakemake plans every job
 downstream of a changed one, but when the jobs a job reads from come out byte for byte as before,

@@ -18,9 +18,10 @@ from pathlib import Path
 import yaml
 
 from stages.core import outputs as out
+from stages.core.errors import InputError
 from stages.core.io import write_text
 from stages.core.log import info
-from stages.report.format import Inputs, fmt, key_value_table, metrics_table, table
+from stages.report.format import Inputs, fmt, key_value_table, metrics_table, table, written_by_its_job
 
 REPORT = out.REPORT.path
 IMAGES = {"family": (out.FAMILY_PLOT,), "probe": (out.PROBE_PLOT,), "throughput": out.THROUGHPUT_PLOTS, "scaling": out.SCALING_PLOTS,
@@ -286,8 +287,11 @@ def closing_summary(root: Path) -> str:
     """The pipeline's last line: the recommendation in one sentence (model, batch size, learning rate, step
     budget, DataLoader workers, expected time; the input pipeline named when it is the limit) and where to read it."""
     path = Path(root) / out.SELECT_CONFIG.path
-    try:
+    try:  # checked as REPORT.md checks it: a hand-edited configuration is not announced as the recommendation
+        written_by_its_job(Path(root), out.SELECT_CONFIG.path)
         config = yaml.safe_load(path.read_text()) or {}
+    except InputError as e:
+        return f"no recommendation: {e.path} {e.problem}; read {Path(root) / REPORT}"
     except Exception:
         return f"no recommendation ({out.SELECT_CONFIG.path} is missing or unreadable); read {Path(root) / REPORT}"
     kwargs = (config.get("workload") or {}).get("kwargs") or {}

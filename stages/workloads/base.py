@@ -116,6 +116,29 @@ def has_batch_norm(model: torch.nn.Module) -> bool:
 
 # ---------------------------------------------------------------------------- registry
 
+def _raised_at(e: BaseException) -> str:
+    """'NameError: name 'x' is not defined (my_project/workload.py, line 12)': the error and where it was raised in
+    the user's code -- the innermost frame outside Python's import machinery, or the line a SyntaxError names."""
+    import os
+    import traceback
+
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    if isinstance(e, SyntaxError) and e.filename:
+        file, line = e.filename, e.lineno
+        text = f"{type(e).__name__}: {e.msg}"
+    else:
+        frames = [f for f in traceback.extract_tb(e.__traceback__)
+                  if not f.filename.startswith("<frozen") and "importlib" not in f.filename]
+        if not frames:
+            return text
+        file, line = frames[-1].filename, frames[-1].lineno
+    try:
+        file = os.path.relpath(file)
+    except ValueError:
+        pass
+    return f"{text} ({file}, line {line})"
+
+
 def import_path(path: str, key: str = "workload.name"):
     """The object 'package.module:attribute' names; a bad path raises ConfigError naming `key`."""
     builtin = f"a built-in name ({', '.join(BUILTINS)}) or " if key == "workload.name" else ""
@@ -125,8 +148,14 @@ def import_path(path: str, key: str = "workload.name"):
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"{key}: received {path!r}, but module {module_name!r} cannot be imported ({e}); "
-                          f"allowed: {builtin}'package.module:factory' importable from the project root") from None
+        if not e.name or module_name == e.name or module_name.startswith(e.name + "."):  # the module itself is not there
+            raise ConfigError(f"{key}: received {path!r}, but module {module_name!r} cannot be imported ({e}); "
+                              f"allowed: {builtin}'package.module:factory' importable from the project root") from None
+        raise ConfigError(f"{key}: received {path!r}, but importing module {module_name!r} failed: "
+                          f"{_raised_at(e)}; allowed: a module whose imports are installed here") from None
+    except Exception as e:  # noqa: BLE001 -- whatever the user's module raises while it runs (NameError, SyntaxError, ...)
+        raise ConfigError(f"{key}: received {path!r}, but importing module {module_name!r} raised "
+                          f"{_raised_at(e)}; allowed: a module that imports without error (fix that line, then rerun)") from None
     try:
         return getattr(module, attr)
     except AttributeError:
