@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.bench_staleness import (CHANGES, TINY, build, downstream, dvc_stale, matrix, param_change,
+from bench.bench_staleness import (CHANGES, OUTSIDE, TINY, build, downstream, dvc_stale, matrix, param_change,
                                    snakemake_plan, states)
 from stages.core import provenance
 from stages.pipeline import declaration as pipeline
@@ -110,7 +110,8 @@ def test_both_tools_see_the_same_stages_commands_inputs_and_outputs(ran_project)
         outputs_read = [dep for dep in d["deps"] if dep.startswith("reports/")]
         assert all(any(dep == o or o.startswith(dep + "/") for p in producers for o in dvc[p]["outs"])
                    for dep in outputs_read), name
-        assert "userwl/model.py" in d["deps"] if name in USES_WORKLOAD else "userwl/model.py" not in d["deps"]
+        for user_file in ("userwl/model.py", "userwl/helpers.py", OUTSIDE):  # listed, imported, outside the clone
+            assert (user_file in d["deps"]) == (name in USES_WORKLOAD), (name, user_file)
         assert not any(dep.endswith("char_lm.py") for dep in d["deps"]), name  # only the configured workload's code
 
 

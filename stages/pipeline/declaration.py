@@ -38,7 +38,7 @@ import yaml
 
 from stages.core import outputs as out
 from stages.core.errors import ConfigError
-from stages.core.imports import ROOT, code_deps
+from stages.core.imports import ROOT, code_deps, user_code
 from stages.core.profile import (VAR, active_profile, apply_profiles, flatten, load_yaml, profile_path,
                                  profiles_in, read_profile)
 from stages.core.outputs import Output
@@ -265,17 +265,19 @@ def workload_sources(params: dict) -> list[str]:
 
 def workload_code(params: dict) -> list[str]:
     """The configured workload's code: its module and the `stages` modules it reaches (a built-in's
-    neighbours are not among them), then the user's `workload.sources` and the `stages` modules they
-    import -- so an edit to another built-in workload reruns nothing."""
+    neighbours are not among them), then the user's `workload.sources`, the `stages` modules they
+    import, and the user's modules they reach through their imports (stages/core/imports.user_code:
+    a helper `model.py` imports, a project outside the clone) -- so an edit to any of them reruns the
+    stages that build the workload, and an edit to another built-in workload reruns nothing."""
     from stages.core.config import WorkloadSettings
     from stages.workloads.registry import workload_module
 
     name = (params.get("workload") or {}).get("name") or WorkloadSettings.name  # the schema's default
     sources = workload_sources(params)
-    modules = [workload_module(str(name))]
-    modules += [str(Path(src).with_suffix("")).replace("/", ".") for src in sources if src.endswith(".py")]
+    helpers, modules = user_code(sources)
+    modules = {workload_module(str(name)), *modules}
     files = sorted({f for m in modules for f in code_deps(m) if f.startswith("stages/")})
-    return files + [src for src in sources if src not in files]
+    return files + [src for src in sources if src not in files] + [f for f in helpers if f not in files]
 
 
 def deps_of(s: Stage, params: dict) -> list[str]:
@@ -469,7 +471,8 @@ def _render_inputs(root: Path) -> str:
     for f in files:
         h.update(f"{f}\0".encode() + (f.read_bytes() if f.is_file() else b"-") + b"\0")
     raw = load_raw_params(root / "params.yaml") if (root / "params.yaml").is_file() else {}
-    listed = [root / src for src in workload_sources(apply_profiles(raw, profiles_in(root), root))]
+    sources = workload_sources(apply_profiles(raw, profiles_in(root), root))
+    listed = [root / src for src in [*sources, *user_code(sources, root)[0]]]  # and the modules they import
     code = sorted((ROOT / "stages").rglob("*.py")) + sorted(
         f for src in listed for f in ([src] if not src.is_dir() else sorted(src.rglob("*"))))
     for f in code:
