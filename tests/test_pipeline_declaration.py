@@ -21,7 +21,7 @@ from bench.bench_staleness import (CHANGES, OUTSIDE, TINY, build, downstream, dv
                                    snakemake_plan, states)
 from stages.core import provenance
 from stages.pipeline import declaration as pipeline
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, run, write_params
 
 pytestmark = pytest.mark.e2e
 
@@ -187,6 +187,35 @@ def test_a_profile_changes_no_params_yaml_and_both_tools_plan_its_stages(clones)
     finally:
         run([sys.executable, "-m", "stages.pipeline", "--no-profile"], root)
         shutil.rmtree(root / "profiles/tiny")
+    assert dvc_stale(root) == set()
+
+
+def test_a_render_after_a_size_and_a_candidate_leave_removes_their_files_and_lock_entries(clones):
+    """A batch size and a family candidate dropped from params.yaml: `python -m stages` names their jobs and
+    the command that removes them; `python -m stages.pipeline` removes their files and dvc.lock entries;
+    then both tools plan the same rerun (the stages that read the lists) and DVC reads the edited lock."""
+    root = clones["fresh clone"]
+    gone = ["reports/scaling/trials/bs_16.csv", "reports/scaling/trials/bs_16_curves.csv",
+            "reports/scaling/trials/bs_16.manifest.json", "reports/family/trials/candidate1.csv",
+            "reports/family/trials/candidate1.manifest.json"]
+    assert all((root / f).is_file() for f in gone)
+    try:
+        write_params(root, {"scaling": {"batch_sizes": [4, 8]}, "family": {"candidates": [{"dim": 4}]}})
+        proc = run([sys.executable, "-m", "stages"], root)
+        assert "scaling_trials@16" in proc.stderr and "family_trial@candidate1" in proc.stderr
+        assert "`python -m stages.pipeline` removes them" in proc.stderr
+        proc = run([sys.executable, "-m", "stages.pipeline"], root)
+        assert "scaling_trials@16" in proc.stderr and "family_trial@candidate1" in proc.stderr
+        lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+        assert {"scaling_trials@4", "scaling_trials@8", "family_trial@candidate0"} <= set(lock)
+        assert not {"scaling_trials@16", "family_trial@candidate1"} & set(lock)
+        assert not any((root / f).exists() for f in gone)
+        stale = dvc_stale(root)
+        assert {"scaling", "family"} <= stale and not any(job.endswith(("@16", "@candidate1")) for job in stale)
+        assert snakemake_plan(root) == downstream(root, stale)
+        assert "no longer declared" not in run([sys.executable, "-m", "stages"], root).stderr
+    finally:
+        run(["git", "checkout", "-q", "-f", "HEAD"], root)
     assert dvc_stale(root) == set()
 
 

@@ -1,6 +1,7 @@
 """The one pipeline declaration. dvc.yaml is rendered from it; the Snakefile builds its rules from it.
 
     python -m stages.pipeline                   # (re)write dvc.yaml from this file, params.yaml and the active profiles
+                                                # (and remove the jobs it no longer declares: orphans.py)
     python -m stages.pipeline --check           # exit 1 if dvc.yaml is out of date (CI, tests)
     python -m stages.pipeline --profile small   # run params.yaml + profiles/small/params.yaml (stages/core/profile.py)
 
@@ -33,6 +34,7 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -513,7 +515,8 @@ def check_rendered(root: Path) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, after_write: Callable[[Path], None] | None = None) -> int:
+    """The command line; `after_write(root)` runs once dvc.yaml is written (__main__: orphans.after_render)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs from what would be written")
     ap.add_argument("--root", type=Path, default=Path.cwd(), help="project root holding params.yaml and dvc.yaml")
@@ -543,4 +546,6 @@ def main(argv: list[str] | None = None) -> int:
     active = active_profile(text)
     print(f"wrote {target}" + (f" (profile: {active}; `--no-profile` to go back to params.yaml alone)" if active else ""),
           file=sys.stderr)
+    if after_write is not None:
+        after_write(args.root)
     return 0
