@@ -47,7 +47,25 @@ from userwl.helpers import default_dim  # a helper module, not listed: tracked t
 def make(dim: int = default_dim(), target: float = 0.3):
     return NoisyQuadratic(dim=dim, target=target * target_scale())
 '''
-USER_HELPER = "def default_dim() -> int:\n    return 8\n"
+USER_HELPER = '''\
+import os
+import sys
+from pathlib import Path
+
+
+def default_dim() -> int:
+    """8. With EDIT_WHILE_RUNNING=N in the environment, a scaling trials job sets scaling.max_steps to N in
+    params.yaml as it builds this workload -- after it read its settings: a user's edit while the job
+    runs, made at a known moment (tests/test_pipeline_declaration.py)."""
+    value = os.environ.get("EDIT_WHILE_RUNNING")
+    if value and Path(sys.argv[0]).parent.name == "scaling" and "trials" in sys.argv:
+        import yaml
+
+        params = yaml.safe_load(Path("params.yaml").read_text())
+        params["scaling"]["max_steps"] = int(value)
+        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return 8
+'''
 OUTSIDE_SOURCE = "def target_scale() -> float:\n    return 1.0\n"
 OUTSIDE = "../outside/userext/scale.py"  # a project beside the clone (docs/own-model.md)
 

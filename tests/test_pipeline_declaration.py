@@ -219,6 +219,59 @@ def test_a_render_after_a_size_and_a_candidate_leave_removes_their_files_and_loc
     assert dvc_stale(root) == set()
 
 
+# A results set made with other settings than those in force, read by a stage run by hand: the momentum
+# the rates were tuned at, the study's step cap, its batch sizes (what a copied reports/scaling differs in).
+# The first file select reads that the edit makes stale: probe's (it tracks the momentum: optimizer state
+# size), scaling's.
+OTHER_SETTINGS = [("optimizer.momentum", 0.5, "0.9", "reports/probe/metrics.json"),
+                  ("scaling.max_steps", 150, "200", "reports/scaling/metrics.json"),
+                  ("scaling.batch_sizes", [4, 8], "[4, 8, 16]", "reports/scaling/metrics.json")]
+
+
+@pytest.mark.parametrize("key, value, made, file", OTHER_SETTINGS, ids=[k for k, *_ in OTHER_SETTINGS])
+def test_results_made_with_other_settings_are_refused_by_a_stage_run_by_hand(clones, key, value, made, file):
+    """`python -m stages.select` after a settings edit, without rerunning what the edit affects: one line
+    naming the key, the value the results were made with, the value in force, and the command that
+    remakes them; nothing written."""
+    root = clones["fresh clone"]
+    before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
+    section, name = key.split(".")
+    try:
+        write_params(root, {section: {name: value}})
+        proc = run([sys.executable, "-m", "stages.select"], root, check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("kickoff: error:")]
+        shown = json.dumps(value) if isinstance(value, list) else str(value)
+        assert line.startswith(f"kickoff: error: {file}: was made with {key} {made}, and the settings in force now "
+                               f"(params.yaml) have {key} {shown}; rerun the stage that writes it (`python -m stages."), line
+        assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before
+    finally:
+        run(["git", "checkout", "-q", "-f", "HEAD"], root)
+
+
+def test_a_settings_edit_while_a_job_runs_is_refused_at_its_end_and_dvc_lock_keeps_what_ran(clones):
+    """scaling.max_steps 200 -> 190, then, while the first scaling job runs, 190 -> 210 (the user's workload
+    writes it as the job builds it: tests' bench/bench_staleness.py USER_HELPER). The job is refused at
+    its end, through `dvc repro` and through Snakemake: nothing written, and dvc.lock does not claim
+    either value -- it keeps the entries of what last ran, with 200."""
+    root = clones["fresh clone"]
+    lock = (root / "dvc.lock").read_text()
+    before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
+    try:
+        for tool in (["dvc", "repro"], [sys.executable, "-m", "snakemake", "-c1"]):
+            write_params(root, {"scaling": {"max_steps": 190}})
+            proc = run(tool, root, check=False, env={"EDIT_WHILE_RUNNING": "210"})
+            assert proc.returncode != 0, tool
+            assert re.search(r"kickoff: error: scaling.max_steps: was 190 when `scaling trials --batch-size \d+` started "
+                             r"and is 210 now in params.yaml \(edited while it ran\); nothing was written",
+                             proc.stderr), (tool, proc.stderr[-3000:])
+            assert (root / "dvc.lock").read_text() == lock, tool
+            assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before, tool
+    finally:
+        run(["git", "checkout", "-q", "-f", "HEAD"], root)
+    assert dvc_stale(root) == set()
+
+
 def test_a_render_check_that_passed_is_remembered_until_one_of_its_inputs_changes(tmp_path):
     """Every stage process checks that dvc.yaml is what params.yaml renders; a pass is remembered in
     .kickoff/cache/rendered, and any change to what the render reads checks afresh."""

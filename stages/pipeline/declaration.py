@@ -250,12 +250,25 @@ def declared_keys(name: str) -> tuple[str, ...]:
 def load_stage_params(name: str, path: str | Path = "params.yaml"):
     """params.yaml (with the active profiles) validated as a whole (ConfigError on any bad value),
     checked to be what dvc.yaml was rendered from, and handed back narrowed to what stage `name`
-    declares: reading any other key raises UndeclaredParamError (a kickoff bug)."""
+    declares: reading any other key raises UndeclaredParamError (a kickoff bug). The values of the keys
+    its job tracks are recorded for its manifest (stages/core/provenance.settings_read): the files it
+    reads must have been made with the settings in force, and an edit while it runs is refused."""
+    from stages.core import provenance
     from stages.core.config import load_params
     from stages.core.declared import restrict
+    from stages.core.profile import profiles_in
 
     params = load_params(path)
     check_rendered(Path(path).parent)
+    values = params.as_dict()
+
+    def reread():
+        again = load_params(path).as_dict()
+        return lambda key: param_value(again, key)
+
+    provenance.settings_read({key: param_value(values, key) for key in tracked_keys(stage(name), values)},
+                             now=lambda key: param_value(values, key), reread=reread,
+                             source=" + ".join([Path(path).name, *profiles_in(Path(path).parent)]))
     return restrict(params, declared_keys(name), name)
 
 

@@ -20,6 +20,7 @@ import yaml
 from stages.core import outputs as out
 from stages.core.io import write_text
 from stages.core.log import info
+from stages.pipeline.declaration import load_stage_params
 from stages.report.format import Inputs, fmt, key_value_table, metrics_table, table
 
 REPORT = out.REPORT.path
@@ -274,6 +275,8 @@ def build_report(root: Path = Path(".")) -> tuple[str, list[str]]:
 
 
 def main() -> None:
+    # the settings in force: an input made with other settings is noted as a problem (provenance.verify)
+    load_stage_params("report")
     text, problems = build_report(Path("."))
     for problem in problems:
         info("report", problem)
