@@ -176,6 +176,8 @@ def test_a_set_made_with_other_settings_is_refused_naming_the_key_both_values_an
     with provenance.output_set("select", out.manifest_for_path):  # the same settings: read
         _settings({"select.objective": "time"}, now=dict(made))
         assert out.read_text(out.SCALING_NOTES) == "fit\n"
+    _settings({"optimizer.momentum": 0.5})  # outside a job (a test, a notebook): nothing recorded or checked
+    assert provenance._settings is None and out.read_text(out.SCALING_NOTES) == "fit\n"
 
 
 def test_a_setting_edited_while_the_job_ran_is_refused_at_its_end_and_nothing_is_written(here):

@@ -133,6 +133,8 @@ def settings_read(values: dict[str, Any], now: Callable[[str], Any], reread: Cal
     records them with their hash; every file it reads is checked against them (`verify`); and at its end
     they are read again, so an edit made while it ran is refused rather than recorded as what it ran with."""
     global _settings
+    if _identity is None:  # not a job (a test, a notebook): nothing to record, nothing to check against
+        return
     values = {k: _as_read(v) for k, v in values.items()}
     _settings = Settings(values, now, reread, source)
     note("settings", values)
