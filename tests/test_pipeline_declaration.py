@@ -245,9 +245,10 @@ def test_results_made_with_other_settings_are_refused_by_a_stage_run_by_hand(clo
         assert line.startswith(f"kickoff: error: {file}: was made with {key} {made}, and the settings in force now "
                                f"(params.yaml) have {key} {shown}; rerun the stage that writes it (`python -m stages."), line
         assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before
-        run([sys.executable, "-m", "stages.report"], root)  # the report notes it as a problem
-        report = (root / "reports/REPORT.md").read_text()
-        assert "**Incomplete report:**" in report and f"{file}: was made with {key} {made}" in report
+        if key == "optimizer.momentum":  # the report notes it as a problem (once: each run costs seconds)
+            run([sys.executable, "-m", "stages.report"], root)
+            report = (root / "reports/REPORT.md").read_text()
+            assert "**Incomplete report:**" in report and f"{file}: was made with {key} {made}" in report
     finally:
         run(["git", "checkout", "-q", "-f", "HEAD"], root)
 
