@@ -14,11 +14,13 @@ which jobs to run. One record, read by both tools in the same way: they cannot d
 all its outputs or none (`output_set`, around every stage's main() in stages/core/cli.run_main): every
 file waits as a temp file until the stage has finished, then all are renamed into place, and the job's
 manifest (stages/core/outputs.MANIFESTS) is written last -- each file's content hash and rows, and what
-the job ran for (its command, the workload and model it built). Every reader checks the file it reads
-against it (`verify`, called by stages/core/outputs' readers): a table missing rows, a file edited by
-hand, one left from another run, a set mixed by a crash between two renames, or results made for
-another model are refused with one line naming the file and the command that rewrites it. A file no
-manifest lists (written by hand for a test, or by a kickoff before manifests) is read as it is.
+the job ran for (its command, the workload and model it built, the settings it read: `settings_read`).
+Every reader checks the file it reads against it (`verify`, called by stages/core/outputs' readers): a
+table missing rows, a file edited by hand, one left from another run, a set mixed by a crash between two
+renames, results made for another model or with other settings than those in force are refused with one
+line naming the file and the command that rewrites it. A file no manifest lists (written by hand for a
+test, or by a kickoff before manifests) is read as it is. A setting the job read that was edited while
+it ran stops it at its end, before anything is renamed into place.
 """
 from __future__ import annotations
 
@@ -108,9 +110,6 @@ def _as_read(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- settings
-
-_UNSET = object()
-
 
 @dataclass
 class Settings:
