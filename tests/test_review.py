@@ -181,6 +181,10 @@ def test_each_value_appears_in_one_table():
     assert "| search_cost_ratio |" in rest and "| steps_to_target |" in rest
     for row in ("| batch size |", "| B_crit (95% interval) |", "| baseline at the end of its budget |"):
         assert text.count(row) == 1, row
+    # the same values in another order (dvc prints an experiment's keys in another order than a commit's):
+    # the same text, so .ci/pr-review can tell the committed results are the runs it showed
+    shuffled = {path: dict(reversed(list(entries.items()))) for path, entries in reversed(list(diff.items()))}
+    assert metrics_review(shuffled) == text
 
 
 def test_unchanged_values_are_same_and_missing_ones_say_so():

@@ -253,7 +253,7 @@ def test_pr_review_script_writes_one_comment_and_the_plots_and_restores_the_bran
     run(["git", "read-tree", TAG], team.root, env=index)
     run(["git", "update-index", "--cacheinfo", f"100644,{ahead_params},params.yaml"], team.root, env=index)
     tree = run(["git", "write-tree"], team.root, env=index).stdout.strip()
-    ahead = run(["git", "commit-tree", tree, "-p", TAG, "-m", "main moved on"], team.root).stdout.strip()
+    ahead = run(["git", "commit-tree", tree, "-p", f"{TAG}^{{commit}}", "-m", "main moved on"], team.root).stdout.strip()
     run(["git", "branch", "-f", "main-ahead", ahead], team.root)
     assert "objective: time" in params
 

@@ -72,11 +72,11 @@ def _change(old: Any, new: Any, key: str) -> str:
 
 
 def _rows(diff: dict, keep=lambda path, key: True) -> list[str]:
-    """One table row per value that differs as shown (files in pipeline order, probe first)."""
+    """One table row per value that differs as shown (files in pipeline order, probe first; keys sorted)."""
     order = [o.path for s in pipeline.STAGES for o in s.outputs]
     rows = []
     for path, entries in sorted(diff.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
-        for key, values in (entries or {}).items():
+        for key, values in sorted((entries or {}).items()):  # one order, whatever order dvc printed
             old, new = values.get("old"), values.get("new")
             unit_key = key.rsplit(".", 1)[-1]
             if old == new or _same_number(old, new) or not keep(path, key):
