@@ -160,8 +160,8 @@ def test_timings_are_marked_as_measured_on_different_runs_with_the_reference_rat
     folded = metrics_review(diff).split("<details>")[1]
     assert "measured on the clock by different runs" in folded
     assert "Measured on the clock by two different runs (base, this branch)" in folded
-    assert "x0.40 -- this branch's run had 2.50x less speed; a time that changed by about x2.50 changed with the " \
-           "machine, not the code" in folded
+    assert ("100 vs 40 GFLOP/s: this branch's run had x0.40 the speed of base's, so a time x2.50 as long is the "
+            "machine and its load, not the code") in folded
     assert "No reference timing" in metrics_review(_diff(select_diagnostics={"time_per_step_s": (0.1, 0.2)}))
 
 

@@ -1,7 +1,7 @@
 """Turn `dvc params diff --json` / `dvc metrics diff --json` into markdown for a pull-request
 comment (what .ci/pr-review posts), and tell whether two revisions' committed results are comparable:
 
-    { dvc metrics diff BASE HEAD --all --json; dvc metrics diff BASE HEAD --json --targets reports/*/diagnostics.json; } \
+    { dvc metrics diff BASE HEAD --all --json; dvc metrics diff BASE HEAD --all --json --targets reports/*/diagnostics.json; } \
         | python -m stages.report.review metrics
     dvc params diff BASE HEAD --json | python -m stages.report.review params
     python -m stages.report.review same-profile BASE HEAD   # exit 1, with one line saying why, if not comparable
@@ -351,10 +351,10 @@ def timings_note(diff: dict, old_name: str = "base", new_name: str = "this branc
         return text + (f" No reference timing on both sides (`{REFERENCE[1]}` in {REFERENCE[0]}): how the two "
                        f"machines compare is not known.")
     ratio = new / old
-    return text + (f" Reference: the peak matmul speed each run measured (`{REFERENCE[1]}`, {REFERENCE[0]}): "
-                   f"{_cell(old, REFERENCE[1])} vs {_cell(new, REFERENCE[1])} FLOP/s, x{ratio:.2f} -- {new_name}'s "
-                   f"run had {'the same speed' if math.isclose(ratio, 1, rel_tol=0.05) else f'{max(ratio, 1 / ratio):.2f}x the speed' if ratio > 1 else f'{1 / ratio:.2f}x less speed'}; "
-                   f"a time that changed by about x{1 / ratio:.2f} changed with the machine, not the code.")
+    speed = ("the same speed as" if math.isclose(ratio, 1, rel_tol=0.05) else f"x{ratio:.2f} the speed of")
+    return text + (f" Reference: the peak matmul speed each run measured on its device (`{REFERENCE[1]}` in "
+                   f"{REFERENCE[0]}), {old / 1e9:.3g} vs {new / 1e9:.3g} GFLOP/s: {new_name}'s run had {speed} "
+                   f"{old_name}'s, so a time x{1 / ratio:.2f} as long is the machine and its load, not the code.")
 
 
 def metrics_review(diff: dict, old_name: str = "base", new_name: str = "this branch") -> str:
