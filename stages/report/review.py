@@ -8,10 +8,13 @@ comment (what .ci/pr-review posts), and tell whether two revisions' committed re
 
 `metrics` leads with the recommendation -- the model, batch size, learning rate, step budget, DataLoader
 num_workers (where measured), B_crit with both intervals, the baseline's outcome, base vs branch -- each
-marked **changed** (beyond both runs' intervals), within noise, cannot tell (one run each: no interval),
-or same (`--all` gives the unchanged values too). Below it, folded (`<details>`), the timings, which
-differ on every run (the keys each stage's diagnostics file declares as timings in
-stages/core/outputs.py), and every other value that differs. Its stdin may hold several `--json`
+marked **changed** (beyond both runs' intervals), within noise, cannot tell (saying why: one seed each,
+a zero width the revision does not explain), or same (`--all` gives the unchanged values too); seeds
+that agree exactly are named, a step budget more than x1.5 apart and a baseline turned to missing its
+target marked. Below it, folded (`<details>`), the timings, which differ on every run (the keys each
+stage's diagnostics file declares as timings in stages/core/outputs.py), marked as measured by two
+different runs with the ratio of the reference timing, and every other value that differs, except
+those the recommendation shows. Its stdin may hold several `--json`
 bodies one after the other (the metrics diff, then the diagnostics diff). `dvc ... --md` prints every
 value in full and raw floats; the tables here show one row per value that differs, in the report's
 units (stages/report/format.fmt), the change with its relative size, text cut to a readable length,
