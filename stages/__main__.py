@@ -2,6 +2,8 @@
 workload itself, the device, and that dvc.yaml was rendered from it) and print the resolved values
 with defaults filled in; then name any job no longer declared whose results are still here (a batch size
 or candidate dropped: `python -m stages.pipeline` removes them, stages/pipeline/orphans.py)."""
+import sys
+
 import yaml
 
 from stages.core.cli import no_arguments, run_main
@@ -25,8 +27,6 @@ def main() -> None:
 
     check_rendered(Path.cwd())
     print(yaml.safe_dump(ctx.params.as_dict(), sort_keys=False), end="")
-    import sys
-
     from stages.pipeline import orphans
 
     left = orphans.find(Path.cwd(), ctx.params.as_dict())  # a size or candidate dropped without a render
