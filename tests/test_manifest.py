@@ -195,6 +195,35 @@ def test_a_setting_edited_while_the_job_ran_is_refused_at_its_end_and_nothing_is
     assert out.SCALING_NOTES.at().read_text() == "900 steps again\n"
 
 
+def test_the_report_notes_a_file_its_manifest_refuses(here, tmp_path_factory):
+    """The report reads forgivingly, but not blindly: a file edited by hand, or made with other settings
+    than those in force, is a problem it names (with the stage that rewrites it), not a table it shows."""
+    from stages.report.format import Inputs
+
+    write_set({out.PROBE_NOTES.at(): "probed\n"}, job="probe")
+    out.PROBE_NOTES.at().write_text("edited\n")
+    inputs = Inputs(Path("."))
+    assert inputs.text(out.PROBE_NOTES.path, "probe") is None
+    assert inputs.problems == ["`reports/probe/notes.md` differs from what its job wrote (reports/probe/manifest.json): "
+                               "cut, edited by hand, or written by another run (written by stage `probe`: run `dvc repro "
+                               "probe`)"]
+    with provenance.output_set("scaling summarize", out.manifest_for_path):
+        _settings({"scaling.max_steps": 600})
+        io.write_text(out.SCALING_NOTES.at(), "fit\n")
+    with provenance.output_set("report", out.manifest_for_path):
+        _settings({}, now={"scaling.max_steps": 800})
+        inputs = Inputs(Path("."))
+        assert inputs.text(out.SCALING_NOTES.path, "scaling") is None
+    assert inputs.problems == ["`reports/scaling/notes.md` was made with scaling.max_steps 600, and the settings in "
+                               "force now (params.yaml) have scaling.max_steps 800 (written by stage `scaling`: run "
+                               "`dvc repro scaling`)"]
+    elsewhere = tmp_path_factory.mktemp("elsewhere")  # a project read from outside it: its own manifests
+    (elsewhere / "reports/scaling").mkdir(parents=True)
+    shutil.copy(out.SCALING_NOTES.at(), elsewhere / out.SCALING_NOTES.path)
+    shutil.copy(out.manifest_of(out.SCALING_NOTES), elsewhere / out.manifest_of(out.SCALING_NOTES))
+    assert Inputs(elsewhere).text(out.SCALING_NOTES.path, "scaling") == "fit\n"
+
+
 def test_every_job_declares_its_manifest_as_an_output():
     from stages.pipeline import declaration as pipeline
 

@@ -257,14 +257,14 @@ def unverified() -> Iterator[None]:
         _trusting = before
 
 
-def verify(path: Path, data: bytes, manifest_path: Path | None, rerun: str) -> None:
+def verify(path: Path, data: bytes, manifest_path: Path | None, rerun: str, rel: str | None = None) -> None:
     """InputError unless `path` is byte for byte what its job's manifest (`manifest_path`) lists, and was
     written for the model the running job builds (where both are known). `rerun`: the job's command."""
     if _trusting or manifest_path is None or not manifest_path.is_file():
         return
     manifest = _read_manifest(manifest_path, rerun)
     files = manifest["files"]
-    entry = files.get(_relative(path)) if isinstance(files, dict) else None
+    entry = files.get(rel or _relative(path)) if isinstance(files, dict) else None  # rel: as the manifest lists it
     if not isinstance(entry, dict):
         raise InputError(path, f"is not among the files its job's last run wrote ({manifest_path}): it is left "
                                f"from another run", rerun)

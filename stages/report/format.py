@@ -1,7 +1,8 @@
 """Reading the stages' output files forgivingly, and formatting their numbers as markdown, for stages/report/stage.py.
 
-`Inputs` turns a missing, unreadable or partial file into a problem string naming the file and
-the stage that writes it (collected in `Inputs.problems`) and returns None, so the report shows a
+`Inputs` turns a missing, unreadable or partial file -- or one its job's manifest refuses (edited,
+mixed, made for another model or with other settings than those in force) -- into a problem string
+naming the file and the stage that writes it (collected in `Inputs.problems`) and returns None, so the report shows a
 note instead of crashing. `fmt` formats a value by the unit its name carries (`*_bytes`, `*_s`,
 `*_fraction`, ...), so the same number reads the same in every table.
 """
@@ -15,7 +16,9 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
+from stages.core.errors import InputError
 from stages.core.log import human_bytes, sig
+from stages.core.outputs import verify_path
 
 MAX_ROWS = 60  # a table longer than this is cut, with a note pointing at the file
 LONG_TEXT = 80  # characters: a longer text value is listed below its table, not in a cell
@@ -49,6 +52,11 @@ class Inputs:
         path = self.root / rel
         if not path.is_file():
             self._problem(rel, "is missing", stage)
+            return None
+        try:  # checked against its job's manifest first: edited, mixed, or made with other settings
+            verify_path(self.root, rel)
+        except InputError as e:
+            self._problem(rel, str(e).split(": ", 1)[-1].split("; rerun the stage", 1)[0], stage)
             return None
         try:
             return parse(path)
