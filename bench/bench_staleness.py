@@ -7,8 +7,9 @@ Snakemake, which records itself in dvc.lock, and committed. Then, in three state
 a fresh `git clone` (no .snakemake/), the clone Snakemake ran in (its metadata present), and a
 clone where `dvc repro` ran last (Snakemake's metadata out of date) -- each kind of change is made
 and undone: a params key of one stage, the optimizer, a setting the optimizer ignores, workload
-kwargs, family candidates, a `data:` setting, the user's workload source, kickoff's own code,
-another built-in workload's code. A cell agrees when Snakemake plans exactly the jobs `dvc status`
+kwargs, family candidates, a `data:` setting, the user's workload source, a helper module it imports
+(not listed), a listed source of a project outside the clone, kickoff's own code, another built-in
+workload's code. A cell agrees when Snakemake plans exactly the jobs `dvc status`
 lists plus the jobs downstream of them. Prints the table (docs/team.md shows a measured one), then
 the time of a no-op `dvc status`, `dvc repro` and `snakemake -n`. Exit status 1 if a cell disagrees.
 """
@@ -33,15 +34,43 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import make_project, run, write_params  # noqa: E402  (the tests' project copy, reused)
 
 USER_WORKLOAD = '''\
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "outside"))  # stands in for `pip install -e ../outside`
+
 from stages.workloads.nqm import NoisyQuadratic
+from userext.scale import target_scale  # the project outside the clone, listed in workload.sources by path
+from userwl.helpers import default_dim  # a helper module, not listed: tracked through this import
 
 
-def make(dim: int = 8, target: float = 0.3):
-    return NoisyQuadratic(dim=dim, target=target)
+def make(dim: int = default_dim(), target: float = 0.3):
+    return NoisyQuadratic(dim=dim, target=target * target_scale())
 '''
+USER_HELPER = '''\
+import os
+import sys
+from pathlib import Path
+
+
+def default_dim() -> int:
+    """8. With EDIT_WHILE_RUNNING=N in the environment, a scaling trials job sets scaling.max_steps to N in
+    params.yaml as it builds this workload -- after it read its settings: a user's edit while the job
+    runs, made at a known moment (tests/test_pipeline_declaration.py)."""
+    value = os.environ.get("EDIT_WHILE_RUNNING")
+    if value and Path(sys.argv[0]).parent.name == "scaling" and "trials" in sys.argv:
+        import yaml
+
+        params = yaml.safe_load(Path("params.yaml").read_text())
+        params["scaling"]["max_steps"] = int(value)
+        Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return 8
+'''
+OUTSIDE_SOURCE = "def target_scale() -> float:\n    return 1.0\n"
+OUTSIDE = "../outside/userext/scale.py"  # a project beside the clone (docs/own-model.md)
 
 TINY = {
-    "workload": {"name": "userwl.model:make", "kwargs": {"dim": 8, "target": 0.3}, "sources": ["userwl/model.py"]},
+    "workload": {"name": "userwl.model:make", "kwargs": {"dim": 8, "target": 0.3}, "sources": ["userwl/model.py", OUTSIDE]},
     "family": {"candidates": [{"dim": 4}, {"dim": 8}], "rule": "smallest", "batch_size": 8, "max_steps": 200},
     "runtime": {"device": "cpu", "seed": 0, "threads": 1},
     "probe": {"min_batch_size": 4, "max_batch_size": 32, "steps": 1},
@@ -52,11 +81,22 @@ TINY = {
 }
 
 
+def outside_project(beside: Path) -> None:
+    """The user's project outside the clone, `outside/` next to the clone `beside`."""
+    package = beside.parent / "outside" / "userext"
+    if not package.is_dir():
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "scale.py").write_text(OUTSIDE_SOURCE)
+
+
 def build(dest: Path) -> Path:
     """The project, run once by Snakemake (which records every job in dvc.lock), committed."""
     (dest / "userwl").mkdir(parents=True)
     (dest / "userwl" / "__init__.py").write_text("")
     (dest / "userwl" / "model.py").write_text(USER_WORKLOAD)
+    (dest / "userwl" / "helpers.py").write_text(USER_HELPER)
+    outside_project(dest)
     make_project(dest, TINY)
     run([sys.executable, "-m", "snakemake", "-c2"], dest, timeout=900)
     run(["git", "add", "-A"], dest)
@@ -128,6 +168,8 @@ CHANGES: list[tuple[str, Callable[[Path], contextlib.AbstractContextManager], st
     ("family candidates", param_change("family", "candidates", [{"dim": 4}, {"dim": 16}]), "family_trial@candidate1"),
     ("data setting (data.num_workers)", param_change("data", "num_workers", 1), "throughput"),
     ("user workload source (userwl/model.py)", code_change("userwl/model.py"), "probe"),
+    ("user workload's helper module, not listed (userwl/helpers.py)", code_change("userwl/helpers.py"), "probe"),
+    (f"user workload source outside the clone ({OUTSIDE})", code_change(OUTSIDE), "probe"),
     ("kickoff's own code (stages/core/optim.py)", code_change("stages/core/optim.py"), "select"),
     ("another built-in workload (stages/workloads/char_lm.py)", code_change("stages/workloads/char_lm.py"), None),
 ]
@@ -149,6 +191,7 @@ def states(ran: Path, work: Path) -> dict[str, Path]:
     """The three clones of the matrix, made from the committed, Snakemake-run project `ran`."""
     fresh = work / "fresh"
     run(["git", "clone", "-q", str(ran), str(fresh)], work)
+    outside_project(fresh)  # a teammate's clone has the project beside it too
     after_dvc = work / "after-dvc"
     shutil.copytree(ran, after_dvc, symlinks=True)  # keeps Snakemake's metadata of the first run
     write_params(after_dvc, {"select": {"objective": "resource"}})

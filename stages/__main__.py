@@ -1,7 +1,10 @@
 """`python -m stages`: validate params.yaml as every stage does (values, the workload's sources, the
 workload itself, the device, and that dvc.yaml was rendered from it) and print the resolved values
-with defaults filled in."""
+with defaults filled in; then name any job no longer declared whose results are still here (a batch size
+or candidate dropped: `python -m stages.pipeline` removes them, stages/pipeline/orphans.py)."""
 from stages.core.cli import no_arguments, run_main  # first: a package missing here is then one line
+
+import sys  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -24,6 +27,12 @@ def main() -> None:
 
     check_rendered(Path.cwd())
     print(yaml.safe_dump(ctx.params.as_dict(), sort_keys=False), end="")
+    from stages.pipeline import orphans
+
+    left = orphans.find(Path.cwd(), ctx.params.as_dict())  # a size or candidate dropped without a render
+    if left:
+        print(f"kickoff: jobs no longer declared still have results here: {orphans.describe(left)}; "
+              f"`python -m stages.pipeline` removes them and their dvc.lock entries", file=sys.stderr)
 
 
 run_main(main, "params check", lock=False, parser=no_arguments("python -m stages", __doc__))  # writes nothing

@@ -21,8 +21,15 @@ def test_select_then_baseline_reaches_the_target_on_the_default_workload(tmp_pat
     assert run_stage("stages.select", tmp_path).returncode == 0
     config = yaml.safe_load((tmp_path / "reports/select/initial_config.yaml").read_text())
     assert (config["batch_size"], config["learning_rate"], config["train_steps"], config["seed"]) == (64, 0.3, 96, 0)
-    # baseline trains from the seed select wrote, not from params.yaml (whose runtime.seed it does not declare)
+    # runtime.seed edited since select wrote the configuration: made with other settings, refused in one line
+    # (DVC and Snakemake rerun select first); baseline trains from the seed select wrote (issue 28 part 7)
+    params = (tmp_path / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"runtime": {"device": "cpu", "seed": 5}}))
+    proc = run_stage("stages.baseline", tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert ("initial_config.yaml: was made with runtime.seed 0, and the settings in force now (params.yaml) have "
+            "runtime.seed 5; rerun the stage that writes it (`python -m stages.select`") in proc.stderr
+    (tmp_path / "params.yaml").write_text(params)
     proc = run_stage("stages.baseline", tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "reports/baseline"

@@ -139,6 +139,91 @@ def test_results_made_for_another_model_are_refused_naming_both(here):
         assert out.read_text(out.PROBE_NOTES) == "probed\n"
 
 
+def _settings(values: dict, now: dict | None = None, later: dict | None = None) -> None:
+    """The running job read `values`; `now`: every key in force (default: `values`); `later`: the files
+    when read again at the job's end (default: unchanged)."""
+    now = {**values, **(now or {})}
+    later = later or now
+    provenance.settings_read(values, now=now.get, reread=lambda: later.get, source="params.yaml")
+
+
+def test_a_job_records_the_settings_it_read_with_their_hash(here):
+    with provenance.output_set("scaling summarize", out.manifest_for_path):
+        _settings({"scaling.max_steps": 600, "scaling.batch_sizes": (64, 128)})
+        io.write_text(out.SCALING_NOTES.at(), "fit\n")
+    manifest = json.loads(out.manifest_of(out.SCALING_NOTES).read_text())
+    assert manifest["settings"] == {"scaling.max_steps": 600, "scaling.batch_sizes": [64, 128]}
+    assert manifest["settings_sha256"] == provenance.settings_hash(manifest["settings"])
+
+
+def test_a_set_made_with_other_settings_is_refused_naming_the_key_both_values_and_the_command(here):
+    """A copied reports/scaling made with other max_steps or batch sizes, or results tuned at another
+    momentum: the reader's one line names the key, the value it was made with, the value in force now,
+    and the command that remakes it."""
+    made = {"scaling.max_steps": 600, "scaling.batch_sizes": [64, 128, 256], "optimizer.momentum": 0.9}
+    with provenance.output_set("scaling summarize", out.manifest_for_path):
+        _settings(made)
+        io.write_text(out.SCALING_NOTES.at(), "fit\n")
+    for key, now in (("scaling.max_steps", 800), ("scaling.batch_sizes", [64, 128]), ("optimizer.momentum", 0.5)):
+        with provenance.output_set("select", out.manifest_for_path):
+            _settings({"select.objective": "time"}, now={**made, key: now})
+            with pytest.raises(InputError) as e:
+                out.read_text(out.SCALING_NOTES)
+        message = str(e.value)
+        assert message.startswith(f"reports/scaling/notes.md: was made with {key} {provenance._show(made[key])}, and "
+                                  f"the settings in force now (params.yaml) have {key} {provenance._show(now)}"), message
+        assert "`python -m stages.scaling summarize`" in message and "\n" not in message
+    with provenance.output_set("select", out.manifest_for_path):  # the same settings: read
+        _settings({"select.objective": "time"}, now=dict(made))
+        assert out.read_text(out.SCALING_NOTES) == "fit\n"
+    _settings({"optimizer.momentum": 0.5})  # outside a job (a test, a notebook): nothing recorded or checked
+    assert provenance._settings is None and out.read_text(out.SCALING_NOTES) == "fit\n"
+
+
+def test_a_setting_edited_while_the_job_ran_is_refused_at_its_end_and_nothing_is_written(here):
+    write_set({out.SCALING_NOTES.at(): "900 steps\n"}, job="scaling summarize")
+    before = {p: p.read_bytes() for p in Path("reports/scaling").iterdir()}
+    with pytest.raises(KickoffError, match=r"scaling.max_steps: was 900 when `scaling summarize` started and is 950 "
+                                           r"now in params.yaml \(edited while it ran\); nothing was written"):
+        with provenance.output_set("scaling summarize", out.manifest_for_path):
+            _settings({"scaling.max_steps": 900}, later={"scaling.max_steps": 950})
+            io.write_text(out.SCALING_NOTES.at(), "950 steps?\n")
+    assert {p: p.read_bytes() for p in Path("reports/scaling").iterdir()} == before  # no temp file either
+    with provenance.output_set("scaling summarize", out.manifest_for_path):  # an edit it does not read: written
+        _settings({"scaling.max_steps": 900}, later={"scaling.max_steps": 900, "select.objective": "resource"})
+        io.write_text(out.SCALING_NOTES.at(), "900 steps again\n")
+    assert out.SCALING_NOTES.at().read_text() == "900 steps again\n"
+
+
+def test_the_report_notes_a_file_its_manifest_refuses(here, tmp_path_factory):
+    """The report reads forgivingly, but not blindly: a file edited by hand, or made with other settings
+    than those in force, is a problem it names (with the stage that rewrites it), not a table it shows."""
+    from stages.report.format import Inputs
+
+    write_set({out.PROBE_NOTES.at(): "probed\n"}, job="probe")
+    out.PROBE_NOTES.at().write_text("edited\n")
+    inputs = Inputs(Path("."))
+    assert inputs.text(out.PROBE_NOTES.path, "probe") is None
+    assert inputs.problems == ["`reports/probe/notes.md` differs from what its job wrote (reports/probe/manifest.json): "
+                               "cut, edited by hand, or written by another run (written by stage `probe`: run `dvc repro "
+                               "probe`)"]
+    with provenance.output_set("scaling summarize", out.manifest_for_path):
+        _settings({"scaling.max_steps": 600})
+        io.write_text(out.SCALING_NOTES.at(), "fit\n")
+    with provenance.output_set("report", out.manifest_for_path):
+        _settings({}, now={"scaling.max_steps": 800})
+        inputs = Inputs(Path("."))
+        assert inputs.text(out.SCALING_NOTES.path, "scaling") is None
+    assert inputs.problems == ["`reports/scaling/notes.md` was made with scaling.max_steps 600, and the settings in "
+                               "force now (params.yaml) have scaling.max_steps 800 (written by stage `scaling`: run "
+                               "`dvc repro scaling`)"]
+    elsewhere = tmp_path_factory.mktemp("elsewhere")  # a project read from outside it: its own manifests
+    (elsewhere / "reports/scaling").mkdir(parents=True)
+    shutil.copy(out.SCALING_NOTES.at(), elsewhere / out.SCALING_NOTES.path)
+    shutil.copy(out.manifest_of(out.SCALING_NOTES), elsewhere / out.manifest_of(out.SCALING_NOTES))
+    assert Inputs(elsewhere).text(out.SCALING_NOTES.path, "scaling") == "fit\n"
+
+
 def test_every_job_declares_its_manifest_as_an_output():
     from stages.pipeline import declaration as pipeline
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.bench_staleness import (CHANGES, TINY, build, downstream, dvc_stale, matrix, param_change,
+from bench.bench_staleness import (CHANGES, OUTSIDE, TINY, build, downstream, dvc_stale, matrix, param_change,
                                    snakemake_plan, states)
 from stages.core import provenance
 from stages.pipeline import declaration as pipeline
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, run, write_params
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,8 @@ def test_both_tools_see_the_same_stages_commands_inputs_and_outputs(ran_project)
         outputs_read = [dep for dep in d["deps"] if dep.startswith("reports/")]
         assert all(any(dep == o or o.startswith(dep + "/") for p in producers for o in dvc[p]["outs"])
                    for dep in outputs_read), name
-        assert "userwl/model.py" in d["deps"] if name in USES_WORKLOAD else "userwl/model.py" not in d["deps"]
+        for user_file in ("userwl/model.py", "userwl/helpers.py", OUTSIDE):  # listed, imported, outside the clone
+            assert (user_file in d["deps"]) == (name in USES_WORKLOAD), (name, user_file)
         assert not any(dep.endswith("char_lm.py") for dep in d["deps"]), name  # only the configured workload's code
 
 
@@ -121,12 +122,14 @@ def test_after_a_snakemake_run_dvc_status_is_clean_and_after_dvc_repro_snakemake
 
 
 def test_the_staleness_matrix_agrees_in_every_state(clones):
-    """Every kind of change on a fresh clone, and one of each family (params, code, the family's
-    candidates) with Snakemake's metadata present and after dvc repro ran last (15 cells): Snakemake plans exactly
-    the jobs `dvc status` lists plus those downstream of them. bench/bench_staleness.py runs every cell."""
+    """Every kind of change on a fresh clone, and one of each family (params, code -- the listed source and
+    the helper it imports --, the family's candidates) with Snakemake's metadata present and after dvc
+    repro ran last (19 cells): Snakemake plans exactly the jobs `dvc status` lists plus those downstream of
+    them. bench/bench_staleness.py runs every cell in every state."""
     ok, table = matrix({"fresh clone": clones["fresh clone"]})
     assert ok, table
-    kinds = [c for c in CHANGES if c[0].startswith(("optimizer", "family", "user workload"))]
+    kinds = [c for c in CHANGES if c[0].startswith(("optimizer", "family", "user workload"))
+             and "outside the clone" not in c[0]]  # the same mechanism as the helper: once, on the fresh clone
     ok, table = matrix({k: v for k, v in clones.items() if k != "fresh clone"}, kinds)
     assert ok, table
 
@@ -186,6 +189,93 @@ def test_a_profile_changes_no_params_yaml_and_both_tools_plan_its_stages(clones)
     finally:
         run([sys.executable, "-m", "stages.pipeline", "--no-profile"], root)
         shutil.rmtree(root / "profiles/tiny")
+    assert dvc_stale(root) == set()
+
+
+def test_a_render_after_a_size_and_a_candidate_leave_removes_their_files_and_lock_entries(clones):
+    """A batch size and a family candidate dropped from params.yaml: `python -m stages` names their jobs and
+    the command that removes them; `python -m stages.pipeline` removes their files and dvc.lock entries;
+    then both tools plan the same rerun (the stages that read the lists) and DVC reads the edited lock."""
+    root = clones["fresh clone"]
+    gone = ["reports/scaling/trials/bs_16.csv", "reports/scaling/trials/bs_16_curves.csv",
+            "reports/scaling/trials/bs_16.manifest.json", "reports/family/trials/candidate1.csv",
+            "reports/family/trials/candidate1.manifest.json"]
+    assert all((root / f).is_file() for f in gone)
+    try:
+        write_params(root, {"scaling": {"batch_sizes": [4, 8]}, "family": {"candidates": [{"dim": 4}]}})
+        proc = run([sys.executable, "-m", "stages"], root)
+        assert "scaling_trials@16" in proc.stderr and "family_trial@candidate1" in proc.stderr
+        assert "`python -m stages.pipeline` removes them" in proc.stderr
+        proc = run([sys.executable, "-m", "stages.pipeline"], root)
+        assert "scaling_trials@16" in proc.stderr and "family_trial@candidate1" in proc.stderr
+        lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+        assert {"scaling_trials@4", "scaling_trials@8", "family_trial@candidate0"} <= set(lock)
+        assert not {"scaling_trials@16", "family_trial@candidate1"} & set(lock)
+        assert not any((root / f).exists() for f in gone)
+        stale = dvc_stale(root)
+        assert {"scaling", "family"} <= stale and not any(job.endswith(("@16", "@candidate1")) for job in stale)
+        assert snakemake_plan(root) == downstream(root, stale)
+        assert "no longer declared" not in run([sys.executable, "-m", "stages"], root).stderr
+    finally:
+        run(["git", "checkout", "-q", "-f", "HEAD"], root)
+    assert dvc_stale(root) == set()
+
+
+# A results set made with other settings than those in force, read by a stage run by hand: the momentum
+# the rates were tuned at, the study's step cap, its batch sizes (what a copied reports/scaling differs in).
+# The first file select reads that the edit makes stale: probe's (it tracks the momentum: optimizer state
+# size), scaling's.
+OTHER_SETTINGS = [("optimizer.momentum", 0.5, "0.9", "reports/probe/metrics.json"),
+                  ("scaling.max_steps", 150, "200", "reports/scaling/metrics.json"),
+                  ("scaling.batch_sizes", [4, 8], "[4, 8, 16]", "reports/scaling/metrics.json")]
+
+
+@pytest.mark.parametrize("key, value, made, file", OTHER_SETTINGS, ids=[k for k, *_ in OTHER_SETTINGS])
+def test_results_made_with_other_settings_are_refused_by_a_stage_run_by_hand(clones, key, value, made, file):
+    """`python -m stages.select` after a settings edit, without rerunning what the edit affects: one line
+    naming the key, the value the results were made with, the value in force, and the command that
+    remakes them; nothing written."""
+    root = clones["fresh clone"]
+    before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
+    section, name = key.split(".")
+    try:
+        write_params(root, {section: {name: value}})
+        proc = run([sys.executable, "-m", "stages.select"], root, check=False)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("kickoff: error:")]
+        shown = json.dumps(value) if isinstance(value, list) else str(value)
+        assert line.startswith(f"kickoff: error: {file}: was made with {key} {made}, and the settings in force now "
+                               f"(params.yaml) have {key} {shown}; rerun the stage that writes it (`python -m stages."), line
+        assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before
+        if key == "optimizer.momentum":  # the report notes it as a problem (once: each run costs seconds)
+            run([sys.executable, "-m", "stages.report"], root)
+            report = (root / "reports/REPORT.md").read_text()
+            assert "**Incomplete report:**" in report and f"`{file}` was made with {key} {made}, and the settings " \
+                   f"in force now (params.yaml) have {key} {shown} (written by stage `" in report
+    finally:
+        run(["git", "checkout", "-q", "-f", "HEAD"], root)
+
+
+def test_a_settings_edit_while_a_job_runs_is_refused_at_its_end_and_dvc_lock_keeps_what_ran(clones):
+    """scaling.max_steps 200 -> 190, then, while the first scaling job runs, 190 -> 210 (the user's workload
+    writes it as the job builds it: tests' bench/bench_staleness.py USER_HELPER). The job is refused at
+    its end, through `dvc repro` and through Snakemake: nothing written, and dvc.lock does not claim
+    either value -- it keeps the entries of what last ran, with 200."""
+    root = clones["fresh clone"]
+    lock = (root / "dvc.lock").read_text()
+    before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
+    try:
+        for tool in (["dvc", "repro"], [sys.executable, "-m", "snakemake", "-c1"]):
+            write_params(root, {"scaling": {"max_steps": 190}})
+            proc = run(tool, root, check=False, env={"EDIT_WHILE_RUNNING": "210"})
+            assert proc.returncode != 0, tool
+            assert re.search(r"kickoff: error: scaling.max_steps: was 190 when `scaling trials --batch-size \d+` started "
+                             r"and is 210 now in params.yaml \(edited while it ran\); nothing was written",
+                             proc.stderr), (tool, proc.stderr[-3000:])
+            assert (root / "dvc.lock").read_text() == lock, tool
+            assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before, tool
+    finally:
+        run(["git", "checkout", "-q", "-f", "HEAD"], root)
     assert dvc_stale(root) == set()
 
 

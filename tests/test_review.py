@@ -1,7 +1,9 @@
 """The pull-request review's tables (stages/report/review.py) on hand-written `dvc ... diff --json` bodies:
 the recommendation first, each difference marked changed (beyond both runs' intervals), within noise, or
-cannot tell (one run each); timings folded apart by what each stage declares, not by their names; and
-committed results compared only between revisions run with the same profile."""
+cannot tell (saying why: one seed, a zero width not explained); seeds that agree exactly, a step budget
+far apart and a baseline that turns to missing its target marked; timings folded apart by what each
+stage declares, not by their names, and marked as measured by different runs with the ratio of the
+reference timing; and committed results compared only between revisions run with the same profile."""
 from __future__ import annotations
 
 import json
@@ -71,14 +73,16 @@ def test_review_leads_with_the_recommendation_and_folds_the_timings_apart():
     assert lines[4] == "| learning rate | 0.471 | 0.763 | within noise (steps to target 31-37 vs 20-33) |"
     assert lines[6] == "| B_crit (95% interval) | 96.2 (70-131) | 58.7 (54.7-62) | **changed** (beyond both intervals) |"
     assert lines[7] == ("| baseline at the end of its budget | meets the target (accuracy 0.955) | "
-                        "**misses** the target (accuracy 0.883) | cannot tell (one run each) |")
+                        "**misses** the target (accuracy 0.883) | **turned to missing its target** (base met it) |")
     # the timings (as declared per stage), then everything else -- FLOPs and the search cost are no timings
     timings, rest = text.split("<details>")[1], text.split("<details>")[2]
     assert "Timings" in timings
     for key in ("train_seconds", "seconds", "expected_training_time_s", "chosen_time_to_target_s"):
         assert f"| {key} |" in timings and f"| {key} |" not in rest, key
-    for key in ("chosen_flops_per_example", "search_cost_ratio", "critical_batch_size", "accuracy"):
+    for key in ("chosen_flops_per_example", "search_cost_ratio"):
         assert f"| {key} |" in rest and f"| {key} |" not in timings, key
+    for key in ("critical_batch_size", "accuracy"):  # in the recommendation's rows: not again below it
+        assert f"| {key} |" not in rest + timings, key
     assert "| memory_per_example_bytes | 61 B | 0 B | -61 B (-100.0%) |" in rest and "-0 B" not in text
 
 
@@ -91,25 +95,96 @@ def test_changed_only_beyond_both_intervals_noise_inside_and_one_run_cannot_tell
     assert b_crit(96.2, 90.0, (70, 131), (60, 120)) == "within noise"
     # beyond the branch's narrow interval but inside the base's wide one: not beyond both
     assert b_crit(100.0, 60.0, (50, 150), (58, 62)) == "within noise"
-    assert b_crit(96.2, 58.7, (96.2, 96.2), (58.7, 58.7)) == "cannot tell (one run each)"  # one seed: zero width
+    assert b_crit(96.2, 58.7, (96.2, 96.2), (58.7, 58.7)) == (  # zero width, and no seed count to say why
+        "cannot tell (zero-width intervals, seed counts not recorded: one seed, or seeds that agree exactly)")
     assert b_crit(96.2, 58.7, (None, None), (54.7, 62)) == "cannot tell (no interval recorded)"
     assert b_crit(96.2, 96.2, (70, 131), (70, 131)) == "same"
 
 
-def test_the_small_profile_with_one_seed_marks_nothing_changed():
-    """`scaling.seeds: 0` gives every rate one run: zero-width intervals, so a difference cannot be judged."""
+def test_one_seed_marks_nothing_changed():
+    """`scaling.seeds: 0` gives every rate one run: no interval, so a difference cannot be judged, and the
+    mark says why."""
     one_seed = dict(select={"batch_size": (128, 64), "learning_rate": (0.47, 0.33), "train_steps": (40, 52),
-                            "tie": ("none", "none"), "steps_to_target": (33, 43),
+                            "tie": ("none", "none"), "steps_to_target": (33, 43), "steps_to_target_seeds": (1, 1),
                             "steps_to_target_min": (33, 43), "steps_to_target_max": (33, 43)})
     rows = _rows(recommendation(_diff(**one_seed)))
-    assert {rows[k] for k in ("batch size", "learning rate", "step budget")} == {"cannot tell (one run each)"}
+    assert {rows[k] for k in ("batch size", "learning rate", "step budget")} == {"cannot tell (one seed each: no interval)"}
     # seeds give spreads: the same choices are now beyond both, or within noise where the spreads reach
-    spread = _diff(select={**one_seed["select"], "steps_to_target_min": (30, 40), "steps_to_target_max": (36, 47)})
+    spread = _diff(select={**one_seed["select"], "steps_to_target_min": (30, 40), "steps_to_target_max": (36, 47),
+                           "steps_to_target_seeds": (2, 2)})
     assert {v for k, v in _rows(recommendation(spread)).items() if k in ("batch size", "learning rate", "step budget")} == {
-        "**changed** (beyond both intervals)",
+        "**changed** (not tied in either run's select)",
         "**changed** (beyond both intervals) (steps to target 30-36 vs 40-47)"}
     near = _diff(select={**one_seed["select"], "steps_to_target_min": (30, 32), "steps_to_target_max": (44, 47)})
     assert _rows(recommendation(near))["learning rate"] == "within noise (steps to target 30-44 vs 32-47)"
+
+
+def test_a_branch_whose_seeds_agree_exactly_and_whose_baseline_turns_to_missing():
+    """The issue's branch: two seeds both at 494 steps (an interval of zero width, not one run), the step
+    budget 230 -> 600, and a baseline that met its target and now misses it: each is said as such."""
+    branch = _diff(
+        select={"batch_size": (64, 64), "learning_rate": (0.3, 0.1), "train_steps": (230, 600), "tie": ("none", "none"),
+                "steps_to_target": (190, 494), "steps_to_target_min": (180, 494), "steps_to_target_max": (200, 494)},
+        select_diagnostics={"steps_to_target_seeds": (2, 2)},
+        baseline={"final_meets_target": (True, False), "target_metric": ("accuracy", "accuracy"),
+                  "accuracy": (0.96, 0.93)})
+    rows = _rows(recommendation(branch))
+    assert rows["learning rate"] == ("**changed** (beyond both intervals; seeds agree exactly on this branch) "
+                                     "(steps to target 180-200 vs 494-494)")
+    assert rows["step budget"] == (rows["learning rate"] + "; **step budget x2.61** (more than x1.5 apart)")
+    assert rows["baseline at the end of its budget"] == "**turned to missing its target** (base met it)"
+    # the seeds agree exactly on both sides: still two intervals, each value outside the other's
+    both = _diff(select={"learning_rate": (0.3, 0.1), "steps_to_target": (494, 230),
+                         "steps_to_target_min": (494, 230), "steps_to_target_max": (494, 230),
+                         "steps_to_target_seeds": (3, 2)})
+    assert _rows(recommendation(both))["learning rate"].startswith(
+        "**changed** (beyond both intervals; seeds agree exactly on both sides)")
+    # one seed on one side: judged against the other side's interval alone, and said so
+    one = _diff(select={"learning_rate": (0.3, 0.1), "steps_to_target": (190, 494), "steps_to_target_min": (190, 480),
+                        "steps_to_target_max": (190, 510), "steps_to_target_seeds": (1, 2)})
+    assert _rows(recommendation(one))["learning rate"].startswith(
+        "**changed** (beyond this branch's interval; one seed on base)")
+    inside = _diff(select={"learning_rate": (0.3, 0.1), "steps_to_target": (500, 494), "steps_to_target_min": (500, 480),
+                           "steps_to_target_max": (500, 510), "steps_to_target_seeds": (1, 2)})
+    assert _rows(recommendation(inside))["learning rate"].startswith("within noise (one seed on base)")
+    # a budget within the factor is not marked; the reverse turn is
+    small = _diff(select={"train_steps": (230, 300)}, baseline={"final_meets_target": (False, True)})
+    rows = _rows(recommendation(small))
+    assert "step budget x" not in rows["step budget"]
+    assert rows["baseline at the end of its budget"] == "**now meets its target** (base missed it)"
+
+
+def test_timings_are_marked_as_measured_on_different_runs_with_the_reference_ratio():
+    diff = _diff(select_diagnostics={"expected_training_time_s": (0.014, 0.035)},
+                 throughput_diagnostics={"peak_flops_per_s": (1.0e11, 0.4e11)})
+    folded = metrics_review(diff).split("<details>")[1]
+    assert "measured on the clock by different runs" in folded
+    assert "Measured on the clock by two different runs (base, this branch)" in folded
+    assert ("100 vs 40 GFLOP/s: this branch's run had x0.40 the speed of base's, so a time x2.50 as long is the "
+            "machine and its load, not the code") in folded
+    assert "No reference timing" in metrics_review(_diff(select_diagnostics={"time_per_step_s": (0.1, 0.2)}))
+
+
+def test_each_value_appears_in_one_table():
+    """What the recommendation shows is not repeated in the table of every other value."""
+    diff = _diff(select={"batch_size": (128, 256), "learning_rate": (0.4, 0.7), "train_steps": (40, 33),
+                         "steps_to_target": (32, 30)},
+                 scaling={"critical_batch_size": (96.0, 58.0), "ci_low": (70.0, 50.0), "ci_high": (131.0, 62.0),
+                          "search_cost_ratio": (3.0, 2.0)},
+                 baseline={"final_meets_target": (True, False), "target_metric": ("accuracy", "accuracy"),
+                           "accuracy": (0.95, 0.88), "steps_to_target": (30, 31)})
+    text = metrics_review(diff)
+    rest = text.split("<details>")[2]
+    for key in ("batch_size", "learning_rate", "train_steps", "critical_batch_size", "ci_low", "accuracy",
+                "final_meets_target"):
+        assert f"| {key} |" not in rest, key
+    assert "| search_cost_ratio |" in rest and "| steps_to_target |" in rest
+    for row in ("| batch size |", "| B_crit (95% interval) |", "| baseline at the end of its budget |"):
+        assert text.count(row) == 1, row
+    # the same values in another order (dvc prints an experiment's keys in another order than a commit's):
+    # the same text, so .ci/pr-review can tell the committed results are the runs it showed
+    shuffled = {path: dict(reversed(list(entries.items()))) for path, entries in reversed(list(diff.items()))}
+    assert metrics_review(shuffled) == text
 
 
 def test_unchanged_values_are_same_and_missing_ones_say_so():

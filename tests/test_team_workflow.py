@@ -242,10 +242,30 @@ def test_the_documented_baseline_commands_compare_the_branch_with_the_tag(team):
 
 @pytest.mark.e2e
 def test_pr_review_script_writes_one_comment_and_the_plots_and_restores_the_branch(team):
+    """Reviewed against a base branch that moved on since the branch started (another select.objective):
+    the review compares with the merge base, the tag, so nothing reruns and the base's newer change is not
+    shown reversed; the committed results, the same runs, are not repeated; each table once."""
     run(["rm", "-rf", "dvc_plots"], team.root)
-    proc = run([".ci/pr-review", TAG, BRANCH], team.root)
+    params = (team.root / "params.yaml").read_text()
+    ahead_params = run(["git", "hash-object", "-w", "--stdin"], team.root,
+                       input=params.replace("objective: time", "objective: resource", 1)).stdout.strip()
+    index = {"GIT_INDEX_FILE": str(team.root / ".git" / "ahead-index")}
+    run(["git", "read-tree", TAG], team.root, env=index)
+    run(["git", "update-index", "--cacheinfo", f"100644,{ahead_params},params.yaml"], team.root, env=index)
+    tree = run(["git", "write-tree"], team.root, env=index).stdout.strip()
+    ahead = run(["git", "commit-tree", tree, "-p", f"{TAG}^{{commit}}", "-m", "main moved on"], team.root).stdout.strip()
+    run(["git", "branch", "-f", "main-ahead", ahead], team.root)
+    assert "objective: time" in params
+
+    proc = run([".ci/pr-review", "main-ahead", BRANCH], team.root)
     comment = (team.root / "pr-review/comment.md").read_text()
     assert comment.startswith("<!-- kickoff-pr-review -->\n")
+    tag = run(["git", "rev-parse", f"{TAG}^{{commit}}"], team.root).stdout.strip()
+    assert f"`{tag[:7]}` (base: the merge base of main-ahead and {BRANCH})" in comment
+    assert "select.objective" not in comment  # main's newer change, not the branch's
+    assert comment.count("| recommendation |") == 1 and comment.count("<summary>Timings") == 1
+    assert "are the runs above, value for value (nothing reran): not repeated" in comment
+    assert "Measured on the clock by two different runs" in comment
     assert re.search(r"\| params.yaml \| workload.kwargs.hidden \| \[64\] \| \[32\] \|", comment), comment
     assert "| reports/baseline/metrics.json |" in comment and "failed" not in comment
     assert (team.root / "pr-review/plots/index.html").is_file()

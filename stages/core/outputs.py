@@ -283,6 +283,20 @@ def notes_markdown(sections: dict[str, str | None]) -> str:
 
 # ---------------------------------------------------------------------------- validated readers
 
+def verify_path(root: Path, rel: str) -> None:
+    """The manifest check of `_raw` for the file `rel` of the project at `root`, read by path (the report
+    reads its inputs forgivingly): InputError if that declared output differs from what its job wrote,
+    was made for another model or with other settings than those in force (stages/core/provenance.verify);
+    a path no stage declares is not checked."""
+    from stages.core.provenance import verify
+
+    found = find_output(rel)
+    manifest = manifest_of(found[0], **found[1]) if found else None
+    if manifest is not None:
+        path = Path(root) / rel
+        verify(path, path.read_bytes(), Path(root) / manifest, found[0].rerun(**found[1]), rel=Path(rel).as_posix())
+
+
 def _raw(out: Output, wildcards: dict) -> tuple[Path, str]:
     """The file's text, checked against its job's manifest (stages/core/provenance.verify)."""
     from stages.core.provenance import verify

@@ -14,11 +14,13 @@ which jobs to run. One record, read by both tools in the same way: they cannot d
 all its outputs or none (`output_set`, around every stage's main() in stages/core/cli.run_main): every
 file waits as a temp file until the stage has finished, then all are renamed into place, and the job's
 manifest (stages/core/outputs.MANIFESTS) is written last -- each file's content hash and rows, and what
-the job ran for (its command, the workload and model it built). Every reader checks the file it reads
-against it (`verify`, called by stages/core/outputs' readers): a table missing rows, a file edited by
-hand, one left from another run, a set mixed by a crash between two renames, or results made for
-another model are refused with one line naming the file and the command that rewrites it. A file no
-manifest lists (written by hand for a test, or by a kickoff before manifests) is read as it is.
+the job ran for (its command, the workload and model it built, the settings it read: `settings_read`).
+Every reader checks the file it reads against it (`verify`, called by stages/core/outputs' readers): a
+table missing rows, a file edited by hand, one left from another run, a set mixed by a crash between two
+renames, results made for another model or with other settings than those in force are refused with one
+line naming the file and the command that rewrites it. A file no manifest lists (written by hand for a
+test, or by a kickoff before manifests) is read as it is. A setting the job read that was edited while
+it ran stops it at its end, before anything is renamed into place.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -105,7 +108,64 @@ def note(key: str, value: Any) -> None:
     """Record what the running job is run for (e.g. "model": the workload and kwargs it built): written
     into its manifests, and compared with the manifests of what it reads."""
     if _identity is not None:
-        _identity[key] = json.loads(json.dumps(value, default=str))  # as a manifest reads back
+        _identity[key] = _as_read(value)
+
+
+def _as_read(value: Any) -> Any:
+    """`value` as a manifest reads it back (JSON: tuples become lists, other objects their text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# ---------------------------------------------------------------------------- settings
+
+@dataclass
+class Settings:
+    """The settings in force for the running stage process: `values`, the params keys its job tracks
+    (as dvc.yaml lists them) with the values it read; `now(key)`, any key's value in the settings the
+    process loaded (params.yaml with the active profiles, validated: defaults filled in); `reread()`,
+    every key's value as the files say at this moment; `source`, the files, for messages."""
+    values: dict[str, Any]
+    now: Callable[[str], Any]
+    reread: Callable[[], Callable[[str], Any]]
+    source: str
+
+
+_settings: Settings | None = None
+
+
+def settings_read(values: dict[str, Any], now: Callable[[str], Any], reread: Callable[[], Callable[[str], Any]],
+                  source: str) -> None:
+    """The running job read these settings (stages/pipeline/declaration.load_stage_params): its manifest
+    records them with their hash; every file it reads is checked against them (`verify`); and at its end
+    they are read again, so an edit made while it ran is refused rather than recorded as what it ran with."""
+    global _settings
+    if _identity is None:  # not a job (a test, a notebook): nothing to record, nothing to check against
+        return
+    values = {k: _as_read(v) for k, v in values.items()}
+    _settings = Settings(values, now, reread, source)
+    note("settings", values)
+    note("settings_sha256", settings_hash(values))
+
+
+def settings_hash(values: dict[str, Any]) -> str:
+    return _digest(json.dumps(values, sort_keys=True).encode())[:16]
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def _changed_while_running(job: str) -> None:
+    """KickoffError if a setting the job read differs now from when it started (nothing written yet)."""
+    if _settings is None:
+        return
+    now = _settings.reread()
+    for key, value in _settings.values.items():
+        current = _as_read(now(key))
+        if current != value:
+            raise KickoffError(f"{key}: was {_show(value)} when `{job}` started and is {_show(current)} now in "
+                               f"{_settings.source} (edited while it ran); nothing was written, so no record claims "
+                               f"results it did not compute; rerun it (`dvc repro` or `snakemake`)")
 
 
 def _digest(data: bytes) -> str:
@@ -122,11 +182,13 @@ def _relative(path: Path) -> str:
 
 
 def _commit(staged: list[tuple[Path, Path]], identity: dict, manifest_for: ManifestFor) -> None:
-    """Rename the staged files into place, then each job manifest that lists them. Everything that can fail --
-    the manifests written to their temp files (a full disk), a folder that is not writable -- happens before the
-    first rename, so a failure leaves every file as it was; renames need no space."""
+    """Rename the staged files into place, then each job manifest that lists them -- unless a setting the job
+    read was edited while it ran (then nothing is written). Everything that can fail -- the manifests written
+    to their temp files (a full disk), a folder that is not writable -- happens before the first rename, so a
+    failure leaves every file as it was; renames need no space."""
     from stages.core.io import normal_write_mode, replace, temp_path
 
+    _changed_while_running(str(identity.get("job")))
     last = {}
     for tmp, target in staged:  # a target written twice: the last write wins
         if target in last:
@@ -171,10 +233,11 @@ def _commit(staged: list[tuple[Path, Path]], identity: dict, manifest_for: Manif
 def output_set(job: str, manifest_for: ManifestFor) -> Iterator[None]:
     """Around a stage's main(): its outputs are written all or none, the manifest last. `manifest_for`
     names the manifest that lists a written path (stages/core/outputs.manifest_for_path), or None."""
-    global _identity
+    global _identity, _settings
     from stages.core.io import staged_writes
 
     outer, _identity = _identity, {"job": job}
+    outer_settings, _settings = _settings, None
     try:
         with staged_writes() as staged:
             try:
@@ -186,7 +249,7 @@ def output_set(job: str, manifest_for: ManifestFor) -> Iterator[None]:
                 raise
             _commit(staged, _identity, manifest_for)
     finally:
-        _identity = outer
+        _identity, _settings = outer, outer_settings
 
 
 _trusting = False
@@ -209,12 +272,9 @@ def verify(path: Path, data: bytes, manifest_path: Path | None, rerun: str, rel:
     path as the manifest names it, relative to the project root (default: `path` relative to the working directory)."""
     if _trusting or manifest_path is None or not manifest_path.is_file():
         return
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise InputError(manifest_path, "is not a readable manifest (cut off or edited?)", rerun) from None
-    entry = files.get(rel or _relative(path)) if isinstance(files, dict) else None
+    manifest = _read_manifest(manifest_path, rerun)
+    files = manifest["files"]
+    entry = files.get(rel or _relative(path)) if isinstance(files, dict) else None  # rel: as the manifest lists it
     if not isinstance(entry, dict):
         raise InputError(path, f"is not among the files its job's last run wrote ({manifest_path}): it is left "
                                f"from another run", rerun)
@@ -227,6 +287,33 @@ def verify(path: Path, data: bytes, manifest_path: Path | None, rerun: str, rel:
     if current is not None and recorded is not None and current != recorded:
         raise InputError(path, f"was made for model {_describe(recorded)}, and this run builds {_describe(current)}",
                          rerun)
+    made_with = manifest.get("settings")
+    if _settings is not None and isinstance(made_with, dict):
+        for key, value in made_with.items():
+            now = _as_read(_settings.now(key))
+            if now != value:
+                raise InputError(path, f"was made with {key} {_show(value)}, and the settings in force now "
+                                       f"({_settings.source}) have {key} {_show(now)}", rerun)
+
+
+_manifests: dict[Path, tuple[tuple[int, int, int], dict]] = {}  # parsed once per version of the file
+
+
+def _read_manifest(path: Path, rerun: str) -> dict:
+    """The manifest at `path`, parsed once per version (a reader checks each file it reads against it)."""
+    try:
+        where, st = path.resolve(), path.stat()
+        version = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = _manifests.get(where)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest["files"], dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(path, "is not a readable manifest (cut off or edited?)", rerun) from None
+    _manifests[where] = (version, manifest)
+    return manifest
 
 
 def _describe(model: dict) -> str:

@@ -13,7 +13,7 @@ import torch
 from stages.core import log
 from stages.core.config import OptimizerSettings, ScalingSettings
 from stages.core.context import Context
-from stages.core.imports import code_hash
+from stages.core.imports import code_hash, user_code
 from stages.core.io import content_hash
 from stages.core.lr_search import Bound, Journal, Trial, final_metric_score, learning_rate_grid, search
 from stages.core.refine import resolve, successive_halving
@@ -33,7 +33,8 @@ def trial_identity(ctx: Context, batch_size: int, max_steps: int) -> dict:
             "plateau_tolerance": p.scaling.plateau_tolerance, "device": ctx.device.type, "threads": ctx.threads,
             "torch": torch.__version__,
             "code": {TRIAL_CODE: code_hash(TRIAL_CODE),
-                     **{str(f): content_hash(f) for f in (*w.source_files(), *p.workload.sources)}}}
+                     **{str(f): content_hash(f) for f in (*w.source_files(), *p.workload.sources,
+                                                           *user_code(p.workload.sources)[0])}}}  # + their imports
 
 
 def trial_text(t: Trial) -> str:

@@ -1,6 +1,7 @@
 """The one pipeline declaration. dvc.yaml is rendered from it; the Snakefile builds its rules from it.
 
     python -m stages.pipeline                   # (re)write dvc.yaml from this file, params.yaml and the active profiles
+                                                # (and remove the jobs it no longer declares: orphans.py)
     python -m stages.pipeline --check           # exit 1 if dvc.yaml is out of date (CI, tests)
     python -m stages.pipeline --profile small   # run params.yaml + profiles/small/params.yaml (stages/core/profile.py)
 
@@ -33,12 +34,13 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from stages.core import outputs as out
 from stages.core.errors import ConfigError
-from stages.core.imports import ROOT, code_deps
+from stages.core.imports import ROOT, code_deps, user_code
 from stages.core.profile import (VAR, active_profile, apply_profiles, flatten, load_yaml, profile_path,
                                  profiles_in, read_profile)
 from stages.core.outputs import Output
@@ -248,12 +250,25 @@ def declared_keys(name: str) -> tuple[str, ...]:
 def load_stage_params(name: str, path: str | Path = "params.yaml"):
     """params.yaml (with the active profiles) validated as a whole (ConfigError on any bad value),
     checked to be what dvc.yaml was rendered from, and handed back narrowed to what stage `name`
-    declares: reading any other key raises UndeclaredParamError (a kickoff bug)."""
+    declares: reading any other key raises UndeclaredParamError (a kickoff bug). The values of the keys
+    its job tracks are recorded for its manifest (stages/core/provenance.settings_read): the files it
+    reads must have been made with the settings in force, and an edit while it runs is refused."""
+    from stages.core import provenance
     from stages.core.config import load_params
     from stages.core.declared import restrict
+    from stages.core.profile import profiles_in
 
     params = load_params(path)
     check_rendered(Path(path).parent)
+    values = params.as_dict()
+
+    def reread():
+        again = load_params(path).as_dict()
+        return lambda key: param_value(again, key)
+
+    provenance.settings_read({key: param_value(values, key) for key in tracked_keys(stage(name), values)},
+                             now=lambda key: param_value(values, key), reread=reread,
+                             source=" + ".join([Path(path).name, *profiles_in(Path(path).parent)]))
     return restrict(params, declared_keys(name), name)
 
 
@@ -265,17 +280,19 @@ def workload_sources(params: dict) -> list[str]:
 
 def workload_code(params: dict) -> list[str]:
     """The configured workload's code: its module and the `stages` modules it reaches (a built-in's
-    neighbours are not among them), then the user's `workload.sources` and the `stages` modules they
-    import -- so an edit to another built-in workload reruns nothing."""
+    neighbours are not among them), then the user's `workload.sources`, the `stages` modules they
+    import, and the user's modules they reach through their imports (stages/core/imports.user_code:
+    a helper `model.py` imports, a project outside the clone) -- so an edit to any of them reruns the
+    stages that build the workload, and an edit to another built-in workload reruns nothing."""
     from stages.core.config import WorkloadSettings
     from stages.workloads.registry import workload_module
 
     name = (params.get("workload") or {}).get("name") or WorkloadSettings.name  # the schema's default
     sources = workload_sources(params)
-    modules = [workload_module(str(name))]
-    modules += [str(Path(src).with_suffix("")).replace("/", ".") for src in sources if src.endswith(".py")]
+    helpers, modules = user_code(sources)
+    modules = {workload_module(str(name)), *modules}
     files = sorted({f for m in modules for f in code_deps(m) if f.startswith("stages/")})
-    return files + [src for src in sources if src not in files]
+    return files + [src for src in sources if src not in files] + [f for f in helpers if f not in files]
 
 
 def deps_of(s: Stage, params: dict) -> list[str]:
@@ -469,7 +486,8 @@ def _render_inputs(root: Path) -> str:
     for f in files:
         h.update(f"{f}\0".encode() + (f.read_bytes() if f.is_file() else b"-") + b"\0")
     raw = load_raw_params(root / "params.yaml") if (root / "params.yaml").is_file() else {}
-    listed = [root / src for src in workload_sources(apply_profiles(raw, profiles_in(root), root))]
+    sources = workload_sources(apply_profiles(raw, profiles_in(root), root))
+    listed = [root / src for src in [*sources, *user_code(sources, root)[0]]]  # and the modules they import
     code = sorted((ROOT / "stages").rglob("*.py")) + sorted(
         f for src in listed for f in ([src] if not src.is_dir() else sorted(src.rglob("*"))))
     for f in code:
@@ -533,7 +551,8 @@ def check_rendered(root: Path) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, after_write: Callable[[Path], None] | None = None) -> int:
+    """The command line; `after_write(root)` runs once dvc.yaml is written (__main__: orphans.after_render)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs from what would be written")
     ap.add_argument("--root", type=Path, default=Path.cwd(), help="project root holding params.yaml and dvc.yaml")
@@ -565,4 +584,6 @@ def main(argv: list[str] | None = None) -> int:
     active = active_profile(text)
     print(f"wrote {target}" + (f" (profile: {active}; `--no-profile` to go back to params.yaml alone)" if active else ""),
           file=sys.stderr)
+    if after_write is not None:
+        after_write(args.root)
     return 0

@@ -1,7 +1,8 @@
 """Reading the stages' output files forgivingly, and formatting their numbers as markdown, for stages/report/stage.py.
 
-`Inputs` turns a missing, unreadable or partial file into a problem string naming the file and
-the stage that writes it (collected in `Inputs.problems`) and returns None, so the report shows a
+`Inputs` turns a missing, unreadable or partial file -- or one its job's manifest refuses (edited,
+mixed, made for another model or with other settings than those in force) -- into a problem string
+naming the file and the stage that writes it (collected in `Inputs.problems`) and returns None, so the report shows a
 note instead of crashing. `fmt` formats a value by the unit its name carries (`*_bytes`, `*_s`,
 `*_fraction`, ...), so the same number reads the same in every table.
 """
@@ -15,25 +16,12 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from stages.core import outputs as out
 from stages.core.errors import InputError
 from stages.core.log import human_bytes, sig
-from stages.core.provenance import verify
+from stages.core.outputs import verify_path
 
 MAX_ROWS = 60  # a table longer than this is cut, with a note pointing at the file
 LONG_TEXT = 80  # characters: a longer text value is listed below its table, not in a cell
-
-
-def written_by_its_job(root: Path, rel: str) -> None:
-    """InputError unless root/rel (a declared output) is byte for byte what its job's manifest lists -- the check
-    every stage's reader makes (stages/core/outputs.py); a file no manifest lists passes as it is."""
-    found = out.find_output(rel)
-    if found is None:
-        return
-    output, wildcards = found
-    manifest = out.manifest_of(output, **wildcards)
-    path = Path(root) / rel
-    verify(path, path.read_bytes(), None if manifest is None else Path(root) / manifest, output.rerun(**wildcards), rel=rel)
 
 
 class Inputs:
@@ -65,8 +53,8 @@ class Inputs:
         if not path.is_file():
             self._problem(rel, "is missing", stage)
             return None
-        try:  # what its job wrote, as its manifest lists it: a hand edit or a file from another run is not shown
-            written_by_its_job(self.root, rel)
+        try:  # what its job wrote, as its manifest lists it: a hand edit, a file from another run, or one made
+            verify_path(self.root, rel)  # with other settings is not shown
         except InputError as e:  # the file itself, or the manifest it is checked against
             self._problem(rel, e.problem if e.path == str(path) else f"cannot be checked: {e.path} {e.problem}", stage)
             return None

@@ -21,7 +21,8 @@ from stages.core import outputs as out
 from stages.core.errors import InputError
 from stages.core.io import write_text
 from stages.core.log import info
-from stages.report.format import Inputs, fmt, key_value_table, metrics_table, table, written_by_its_job
+from stages.pipeline.declaration import load_stage_params
+from stages.report.format import Inputs, fmt, key_value_table, metrics_table, table
 
 REPORT = out.REPORT.path
 IMAGES = {"family": (out.FAMILY_PLOT,), "probe": (out.PROBE_PLOT,), "throughput": out.THROUGHPUT_PLOTS, "scaling": out.SCALING_PLOTS,
@@ -275,6 +276,8 @@ def build_report(root: Path = Path(".")) -> tuple[str, list[str]]:
 
 
 def main() -> None:
+    # the settings in force: an input made with other settings is noted as a problem (provenance.verify)
+    load_stage_params("report")
     text, problems = build_report(Path("."))
     for problem in problems:
         info("report", problem)
@@ -288,7 +291,7 @@ def closing_summary(root: Path) -> str:
     budget, DataLoader workers, expected time; the input pipeline named when it is the limit) and where to read it."""
     path = Path(root) / out.SELECT_CONFIG.path
     try:  # checked as REPORT.md checks it: a hand-edited configuration is not announced as the recommendation
-        written_by_its_job(Path(root), out.SELECT_CONFIG.path)
+        out.verify_path(Path(root), out.SELECT_CONFIG.path)
         config = yaml.safe_load(path.read_text()) or {}
     except InputError as e:
         return f"no recommendation: {e.path} {e.problem}; read {Path(root) / REPORT}"

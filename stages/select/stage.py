@@ -225,6 +225,8 @@ def main() -> None:
         # the chosen rate's steps over its seeds: the interval a reviewer compares a change with
         **{k: float(choices.set_index("batch_size").at[int(c["batch_size"]), k])
            for k in ("steps_to_target_min", "steps_to_target_max")},
+        # how many seeds that interval spans: a zero-width one is one seed (no interval) or seeds that agree
+        "steps_to_target_seeds": int(choices.set_index("batch_size").at[int(c["batch_size"]), "seeds"]),
         # the data-parallel efficiency the choice used, and whether throughput measured it or it is assumed
         "scaling_efficiency": float(c["scaling_efficiency"]) if int(c["devices"]) > 1 else None,
         "scaling_efficiency_source": str(c["scaling_efficiency_source"]) if int(c["devices"]) > 1 else "one device",
