@@ -55,7 +55,8 @@ def write_params(root: Path, overrides: dict) -> dict:
     return params
 
 
-def make_project(dest: Path, params: dict | None = None, *, dvc: bool = True, commit: bool = True) -> Path:
+def make_project(dest: Path, params: dict | None = None, *, dvc: bool = True, commit: bool = True,
+                 env: dict | None = None) -> Path:
     """Copy the project into `dest`, apply params overrides, git init (+ dvc init), regenerate dvc.yaml, commit."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
@@ -72,7 +73,7 @@ def make_project(dest: Path, params: dict | None = None, *, dvc: bool = True, co
         run(["dvc", "config", "core.analytics", "false"], dest)
         if (ROOT / ".dvc" / "plots").is_dir():  # custom Vega-Lite templates (log axes)
             shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
-    run([sys.executable, "-m", "stages.pipeline"], dest)
+    run([sys.executable, "-m", "stages.pipeline"], dest, env=env)  # env: e.g. PYTHONPATH for a project outside
     if commit:
         run(["git", "add", "-A"], dest)
         run(["git", "commit", "-q", "-m", "project"], dest)

@@ -99,7 +99,8 @@ def test_the_documented_project_outside_the_clone_renders_and_builds(tmp_path):
     package = tmp_path / "myproject" / "myproject"
     _write(package, {"__init__.py": "", "helpers.py": "WIDTH = 32\n",
                      "workload.py": code.replace("import torch\n", "import torch\nfrom myproject import helpers\n", 1)})
-    clone = make_project(tmp_path / "clone", {"workload": workload, "family": {"candidates": None}}, commit=False)
+    clone = make_project(tmp_path / "clone", {"workload": workload, "family": {"candidates": None}}, commit=False,
+                         env={"PYTHONPATH": str(tmp_path / "myproject")})
     declared = yaml.safe_load((clone / "dvc.yaml").read_text())["stages"]
     for name in ("probe", "baseline", "report"):
         deps = declared[name]["deps"]
