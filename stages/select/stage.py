@@ -145,9 +145,17 @@ def loader_settings(params, workload, throughput_metrics: dict, throughput_diagn
             **({"persistent_workers": persistent} if isinstance(persistent, bool) and recommended else {})}
 
 
+def median_seed(choices: pd.DataFrame, batch_size: int) -> int | None:
+    """The seed of the chosen rate's median run at `batch_size` (stages/select/rates.py), if known."""
+    rows = choices[choices["batch_size"] == batch_size] if "median_seed" in choices else choices.iloc[0:0]
+    value = rows["median_seed"].iloc[0] if len(rows) else None
+    return None if value is None or pd.isna(value) else int(value)
+
+
 def initial_config(sel: Selection, params, target: Target, first_step_overhead_s: float = 0.0,
-                   data: dict | None = None) -> dict:
-    """initial_config.yaml: everything a training run (and the baseline stage) needs, seed included. The
+                   data: dict | None = None, seed: int | None = None) -> dict:
+    """initial_config.yaml: everything a training run (and the baseline stage) needs, seed included (`seed`:
+    the chosen rate's median run in the study, which the baseline retraces; None: runtime.seed). The
     expected times include a run's one-off first-step cost that throughput measured."""
     c = sel.chosen
     return {
@@ -158,7 +166,7 @@ def initial_config(sel: Selection, params, target: Target, first_step_overhead_s
         "workload": {"name": params.workload.name, "kwargs": dict(params.workload.kwargs)},
         "model_choice": ("workload.kwargs as given (family.candidates is null)" if params.family.candidates is None
                          else f"the family stage's choice, rule {params.family.rule!r} ({out.FAMILY_MODEL.path})"),
-        "seed": params.runtime.seed,
+        "seed": params.runtime.seed if seed is None else int(seed),
         "devices": int(c["devices"]),
         "objective": sel.objective,
         "expected_training_time_s": float(first_step_overhead_s + c["time_per_step_s"] * sel.train_steps),
@@ -202,7 +210,8 @@ def main() -> None:
                        f"{int(c['devices'])} device(s), {c['training_time_s']:.3g} s to target ({sel.objective})")
     config = initial_config(sel, params, target, measurements.first_step_overhead_s,
                             loader_settings(params, workload, out.read_json(out.THROUGHPUT_METRICS),
-                                            out.read_json(out.THROUGHPUT_DIAGNOSTICS)))
+                                            out.read_json(out.THROUGHPUT_DIAGNOSTICS)),
+                            median_seed(choices, int(c["batch_size"])))
     cost = study_cost(study, config)
     if cost["study_training_runs"] is not None:
         log.info("select", f"the scaling study cost {cost['study_training_runs']:.3g} training runs of this configuration "
