@@ -37,6 +37,7 @@ from stages.core.device import describe, resolve_device, configure_cpu
 from stages.core.io import write_csv
 from stages.core.progress import Progress
 from stages.core.train import TrialResult, eval_schedule, train_to_target
+from stages.core.units import Units
 from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import Workload, make_workload, target_reached
 
@@ -202,6 +203,8 @@ def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed
     values = [r[metric] for r in result.curve]
     _, first = held_crossing(result.curve, metric, workload.target_value, workload.target_direction)
     best = (max if workload.target_direction == "above" else min)(values) if values else None
+    units = Units.of(workload)
+    batch = int(config["batch_size"])
     return {
         **result.final_metrics,  # the target metric under its own name, e.g. accuracy
         f"best_{metric}": best,
@@ -212,8 +215,15 @@ def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed
         "final_meets_target": target_reached(final, workload.target_value, workload.target_direction),
         "steps_to_target": result.steps_to_target,  # from where it holds through the end (held_crossing)
         "first_reached_step": first,                # the first evaluation that met it (a later one may fall back)
-        "train_seconds": result.seconds,      # the training steps alone
+        "train_seconds": result.seconds,      # the training steps alone, the whole budget
         "eval_seconds": result.eval_seconds,  # the evaluations, timed apart
+        "evaluations": len(result.curve),
+        "examples_to_target": None if result.steps_to_target is None else result.steps_to_target * batch,
+        "tokens_to_target": None if result.steps_to_target is None or units.tokens_per_example is None
+        else result.steps_to_target * batch * units.tokens_per_example,
+        "epochs_to_target": None if result.steps_to_target is None else units.epochs(result.steps_to_target * batch),
+        "examples_trained": result.steps_run * batch,
+        "units": units.record(),  # what one example is, tokens per example, metric units: the report's words
         "train_steps": result.steps_run,
         "outcome": result.outcome,
         "batch_size": int(config["batch_size"]),
@@ -224,20 +234,33 @@ def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed
     }
 
 
-def plot_curve(curve: pd.DataFrame, workload: Workload, path: str) -> None:
-    fig, ax = plotting.figure("Baseline learning curve", "step", "training loss", logx=False)
-    ax.plot(curve["step"], curve["train_loss"], color="tab:blue", marker=".", label="training loss")
-    ax.set_yscale("log")
-    ax2 = ax.twinx()
+def curve_figure(curve: pd.DataFrame, workload: Workload):
+    """The learning curve with the target, every y axis on one scale: a target metric reached below its value (a
+    loss) shares the training loss's log axis; any other (accuracy) gets its own axis, both linear -- a log axis
+    beside a linear one would make the two curves' shapes incomparable."""
     metric = workload.target_metric
-    ax2.plot(curve["step"], curve[metric], color="tab:green", marker=".", label=f"validation {metric}")
-    ax2.axhline(workload.target_value, color="tab:red", linestyle="--", label=f"target {workload.target_value:g}")
-    ax2.set_ylabel(metric)
-    ax2.grid(False)
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right")
-    plotting.save(fig, path)
+    shared = workload.target_direction == "below" and bool((curve[metric] > 0).all()) and workload.target_value > 0
+    logy = shared and bool((curve["train_loss"] > 0).all())
+    ylabel = f"training loss, validation {metric}" if shared else "training loss"
+    fig, ax = plotting.figure("Baseline learning curve", "step", ylabel + (" (log)" if logy else ""), logy=logy)
+    ax.plot(curve["step"], curve["train_loss"], color="tab:blue", marker=".", label="training loss")
+    other = ax
+    if not shared:
+        other = ax.twinx()
+        other.set_ylabel(metric)
+        other.grid(False)
+    other.plot(curve["step"], curve[metric], color="tab:green", marker=".", label=f"validation {metric}")
+    other.axhline(workload.target_value, color="tab:red", linestyle="--", label=f"target {workload.target_value:g}")
+    handles, labels = ax.get_legend_handles_labels()
+    if other is not ax:
+        more = other.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, loc="center right")
+    return fig
+
+
+def plot_curve(curve: pd.DataFrame, workload: Workload, path: str) -> None:
+    plotting.save(curve_figure(curve, workload), path)
 
 
 def parser() -> ArgumentParser:
