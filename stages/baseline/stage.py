@@ -87,15 +87,16 @@ def read_initial_config(source: out.Output = out.SELECT_CONFIG, edited_ok: bool 
     return config, sections, workload
 
 
-def eval_steps(train_steps: int, eval_every: int | None) -> list[int]:
-    """Every `eval_every` steps, or (default) the geometric schedule that resolves steps to target within 5%."""
+def eval_steps(train_steps: int, eval_every: int | None, resolution: float = 0.05) -> list[int]:
+    """Every `eval_every` steps, or (default) the scaling study's geometric schedule (`resolution`: its
+    scaling.eval_resolution), whose steps are the study's trials' own: the same steps to target for the same run."""
     if eval_every is None:
-        return eval_schedule(train_steps)
+        return eval_schedule(train_steps, resolution)
     return sorted(set(range(eval_every, train_steps + 1, eval_every)) | {train_steps})
 
 
 def run_baseline(workload: Workload, config: dict, sections: Params, seed: int, device, eval_every: int | None,
-                 progress: Progress | None = None) -> TrialResult:
+                 progress: Progress | None = None, resolution: float = 0.05) -> TrialResult:
     """The training run of the recommended configuration; `progress` gets a line with an ETA every few seconds."""
     metric = workload.target_metric
 
@@ -105,7 +106,7 @@ def run_baseline(workload: Workload, config: dict, sections: Params, seed: int, 
 
     result = train_to_target(workload, sections.optimizer, float(config["learning_rate"]), int(config["batch_size"]),
                              seed, device, int(config["train_steps"]),
-                             eval_steps=eval_steps(int(config["train_steps"]), eval_every), stop_at_target=False,
+                             eval_steps=eval_steps(int(config["train_steps"]), eval_every, resolution), stop_at_target=False,
                              on_step=on_step if progress is not None else None)
     return held_result(result, workload)
 
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("baseline", f"training batch size {config['batch_size']}, lr {config['learning_rate']:.3g}, "
                          f"{config['train_steps']} steps, seed {seed} on {describe(device)}")
     result = run_baseline(workload, config, sections, seed, device, params.baseline.eval_every,
-                          Progress("baseline", "training step", int(config["train_steps"])))
+                          Progress("baseline", "training step", int(config["train_steps"])), params.scaling.eval_resolution)
     metrics = baseline_metrics(result, workload, config, seed, describe(device))
     log.info("baseline", f"{result.outcome}: {workload.target_metric} {result.final_metrics.get(workload.target_metric, float('nan')):.4g} "
                          f"after {result.steps_run} steps ({result.seconds:.3g} s training, {result.eval_seconds:.3g} s "
