@@ -140,3 +140,13 @@ def test_the_baseline_figure_keeps_one_scale_within_it(direction, metric, expect
     fig = curve_figure(curve, SimpleNamespace(target_metric=metric, target_direction=direction, target_value=1.0))
     assert {ax.get_yscale() for ax in fig.axes} == expected
     assert len(fig.axes) == (1 if direction == "below" else 2)  # a loss target shares the training loss's axis
+
+
+def test_the_reports_throughput_decision_says_why_its_size_was_kept():
+    from stages.report.stage import useful_why
+
+    flat = throughput_table([219, 280, 300, 324], ["inconclusive"] * 3)
+    assert useful_why(flat, 128).startswith("its doubling was too noisy to tell (inconclusive)")
+    rising = throughput_table([1000, 1900, 3500, 6000], ["scaling", "scaling", "partial"])
+    assert useful_why(rising, 128) == "the largest size whose doubling still raised examples per second enough."
+    assert useful_why(rising, 16).startswith("the smallest size timed")

@@ -208,12 +208,30 @@ def throughput_section(inputs: Inputs) -> list[str]:
     m, _ = _results(inputs, out.THROUGHPUT_METRICS, out.THROUGHPUT_DIAGNOSTICS, "throughput")
     lines = ["## 3. Throughput: which batch sizes are worth using", ""]
     if m is not None:
-        lines += [f"**Decision:** the largest useful batch size is **{fmt(_metric(m, 'largest_useful_batch_size'))}**: "
-                  "the largest size whose doubling still raised examples per second enough. Larger sizes are "
+        useful = _metric(m, "largest_useful_batch_size")
+        lines += [f"**Decision:** the largest useful batch size is **{fmt(useful)}**: "
+                  f"{useful_why(inputs.csv(csv_path, 'throughput', allow_empty=True), useful)} Larger sizes are "
                   "not studied further.", ""]
         lines += _notes(out.THROUGHPUT_NOTES, "throughput", inputs)
     return lines + _evidence("throughput", inputs, m, metrics_path, f"Per batch size (`{csv_path}`):", csv_path,
                              THROUGHPUT_COLUMNS) + data_parallel(inputs)
+
+
+def useful_why(frame, useful) -> str:
+    """Why throughput kept sizes up to `useful`, from the regime of the doubling that reached it (throughput.csv):
+    a doubling too noisy to tell is kept without evidence, not because it raised throughput."""
+    regime = None
+    if frame is not None and {"batch_size", "regime"} <= set(frame.columns) and useful is not None:
+        rows = frame[frame["batch_size"] == useful]
+        regime = str(rows["regime"].iloc[0]) if len(rows) else None
+    if regime in ("scaling", "partial"):
+        return "the largest size whose doubling still raised examples per second enough."
+    if regime == "inconclusive":
+        return ("its doubling was too noisy to tell (inconclusive): without evidence that a larger batch is slower, "
+                "the playbook keeps it.")
+    if regime == "reference":
+        return "the smallest size timed: no doubling above it raised examples per second enough."
+    return "the largest size throughput kept (throughput.csv has no regime for it)."
 
 
 def data_parallel(inputs: Inputs) -> list[str]:
