@@ -105,8 +105,7 @@ class Numbered(Dataset):
         try:
             return i, self.dataset[i]
         except Exception as e:
-            raise ConfigError(f"{self.key}: reading example {i} raised {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}; allowed: a Dataset whose "
+            raise ConfigError(f"{self.key}: reading example {i} raised {_first_line(e)}; allowed: a Dataset whose "
                               f"every index below its length returns an example") from None
 
 
@@ -313,8 +312,8 @@ def _call(key: str, path: str, kwargs: dict, expected: str) -> Any:
     try:
         return factory(**kwargs)
     except Exception as e:  # the user's code: its own error, named, on one line
-        raise ConfigError(f"{key}: {path} raised {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                          f"; allowed: a factory that returns {expected} when called with {kwargs!r}") from None
+        raise ConfigError(f"{key}: {path} raised {_first_line(e)}; allowed: a factory that returns {expected} "
+                          f"when called with {kwargs!r}") from None
 
 
 def _check_dataset(key: str, path: str, dataset: Any) -> int:
@@ -338,7 +337,7 @@ def _spec(key: str, dataset: Dataset, index: int) -> tuple[Spec, tuple[torch.Ten
     try:
         example = dataset[index]
     except Exception as e:
-        raise ConfigError(f"{key}: reading example {index} raised {type(e).__name__}: {e}") from None
+        raise ConfigError(f"{key}: reading example {index} raised {_first_line(e)}") from None
     if not isinstance(example, (tuple, list)) or len(example) < 2:
         raise ConfigError(f"{key}: example {index} is a {type(example).__name__}"
                           f"{f' of {len(example)} field(s)' if isinstance(example, (tuple, list)) else ''}; allowed: a "
