@@ -92,17 +92,19 @@ def throughput_sentence(throughput: pd.DataFrame, largest_useful: int | None, un
                      f"{known[0][0]}-{known[-1][0]}, and no doubling clearly raised it or clearly did not "
                      f"(every interval straddles the threshold{f'; {_ratio_list(unclear)}' if has_ratio else ''}).")
     else:
+        def which(rows: pd.DataFrame) -> str:
+            return _ratio_list(rows) if has_ratio else _sizes(rows["batch_size"])
+
         if len(rising):
-            parts.append(f"Doubling clearly raised throughput at {_ratio_list(rising) if has_ratio else _sizes(rising['batch_size'])}.")
+            parts.append(f"Doubling clearly raised throughput at {which(rising)}.")
         if len(unclear):
-            parts.append(f"Too noisy to tell at {_ratio_list(unclear) if has_ratio else _sizes(unclear['batch_size'])} (inconclusive).")
+            parts.append(f"Too noisy to tell at {which(unclear)} (inconclusive).")
         if len(falling):
-            parts.append(f"Throughput falls at {_ratio_list(falling) if has_ratio else _sizes(falling['batch_size'])}: "
-                         f"there a larger batch trains fewer {plural(units.example)} per second.")
+            parts.append(f"Throughput falls at {which(falling)}: there a larger batch trains fewer "
+                         f"{plural(units.example)} per second.")
         rest = saturated[~saturated.index.isin(falling.index)]
         if len(rest):
-            parts.append(f"It stops rising at {_ratio_list(rest) if has_ratio else _sizes(rest['batch_size'])} "
-                         f"(clearly short of the threshold).")
+            parts.append(f"It stops rising at {which(rest)} (clearly short of the threshold).")
     if largest_useful:
         if len(d) and len(unclear) == len(d):
             parts.append(f"Without evidence that a larger batch is slower, the playbook keeps it: sizes up to "
@@ -112,7 +114,8 @@ def throughput_sentence(throughput: pd.DataFrame, largest_useful: int | None, un
     return line + " " + " ".join(parts)
 
 
-def edge_of_study(table: pd.DataFrame, steps_per_doubling: dict[int, float] | None = None) -> tuple[str, list[int], str] | None:
+def edge_of_study(table: pd.DataFrame,
+                  steps_per_doubling: dict[int, float] | None = None) -> tuple[str, list[int], str] | None:
     """A choice at the smallest or largest size the scaling study trained, with feasible sizes beyond it
     that it did not study: ('smallest' or 'largest', the nearest such sizes to add -- at most two --, why
     they could win). None when the choice has studied sizes on both sides or nothing feasible lies beyond.
@@ -121,7 +124,8 @@ def edge_of_study(table: pd.DataFrame, steps_per_doubling: dict[int, float] | No
     if chosen.empty:
         return None
     b = int(chosen["batch_size"].iloc[0])
-    studied = sorted(int(x) for x in table[table["steps_source"].isin(["measured", "predicted", "not held", "not reached"])]["batch_size"])
+    in_study = table["steps_source"].isin(["measured", "predicted", "not held", "not reached"])
+    studied = sorted(int(x) for x in table[in_study]["batch_size"])
     fresh = table[table["feasible"] & (table["steps_source"] == "not studied")]
     ratio = (steps_per_doubling or {}).get(b)
     if studied and b == studied[0]:
@@ -133,7 +137,8 @@ def edge_of_study(table: pd.DataFrame, steps_per_doubling: dict[int, float] | No
                    f"steps nearly halve per doubling beside it (x{ratio:.2f}), so a smaller batch is unlikely to be faster")
             return "smallest", below, why
     if studied and b == studied[-1]:
-        above = sorted(int(x) for x in fresh["batch_size"] if x > b and not str(table.set_index("batch_size").at[x, "why"]).startswith("fits but throughput stops"))[:2]
+        why_not = dict(zip(fresh["batch_size"].astype(int), fresh["why"].astype(str)))
+        above = sorted(x for x, why in why_not.items() if x > b and not why.startswith("fits but throughput stops"))[:2]
         if above:
             return "largest", above, "they fit and throughput does not rule them out, so a larger batch may train faster"
     return None
