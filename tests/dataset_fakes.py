@@ -6,6 +6,7 @@ small MLP learns it in a few dozen steps and the chance level (majority class) i
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -42,11 +43,13 @@ def validation_set(n: int = 256, sleep_per_example_s: float = 0.0) -> Quadrants:
 
 
 class SlowModel(nn.Module):
-    """A tiny MLP whose forward also waits `step_s` (the compute of a bigger model, without using a core)."""
+    """A tiny MLP whose forward also waits `step_s` (the compute of a bigger model, without using a core);
+    `dropout` draws from torch's global random state in training, as a transformer's dropout does."""
 
-    def __init__(self, step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES, spin: bool = False):
+    def __init__(self, step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES, spin: bool = False,
+                 dropout: float = 0.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+        self.net = nn.Sequential(nn.Linear(FEATURES, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, outputs))
         self.step_s, self.spin = step_s, spin
 
     def forward(self, x):
@@ -60,8 +63,72 @@ class SlowModel(nn.Module):
         return self.net(x)
 
 
-def model(step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES, spin: bool = False) -> nn.Module:
-    return SlowModel(step_s, hidden, outputs, spin)
+def model(step_s: float = 0.0, hidden: int = 16, outputs: int = CLASSES, spin: bool = False,
+          dropout: float = 0.0) -> nn.Module:
+    return SlowModel(step_s, hidden, outputs, spin, dropout)
+
+
+# ---------------------------------------------------------------------------- outputs as libraries return them
+
+class Wrapped(nn.Module):
+    """The tiny MLP whose output comes back the way `form` says, as model libraries return theirs:
+    tensor, dataclass (.logits, like a transformers ModelOutput), dict, tuple, or a form nothing can read.
+    Given `labels`, it computes its own mean cross-entropy and returns it too (`loss`, or a tuple's first)."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.net, self.form = SlowModel(), form
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        if self.form == "tensor":
+            return logits
+        if self.form == "dataclass":
+            return Output(logits=logits, loss=loss)
+        if self.form == "dict":
+            return {"logits": logits, **({"loss": loss} if loss is not None else {})}
+        if self.form == "tuple":  # transformers' return_dict=False: (loss, logits, ...) given labels, else (logits, ...)
+            return (logits, logits.detach()) if loss is None else (loss, logits, logits.detach())
+        if self.form == "scores":  # a dict without 'logits': the user says which key (workload.kwargs.output)
+            return {"scores": logits, "hidden": logits.detach()}
+        if self.form == "string":
+            return "not a tensor"
+        raise ValueError(self.form)
+
+
+@dataclasses.dataclass
+class Output:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class Unprintable:
+    """An output whose repr and attributes raise: no error message may fail on it."""
+
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"no {name}")
+
+
+class ReturnsUnprintable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = SlowModel()
+
+    def forward(self, x):
+        self.net(x)
+        return Unprintable()
+
+
+def wrapped(form: str = "tensor") -> nn.Module:
+    return Wrapped(form)
+
+
+def unprintable() -> nn.Module:
+    return ReturnsUnprintable()
 
 
 def regression_set(**_) -> TensorDataset:

@@ -55,7 +55,7 @@ CASES = [  # (kwargs changed, the message's expected text)
                              "'tests.dataset_fakes' has no attribute 'nope'"),
     ({"train": "no_such_package.data:train"}, "workload.kwargs.train: received 'no_such_package.data:train', but "
                                               "module 'no_such_package.data' cannot be imported"),
-    ({"loss": "hinge"}, "workload.kwargs.loss: received 'hinge'; allowed: cross_entropy, mse, or "
+    ({"loss": "hinge"}, "workload.kwargs.loss: received 'hinge'; allowed: cross_entropy, mse, model, or "
                         "'package.module:function' taking (output, target) and returning one loss per example"),
     ({"metrics": ["accuracy", "f1"]}, "workload.kwargs.metrics[1]: received 'f1'; allowed: accuracy, loss, or "
                                       "'package.module:function'"),
@@ -138,6 +138,53 @@ def test_batches_come_from_a_dataloader_in_the_seeds_order_whatever_the_workers(
     assert str(F.replace(".", "/")) in " ".join(w.source_files())  # the user's code is part of the workload
 
 
+def test_the_order_comes_from_the_seed_alone_over_epochs_and_reading_never_draws_from_the_global_state():
+    w = build(data_kwargs={"n": 48})  # 3 batches of 16 an epoch: 12 batches span 4 epochs
+    settings = [DataSettings(), DataSettings(num_workers=2), DataSettings(num_workers=2, persistent_workers=True),
+                DataSettings(num_workers=1, persistent_workers=True, prefetch_factor=1)]
+    orders = []
+    for s in settings:
+        batches = w.with_loader_settings(s).batches("train", 16, seed=3)
+        orders.append([next(batches)[1].tolist() for _ in range(12)])
+        batches.close()
+    assert all(o == orders[0] for o in orders[1:])
+    assert orders[0][:3] != orders[0][3:6]  # each epoch reshuffled
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    fresh = build(data_kwargs={"n": 48}).with_loader_settings(settings[2])
+    fresh.validation_tensors(), next(fresh.batches("train", 16, seed=3))  # the validation read, a training batch
+    assert torch.equal(torch.rand(3), expected), "reading batches moved torch's global random state (dropout's)"
+
+
+def test_a_trial_of_the_study_and_the_baseline_train_alike_whatever_the_workers():
+    """The study's trial (no workers; the validation set already read by an earlier trial in its process) and
+    the baseline (two persistent workers, as select carries them; a fresh process) at the same size, rate
+    and seed: the same batches over several epochs and the same dropout draws, so the same learning curve,
+    and the same steps to target -- the baseline counts them as the study does, a crossing that falls back
+    does not count."""
+    from types import SimpleNamespace
+
+    from stages.baseline.stage import run_baseline
+    from stages.core.config import OptimizerSettings
+    from stages.core.train import train_to_target
+
+    kwargs = {"model_kwargs": {"dropout": 0.3}, "data_kwargs": {"n": 96}, "target": 0.8}
+    study = build(**kwargs)  # 96 examples, batch 16: an epoch every 6 steps
+    study.validation_tensors()
+    optimizer, cpu = OptimizerSettings(), torch.device("cpu")
+    trial = train_to_target(study, optimizer, 0.1, 16, 5, cpu, 400, hold_factor=2.0)
+    # reached after several epochs, a first crossing having fallen back (the study does not count that one)
+    assert trial.outcome == "reached" and trial.steps_to_target > 30 and trial.fell_back_at, trial.reason
+    baseline = build(**kwargs).with_loader_settings(DataSettings(num_workers=2, persistent_workers=True))
+    config = {"learning_rate": 0.1, "batch_size": 16, "train_steps": int(trial.steps_to_target * 1.2) + 1}
+    run = run_baseline(baseline, config, SimpleNamespace(optimizer=optimizer), 5, cpu, None)
+    losses = {r["step"]: r["train_loss"] for r in trial.curve}
+    common = [r for r in run.curve if r["step"] in losses]
+    assert len(common) > 20 and all(r["train_loss"] == losses[r["step"]] for r in common)
+    assert run.steps_to_target == trial.steps_to_target
+
+
 def test_a_loss_and_a_metric_of_your_own_by_import_path():
     w = build(loss=f"{F}:margin_loss", metrics=["loss", f"{F}:top2"], target_metric="top2", direction="above",
               target=0.9, chance=0.5)
@@ -152,6 +199,100 @@ def test_a_loss_and_a_metric_of_your_own_by_import_path():
         expected = (model(x).topk(2, dim=-1).indices == y[:, None]).any(-1).float().mean().item()
     assert sorted(metrics) == ["loss", "top2"] and metrics["top2"] == pytest.approx(expected)
     assert (w.target_metric, w.target_direction, w.chance_score) == ("top2", "above", 0.5)
+
+
+# ---------------------------------------------------------------------------- outputs as libraries return them
+
+def same_model(source: torch.nn.Module, workload) -> torch.nn.Module:
+    """`workload`'s model with `source`'s weights (the fakes' outputs differ only in how they are returned)."""
+    model = workload.init_model()
+    model.load_state_dict(source.state_dict())
+    return model
+
+
+@pytest.mark.parametrize("form", ["dataclass", "dict", "tuple"])
+def test_each_output_form_trains_and_evaluates_as_a_plain_tensor(form):
+    plain = build(model=f"{F}:wrapped", model_kwargs={"form": "tensor"})
+    w = build(model=f"{F}:wrapped", model_kwargs={"form": form})
+    model = w.init_model()
+    batch = next(w.batches("train", 8, seed=0))
+    loss_sum, count = w.loss(model, batch)
+    expected = torch.nn.functional.cross_entropy(model.net(batch[0]), batch[1], reduction="sum")
+    assert count == 8 and loss_sum.item() == pytest.approx(expected.item())
+    metrics = evaluate(model, w, torch.device("cpu"))
+    assert metrics == pytest.approx(evaluate(same_model(model, plain), plain, torch.device("cpu")))
+    # the model's own loss, given the targets as `labels`: the same numbers
+    own = build(model=f"{F}:wrapped", model_kwargs={"form": form}, loss="model", metrics=["loss", "accuracy"])
+    own_sum, own_count = own.loss(same_model(model, own), batch)
+    assert own_count == 8 and own_sum.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert evaluate(same_model(model, own), own, torch.device("cpu")) == pytest.approx(metrics, rel=1e-5)
+
+
+def test_the_output_setting_names_where_the_predictions_are():
+    w = build(model=f"{F}:wrapped", model_kwargs={"form": "scores"}, output="scores")
+    model = w.init_model()
+    x, y = w.validation_tensors()
+    with torch.no_grad():
+        expected = (model.net(x).argmax(-1) == y).float().mean().item()
+    assert evaluate(model, w, torch.device("cpu"))["accuracy"] == pytest.approx(expected)
+    by_index = build(model=f"{F}:wrapped", model_kwargs={"form": "tuple"}, output=1)  # (logits, detached logits)
+    assert evaluate(same_model(model, by_index), by_index, torch.device("cpu"))["accuracy"] == pytest.approx(expected)
+
+
+OUTPUT_CASES = [  # (kwargs changed, the one line expected)
+    ({"model_kwargs": {"form": "string"}},
+     "workload.kwargs.output: received null, but the model returned a str; allowed: a tensor, an object with .logits "
+     "(a transformers ModelOutput, a dataclass), a dict with 'logits', or a tuple (its first element) -- or set "
+     "workload.kwargs.output to the attribute or key (a tuple: the index) that holds the predictions"),
+    ({"model_kwargs": {"form": "scores"}},
+     "workload.kwargs.output: received null, but the model returned a dict with keys ['scores', 'hidden']; allowed: "),
+    ({"model_kwargs": {"form": "tensor"}, "output": "logits"},
+     "workload.kwargs.output: received 'logits', but the model returned a tensor [2, 4] float32, which has no 'logits'"),
+    ({"model_kwargs": {"form": "dict"}, "output": 3},
+     "workload.kwargs.output: received 3, but the model returned a dict with keys ['logits'], which has no 3"),
+    ({"model_kwargs": {"form": "tensor"}, "loss": "model", "metrics": ["loss", "accuracy"]},
+     "workload.kwargs.loss: received 'model', but called with labels=<targets> the model returned a tensor [2, 4] "
+     "float32, with no loss in it; allowed: 'model' for a model whose output then has a `loss`"),
+    ({"model": f"{F}:model", "model_kwargs": {}, "loss": "model", "metrics": ["loss", "accuracy"]},
+     "workload.kwargs.labels_keyword: received 'labels', but tests.dataset_fakes:model's forward takes ['x']; allowed: "
+     "the argument the model takes its targets under"),
+    ({"model": f"{F}:unprintable", "model_kwargs": {}},
+     "workload.kwargs.output: received null, but the model returned a Unprintable; allowed: a tensor, "),
+    ({"model_kwargs": {"form": "dict"}, "loss": "model", "metrics": ["loss"], "target_metric": "loss", "target": 0.5},
+     "workload.kwargs.chance: received null, but the chance level of 'loss' is known only for accuracy on class "
+     "targets, loss with cross_entropy on class targets, and loss with mse (not for a loss the model computes itself)"),
+]
+
+
+@pytest.mark.parametrize("changes, message", OUTPUT_CASES, ids=[f"output-{i}" for i in range(len(OUTPUT_CASES))])
+def test_an_output_it_cannot_read_is_refused_in_one_line_naming_the_type_and_the_setting(changes, message):
+    with pytest.raises(ConfigError) as error:
+        build(**{"model": f"{F}:wrapped", **changes})
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_output_the_meta_check_cannot_see_is_refused_in_one_line_at_the_first_step(monkeypatch):
+    """A model that cannot run on the meta device skips the build-time check: the first training step then
+    stops with the same one line, never a traceback from inside the message."""
+    monkeypatch.setattr("stages.workloads.dataset.DatasetWorkload._check_outputs", lambda self, spec: None)
+    w = build(model=f"{F}:unprintable", model_kwargs={})
+    with pytest.raises(ConfigError, match=r"^workload.kwargs.output: received null, but the model returned a "
+                                          r"Unprintable; allowed: "):
+        w.loss(w.init_model(), next(w.batches("train", 4, seed=0)))
+
+
+def test_a_stage_prints_an_unreadable_output_on_one_line(tmp_path, monkeypatch, capsys):
+    from stages.throughput.stage import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"workload": {"name": "dataset", "kwargs": {
+        **KWARGS, "model": f"{F}:wrapped", "model_kwargs": {"form": "string"}}}, "runtime": {"device": "cpu"}}))
+    write_probe(tmp_path, [4])
+    with pytest.raises(SystemExit) as exit_:
+        run_main(main)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "Traceback" not in err[0]
+    assert "workload.kwargs.output: received null, but the model returned a str" in err[0]
 
 
 # ---------------------------------------------------------------------------- the pipeline on it

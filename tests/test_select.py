@@ -426,6 +426,19 @@ def test_the_smaller_of_rates_within_the_best_ones_seed_spread_is_preferred():
     assert choose_rates(trials, curves, TARGET, 1.2).iloc[0]["learning_rate"] == 0.5
 
 
+def test_the_baseline_retraces_the_median_run_of_the_chosen_rate():
+    """The search seed picked the rate, so its own steps are the luckiest; the baseline trains the seed whose
+    steps are the median -- select's prediction -- so its check compares like with like."""
+    from stages.select.stage import median_seed
+
+    trials, curves = rates_frames(((64, 0.3, {0: 40, 1: 48, 2: 44}), {}), ((32, 0.2, {0: 70, 1: 90}), {}))
+    choices = choose_rates(trials, curves, TARGET, 1.2)
+    row = choices.set_index("batch_size").loc[64]
+    assert row["steps_to_target"] == 44 and row["median_seed"] == 2 and median_seed(choices, 64) == 2
+    assert median_seed(choices, 32) == 0  # an even count: the seed nearest the median, the smaller on a tie
+    assert median_seed(choices, 128) is None  # not studied: runtime.seed
+
+
 def test_no_rate_that_holds_anywhere_stops_naming_why():
     trials, curves = rates_frames(((64, 0.8, {0: 30, 1: 32}), {"dip_at": {0: 33}}),
                                   ((128, 0.8, {0: 20, 1: 22}), {"dip_at": {1: 24}}))

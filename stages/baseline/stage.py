@@ -7,8 +7,10 @@ fixed values, workload, seed, and the DataLoader settings `data` where the workl
 whole step budget from the selected seed (no stop at the target, so the learning curve is complete) and writes
 reports/baseline/:
     metrics.json  the receipts `dvc metrics diff` compares across team branches: the target metric and
-                  value, the final value under its own name (e.g. `accuracy`), reached_target,
-                  final_meets_target, steps_to_target, outcome
+                  value, the final value under its own name (e.g. `accuracy`), reached_target (at some
+                  evaluation), final_meets_target, steps_to_target (counted as the scaling study counts it: the
+                  first step from which the target holds through the end of the budget; a crossing that falls
+                  back does not count -- first_reached_step in diagnostics.json is the first crossing), outcome
     diagnostics.json  the other final metrics, train_seconds (training steps only) and eval_seconds
                   (evaluations, timed apart), train_steps, batch_size, learning_rate, and select's
                   predictions checked: predicted_ and measured steps_to_target, time_per_step_s and
@@ -19,6 +21,7 @@ reports/baseline/:
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pandas as pd
@@ -34,6 +37,7 @@ from stages.core.device import describe, resolve_device, configure_cpu
 from stages.core.io import write_csv
 from stages.core.progress import Progress
 from stages.core.train import TrialResult, eval_schedule, train_to_target
+from stages.core.units import Units
 from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import Workload, make_workload, target_reached
 
@@ -83,15 +87,16 @@ def read_initial_config(source: out.Output = out.SELECT_CONFIG, edited_ok: bool 
     return config, sections, workload
 
 
-def eval_steps(train_steps: int, eval_every: int | None) -> list[int]:
-    """Every `eval_every` steps, or (default) the geometric schedule that resolves steps to target within 5%."""
+def eval_steps(train_steps: int, eval_every: int | None, resolution: float = 0.05) -> list[int]:
+    """Every `eval_every` steps, or (default) the scaling study's geometric schedule (`resolution`: its
+    scaling.eval_resolution), whose steps are the study's trials' own: the same steps to target for the same run."""
     if eval_every is None:
-        return eval_schedule(train_steps)
+        return eval_schedule(train_steps, resolution)
     return sorted(set(range(eval_every, train_steps + 1, eval_every)) | {train_steps})
 
 
 def run_baseline(workload: Workload, config: dict, sections: Params, seed: int, device, eval_every: int | None,
-                 progress: Progress | None = None) -> TrialResult:
+                 progress: Progress | None = None, resolution: float = 0.05) -> TrialResult:
     """The training run of the recommended configuration; `progress` gets a line with an ETA every few seconds."""
     metric = workload.target_metric
 
@@ -99,14 +104,51 @@ def run_baseline(workload: Workload, config: dict, sections: Params, seed: int, 
         # inside the timed training loop: the line is formatted only when one is printed
         progress.update(step, lambda: f"{metric} {metrics[metric]:.4g} at the last evaluation" if metric in metrics else "")
 
-    return train_to_target(workload, sections.optimizer, float(config["learning_rate"]), int(config["batch_size"]),
-                           seed, device, int(config["train_steps"]),
-                           eval_steps=eval_steps(int(config["train_steps"]), eval_every), stop_at_target=False,
-                           on_step=on_step if progress is not None else None)
+    result = train_to_target(workload, sections.optimizer, float(config["learning_rate"]), int(config["batch_size"]),
+                             seed, device, int(config["train_steps"]),
+                             eval_steps=eval_steps(int(config["train_steps"]), eval_every, resolution), stop_at_target=False,
+                             on_step=on_step if progress is not None else None)
+    return held_result(result, workload)
+
+
+def held_result(result: TrialResult, workload: Workload) -> TrialResult:
+    """The run with the study's steps to target (`held_crossing`): a crossing that fell back before the end
+    of the budget does not count, as no crossing that fell back within its hold counted in the study."""
+    metric = workload.target_metric
+    held, first = held_crossing(result.curve, metric, workload.target_value, workload.target_direction)
+    if held == result.steps_to_target:
+        return result
+    misses = [r for r in result.curve if first is not None and r["step"] > first
+              and not target_reached(r[metric], workload.target_value, workload.target_direction)]
+    fell_back_at = misses[-1]["step"] if misses else None
+    if held is None:
+        outcome = "not_reached" if result.outcome == "reached" else result.outcome
+        reason = (f"{metric} reached the target at step {first} but fell back (last at step {fell_back_at}, to "
+                  f"{misses[-1][metric]:.4g}) and does not meet it at the end of the budget" if misses else result.reason)
+        return dataclasses.replace(result, steps_to_target=None, outcome=outcome, reason=reason, fell_back_at=fell_back_at)
+    reason = (f"{metric} first met the target at step {first}, fell back (last at step {fell_back_at}), and holds it "
+              f"from step {held} through the end of the budget")
+    return dataclasses.replace(result, steps_to_target=held, reason=reason, fell_back_at=fell_back_at)
 
 
 def _ratio(measured: float | None, predicted: float | None) -> float | None:
     return measured / predicted if measured is not None and predicted else None
+
+
+def held_crossing(curve: list[dict], metric: str, target: float, direction: str) -> tuple[int | None, int | None]:
+    """(steps to target, first crossing): the first evaluated step from which the metric meets the target at
+    every later evaluation through the end of the run -- the scaling study's steps to target, where a crossing
+    that falls back does not count and select trusts only a rate whose every seed holds the target through
+    the step budget -- and the first evaluation that met it at all (None, None: never met; None for the
+    first: the last evaluation misses it)."""
+    met = [target_reached(r[metric], target, direction) for r in curve]
+    first = next((r["step"] for r, m in zip(curve, met) if m), None)
+    held = None
+    for r, m in zip(reversed(curve), reversed(met)):
+        if not m:
+            break
+        held = r["step"]
+    return held, first
 
 
 def predictions_checked(result: TrialResult, config: dict) -> dict:
@@ -119,7 +161,7 @@ def predictions_checked(result: TrialResult, config: dict) -> dict:
     time_to_target = None
     if result.steps_to_target is not None:
         row = next(r for r in result.curve if r["step"] == result.steps_to_target)
-        # the training clock at the first evaluation that met the target (its evaluation excluded)
+        # the training clock at the evaluation from which the target holds (its evaluation excluded)
         time_to_target = row["train_seconds"]
     first = next((r["train_seconds"] for r in result.curve if r["step"] == 1), None)
     time_per_step, low, high = steady_time_per_step(result, int(config["batch_size"]))
@@ -160,18 +202,29 @@ def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed
     checked = predictions_checked(result, config)
     metric, final = workload.target_metric, result.final_metrics.get(workload.target_metric)
     values = [r[metric] for r in result.curve]
+    _, first = held_crossing(result.curve, metric, workload.target_value, workload.target_direction)
     best = (max if workload.target_direction == "above" else min)(values) if values else None
+    units = Units.of(workload)
+    batch = int(config["batch_size"])
     return {
         **result.final_metrics,  # the target metric under its own name, e.g. accuracy
         f"best_{metric}": best,
         "final_train_loss": result.curve[-1]["train_loss"] if result.curve else None,
         "target_metric": metric,
         "target_value": workload.target_value,
-        "reached_target": result.steps_to_target is not None,   # at some evaluation during the run
+        "reached_target": first is not None,   # at some evaluation during the run
         "final_meets_target": target_reached(final, workload.target_value, workload.target_direction),
-        "steps_to_target": result.steps_to_target,
-        "train_seconds": result.seconds,      # the training steps alone
+        "steps_to_target": result.steps_to_target,  # from where it holds through the end (held_crossing)
+        "first_reached_step": first,                # the first evaluation that met it (a later one may fall back)
+        "train_seconds": result.seconds,      # the training steps alone, the whole budget
         "eval_seconds": result.eval_seconds,  # the evaluations, timed apart
+        "evaluations": len(result.curve),
+        "examples_to_target": None if result.steps_to_target is None else result.steps_to_target * batch,
+        "tokens_to_target": None if result.steps_to_target is None or units.tokens_per_example is None
+        else result.steps_to_target * batch * units.tokens_per_example,
+        "epochs_to_target": None if result.steps_to_target is None else units.epochs(result.steps_to_target * batch),
+        "examples_trained": result.steps_run * batch,
+        "units": units.record(),  # what one example is, tokens per example, metric units: the report's words
         "train_steps": result.steps_run,
         "outcome": result.outcome,
         "batch_size": int(config["batch_size"]),
@@ -182,20 +235,33 @@ def baseline_metrics(result: TrialResult, workload: Workload, config: dict, seed
     }
 
 
-def plot_curve(curve: pd.DataFrame, workload: Workload, path: str) -> None:
-    fig, ax = plotting.figure("Baseline learning curve", "step", "training loss", logx=False)
-    ax.plot(curve["step"], curve["train_loss"], color="tab:blue", marker=".", label="training loss")
-    ax.set_yscale("log")
-    ax2 = ax.twinx()
+def curve_figure(curve: pd.DataFrame, workload: Workload):
+    """The learning curve with the target, every y axis on one scale: a target metric reached below its value (a
+    loss) shares the training loss's log axis; any other (accuracy) gets its own axis, both linear -- a log axis
+    beside a linear one would make the two curves' shapes incomparable."""
     metric = workload.target_metric
-    ax2.plot(curve["step"], curve[metric], color="tab:green", marker=".", label=f"validation {metric}")
-    ax2.axhline(workload.target_value, color="tab:red", linestyle="--", label=f"target {workload.target_value:g}")
-    ax2.set_ylabel(metric)
-    ax2.grid(False)
-    lines = ax.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right")
-    plotting.save(fig, path)
+    shared = workload.target_direction == "below" and bool((curve[metric] > 0).all()) and workload.target_value > 0
+    logy = shared and bool((curve["train_loss"] > 0).all())
+    ylabel = f"training loss, validation {metric}" if shared else "training loss"
+    fig, ax = plotting.figure("Baseline learning curve", "step", ylabel + (" (log)" if logy else ""), logy=logy)
+    ax.plot(curve["step"], curve["train_loss"], color="tab:blue", marker=".", label="training loss")
+    other = ax
+    if not shared:
+        other = ax.twinx()
+        other.set_ylabel(metric)
+        other.grid(False)
+    other.plot(curve["step"], curve[metric], color="tab:green", marker=".", label=f"validation {metric}")
+    other.axhline(workload.target_value, color="tab:red", linestyle="--", label=f"target {workload.target_value:g}")
+    handles, labels = ax.get_legend_handles_labels()
+    if other is not ax:
+        more = other.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, loc="center right")
+    return fig
+
+
+def plot_curve(curve: pd.DataFrame, workload: Workload, path: str) -> None:
+    plotting.save(curve_figure(curve, workload), path)
 
 
 def parser() -> ArgumentParser:
@@ -216,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("baseline", f"training batch size {config['batch_size']}, lr {config['learning_rate']:.3g}, "
                          f"{config['train_steps']} steps, seed {seed} on {describe(device)}")
     result = run_baseline(workload, config, sections, seed, device, params.baseline.eval_every,
-                          Progress("baseline", "training step", int(config["train_steps"])))
+                          Progress("baseline", "training step", int(config["train_steps"])), params.scaling.eval_resolution)
     metrics = baseline_metrics(result, workload, config, seed, describe(device))
     log.info("baseline", f"{result.outcome}: {workload.target_metric} {result.final_metrics.get(workload.target_metric, float('nan')):.4g} "
                          f"after {result.steps_run} steps ({result.seconds:.3g} s training, {result.eval_seconds:.3g} s "

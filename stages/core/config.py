@@ -298,7 +298,7 @@ class SelectSettings:
 class BaselineSettings:
     """One training run of the selected configuration (docs/baseline.md)."""
 
-    eval_every: int | None = setting(None, "evaluate every N steps (default: often enough to resolve steps to target within 5%)", min=1)
+    eval_every: int | None = setting(None, "evaluate every N steps (default: the scaling study's geometric schedule, scaling.eval_resolution, so steps to target are counted at the steps the study counted them)", min=1)
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,9 @@ _DECLARED: tuple[Stage, ...] = (
     Stage(
         name="baseline",
         cmd=out.BASELINE_CMD,
-        params=("runtime.device", "runtime.threads", "baseline"),  # optimizer, workload and seed: from initial_config.yaml
+        # optimizer, workload and seed: from initial_config.yaml; scaling.eval_resolution: the study's evaluation
+        # schedule, so the baseline counts steps to target at the steps the study counted them
+        params=("runtime.device", "runtime.threads", "baseline", "scaling.eval_resolution"),
         inputs=(out.SELECT_CONFIG,),
         outputs=(out.BASELINE_METRICS, out.BASELINE_DIAGNOSTICS, out.BASELINE_CURVE, out.BASELINE_PLOT),
         plots=(Plot(out.BASELINE_CURVE.path, "step", "train_loss", "Baseline learning curve", "linear",

@@ -20,6 +20,7 @@ import yaml
 from stages.core import outputs as out
 from stages.core.errors import InputError
 from stages.core.io import write_text
+from stages.core.units import Units, count
 from stages.core.log import info
 from stages.pipeline.declaration import load_stage_params
 from stages.report.format import Inputs, fmt, key_value_table, metrics_table, table
@@ -41,7 +42,8 @@ SCALING_COLUMNS = ["batch_size", "best_learning_rate", "steps_to_target", "steps
 FAMILY_COLUMNS = ["candidate", "overrides", "parameters", "flops_per_example", "status", "learning_rate",
                   "steps_to_target", "steps_low", "steps_high", "time_per_step_s", "time_to_target_s", "final_metric",
                   "reason"]
-CONFIG_KEYS = ["batch_size", "learning_rate", "train_steps", "expected_training_time_s", "objective"]
+CONFIG_KEYS = ["batch_size", "learning_rate", "learning_rate_schedule", "train_steps", "expected_training_time_s",
+               "objective"]
 
 
 def _images(stage_name: str, inputs: Inputs) -> list[str]:
@@ -74,7 +76,7 @@ def recommended(inputs: Inputs) -> list[str]:
         return lines + [inputs.notes_for(path), ""]
     if not isinstance(config, dict):
         return lines + [f"> **Unreadable input:** `{path}` is not a mapping; rerun `dvc repro select`.", ""]
-    rows = [(k, config.get(k)) for k in CONFIG_KEYS]
+    rows = [(k, config.get(k)) for k in CONFIG_KEYS if k != "learning_rate_schedule" or k in config]
     optimizer = config.get("optimizer")
     if isinstance(optimizer, dict):
         fixed = ", ".join(f"{k} {fmt(v)}" for k, v in optimizer.items() if k != "name")
@@ -88,17 +90,71 @@ def recommended(inputs: Inputs) -> list[str]:
     extra = {k: v for k, v in config.items() if k not in CONFIG_KEYS and k not in ("optimizer", "workload")}
     if extra:
         lines += ["", "Also in the file: " + ", ".join(f"{k} = {fmt(v, k)}" for k, v in extra.items()) + "."]
+    _, choice = _results(inputs, out.SELECT_METRICS, out.SELECT_DIAGNOSTICS, "select")
+    edge = edge_line(choice, config.get("batch_size"))
+    if edge:
+        lines += ["", edge]
     _, baseline = _results(inputs, out.BASELINE_METRICS, out.BASELINE_DIAGNOSTICS, "baseline")
     if baseline is not None:
-        reached = baseline.get("reached_target")
-        verdict = ("reached the target" if reached else "did **not** reach the target") if reached is not None else "ran"
-        final = baseline.get("final_meets_target")
-        end = ("" if final is None else "; at the end of the step budget it " +
-               ("still meets it" if final else "**no longer meets** it (select's rule should have kept it)"))
-        lines += ["", f"**Baseline check:** trained once with this configuration, it {verdict}"
-                  + (f" after {fmt(baseline.get('steps_to_target'))} steps" if reached else "")
-                  + f" in {fmt(baseline.get('train_seconds'), 'train_seconds')} of training{end} (details in section 6)."]
+        lines += ["", baseline_line(baseline, config)]
     return lines + [""]
+
+
+def edge_line(choice: dict | None, batch_size) -> str:
+    """The warning select's diagnostics carry when the choice sits at the smallest or largest size studied."""
+    if not choice or choice.get("edge_of_study") not in ("smallest", "largest"):
+        return ""
+    sizes = [str(x) for x in choice.get("sizes_to_add") or []]
+    return (f"**At the edge of the study:** batch size {fmt(batch_size)} is the {choice['edge_of_study']} size the "
+            f"scaling study trained, and {' and '.join(sizes)} fit{'s' if len(sizes) == 1 else ''} but "
+            f"{'was' if len(sizes) == 1 else 'were'} not studied: add {' and '.join(sizes)} to scaling.batch_sizes to "
+            f"check that {'it is' if len(sizes) == 1 else 'they are'} not faster (section 5).")
+
+
+def _in_units(baseline: dict) -> str:
+    """' (3,520 sequences; 225,280 bytes; 2.45 epochs of the training set)': the amount to the target as the baseline
+    recorded it."""
+    units = Units.from_record(baseline.get("units"))
+    examples, tokens, epochs = (baseline.get(k) for k in ("examples_to_target", "tokens_to_target", "epochs_to_target"))
+    if examples is None:
+        return ""
+    parts = [count(examples, units.example)] + ([count(tokens, units.token)] if tokens is not None else [])
+    parts += [f"{fmt(epochs)} epochs of the training set"] if epochs is not None else []
+    return f" ({'; '.join(parts)})"
+
+
+def baseline_line(baseline: dict, config: dict) -> str:
+    """The baseline's result in one paragraph: where it reached the target and held it (the study's count), its time
+    to target against select's prediction, and apart from it the whole budget's training time and the evaluations'."""
+    steps, first = baseline.get("steps_to_target"), baseline.get("first_reached_step", baseline.get("steps_to_target"))
+    reached, final = baseline.get("reached_target"), baseline.get("final_meets_target")
+    seed = f" (seed {fmt(baseline.get('seed'))})" if baseline.get("seed") is not None else ""
+    text = f"**Baseline check:** trained once with this configuration{seed}, it "
+    if steps is not None and final is False:  # a file from before steps to target counted the crossing that holds
+        text += (f"reached the target at step {fmt(steps)} but at the end of the budget **no longer meets** it (select's "
+                 f"rule should have kept it).")
+    elif steps is not None:
+        fell = f" (it first crossed at step {fmt(first)} and fell back)" if first is not None and first != steps else ""
+        ratio = baseline.get("time_to_target_ratio")
+        text += (f"reached the target at step {fmt(steps)}{_in_units(baseline)} and held it to the end of the budget"
+                 f"{fell}. Time to target: {fmt(baseline.get('measured_time_to_target_s'), 'measured_time_to_target_s')} "
+                 f"of training (predicted {fmt(baseline.get('predicted_time_to_target_s'), 'predicted_time_to_target_s')}"
+                 + (f"; measured / predicted {ratio:.2f}" if isinstance(ratio, (int, float)) else "") + ").")
+    elif reached:
+        text += (f"reached the target at step {fmt(first)} but fell back, and does **not** hold it at the end of the "
+                 f"budget (select's rule should have kept it).")
+    elif reached is None:
+        text += "ran."
+    else:
+        text += "did **not** reach the target."
+    whole = baseline.get("train_steps") or config.get("train_steps")
+    text += (f" The whole budget, {fmt(whole)} steps, took {fmt(baseline.get('train_seconds'), 'train_seconds')} of "
+             f"training")
+    if baseline.get("eval_seconds") is not None:
+        n = baseline.get("evaluations")
+        text += (f", and {'its ' + fmt(n) + ' evaluations' if n else 'the evaluations'} "
+                 f"{fmt(baseline.get('eval_seconds'), 'eval_seconds')} more (timed apart)")
+    return text + " (details in section 6)."
 
 
 def _evidence(stage: str, inputs: Inputs, m: dict | None, metrics_path: str, caption: str, csv_path: str,
@@ -154,12 +210,30 @@ def throughput_section(inputs: Inputs) -> list[str]:
     m, _ = _results(inputs, out.THROUGHPUT_METRICS, out.THROUGHPUT_DIAGNOSTICS, "throughput")
     lines = ["## 3. Throughput: which batch sizes are worth using", ""]
     if m is not None:
-        lines += [f"**Decision:** the largest useful batch size is **{fmt(_metric(m, 'largest_useful_batch_size'))}**: "
-                  "the largest size whose doubling still raised examples per second enough. Larger sizes are "
+        useful = _metric(m, "largest_useful_batch_size")
+        lines += [f"**Decision:** the largest useful batch size is **{fmt(useful)}**: "
+                  f"{useful_why(inputs.csv(csv_path, 'throughput', allow_empty=True), useful)} Larger sizes are "
                   "not studied further.", ""]
         lines += _notes(out.THROUGHPUT_NOTES, "throughput", inputs)
     return lines + _evidence("throughput", inputs, m, metrics_path, f"Per batch size (`{csv_path}`):", csv_path,
                              THROUGHPUT_COLUMNS) + data_parallel(inputs)
+
+
+def useful_why(frame, useful) -> str:
+    """Why throughput kept sizes up to `useful`, from the regime of the doubling that reached it (throughput.csv):
+    a doubling too noisy to tell is kept without evidence, not because it raised throughput."""
+    regime = None
+    if frame is not None and {"batch_size", "regime"} <= set(frame.columns) and useful is not None:
+        rows = frame[frame["batch_size"] == useful]
+        regime = str(rows["regime"].iloc[0]) if len(rows) else None
+    if regime in ("scaling", "partial"):
+        return "the largest size whose doubling still raised examples per second enough."
+    if regime == "inconclusive":
+        return ("its doubling was too noisy to tell (inconclusive): without evidence that a larger batch is slower, "
+                "the playbook keeps it.")
+    if regime == "reference":
+        return "the smallest size timed: no doubling above it raised examples per second enough."
+    return "the largest size throughput kept (throughput.csv has no regime for it)."
 
 
 def data_parallel(inputs: Inputs) -> list[str]:

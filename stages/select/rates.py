@@ -42,6 +42,16 @@ class RateCheck:
         return self.why_not == ""
 
     @property
+    def median_seed(self) -> int | None:
+        """The seed whose steps to target are the median (the nearest to it for an even count; the smaller
+        seed on a tie): the run the baseline retraces, so its check compares like with like -- the search
+        seed picked the rate, so its own steps are the luckiest, not the typical ones. None if a seed missed."""
+        reached = [(s, seed) for s, seed in zip(self.steps, self.seeds) if s is not None]
+        if not reached or len(reached) < len(self.steps):
+            return None
+        return min(reached, key=lambda p: (abs(p[0] - self.median_steps), p[1]))[1]
+
+    @property
     def spread(self) -> float:
         reached = [s for s in self.steps if s is not None]
         return float(max(reached) - min(reached)) if reached else math.inf
@@ -132,10 +142,11 @@ def choose_rates(trials: pd.DataFrame, curves: pd.DataFrame, target: Target, mar
                      "steps_to_target_min": min(reached) if reached else math.nan,
                      "steps_to_target_max": max(reached) if reached else math.nan,
                      "seeds": len(chosen.seeds) if chosen else 0,
+                     "median_seed": chosen.median_seed if chosen else None,
                      "step_budget": chosen.step_budget if chosen else math.nan,
                      "holds": chosen is not None, "rate_why": why})
     return pd.DataFrame(rows, columns=["batch_size", "learning_rate", "steps_to_target", "steps_to_target_min",
-                                       "steps_to_target_max", "seeds", "step_budget", "holds", "rate_why"])
+                                       "steps_to_target_max", "seeds", "median_seed", "step_budget", "holds", "rate_why"])
 
 
 def trusted_steps(steps: pd.DataFrame, choices: pd.DataFrame) -> pd.DataFrame:

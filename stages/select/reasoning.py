@@ -9,12 +9,27 @@ import numpy as np
 import pandas as pd
 
 from stages.core.config import SelectSettings
+from stages.core.units import Units, plural
 from stages.select.decide import (OBJECTIVE_COLUMN, OBJECTIVE_WORDS, Measurements, Selection, Study, Target, is_finite,
                               fmt_objective, fmt_seconds)
 
 def _sizes(values) -> str:
     values = [int(v) for v in values]
     return ", ".join(map(str, values)) if values else "none"
+
+
+def steps_per_doubling(table: pd.DataFrame) -> dict[int, float]:
+    """Each trained size -> the change of its steps per doubling towards the nearest trained neighbour (the
+    larger one for the smallest size, the smaller one for the largest)."""
+    meas = table[table["steps_source"] == "measured"].sort_values("batch_size")
+    sizes, steps = [int(x) for x in meas["batch_size"]], [float(x) for x in meas["steps_to_target"]]
+    out = {}
+    for i, b in enumerate(sizes):
+        j = i + 1 if i + 1 < len(sizes) else i - 1
+        if 0 <= j < len(sizes) and j != i:
+            lo, hi = sorted((i, j))
+            out[b] = (steps[hi] / steps[lo]) ** (1 / math.log2(sizes[hi] / sizes[lo]))
+    return out
 
 
 def _markdown_table(table: pd.DataFrame) -> str:
@@ -32,23 +47,142 @@ def _markdown_table(table: pd.DataFrame) -> str:
     return head + "".join("| " + " | ".join(cell(r[c]) for c in cols) + " |\n" for _, r in table.iterrows())
 
 
+SCHEDULE = "constant (no warmup, no decay)"  # what every trial of the study and the baseline train with
+
+
+def _ratio_list(rows: pd.DataFrame) -> str:
+    return ", ".join(f"{int(r.doubling_from)}->{int(r.batch_size)} x{r.doubling_ratio:.2f}" for r in rows.itertuples())
+
+
+def throughput_sentence(throughput: pd.DataFrame, largest_useful: int | None, units: Units = Units()) -> str:
+    """What throughput did as the batch doubled, from the same rows as throughput.csv's table: examples/s per
+    size, and the doublings by their regime (decided on each ratio's interval, never on its point value) --
+    rising only where every doubling clearly raised it, flat within noise where none could tell, falling
+    where a doubling clearly lowered it -- and which sizes stay candidates."""
+    t = throughput.sort_values("batch_size")
+    if "examples_per_s" in t:
+        rate = t["examples_per_s"]
+    elif "time_per_step_s" in t:
+        rate = t["batch_size"] / t["time_per_step_s"]
+    else:
+        return "throughput.csv holds no examples/s."
+    known = [(int(b), float(v)) for b, v in zip(t["batch_size"], rate) if is_finite(v) and v > 0]
+    if not known:
+        return "No batch size was timed."
+    line = f"{plural(units.example).capitalize()} per second by batch size: " + ", ".join(
+        f"{b}: {units.rate(v)}" for b, v in known) + "."
+    if len(known) < 2:
+        return line + " One size alone was timed: nothing to compare."
+    has_ratio = {"regime", "doubling_ratio", "doubling_from"} <= set(t.columns)
+    d = t[t["regime"].isin(["scaling", "partial", "saturated", "inconclusive"])] if "regime" in t else t.iloc[0:0]
+    if has_ratio:
+        d = d[d["doubling_ratio"].map(is_finite) & d["doubling_from"].map(is_finite)]
+    rising, unclear = d[d["regime"].isin(["scaling", "partial"])], d[d["regime"] == "inconclusive"]
+    saturated = d[d["regime"] == "saturated"]
+    falling = saturated[saturated["doubling_ratio_high"] < 1] if "doubling_ratio_high" in saturated else saturated.iloc[0:0]
+    lowest, highest = min(v for _, v in known), max(v for _, v in known)
+    if d.empty:
+        return line + " The doublings were not classified (throughput.csv has no regime)."
+    parts = []
+    if len(rising) == len(d):
+        parts.append(f"Every doubling clearly raised throughput{f' ({_ratio_list(rising)})' if has_ratio else ''}, "
+                     f"up to the largest size timed, {known[-1][0]}.")
+    elif len(unclear) == len(d):
+        parts.append(f"Throughput is flat within noise: {units.rate(lowest)} to {units.rate(highest)} over "
+                     f"{known[0][0]}-{known[-1][0]}, and no doubling clearly raised it or clearly did not "
+                     f"(every interval straddles the threshold{f'; {_ratio_list(unclear)}' if has_ratio else ''}).")
+    else:
+        def which(rows: pd.DataFrame) -> str:
+            return _ratio_list(rows) if has_ratio else _sizes(rows["batch_size"])
+
+        if len(rising):
+            parts.append(f"Doubling clearly raised throughput at {which(rising)}.")
+        if len(unclear):
+            parts.append(f"Too noisy to tell at {which(unclear)} (inconclusive).")
+        if len(falling):
+            parts.append(f"Throughput falls at {which(falling)}: there a larger batch trains fewer "
+                         f"{plural(units.example)} per second.")
+        rest = saturated[~saturated.index.isin(falling.index)]
+        if len(rest):
+            parts.append(f"It stops rising at {which(rest)} (clearly short of the threshold).")
+    if largest_useful:
+        if len(d) and len(unclear) == len(d):
+            parts.append(f"Without evidence that a larger batch is slower, the playbook keeps it: sizes up to "
+                         f"{largest_useful} stay candidates.")
+        else:
+            parts.append(f"Sizes up to {largest_useful} stay candidates (throughput: largest_useful_batch_size).")
+    return line + " " + " ".join(parts)
+
+
+def edge_of_study(table: pd.DataFrame,
+                  steps_per_doubling: dict[int, float] | None = None) -> tuple[str, list[int], str] | None:
+    """A choice at the smallest or largest size the scaling study trained, with feasible sizes beyond it
+    that it did not study: ('smallest' or 'largest', the nearest such sizes to add -- at most two --, why
+    they could win). None when the choice has studied sizes on both sides or nothing feasible lies beyond.
+    `steps_per_doubling`: the chosen size -> the steps' change per doubling just beside it."""
+    chosen = table[table["chosen"]]
+    if chosen.empty:
+        return None
+    b = int(chosen["batch_size"].iloc[0])
+    in_study = table["steps_source"].isin(["measured", "predicted", "not held", "not reached"])
+    studied = sorted(int(x) for x in table[in_study]["batch_size"])
+    fresh = table[table["feasible"] & (table["steps_source"] == "not studied")]
+    ratio = (steps_per_doubling or {}).get(b)
+    if studied and b == studied[0]:
+        below = sorted((int(x) for x in fresh["batch_size"] if x < b), reverse=True)[:2]
+        if below:
+            why = ("a smaller batch needs more steps but each step is cheaper" if ratio is None else
+                   f"steps fell only x{ratio:.2f} per doubling beside it (x0.5 is perfect scaling), so a smaller batch, "
+                   f"each step cheaper, may reach the target sooner" if ratio > 0.6 else
+                   f"steps nearly halve per doubling beside it (x{ratio:.2f}), so a smaller batch is unlikely to be faster")
+            return "smallest", below, why
+    if studied and b == studied[-1]:
+        why_not = dict(zip(fresh["batch_size"].astype(int), fresh["why"].astype(str)))
+        above = sorted(x for x, why in why_not.items() if x > b and not why.startswith("fits but throughput stops"))[:2]
+        if above:
+            return "largest", above, "they fit and throughput does not rule them out, so a larger batch may train faster"
+    return None
+
+
+def edge_sentence(edge: tuple[str, list[int], str] | None, b: int) -> str:
+    if edge is None:
+        return ""
+    side, sizes, why = edge
+    names = " and ".join(map(str, sizes))
+    return (f"**At the edge of the study.** The choice, {b}, is the {side} batch size the scaling study trained; "
+            f"{names} {'fit' if len(sizes) > 1 else 'fits'} but {'were' if len(sizes) > 1 else 'was'} not studied, and "
+            f"{why}. Add {names} to scaling.batch_sizes to check.")
+
+
 def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings: SelectSettings,
-                       study: Study, optimizer: dict) -> str:
-    """The decision explained in the playbook's terms, every claim with its number."""
+                       study: Study, optimizer: dict, units: Units = Units(), seeds: dict | None = None) -> str:
+    """The decision explained in the playbook's terms, every claim with its number. `units`: the workload's
+    (stages/core/units.py); `seeds`: the chosen rate's steps per seed and the seed the baseline retraces."""
     t, c = sel.table, sel.chosen
     b = int(c["batch_size"])
     words = OBJECTIVE_WORDS[sel.objective]
     fixed = ", ".join(f"{k} {v}" for k, v in optimizer.items() if k != "name")
     devices = int(c["devices"])
+    size = f"Batch size {units.batch(b)}" if units.declared else f"Batch size {b}"
     out = [f"# Initial configuration: batch size {b}\n",
-           f"**Batch size {b}, learning rate {c['best_learning_rate']:.3g}, {sel.train_steps} training steps, "
+           f"**{size}, learning rate {c['best_learning_rate']:.3g} held {SCHEDULE}, {sel.train_steps} training steps, "
            f"{optimizer['name']} ({fixed}), {devices} device{'s' if devices > 1 else ''}.** Objective: {words}. "
            f"Expected training time for the step budget: {fmt_seconds(c['time_per_step_s'] * sel.train_steps)} "
            f"({fmt_seconds(c['training_time_s'])} to reach the target).\n"]
+    if units.declared or units.train_examples:
+        steps = float(c["steps_to_target"])
+        out.append(f"To the target: {steps:.0f} steps x {b} = {units.amount(steps * b)}, at "
+                   f"{units.rate(b / c['time_per_step_s'])}; the whole budget, {sel.train_steps} steps, is "
+                   f"{units.amount(sel.train_steps * b)}.\n")
+    edge = edge_of_study(t, steps_per_doubling(t))
+    if edge:
+        out.append(edge_sentence(edge, b) + "\n")
 
     out.append("## Reasonable performance\n")
-    goal = f"{target.metric} {'>=' if target.direction == 'above' else '<='} {target.value:g}"
-    out.append(f"The target, {goal}, is clearly better than chance ({target.chance_score:g}), so a configuration "
+    goal = f"{target.metric} {'>=' if target.direction == 'above' else '<='} {units.metric(target.metric, target.value)}"
+    chance = units.metric(target.metric, target.chance_score)
+    explained = f": {units.chance_explanation}" if units.chance_explanation else ""
+    out.append(f"The target, {goal}, is clearly better than chance ({chance}{explained}), so a configuration "
                f"that reaches it performs reasonably.\n")
 
     out.append("## Feasible batch sizes (probe)\n")
@@ -68,14 +202,12 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
     out.append(line + "\n")
 
     out.append("## Throughput\n")
+    out.append(throughput_sentence(m.throughput, m.largest_useful_batch_size, units) + "\n")
     saturated = t[t["why"].str.startswith("fits but throughput stops rising")]
     if len(saturated):
         out.append(f"{_sizes(saturated['batch_size'])} fit{'s' if len(saturated) == 1 else ''} but throughput stops rising "
                    f"after {m.largest_useful_batch_size}, so {'it is' if len(saturated) == 1 else 'they are'} not considered: "
                    f"there a larger batch only makes each step slower.\n")
-    else:
-        out.append(f"Throughput keeps rising up to the largest feasible size"
-                   f"{f' ({m.largest_useful_batch_size})' if m.largest_useful_batch_size else ''}.\n")
     measured_t = t[t["time_per_step_source"] == "measured"]
     if len(measured_t):
         lo, hi = measured_t.loc[measured_t["time_per_step_s"].idxmin()], measured_t.loc[measured_t["time_per_step_s"].idxmax()]
@@ -160,13 +292,23 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
 
     out.append("## Learning rate and optimizer\n")
     lr = c["best_learning_rate"]
-    line = (f"Learning rate {lr:.3g} at batch size {b}, from the scaling search ({study.lr_min:g}..{study.lr_max:g}). "
+    line = (f"Learning rate {lr:.3g} at batch size {b}, held {SCHEDULE} through the whole budget as in every trial of "
+            f"the study: a schedule (warmup, decay) changes the steps to target, so retune it with one. "
+            f"From the scaling search ({study.lr_min:g}..{study.lr_max:g}). "
             f"A rate counts only if every seed reaches the target and stays there through the step budget; among "
             f"those within the best one's seed spread, the smaller rate. Here: {c.get('learning_rate_why') or 'no check recorded'}. "
             f"{optimizer['name']} keeps {fixed} fixed: only the learning rate was tuned.")
     if math.isclose(lr, study.lr_min, rel_tol=1e-6) or math.isclose(lr, study.lr_max, rel_tol=1e-6):
         line += " It lies at the edge of the searched range: widen scaling.lr_min/scaling.lr_max to check for a better one."
     out.append(line + "\n")
+    if seeds and seeds.get("steps"):
+        per_seed = ", ".join(f"seed {k}: {v}" for k, v in seeds["steps"].items())
+        how = (f"their median, {c['steps_to_target']:.0f}" if len(seeds["steps"]) > 1 else
+               "that one run's: with one seed the spread over seeds is unknown")
+        out.append(f"Steps to target of this rate: {per_seed}; the prediction is {how}. The baseline trains seed "
+                   f"{seeds['seed']}, {'the median run' if seeds.get('median') else 'runtime.seed'}, on the same batches "
+                   f"in the same order as that trial, so its steps should match it"
+                   + ("; a run with another seed may land anywhere in the seeds' range.\n" if len(seeds["steps"]) > 1 else ".\n"))
 
     out.append("## Decision table\n")
     out.append(_markdown_table(t))

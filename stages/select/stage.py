@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -36,9 +38,10 @@ from stages.core.model_choice import apply_family_choice
 from stages.core import outputs as out
 from stages.core.errors import InputError
 from stages.core.io import write_csv, write_text
+from stages.core.units import Units
 from stages.core.optim import fixed_values
 from stages.pipeline.declaration import load_stage_params
-from stages.select.reasoning import reasoning_markdown
+from stages.select.reasoning import SCHEDULE, edge_of_study, reasoning_markdown, steps_per_doubling
 from stages.select.decide import OBJECTIVE_COLUMN, Measurements, Selection, Study, Target, select
 from stages.select.rates import choose_rates, trusted_steps
 from stages.workloads.base import better_than_chance
@@ -145,20 +148,41 @@ def loader_settings(params, workload, throughput_metrics: dict, throughput_diagn
             **({"persistent_workers": persistent} if isinstance(persistent, bool) and recommended else {})}
 
 
+def seed_runs(choices: pd.DataFrame, m, config: dict) -> dict:
+    """The chosen rate's steps to target per seed (trials.csv) and the seed the baseline trains."""
+    trials = m.trials
+    if trials is None or trials.empty:
+        return {}
+    rows = trials[(trials["batch_size"] == config["batch_size"]) & (trials["phase"] != "bounded")
+                  & np.isclose(trials["learning_rate"].astype(float), config["learning_rate"], rtol=1e-12, atol=0)]
+    steps = {int(s): int(v) for s, v in zip(rows["seed"], rows["steps_to_target"]) if pd.notna(s) and pd.notna(v)}
+    return {"steps": dict(sorted(steps.items())), "seed": config["seed"],
+            "median": median_seed(choices, int(config["batch_size"])) is not None}
+
+
+def median_seed(choices: pd.DataFrame, batch_size: int) -> int | None:
+    """The seed of the chosen rate's median run at `batch_size` (stages/select/rates.py), if known."""
+    rows = choices[choices["batch_size"] == batch_size] if "median_seed" in choices else choices.iloc[0:0]
+    value = rows["median_seed"].iloc[0] if len(rows) else None
+    return None if value is None or pd.isna(value) else int(value)
+
+
 def initial_config(sel: Selection, params, target: Target, first_step_overhead_s: float = 0.0,
-                   data: dict | None = None) -> dict:
-    """initial_config.yaml: everything a training run (and the baseline stage) needs, seed included. The
+                   data: dict | None = None, seed: int | None = None) -> dict:
+    """initial_config.yaml: everything a training run (and the baseline stage) needs, seed included (`seed`:
+    the chosen rate's median run in the study, which the baseline retraces; None: runtime.seed). The
     expected times include a run's one-off first-step cost that throughput measured."""
     c = sel.chosen
     return {
         "batch_size": int(c["batch_size"]),
         "learning_rate": float(c["best_learning_rate"]),
+        "learning_rate_schedule": SCHEDULE,  # as every trial of the study and the baseline train it
         "train_steps": sel.train_steps,
         "optimizer": fixed_values(params.optimizer),
         "workload": {"name": params.workload.name, "kwargs": dict(params.workload.kwargs)},
         "model_choice": ("workload.kwargs as given (family.candidates is null)" if params.family.candidates is None
                          else f"the family stage's choice, rule {params.family.rule!r} ({out.FAMILY_MODEL.path})"),
-        "seed": params.runtime.seed,
+        "seed": params.runtime.seed if seed is None else int(seed),
         "devices": int(c["devices"]),
         "objective": sel.objective,
         "expected_training_time_s": float(first_step_overhead_s + c["time_per_step_s"] * sel.train_steps),
@@ -202,13 +226,16 @@ def main() -> None:
                        f"{int(c['devices'])} device(s), {c['training_time_s']:.3g} s to target ({sel.objective})")
     config = initial_config(sel, params, target, measurements.first_step_overhead_s,
                             loader_settings(params, workload, out.read_json(out.THROUGHPUT_METRICS),
-                                            out.read_json(out.THROUGHPUT_DIAGNOSTICS)))
+                                            out.read_json(out.THROUGHPUT_DIAGNOSTICS)),
+                            median_seed(choices, int(c["batch_size"])))
     cost = study_cost(study, config)
     if cost["study_training_runs"] is not None:
         log.info("select", f"the scaling study cost {cost['study_training_runs']:.3g} training runs of this configuration "
                            f"in examples ({study.examples_run} / ({config['batch_size']} x {config['train_steps']} steps))"
                            + (f", {cost['study_time_training_runs']:.3g} in training time"
                               if cost["study_time_training_runs"] is not None else ""))
+    units = Units.of(workload)
+    edge = edge_of_study(sel.table, steps_per_doubling(sel.table))
     header = ("# Initial configuration chosen by `python -m stages.select` (see reasoning.md next to it).\n"
               "# Train it with `python -m stages.baseline`.\n")
     write_csv(out.SELECT_DECISION.path, sel.table)
@@ -233,8 +260,13 @@ def main() -> None:
         "tied_batch_sizes": sel.tied,
         "tie": tie_label(sel),
         **cost,
+        # a choice at the smallest or largest size studied, with feasible unstudied sizes beyond it to add
+        "edge_of_study": edge[0] if edge else None,
+        "sizes_to_add": edge[1] if edge else [],
+        "units": units.record(),  # what one example is, tokens per example, metric units: the report's words
     })
-    write_text(out.SELECT_REASONING.path, reasoning_markdown(sel, measurements, target, params.select, study, config["optimizer"]))
+    write_text(out.SELECT_REASONING.path, reasoning_markdown(sel, measurements, target, params.select, study, config["optimizer"],
+                                                             units, seed_runs(choices, measurements, config)))
     plot(sel.table, "training_time_s", "Training time to target by batch size", "training time (s)", out.SELECT_PLOTS[0].path)
     plot(sel.table, "resource_cost", "Resource use to target by batch size", "device-hours x cost per hour", out.SELECT_PLOTS[1].path)
     write_text(out.SELECT_CONFIG.path, header + yaml.safe_dump(config, sort_keys=False))  # last: baseline's input

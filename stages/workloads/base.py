@@ -7,6 +7,8 @@ same interface and the same `make_workload()`.
 
 Conventions:
 - A batch is a tuple of CPU tensors; `to_device()` moves it. The leading dimension is the batch.
+- The optional units (`example_unit`, `tokens_per_example`, `token_unit`, `metric_units`,
+  `chance_explanation`) only change how the report words its numbers (stages/core/units.py).
 - `loss()` returns (sum over examples, number of examples) so losses combine across batch sizes.
 - `evaluate()` returns named metrics, one of which is `target_metric`.
 """
@@ -20,6 +22,8 @@ import inspect
 import math
 import types
 import typing
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Iterator, Literal
 
 import torch
@@ -44,6 +48,12 @@ class Workload(abc.ABC):
     # the `data:` settings of a workload whose batches come from a torch DataLoader (stages/workloads/dataset.py);
     # None = batches built in memory, nothing for a DataLoader setting to change (throughput skips num_workers)
     loader_settings: DataSettings | None = None
+    # What the report counts in (optional: a workload without them reads in examples, as before)
+    example_unit: str = "example"          # what one example is, singular: "image", "sequence", "sample"
+    tokens_per_example: int | None = None  # tokens in one example (a language model's window): rates and amounts in tokens too
+    token_unit: str = "token"              # what one token is, singular: "token", "byte", "character"
+    metric_units: Mapping[str, str] = MappingProxyType({})  # metric -> unit; "nats" (per token) adds bits per token
+    chance_explanation: str = ""           # what chance_score is, in words: "ten balanced classes: one guess in ten is right"
 
     @abc.abstractmethod
     def init_model(self) -> torch.nn.Module:

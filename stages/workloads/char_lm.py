@@ -78,6 +78,8 @@ class CharLM(Workload):
     name = "char_lm"
     target_metric = "loss"    # validation cross-entropy per character, nats
     target_direction = "below"
+    example_unit, token_unit = "window", "character"  # one example: a window of seq_len predicted characters
+    metric_units = {"loss": "nats"}
 
     def __init__(self, seq_len: int = 64, width: int = 64, depth: int = 2, heads: int = 4,
                  target: float = 2.5, validation_fraction: float = 0.1):
@@ -94,6 +96,9 @@ class CharLM(Workload):
         chars = sorted(set(text))
         self.vocab_size = len(chars)
         self.chance_score = math.log(self.vocab_size)  # uniform prediction: cross-entropy log V nats
+        self.tokens_per_example = self.seq_len
+        self.chance_explanation = (f"a uniform guess over the {self.vocab_size} characters of the vocabulary: "
+                                   f"log {self.vocab_size} nats per character")
         if not 0 < target < self.chance_score:
             raise ValueError(f"target (validation loss, nats per character) must be in (0, {self.chance_score:.3f}), "
                              f"below the chance loss log({self.vocab_size}); got {target}")

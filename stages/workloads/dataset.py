@@ -18,13 +18,15 @@ validation set is read once per process (through a DataLoader with the same work
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, Callable, Iterator, Literal
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from stages.core.advice import metric_range
@@ -32,7 +34,7 @@ from stages.core.config import DataSettings
 from stages.core.errors import ConfigError
 from stages.workloads.base import Batch, Workload, check_call, import_path
 
-LOSSES = ("cross_entropy", "mse")   # built-in losses; anything else is 'package.module:function'
+LOSSES = ("cross_entropy", "mse", "model")  # built-in losses ("model": the model's own, given the labels); else 'package.module:function'
 METRICS = ("accuracy", "loss")      # built-in metrics; anything else is 'package.module:function'
 EVAL_CHUNK = 512                    # validation examples per forward pass: bounds evaluation memory
 CHECKED_EXAMPLES = 5                # examples read per Dataset at build time (first, last, spread between)
@@ -44,16 +46,42 @@ PerExample = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, ta
 def data_loader(dataset: Dataset, batch_size: int, settings: DataSettings, seed: int | None = None,
                 shuffle: bool = True, drop_last: bool = True, collate_fn: Callable | None = None) -> DataLoader:
     """A DataLoader with the `data:` settings; persistent_workers and prefetch_factor only mean something
-    with workers (torch refuses them without), so num_workers 0 leaves them out. Pinning needs CUDA."""
+    with workers (torch refuses them without), so num_workers 0 leaves them out. Pinning needs CUDA.
+
+    With a `seed`, the order of every epoch comes from the seed alone (`EpochShuffle`), whatever
+    num_workers and persistent_workers: torch's own shuffle shares its generator with the workers' base
+    seed, which a new iterator draws every epoch but persistent workers draw once, so the second epoch's
+    order would differ between the study (timed without workers) and a run with the recommended ones.
+    The loader's generator is always seeded, so reading a loader never draws from torch's global random
+    state (which a model's dropout uses: the study's first trial in a process and its later ones would
+    otherwise train differently)."""
     extra: dict[str, Any] = {}
     if settings.num_workers > 0:
         extra["persistent_workers"] = settings.persistent_workers
         if settings.prefetch_factor is not None:
             extra["prefetch_factor"] = settings.prefetch_factor
-    generator = None if seed is None else torch.Generator().manual_seed(seed)  # order (and worker seeds) from `seed`
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      num_workers=settings.num_workers, pin_memory=settings.pin_memory and torch.cuda.is_available(),
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)  # the workers' base seed, from `seed`
+    sampler = EpochShuffle(len(dataset), seed) if shuffle and seed is not None else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      drop_last=drop_last, num_workers=settings.num_workers,
+                      pin_memory=settings.pin_memory and torch.cuda.is_available(),
                       generator=generator, collate_fn=collate_fn, **extra)
+
+
+class EpochShuffle(Sampler):
+    """Epoch k's order is the k-th permutation drawn from a generator seeded with `seed`, and nothing else
+    draws from that generator: the same batches in the same order for the same seed, however many
+    workers load them and whether they persist across epochs."""
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:  # a generator: the permutation is drawn when the epoch starts
+        yield from torch.randperm(self.n, generator=self.generator).tolist()
 
 
 def endless(loader: DataLoader) -> Iterator[Batch]:
@@ -77,8 +105,7 @@ class Numbered(Dataset):
         try:
             return i, self.dataset[i]
         except Exception as e:
-            raise ConfigError(f"{self.key}: reading example {i} raised {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}; allowed: a Dataset whose "
+            raise ConfigError(f"{self.key}: reading example {i} raised {_first_line(e)}; allowed: a Dataset whose "
                               f"every index below its length returns an example") from None
 
 
@@ -168,6 +195,113 @@ def _function(key: str, value: Any, builtins: tuple[str, ...], what: str) -> Cal
     return found
 
 
+# ---------------------------------------------------------------------------- the model's output, as libraries return it
+
+OUTPUT_FORMS = ("a tensor, an object with .logits (a transformers ModelOutput, a dataclass), a dict with 'logits', "
+                "or a tuple (its first element)")
+
+
+def kind_of(value: Any) -> str:
+    """What a value is, in a few words for a message ('a tensor [2, 10] float32', 'a dict with keys [...]'). Never
+    raises: it describes what a user's model returned, whatever that is."""
+    try:
+        if isinstance(value, torch.Tensor):
+            return f"a tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')}"
+        name = type(value).__name__
+        if isinstance(value, Mapping):
+            keys = [str(k) for k in list(value.keys())[:8]]
+            return f"a {name} with keys {keys}"
+        if isinstance(value, (tuple, list)):
+            parts = ", ".join(type(v).__name__ for v in value[:4]) + (", ..." if len(value) > 4 else "")
+            return f"a {name} of {len(value)} ({parts})"
+        fields = [f.name for f in dataclasses.fields(value)][:8] if dataclasses.is_dataclass(value) else None
+        return f"a {name}" + (f" with fields {fields}" if fields is not None else "")
+    except Exception:  # a type whose own methods fail: its name alone
+        try:
+            return f"a {type(value).__name__}"
+        except Exception:
+            return "an object"
+
+
+def _is_loss(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() == 0
+
+
+_MISSING = object()
+
+
+def _attribute(value: Any, name: str) -> Any:
+    """getattr that a user's object cannot make raise (a __getattr__ may raise anything): _MISSING instead."""
+    try:
+        return getattr(value, name)
+    except Exception:
+        return _MISSING
+
+
+def output_part(output: Any, field: str | int | None, own_loss: bool = False) -> torch.Tensor:
+    """The predictions in what the model returned, the tensor the loss and metrics compare with the targets:
+    `field` names it (an attribute, a dict key, a tuple index); None takes the output itself if it is a
+    tensor, else its `logits` (attribute or key), else a tuple's first element (with the model's own loss,
+    the first that is not that scalar loss). Anything else: ConfigError naming what came back and the setting."""
+    key = f"{KEY}.output"
+    if field is not None:
+        found, ok = None, False
+        if isinstance(output, Mapping) and field in output:
+            found, ok = output[field], True
+        elif isinstance(field, int) and isinstance(output, (tuple, list)) and -len(output) <= field < len(output):
+            found, ok = output[field], True
+        elif isinstance(field, str) and not isinstance(output, (torch.Tensor, Mapping, tuple, list)) and \
+                _attribute(output, field) is not _MISSING:
+            found, ok = _attribute(output, field), True
+        if not ok:
+            raise ConfigError(f"{key}: received {field!r}, but the model returned {kind_of(output)}, which has no "
+                              f"{field!r}; allowed: the attribute or key (a tuple: the index) holding the predictions, "
+                              f"or null for {OUTPUT_FORMS}")
+    elif isinstance(output, torch.Tensor):
+        return output
+    elif isinstance(_attribute(output, "logits"), torch.Tensor):
+        found = _attribute(output, "logits")
+    elif isinstance(output, Mapping) and "logits" in output:
+        found = output["logits"]
+    elif isinstance(output, (tuple, list)) and len(output):
+        rest = [v for v in output if not (own_loss and _is_loss(v))]
+        found = rest[0] if rest else output[0]
+    else:
+        raise ConfigError(f"{key}: received null, but the model returned {kind_of(output)}; allowed: {OUTPUT_FORMS} "
+                          f"-- or set {key} to the attribute or key (a tuple: the index) that holds the predictions")
+    if not isinstance(found, torch.Tensor):
+        raise ConfigError(f"{key}: the predictions taken from the model's output ({kind_of(output)}) are "
+                          f"{kind_of(found)}; allowed: a tensor (set {key} to the attribute or key that holds it)")
+    return found
+
+
+def own_loss(output: Any, labels_keyword: str) -> torch.Tensor:
+    """The mean loss a model computed itself when given the targets as `labels_keyword`: its output's `loss`
+    (attribute or key), or the one scalar tensor of a tuple (transformers' (loss, logits, ...), or (logits, loss))."""
+    if isinstance(output, Mapping):
+        found = output.get("loss")
+    elif isinstance(output, (tuple, list)):
+        scalars = [v for v in output if _is_loss(v)]
+        found = scalars[0] if len(scalars) == 1 else None
+    else:
+        found = _attribute(output, "loss")
+    if isinstance(found, torch.Tensor) and found.numel() == 1:
+        return found.reshape(())
+    raise ConfigError(f"{KEY}.loss: received 'model', but called with {labels_keyword}=<targets> the model returned "
+                      f"{kind_of(output)}, with no loss in it; allowed: 'model' for a model whose output then has a "
+                      f"`loss` (a transformers model given labels) or holds one scalar loss in a tuple, else a loss "
+                      f"function: {', '.join(x for x in LOSSES if x != 'model')}, or 'package.module:function'")
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line for a message, never raising (a user's exception may fail to print)."""
+    try:
+        text = str(e).strip()
+    except Exception:
+        text = ""
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 # ---------------------------------------------------------------------------- build-time checks
 
 def _call(key: str, path: str, kwargs: dict, expected: str) -> Any:
@@ -178,8 +312,8 @@ def _call(key: str, path: str, kwargs: dict, expected: str) -> Any:
     try:
         return factory(**kwargs)
     except Exception as e:  # the user's code: its own error, named, on one line
-        raise ConfigError(f"{key}: {path} raised {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                          f"; allowed: a factory that returns {expected} when called with {kwargs!r}") from None
+        raise ConfigError(f"{key}: {path} raised {_first_line(e)}; allowed: a factory that returns {expected} "
+                          f"when called with {kwargs!r}") from None
 
 
 def _check_dataset(key: str, path: str, dataset: Any) -> int:
@@ -203,7 +337,7 @@ def _spec(key: str, dataset: Dataset, index: int) -> tuple[Spec, tuple[torch.Ten
     try:
         example = dataset[index]
     except Exception as e:
-        raise ConfigError(f"{key}: reading example {index} raised {type(e).__name__}: {e}") from None
+        raise ConfigError(f"{key}: reading example {index} raised {_first_line(e)}") from None
     if not isinstance(example, (tuple, list)) or len(example) < 2:
         raise ConfigError(f"{key}: example {index} is a {type(example).__name__}"
                           f"{f' of {len(example)} field(s)' if isinstance(example, (tuple, list)) else ''}; allowed: a "
@@ -242,22 +376,40 @@ class DatasetWorkload(Workload):
     def __init__(self, model: str, train: str, validation: str, target: float, loss: str = "cross_entropy",
                  metrics: list[str] | None = None, target_metric: str = "accuracy",
                  direction: Literal["above", "below"] | None = None, chance: float | None = None,
-                 model_kwargs: dict | None = None, data_kwargs: dict | None = None):
+                 model_kwargs: dict | None = None, data_kwargs: dict | None = None,
+                 output: str | int | None = None, labels_keyword: str = "labels",
+                 example_unit: str = "example", tokens_per_example: int | None = None, token_unit: str = "token",
+                 metric_units: dict[str, str] | None = None):
         self.kwargs = {"model": model, "train": train, "validation": validation, "target": target, "loss": loss,
                        "metrics": metrics, "target_metric": target_metric, "direction": direction, "chance": chance,
                        "model_kwargs": model_kwargs or {}, "data_kwargs": data_kwargs or {}}
-        self.loss_fn: PerExample = BUILTIN_LOSSES.get(loss) or _function(f"{KEY}.loss", loss, LOSSES, "loss")
+        # the settings added later are recorded only where set, so a study run before them keeps its identity
+        added = {"output": (output, None), "labels_keyword": (labels_keyword, "labels"),
+                 "example_unit": (example_unit, "example"), "tokens_per_example": (tokens_per_example, None),
+                 "token_unit": (token_unit, "token"), "metric_units": (metric_units, None)}
+        self.kwargs.update({k: v for k, (v, default) in added.items() if v != default})
+        self.output_field, self.labels_keyword = output, labels_keyword
+        self.own_loss = loss == "model"  # the model computes its loss itself, given the targets as `labels_keyword`
+        self._set_units(example_unit, tokens_per_example, token_unit, metric_units)
+        # loss_fn: per-example losses of (predictions, targets); None for the model's own loss
+        self.loss_fn: PerExample | None = None if self.own_loss else (
+            BUILTIN_LOSSES.get(loss) or _function(f"{KEY}.loss", loss, LOSSES, "loss"))
         names = list(metrics) if metrics is not None else ["loss"] + (["accuracy"] if loss == "cross_entropy" else [])
         if not names:
             raise ConfigError(f"{KEY}.metrics: received []; allowed: a non-empty list of {', '.join(METRICS)} or "
                               f"'package.module:function' names")
-        self.metric_fns: dict[str, PerExample] = {}
+        self.metric_fns: dict[str, PerExample | None] = {}  # None: the model's own loss (loss: model)
         for i, m in enumerate(names):
-            fn = {"accuracy": accuracy, "loss": self.loss_fn}.get(m) or _function(f"{KEY}.metrics[{i}]", m, METRICS, "value")
+            fn = {"accuracy": accuracy, "loss": self.loss_fn}.get(m) if m in METRICS else \
+                _function(f"{KEY}.metrics[{i}]", m, METRICS, "value")
             self.metric_fns[m.rpartition(":")[2]] = fn  # an import path's metric is named after its function
         if target_metric not in self.metric_fns:
             raise ConfigError(f"{KEY}.target_metric: received {target_metric!r}; allowed: one of the metrics "
                               f"{list(self.metric_fns)} ({KEY}.metrics)")
+        unknown = [m for m in self.metric_units if m not in self.metric_fns]
+        if unknown:
+            raise ConfigError(f"{KEY}.metric_units: received units for {unknown}; allowed: units of the metrics "
+                              f"{list(self.metric_fns)} ({KEY}.metrics), e.g. {{loss: nats}}")
         if direction is None and target_metric not in METRICS:
             raise ConfigError(f"{KEY}.direction: received null for the metric {target_metric!r}; allowed: 'above' "
                               f"(higher is better) or 'below' (lower is better)")
@@ -287,7 +439,8 @@ class DatasetWorkload(Workload):
         if self._chance is None and self._chance_rule() is None:
             raise ConfigError(f"{KEY}.chance: received null, but the chance level of {target_metric!r} is known only "
                               f"for accuracy on class targets, loss with cross_entropy on class targets, and loss "
-                              f"with mse; allowed: the score of a model that guesses, as a number")
+                              f"with mse{' (not for a loss the model computes itself)' if self.own_loss else ''}; "
+                              f"allowed: the score of a model that guesses, as a number")
         self._check_outputs(spec)
         self._validation: tuple[torch.Tensor, ...] | None = None
 
@@ -307,29 +460,35 @@ class DatasetWorkload(Workload):
     def _check_outputs(self, spec: Spec) -> None:
         """The model's output for two training examples through the loss and each metric (on the meta
         device: no memory, no compute), so a loss that does not fit the targets -- mse on class labels --
-        stops here with one line instead of a traceback mid-trial. Skipped where the model cannot run on meta."""
+        or an output that holds no predictions stops here with one line instead of a traceback mid-trial.
+        Skipped where the model cannot run on meta (the first training step then says the same)."""
         try:
             with torch.device("meta"):
                 model = self.model_factory(**self.kwargs["model_kwargs"])
             *inputs, target = (f.unsqueeze(0).expand(2, *f.shape).to("meta") for f in self.first_example)
-            output = model(*inputs)
+            output = self.forward(model, inputs, target)
         except Exception:  # an op without a meta kernel, init code that needs values: the first trial will tell
             return
-        names = [(f"{KEY}.loss", self.kwargs["loss"], self.loss_fn)]
-        names += [(f"{KEY}.metrics", name, fn) for name, fn in self.metric_fns.items() if fn is not self.loss_fn]
-        for key, name, fn in names:
+        if self.own_loss:
+            own_loss(output, self.labels_keyword)  # ConfigError: no loss in it
+        functions = [(f"{KEY}.metrics", name, fn) for name, fn in self.metric_fns.items()
+                     if fn is not None and fn is not self.loss_fn]
+        if self.loss_fn is not None:
+            functions.insert(0, (f"{KEY}.loss", self.kwargs["loss"], self.loss_fn))
+        if not functions:
+            return
+        predictions = output_part(output, self.output_field, self.own_loss)  # ConfigError: none to be found
+        for key, name, fn in functions:
             try:
-                values = fn(output, target)
+                values = fn(predictions, target)
                 shape = list(values.shape) if isinstance(values, torch.Tensor) else None
             except Exception as e:
-                raise ConfigError(f"{key}: {name!r} fails on the model's output {list(output.shape)} "
-                                  f"{str(output.dtype).replace('torch.', '')} against the targets {list(target.shape)} "
-                                  f"{str(target.dtype).replace('torch.', '')} ({type(e).__name__}: "
-                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); allowed: a function of "
-                                  f"(output, target) returning one value per example, e.g. cross_entropy for class "
-                                  f"labels") from None
+                raise ConfigError(f"{key}: {name!r} fails on the model's output {kind_of(predictions).removeprefix('a tensor ')} "
+                                  f"against the targets {kind_of(target).removeprefix('a tensor ')} ({_first_line(e)}); "
+                                  f"allowed: a function of (output, target) returning one value per example, e.g. "
+                                  f"cross_entropy for class labels") from None
             if shape != [2]:
-                raise ConfigError(f"{key}: {name!r} returned {shape if shape is not None else type(values).__name__} for "
+                raise ConfigError(f"{key}: {name!r} returned {shape if shape is not None else kind_of(values)} for "
                                   f"two examples; allowed: one value per example, shape [2]")
 
     def _check_model(self, path: str) -> None:
@@ -343,6 +502,23 @@ class DatasetWorkload(Workload):
             built = _call(key, path, kwargs, "a torch.nn.Module")
         if not isinstance(built, nn.Module):
             raise ConfigError(f"{key}: {path} returned {type(built).__name__}; allowed: a factory returning a torch.nn.Module")
+        if self.own_loss:
+            try:
+                params = inspect.signature(built.forward).parameters.values()
+            except (TypeError, ValueError):  # no signature to read: the first forward will tell
+                return
+            if not any(p.name == self.labels_keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                names = [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+                raise ConfigError(f"{KEY}.labels_keyword: received {self.labels_keyword!r}, but {path}'s forward takes "
+                                  f"{names}; allowed: the argument the model takes its targets under, to compute its "
+                                  f"own loss (loss: model)")
+
+    def forward(self, model: nn.Module, inputs: list[torch.Tensor], target: torch.Tensor) -> Any:
+        """What the model returns for a batch: called as model(*inputs), with the targets as
+        `labels_keyword` when it computes its own loss."""
+        if self.own_loss:
+            return model(*inputs, **{self.labels_keyword: target})
+        return model(*inputs)
 
     # -- chance level
 
@@ -365,6 +541,33 @@ class DatasetWorkload(Workload):
         if self._chance is None:
             self._chance = self._chance_rule()(self.validation_tensors()[-1])
         return self._chance
+
+    @property
+    def chance_explanation(self) -> str:
+        """What the chance level is, in words (the report shows it beside the number)."""
+        if self.kwargs["chance"] is not None:
+            return f"as given in {KEY}.chance"
+        what = self.token_unit if self.tokens_per_example else "class"
+        if self.target_metric == "accuracy":
+            return (f"the share of the most common {what} in the validation targets: the accuracy of always "
+                    f"guessing it")
+        if self.loss_fn is cross_entropy:
+            return (f"the entropy of the {what} frequencies in the validation targets, in nats: the loss of a model "
+                    f"that predicts every {what} by its frequency alone, ignoring the input")
+        return "the variance of the validation targets: the mse of always predicting their mean"
+
+    def _set_units(self, example_unit: str, tokens_per_example: int | None, token_unit: str,
+                   metric_units: dict[str, str] | None) -> None:
+        """What one example (and token) is, and the metrics' units: the report speaks them (tokens/s, bits per byte)."""
+        for key, value in (("example_unit", example_unit), ("token_unit", token_unit)):
+            if not value.strip():
+                raise ConfigError(f"{KEY}.{key}: received {value!r}; allowed: a word naming one of them, e.g. "
+                                  f"{'image, sequence, sample' if key == 'example_unit' else 'token, byte, character'}")
+        if tokens_per_example is not None and tokens_per_example < 1:
+            raise ConfigError(f"{KEY}.tokens_per_example: received {tokens_per_example}; allowed: a positive integer "
+                              f"(the tokens in one example), or null")
+        self.example_unit, self.tokens_per_example, self.token_unit = example_unit.strip(), tokens_per_example, token_unit.strip()
+        self.metric_units = dict(metric_units or {})
 
     # -- the interface
 
@@ -401,7 +604,10 @@ class DatasetWorkload(Workload):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         *inputs, target = batch
-        return self.loss_fn(model(*inputs), target).sum(), target.shape[0]
+        output = self.forward(model, inputs, target)
+        if self.own_loss:  # the model's mean over the batch, weighted as the batch's examples
+            return own_loss(output, self.labels_keyword) * target.shape[0], target.shape[0]
+        return self.loss_fn(output_part(output, self.output_field), target).sum(), target.shape[0]
 
     def validation_tensors(self) -> tuple[torch.Tensor, ...]:
         """The whole validation set as CPU tensors (N, ...), read once through a DataLoader in order."""
@@ -420,9 +626,15 @@ class DatasetWorkload(Workload):
         n = data[0].shape[0]
         for start in range(0, n, EVAL_CHUNK):
             *inputs, target = (t[start:start + EVAL_CHUNK].to(device) for t in data)
-            output = model(*inputs)
+            output = self.forward(model, inputs, target)
+            predictions = None
             for name, fn in self.metric_fns.items():
-                sums[name] += float(fn(output, target).sum())
+                if fn is None:  # the model's own loss: its mean over the chunk
+                    sums[name] += float(own_loss(output, self.labels_keyword)) * target.shape[0]
+                    continue
+                if predictions is None:
+                    predictions = output_part(output, self.output_field, self.own_loss)
+                sums[name] += float(fn(predictions, target).sum())
         return {name: total / n for name, total in sums.items()}
 
     def fake_batch(self, batch_size: int) -> Batch:

@@ -34,6 +34,8 @@ class NoisyQuadratic(Workload):
     target_metric = "loss"
     target_direction = "below"
     num_train_examples = None  # unbounded: every example is a fresh noise draw
+    example_unit = "sample"
+    chance_explanation = "the expected loss at the initial point, before any step"
 
     def __init__(self, dim: int = 100, target: float = 0.1, init_seed: int = 0):
         if int(dim) < 1:

@@ -32,6 +32,8 @@ def conv_net(channels: int, width: int, depth: int, num_classes: int, batch_norm
 class SyntheticCNN(Classification):
     name = "synthetic_cnn"
     num_train_examples = None  # unbounded stream
+    example_unit = "image"
+    chance_explanation = "the share of the most common class among the validation images: always guessing it"
 
     def __init__(self, width: int = 16, depth: int = 2, batch_norm: bool = False, image_size: int = 16,
                  channels: int = 3, num_classes: int = 10, target: float = 0.5,
