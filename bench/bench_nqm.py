@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.config import OptimizerSettings  # noqa: E402
-from stages.core.train import eval_schedule, train_to_target  # noqa: E402
+from stages.search.trial import eval_schedule, train_to_target  # noqa: E402
 from stages.workloads.nqm import NoisyQuadratic  # noqa: E402
 from stages.scaling.fit import FitError, fit_critical_batch_size  # noqa: E402
 from stages.workloads.nqm_theory import NqmModel, tuned_steps_to_target  # noqa: E402

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.config import OptimizerSettings  # noqa: E402
-from stages.core.train import train_to_target  # noqa: E402
+from stages.search.trial import train_to_target  # noqa: E402
 from stages.scaling.tables import per_size_table  # noqa: E402
 from stages.workloads.base import make_workload  # noqa: E402
 

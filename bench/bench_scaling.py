@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.config import load_params  # noqa: E402
-from stages.core.lr_search import best_learning_rate, best_steps, learning_rate_grid, search  # noqa: E402
+from stages.search.coarse import best_learning_rate, best_steps, learning_rate_grid, search  # noqa: E402
 
 
 def write_params(workdir: Path, threads: int | None) -> None:
@@ -62,7 +62,7 @@ def run_study(workdir: Path) -> tuple[float, dict[int, float]]:
 def exhaustive_grid(workdir: Path) -> pd.DataFrame:
     """Every rate at every size at the search seed, no early stopping (each stops at the target)."""
     from stages.core.context import setup
-    from stages.core.train import train_to_target
+    from stages.search.trial import train_to_target
 
     ctx = setup(str(workdir / "params.yaml"))
     s = ctx.params.scaling

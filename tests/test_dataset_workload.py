@@ -302,7 +302,7 @@ def test_the_documented_example_works_verbatim(tmp_path, monkeypatch):
 
     from stages.core.config import OptimizerSettings, validate
     from stages.core.model_choice import check_candidates
-    from stages.core.train import train_to_target
+    from stages.search.trial import train_to_target
 
     doc = (ROOT / "docs/dataset.md").read_text()
     code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)

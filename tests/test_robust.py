@@ -110,7 +110,7 @@ def test_a_folder_hash_covers_its_files_names_and_contents_but_not_pycache(tmp_p
 def test_the_journal_identity_hashes_code_that_exists():
     """Paths that went stale in a reorganisation would hash as "absent" and stop invalidating journals."""
     from stages.core.imports import ROOT, code_deps
-    from stages.core.tune import TRIAL_CODE
+    from stages.search.tune import TRIAL_CODE
 
     files = code_deps(TRIAL_CODE)  # what the identity's code hash covers: derived from the imports, never typed
     assert {"stages/core/train.py", "stages/core/optim.py", "stages/workloads/base.py", "stages/core/device.py"} <= set(files)

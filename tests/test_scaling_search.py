@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from stages.core.config import OptimizerSettings
-from stages.core.lr_search import (Journal, Trial, best_learning_rate, best_steps, learning_rate_grid, next_index,
-                                      search, start_index)
-from stages.core.refine import SEED_GIVE_UP, next_rate, resolve, successive_halving
+from stages.search.journal import Journal
+from stages.search.coarse import Trial, best_learning_rate, best_steps, learning_rate_grid, next_index, search, start_index
+from stages.search.refine import SEED_GIVE_UP, next_rate, resolve, successive_halving
 from stages.scaling.tables import TRIAL_COLUMNS, per_size_table, search_cost_ratio, trial_row
 from stages.scaling.noise_scale import MovingAverage, chunk_gradient_norms, measure_noise_scale, unbiased_estimates
-from stages.core.train import TrialResult, build_model, plateaued, train_to_target
+from stages.search.trial import TrialResult, plateaued, train_to_target
+from stages.core.train import build_model
 from stages.workloads.base import make_workload, to_device
 
 CPU = torch.device("cpu")

@@ -483,7 +483,7 @@ def _train(script, **kwargs):
     import torch
 
     from stages.core.config import OptimizerSettings
-    from stages.core.train import train_to_target
+    from stages.search.trial import train_to_target
     from tests.scripted_workload import ScriptedWorkload
 
     return train_to_target(ScriptedWorkload(script), OptimizerSettings(), 0.01, 4, 0, torch.device("cpu"), 200,
@@ -512,7 +512,7 @@ def test_the_hold_ends_with_an_evaluation_even_off_the_schedule():
     import torch
 
     from stages.core.config import OptimizerSettings
-    from stages.core.train import train_to_target
+    from stages.search.trial import train_to_target
     from tests.scripted_workload import ScriptedWorkload
 
     r = train_to_target(ScriptedWorkload(lambda s: 0.96 if s >= 20 else 0.9), OptimizerSettings(), 0.01, 4, 0,

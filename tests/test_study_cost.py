@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from stages.core.config import OptimizerSettings
-from stages.core.lr_search import Bound, Trial, best_learning_rate, learning_rate_grid, search
-from stages.core.refine import successive_halving
-from stages.core.train import TrialResult, train_to_target
+from stages.search.coarse import Bound, Trial, best_learning_rate, learning_rate_grid, search
+from stages.search.refine import successive_halving
+from stages.search.trial import TrialResult, train_to_target
 from stages.scaling import trials as scaling_trials
 from stages.scaling.tables import TRIAL_COLUMNS, curve_rows, trial_row
 from stages.select.decide import Target
@@ -105,7 +105,7 @@ def test_a_bound_that_stops_every_grid_rate_tries_between_the_two_closest_before
 def test_with_nothing_known_the_first_trials_take_a_first_look_deepened_until_a_rate_reaches():
     """No neighbour: the first trials give up at max_steps / 32, raised x4 while no rate reaches -- a
     first rate far from the best no longer runs to max_steps -- and the result is the unbounded search's."""
-    from stages.core.lr_search import first_look
+    from stages.search.coarse import first_look
 
     grid = learning_rate_grid(0.01, 2.0, 6)
     reference = search(grid, bowl_run(0.9), seed=0, unimodal=True)
@@ -207,7 +207,7 @@ def held_sgd_run(optimum, depth, hold_factor):
 @pytest.mark.parametrize("optimum", [0.03, 0.3, 1.5])
 def test_the_plans_estimate_is_within_a_factor_2_of_what_the_search_spends(optimum):
     from stages.core.config import ScalingSettings
-    from stages.core.refine import resolve
+    from stages.search.refine import resolve
     from stages.scaling.plan import plan_table, search_steps
 
     s = ScalingSettings()

@@ -6,7 +6,7 @@ learning rate tuned, all compared at one batch size (docs/family.md).
     python -m stages.family choose                          # the choice: reports/family/model.yaml
 
 A trial job measures its candidate (parameters, FLOPs per example, time per step) and runs the
-scaling study's learning-rate search (stages/core/tune.py) at the comparison batch size, capped at
+scaling study's learning-rate search (stages/search/tune.py) at the comparison batch size, capped at
 family.max_steps; it writes reports/family/trials/candidateN.csv (one row; a candidate that does not
 fit or crashes is recorded with the reason). Finished search trials are journalled in
 .kickoff/journal/family/, so an interrupted or repeated job replays them. `choose` reads every
@@ -36,10 +36,11 @@ from stages.core.device import classify_exception
 from stages.core.declared import replace_sections
 from stages.core.cli import ArgumentParser
 from stages.core.errors import ConfigError, InputError, KickoffError
-from stages.core.lr_search import Journal, best_learning_rate, final_metric_score, journal_key
+from stages.search.journal import Journal, journal_key
+from stages.search.coarse import best_learning_rate, final_metric_score
 from stages.core.model_choice import candidate_key, check_candidates, merged_kwargs
 from stages.core.progress import Progress
-from stages.core.tune import trial_identity, trial_text, tune_learning_rate
+from stages.search.tune import trial_identity, trial_text, tune_learning_rate
 from stages.family.choose import choose
 from stages.family.measure import flops_per_example, size_of, time_per_step_s
 from stages.pipeline.declaration import load_stage_params

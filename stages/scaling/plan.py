@@ -19,7 +19,7 @@ import pandas as pd
 
 from stages.core.log import info
 from stages.core.progress import Progress, duration
-from stages.core.tune import trial_text
+from stages.search.tune import trial_text
 from stages.scaling.descent import descent_stop
 
 REACHING_SHARE = 0.5  # share of the search-seed trials that reach the target (and hold it), measured ~0.4-0.6

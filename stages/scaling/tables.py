@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from stages.core.lr_search import Trial, best_learning_rate
+from stages.search.coarse import Trial, best_learning_rate
 from stages.core.types import NOT_TRAINED
 from stages.scaling.fit import ScalingFit, regime
 

@@ -37,9 +37,9 @@ from stages.core import outputs as out
 from stages.core import log
 from stages.core.errors import ConfigError, KickoffError
 from stages.core.context import Context, setup
-from stages.core.lr_search import (JOURNAL_DIR, Bound, Journal, Trial, best_learning_rate, best_steps,
-                                   first_look, journal_key)
-from stages.core.tune import trial_identity, tune_learning_rate
+from stages.search.journal import JOURNAL_DIR, Journal, journal_key
+from stages.search.coarse import Bound, Trial, best_learning_rate, best_steps, first_look
+from stages.search.tune import trial_identity, tune_learning_rate
 from stages.core.optim import effective_learning_rate
 from stages.scaling.descent import Prediction, descent_stop
 from stages.scaling.plan import SearchProgress, plan_line, plan_table, throughput_times
@@ -197,7 +197,7 @@ def _start(ctx: Context, batch_size: int, journal: Journal | None) -> tuple[floa
 
 def run_trials(ctx: Context, batch_size: int, journal: Journal | None, replays: bool = True,
                studied: list[int] | None = None) -> list[Trial]:
-    """The learning-rate search at this size (stages/core/tune.py), started near the rate the
+    """The learning-rate search at this size (stages/search/tune.py), started near the rate the
     neighbouring sizes predict; first its bill (the plan's line for this size), then one line per
     trial with an ETA (`replays` False: none for the trials replayed from the journal). `studied`:
     the sizes the earlier stages did not rule out (default: all), for the plan."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stages.core.ranking import rank_key
+from stages.search.ranking import rank_key
 from stages.core.types import NOT_TRAINED, Steps
 from stages.select.decide import Target, step_budget
 from stages.workloads.base import target_reached

@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from stages.core.train import TrialResult
-from stages.core.lr_search import Journal, RunTrial, Trial, best_steps, measurably_worse, rank_key, run_cached
-from stages.core.ranking import can_be_chosen
+from stages.search.trial import TrialResult
+from stages.search.journal import Journal
+from stages.search.coarse import RunTrial, Trial, best_steps, measurably_worse, run_cached
+from stages.search.ranking import can_be_chosen, rank_key
 
 OnTrial = Callable[[Trial], None] | None
 SEED_GIVE_UP = 3.0  # a seed run gives up at this x the slowest seed of its rate so far (censored: it counts as not reached)

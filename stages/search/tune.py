@@ -15,13 +15,14 @@ from stages.core.config import OptimizerSettings, ScalingSettings
 from stages.core.context import Context
 from stages.core.imports import code_hash
 from stages.core.io import content_hash
-from stages.core.lr_search import Bound, Journal, Trial, final_metric_score, learning_rate_grid, search
-from stages.core.refine import resolve, successive_halving
-from stages.core.train import train_to_target
+from stages.search.coarse import Bound, Trial, final_metric_score, learning_rate_grid, search
+from stages.search.journal import Journal
+from stages.search.refine import resolve, successive_halving
+from stages.search.trial import train_to_target
 from stages.workloads.base import Workload
 
 
-TRIAL_CODE = "stages.core.train"  # a trial's result depends on this module and everything it imports
+TRIAL_CODE = "stages.search.trial"  # a trial's result depends on this module and everything it imports
 
 
 def trial_identity(ctx: Context, batch_size: int, max_steps: int) -> dict:
