@@ -15,7 +15,7 @@ from stages.scaling.fit import ScalingFit, regime
 
 TRIAL_COLUMNS = ["batch_size", "learning_rate", "seed", "phase", "order", "outcome", "steps_to_target",
                  "steps_run", "examples_run", "max_steps", "give_up_after", "seconds", "final_metric",
-                 "effective_learning_rate", "reason"]
+                 "effective_learning_rate", "reason", "prior"]  # prior: where the size's coarse search started from
 
 
 def skip_reason(batch_size: int, probe_rows: pd.DataFrame | None, probe_metrics: dict | None,
@@ -56,14 +56,15 @@ def predicted_row(batch_size: int, steps: float, reason: str) -> dict:
     return row
 
 
-def trial_row(batch_size: int, trial: Trial, max_steps: int, target_metric: str, effective_lr: float) -> dict:
+def trial_row(batch_size: int, trial: Trial, max_steps: int, target_metric: str, effective_lr: float,
+              prior: str = "") -> dict:
     r = trial.result
     return {"batch_size": batch_size, "learning_rate": trial.learning_rate, "seed": trial.seed,
             "phase": trial.phase, "order": trial.order, "outcome": r.outcome,
             "steps_to_target": r.steps_to_target, "steps_run": r.steps_run, "examples_run": r.examples_run,
             "max_steps": max_steps, "give_up_after": trial.give_up_after, "seconds": round(r.seconds, 4),
             "final_metric": r.final_metrics.get(target_metric), "effective_learning_rate": effective_lr,
-            "reason": r.reason}
+            "reason": r.reason, "prior": prior if trial.phase in ("coarse", "widen") else ""}
 
 
 def curve_rows(batch_size: int, trial: Trial) -> list[dict]:

@@ -1,28 +1,22 @@
-"""The learning-rate search at one batch size: grid, trial order, early stopping, resume journal.
+"""The coarse search at one batch size: successive halving over learning rates on their learning curves.
 
-Every learning rate of the grid is tried (so the result equals an exhaustive grid) -- or, with
-`unimodal`, only until the best is flanked by worse neighbours -- and cheaply:
-- Order: start at the geometric centre of the range (or at a hint, e.g. the best learning rate of
-  the neighbouring batch size), then always try the untried rate nearest the best one so far --
-  good rates come early.
-- Early stopping: a trial gives up once it passes the best steps-to-target already found at this
-  batch size (`give_up_after`; with `keep` > 1, the keep-th best, so the top rates for the seed
-  reruns are still known). Steps to target are read on one evaluation schedule, so a trial that
-  could tie or beat the best still reaches it: the best steps and learning rate are exactly those
-  of running every trial to `max_steps` (tests/test_scaling.py checks it).
-- A give-up point from the first trial: before any rate at this size reached the target, a trial
-  gives up at `bound` -- steps that the best rate at this size needs at most, known from the
-  neighbouring sizes (trials.py's `first_trial_bound`) -- instead of running to max_steps. Should no
-  grid rate reach within it, the rate between the two that came closest is tried within it (the
-  bound is about the best rate, which a coarse grid can miss by a factor ~3); should that miss too
-  (the bound was wrong), the bound is raised x4 and the rates it stopped are tried again, closest
-  first, until one reaches (beyond max_steps the bound is lifted), so a bound can cost trials but
-  never the result. With nothing known (no neighbouring size has reached yet: the first size of the
-  scaling study), the first bound is a first look at max_steps / 32 (`first_look`): a first rate far
-  from the best -- at the largest batch size, the costliest steps -- no longer runs to max_steps.
-- Journal: each finished trial is appended (one JSON line, flushed) to a file named by a hash of
-  everything that determines a trial. A rerun replays finished trials from it instead of training
-  again; the order and give-up points are deterministic, so an interrupted job resumes exactly.
+The candidate rates (the grid over the learning-rate range; or, from a prior -- the neighbouring sizes,
+the previous study -- the expected best rate and a grid step either side) all start together and train
+rung by rung: the first rung is short (`first_rung`: the pilot, tens of steps), each next one twice as
+long. At every rung each trial still in the race is evaluated at the same step, and
+- the better half race on (successive halving: an early leader is often a rate at the edge of
+  stability that a slower start overtakes); of the other half, a trial whose distance to the target
+  is more than (1 + `margin`) x the leader's at that step is clearly behind: it is `pruned` there
+  (paused, its state kept: should every trial ahead of it fail -- diverge, stall, never reach -- the
+  best pruned one is resumed where it stopped, never restarted);
+- once a trial reached the target, the others give up when they pass its steps (they cannot beat it:
+  early stopping, so the best steps and rate are those of running every trial to the end);
+- a leader at the edge of what was tried widens the search one grid step further out (down to
+  lr_min / lr_widen_factor, up to lr_max x lr_widen_factor): a best rate at an edge says nothing about
+  the rates beyond it.
+So a bad rate costs a rung or two, and nothing runs to max_steps unless the best rate needs that
+long. The trials advance through a `TrialPool` (stages/search/pool.py): journalled, resumable,
+bit-identical when resumed.
 """
 from __future__ import annotations
 
@@ -33,11 +27,12 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from stages.search.journal import Journal
+from stages.core.types import Steps
+from stages.search.pool import TrialPool
 from stages.search.ranking import rank_key
-from stages.search.trial import TrialResult
+from stages.search.trial import TrialResult, eval_schedule
 
-RunTrial = Callable[..., TrialResult]  # (learning rate, seed, give_up_after[, contender=]) -> result
+RUNG_FACTOR = 2  # each rung is this many times the last one's steps
 
 
 def learning_rate_grid(lr_min: float, lr_max: float, points: int, kind: Literal["log", "sobol"] = "log",
@@ -58,28 +53,9 @@ def learning_rate_grid(lr_min: float, lr_max: float, points: int, kind: Literal[
     return [float(math.exp(lo + x * (hi - lo))) for x in u]
 
 
-def start_index(grid: list[float], hint: float | None = None) -> int:
-    """Index to try first: nearest the hint (log distance) if any, else the geometric centre."""
-    target = math.log(hint) if hint else (math.log(grid[0]) + math.log(grid[-1])) / 2
-    return min(range(len(grid)), key=lambda i: (abs(math.log(grid[i]) - target), i))
-
-
-def next_index(grid: list[float], tried: dict[int, TrialResult], start: int,
-               score: Callable[[TrialResult], float] | None = None) -> int | None:
-    """The untried rate nearest (in grid steps) the best so far: the one with the fewest steps to
-    target, or -- before any reached it -- the best `score` (e.g. final metric; lower is better),
-    else the start. Ties -> the smaller rate."""
-    untried = [i for i in range(len(grid)) if i not in tried]
-    if not untried:
-        return None
-    reached = [i for i, r in tried.items() if r.steps_to_target is not None]
-    if reached:
-        anchor = min(reached, key=lambda i: (tried[i].steps_to_target, i))
-    elif tried and score is not None:
-        anchor = min(tried, key=lambda i: (score(tried[i]), abs(i - start), i))
-    else:
-        anchor = start
-    return min(untried, key=lambda i: (abs(i - anchor), i))
+def grid_ratio(lr_min: float, lr_max: float, points: int) -> float:
+    """The factor between neighbouring rates of the log grid (the coarse search's resolution)."""
+    return (lr_max / lr_min) ** (1 / (points - 1)) if points > 1 else 4.0
 
 
 def final_metric_score(metric: str, direction: str) -> Callable[[TrialResult], float]:
@@ -97,136 +73,260 @@ def measurably_worse(result: TrialResult, best: int, resolution: float) -> bool:
     return result.steps_to_target is None or result.steps_to_target > best * (1 + resolution)
 
 
-def bracketed(grid: list[float], tried: dict[int, TrialResult], resolution: float) -> bool:
-    """Is the best grid rate flanked on each side (that has grid points) by a tried, measurably worse
-    neighbour? If steps to target are unimodal in the rate, no untried grid rate can beat it."""
-    reached = [i for i, r in tried.items() if r.steps_to_target is not None]
-    if not reached:
-        return False
-    b = min(reached, key=lambda i: (tried[i].steps_to_target, i))
-    steps = tried[b].steps_to_target
-    return all(n < 0 or n >= len(grid) or (n in tried and measurably_worse(tried[n], steps, resolution))
-               for n in (b - 1, b + 1))
-
-
 def best_steps(results: list[TrialResult], k: int = 1) -> int | None:
     """The k-th fewest steps to target among the results (None while fewer than k reached it)."""
     reached = sorted(r.steps_to_target for r in results if r.steps_to_target is not None)
     return reached[k - 1] if len(reached) >= k else None
 
 
-
-@dataclass(frozen=True)
-class Bound:
-    """Steps that the best rate at a batch size needs at most, and where that is known from."""
-    steps: int
-    why: str   # e.g. "bs 32 reached in 120 steps (x 1.5): steps never rise with the batch size"
-
-
 @dataclass
 class Trial:
     learning_rate: float
     seed: int
-    # see refine.py for widen, refine and seed; "bounded": a trial a bound stopped before any rate
-    # reached, then tried again with the bound raised or lifted (search) -- it counts in the study's
-    # cost, never as a measurement
+    # coarse: a candidate of the coarse search; widen: a rate beyond the first candidates, tried because
+    # the leader sat at their edge; refine: bisection around the best (refine.py); seed: another seed
+    # (refine.py); bounded: a trial of an earlier kickoff that a bound stopped and that ran again
     phase: Literal["coarse", "widen", "refine", "seed", "bounded"]
-    order: int                  # position in the order the trials were run
+    order: int                  # position in the order the trials were started
     give_up_after: int | None
     result: TrialResult
-    resumed: bool               # replayed from the journal instead of trained
+    resumed: bool               # answered by the journal instead of trained
 
 
-def run_cached(run: RunTrial, journal: Journal | None, learning_rate: float, seed: int,
-               give_up_after: int | None, contender: Callable[[int], bool] | None = None) -> tuple[TrialResult, bool]:
-    """A trial, replayed from the journal if it ran before (its give-up point and contention are
-    decided by the trials before it, so a replay is the same trial)."""
-    if journal is not None:
-        cached = journal.get(learning_rate, seed, give_up_after)
-        if cached is not None:
-            return cached, True
-    result = (run(learning_rate, seed, give_up_after) if contender is None
-              else run(learning_rate, seed, give_up_after, contender=contender))
-    if journal is not None:
-        journal.add(learning_rate, seed, give_up_after, result)
-    return result, False
+@dataclass(frozen=True)
+class Target:
+    metric: str
+    value: float
+    direction: str  # "above" or "below"
 
 
-def search(grid: list[float], run: RunTrial, seed: int, *, journal: Journal | None = None,
-           hint: float | None = None, early_stopping: bool = True,
-           score: Callable[[TrialResult], float] | None = None, keep: int = 1,
-           unimodal: bool = False, resolution: float = 0.05, bound: Bound | None = None,
-           max_steps: int | None = None, on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
-    """Try the rates of `grid` at one seed, in the order above, each giving up once it cannot beat
-    the `keep`-th best so far -- i.e. can no longer enter the top `keep` that get seed reruns
-    (unless `early_stopping` is False: the exhaustive grid) -- and, before any rate reached the
-    target, at `bound`. Every rate is tried unless `unimodal`: then the grid stops once the best is
-    `bracketed` (rates farther out cannot win if steps to target have one minimum in the rate), which
-    saves the costliest trials, the far ones."""
-    start = start_index(grid, hint)
-    tried: dict[int, TrialResult] = {}
-    trials: list[Trial] = []
-
-    def attempt(i: int | float, give_up: int | None, from_bound: bool) -> TrialResult:
-        """Grid rate i (an int), or a rate between two (a float: phase refine, not in `tried`)."""
-        lr = grid[i] if isinstance(i, int) else i
-        result, resumed = run_cached(run, journal, lr, seed, give_up)
-        if from_bound and result.outcome == "stopped_early":
-            result = replace(result, reason=f"not reached by step {result.steps_run}, the most the best rate "
-                                            f"here needs: {bound.why}")
-        if isinstance(i, int):
-            tried[i] = result
-        trials.append(Trial(lr, seed, "coarse" if isinstance(i, int) else "refine", len(trials), give_up, result, resumed))
-        if on_trial:
-            on_trial(trials[-1])
-        return result
-
-    while (i := next_index(grid, tried, start, score)) is not None:
-        if unimodal and bracketed(grid, tried, resolution):
-            break
-        give_up = best_steps(list(tried.values()), keep) if early_stopping else None
-        from_bound = bound is not None and best_steps(list(tried.values())) is None
-        attempt(i, bound.steps if from_bound and give_up is None else give_up, from_bound and give_up is None)
-    stopped = [i for i, r in tried.items() if r.outcome == "stopped_early"]
-    rank = score or (lambda r: 0.0)
-    if bound is not None and best_steps(list(tried.values())) is None and stopped:
-        # The bound stopped every grid rate short of the target. The grid is coarse (a factor ~3 between
-        # rates), and the best rate -- which the bound is about -- may lie between the two that came
-        # closest: try there, within the bound, first.
-        i = min(stopped, key=lambda k: (rank(tried[k]), k))
-        j = min((k for k in (i - 1, i + 1) if k in stopped), key=lambda k: (rank(tried[k]), k), default=None)
-        if j is not None and attempt(math.sqrt(grid[i] * grid[j]), bound.steps, True).steps_to_target is not None:
-            return trials
-    while bound is not None and best_steps(list(tried.values())) is None and stopped:
-        # Still nothing: the bound was too tight (a neighbour's steps are a noisy measurement, or the
-        # bound was a first look). Deepen it x4 (`max_steps` given; beyond it, or without it: lift it)
-        # and try the stopped rates again, closest first.
-        for t in trials:  # superseded by the retries: kept for their cost, not read as measurements
-            if t.result.outcome == "stopped_early":
-                t.phase = "bounded"
-        deeper = bound.steps * DEEPEN
-        bound = (Bound(deeper, f"{bound.why}; no rate reached within {bound.steps} steps, so x{DEEPEN}")
-                 if max_steps is not None and deeper < max_steps else None)
-        for i in sorted(stopped, key=lambda i: (rank(tried[i]), i)):
-            give_up = best_steps(list(tried.values()), keep) if early_stopping else None
-            from_bound = bound is not None and give_up is None
-            attempt(i, bound.steps if from_bound else give_up, from_bound)
-        stopped = [i for i, r in tried.items() if r.outcome == "stopped_early"]
-    return trials
+def distance(result: TrialResult | None, step: Steps, target: Target) -> float | None:
+    """How far short of the target the trial was at `step` (<= 0: at or beyond it; inf: not finite);
+    None without an evaluation at that step."""
+    for row in (result.curve if result is not None else []):
+        if row["step"] == step:
+            value = row.get(target.metric, math.nan)
+            if not math.isfinite(value):
+                return math.inf
+            return target.value - value if target.direction == "above" else value - target.value
+    return None
 
 
-DEEPEN = 4       # a bound that stopped every rate is raised this many times over (up to max_steps), then lifted
-FIRST_LOOK = 32   # with nothing known, a size's first trials give up at max_steps / this (deepened while no rate reaches)
+FLOOR = 0.2  # near the target, "clearly behind" is judged against this share of the starting distance
 
 
-def first_look(max_steps: int) -> Bound:
-    """The give-up point of a search's first trials when nothing is known -- no neighbouring size has
-    reached the target yet: a fraction of max_steps, deepened x DEEPEN while no rate reaches -- so a
-    first rate far from the best (at the largest batch size, the most examples a step) costs at most
-    max_steps / FIRST_LOOK steps. (Where a neighbour says the best rate may need max_steps, there is
-    no first look: it would only add waves.)"""
-    return Bound(max(1, math.ceil(max_steps / FIRST_LOOK)),
-                 f"nothing known yet: a first look at max_steps / {FIRST_LOOK}, x{DEEPEN} while no rate reaches")
+def clearly_behind(gap: float, leader_gap: float, margin: float, start: float) -> bool:
+    """Is a trial `gap` short of the target clearly behind a leader `leader_gap` short of it at the same
+    step? Farther by more than `margin` (scaling.prune_margin) of the leader's distance -- or, once the
+    leader is close to the target, of FLOOR x the distance both started from (`start`, the first
+    evaluation's): near the target the distances are small and a curve's noise is not."""
+    return gap - leader_gap > margin * max(leader_gap, FLOOR * start)
+
+
+def start_distance(result: TrialResult | None, target: Target) -> float:
+    """The distance to the target at the trial's first evaluation (its start: the scale of the race)."""
+    if result is None or not result.curve:
+        return math.inf
+    d = distance(result, result.curve[0]["step"], target)
+    return d if d is not None and math.isfinite(d) and d > 0 else math.inf
+
+
+def rung_steps(first: Steps, max_steps: Steps, resolution: float) -> list[Steps]:
+    """first, 2 x first, 4 x first, ... each moved up to an evaluation step of the trials' schedule
+    (so a rung adds no evaluation: a paused trial is the same trial), ending at max_steps."""
+    schedule = eval_schedule(max_steps, resolution)
+    rungs: list[Steps] = []
+    want = max(1, first)
+    while want < max_steps:
+        step = next(s for s in schedule if s >= want)
+        if not rungs or step > rungs[-1]:
+            rungs.append(step)
+        want = RUNG_FACTOR * step
+    return rungs + [max_steps] if not rungs or rungs[-1] < max_steps else rungs
+
+
+def extrapolate_steps(result: TrialResult, target: Target, max_steps: Steps) -> float | None:
+    """Where the trial's learning curve points: the step at which its metric, fitted as a straight line
+    in the log of the step over the second half of its evaluations, meets the target (capped at
+    max_steps); None while it does not move towards it. The pilot's estimate of a size's steps -- an
+    ETA, never a result."""
+    rows = [r for r in result.curve if math.isfinite(r.get(target.metric, math.nan))]
+    rows = rows[len(rows) // 2:]
+    if len(rows) < 3:
+        return None
+    x = np.log([r["step"] for r in rows])
+    y = np.array([r[target.metric] for r in rows])
+    slope, intercept = np.polyfit(x, y, 1)
+    towards = slope > 0 if target.direction == "above" else slope < 0
+    if not towards:
+        return None
+    step = math.exp(min(50.0, (target.value - intercept) / slope))
+    return float(min(max(step, rows[-1]["step"]), max_steps))
+
+
+def pruned_result(result: TrialResult, why: str) -> TrialResult:
+    return replace(result, outcome="pruned", reason=why)
+
+
+def _at(result: TrialResult, step: Steps, target: Target) -> str:
+    for row in result.curve:
+        if row["step"] == step:
+            return f"{target.metric} {row.get(target.metric, math.nan):.4g}"
+    return f"{target.metric} unknown"
+
+
+def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, *, first_rung: Steps,
+                max_steps: Steps, resolution: float, margin: float, widen_step: float, low_limit: float,
+                high_limit: float, hint: float | None = None, early_stopping: bool = True, max_widen: float | None = None,
+                on_rung: Callable[[Steps, list[Trial]], None] | None = None) -> list[Trial]:
+    """The coarse search (above) over `rates`; one Trial per rate tried, in the order started, each
+    with its last result (`pruned` for a trial left behind at a rung). `hint`: the rate expected to be
+    best (the first to train at each rung); `on_rung(step, trials)` after each rung (a progress line)."""
+    rungs = rung_steps(first_rung, max_steps, resolution)
+    trials: dict[float, Trial] = {}
+    alive: list[float] = []
+    pruned: dict[float, tuple[Steps, str]] = {}  # rate -> (the rung it was left at, why)
+    centre = hint or math.sqrt(min(rates) * max(rates))
+    previous = rungs[0]
+
+    def best(but: float | None = None) -> Steps | None:
+        """The fewest steps of a crossing that held (a crossing still in its hold may fall back)."""
+        done = [t.result for lr, t in trials.items() if t.result.outcome == "reached" and lr != but]
+        return best_steps(done) if early_stopping else None
+
+    def train(lr: float, until: Steps) -> None:
+        give_up = best(but=lr)
+        result, replayed = pool.advance(lr, seed, until=until, give_up_after=give_up)
+        t = trials[lr]
+        t.result, t.give_up_after, t.resumed = result, give_up, t.resumed and replayed
+        if result.outcome != "paused" and lr in alive:
+            alive.remove(lr)
+            if result.outcome != "reached":  # a reached trial may be held later (refine.hold_contenders)
+                pool.release(lr, seed)
+
+    def start(lr: float, phase: str, until: Steps) -> None:
+        trials[lr] = Trial(lr, seed, phase, len(trials), None, TrialResult("paused", None, 0, 0, 0.0, {}), True)
+        alive.append(lr)
+        train(lr, until)
+
+    def gap(lr: float, step: Steps) -> float:
+        g = distance(trials[lr].result, step, target)
+        return math.inf if g is None else g
+
+    def leader(step: Steps) -> float | None:
+        """The rate ahead: fewest steps among those that reached, else closest to the target at `step`."""
+        reached = [(t.result.steps_to_target, lr) for lr, t in trials.items() if t.result.outcome == "reached"]
+        if reached:
+            return min(reached)[1]
+        racing = [lr for lr in trials if lr not in pruned and distance(trials[lr].result, step, target) is not None]
+        return min(racing, key=lambda lr: (gap(lr, step), abs(math.log(lr / centre)))) if racing else None
+
+    for k in rungs:
+        if not trials:  # the pilot: every candidate's first rung, the expected best first
+            for lr in sorted(rates, key=lambda r: (abs(math.log(r / centre)), r)):
+                start(lr, "coarse", k)
+        else:
+            for lr in sorted(alive, key=lambda r: (gap(r, previous), r)):
+                train(lr, k)
+        while (lead := leader(k)) is not None:  # a leader at an edge of what was tried: look beyond it
+            tried = sorted(trials)
+            # one step as wide as the last, squared (a prior's narrow bracket widens fast), up to max_widen
+            inner = tried[1] if lead == tried[0] and len(tried) > 1 else tried[-2] if len(tried) > 1 else None
+            ratio = widen_step if inner is None else max(widen_step, (max(inner, lead) / min(inner, lead)) ** 2)
+            ratio = min(ratio, max_widen or ratio)
+            out = lead / ratio if lead == tried[0] else lead * ratio if lead == tried[-1] else None
+            if out is None or not low_limit * (1 - 1e-9) <= out <= high_limit * (1 + 1e-9) or out in trials:
+                break
+            start(out, "widen", k)
+        lead = leader(k)
+        if lead is not None and trials[lead].result.steps_to_target is None:
+            lead_gap, scale = gap(lead, k), start_distance(trials[lead].result, target)
+            # successive halving: the better half of the rung races on whatever its distance (an early
+            # leader is often a rate at the edge of stability that a slower start overtakes), and of the
+            # other half only the trials not clearly behind the leader
+            racing = sorted(alive, key=lambda r: (gap(r, k), r))
+            for lr in racing[math.ceil(len(racing) / 2):]:
+                g = gap(lr, k)
+                if clearly_behind(g, lead_gap, margin, scale):
+                    alive.remove(lr)
+                    pruned[lr] = (k, f"pruned at step {k}: {_at(trials[lr].result, k, target)} was clearly behind "
+                                     f"lr {lead:.4g}'s {_at(trials[lead].result, k, target)} at the same step (distance "
+                                     f"to the target {g:.3g} against {lead_gap:.3g}, scaling.prune_margin {margin:g})")
+        if on_rung:
+            on_rung(k, sorted(trials.values(), key=lambda t: t.order))
+        if not alive:
+            if best() is not None or not pruned:
+                break
+            # every trial ahead failed (diverged, stalled, never reached): resume the best one left behind
+            lr = min(pruned, key=lambda r: (gap(r, pruned[r][0]), r))
+            del pruned[lr]
+            alive.append(lr)
+        previous = k
+    for lr, (_, why) in pruned.items():
+        trials[lr].result = pruned_result(trials[lr].result, why)
+        pool.release(lr, seed)
+    if best() is not None and len(trials) > 1:
+        # The race's best is a grid rate, up to half a grid step from the optimum: once, the rate between it
+        # and its better neighbour (pruned against its curve, giving up at its steps) -- a coarse answer
+        # within a quarter of the grid's ratio, which the predictions and B_crit's fit read.
+        lead = leader(rungs[-1])
+        tried = sorted(trials)
+        i = tried.index(lead)
+        sides = [tried[j] for j in (i - 1, i + 1) if 0 <= j < len(tried)]
+        other = min(sides, key=lambda r: (trials[r].result.steps_to_target or math.inf,
+                                          _final_distance(trials[r].result, target), r))
+        mid = math.sqrt(lead * other)
+        trials[mid] = Trial(mid, seed, "refine", len(trials), best(), trials[lead].result, True)
+        result, replayed = rung_trial(pool, mid, seed, target, rungs=rungs, give_up_after=best(),
+                                      reference=trials[lead].result, reference_rate=lead, margin=margin)
+        trials[mid].result, trials[mid].resumed = result, replayed
+    if best() is None:
+        # No rate reached within max_steps. The grid is coarse (a factor ~3 between rates) and the best rate
+        # may lie between the two that came closest: try there once, from the start, to the end.
+        ranked = sorted((t for t in trials.values() if t.result.outcome != "diverged"),
+                        key=lambda t: (_final_distance(t.result, target), t.learning_rate))
+        tried = sorted(trials)
+        if len(ranked) >= 2 and math.isfinite(_final_distance(ranked[0].result, target)):
+            a, b = ranked[0].learning_rate, ranked[1].learning_rate
+            if abs(tried.index(a) - tried.index(b)) == 1:
+                start(math.sqrt(a * b), "refine", max_steps)
+    return sorted(trials.values(), key=lambda t: t.order)
+
+
+def _final_distance(result: TrialResult, target: Target) -> float:
+    """How far short of the target a trial ended (inf: no finite evaluation)."""
+    if not result.curve:
+        return math.inf
+    d = distance(result, result.curve[-1]["step"], target)
+    return math.inf if d is None else d
+
+
+def rung_trial(pool: TrialPool, learning_rate: float, seed: int, target: Target, *, rungs: list[Steps],
+               give_up_after: Steps | None, reference: TrialResult | None, reference_rate: float | None,
+               margin: float, contender: Callable[[Steps], bool] | None = None) -> tuple[TrialResult, bool]:
+    """One new rate (a refinement) trained rung by rung against the best trial so far (`reference`,
+    whose curve is known): pruned at the first rung where it is clearly behind it, else trained to its
+    end (reaching the target, or giving up at `give_up_after`). Returns (result, answered by the journal)."""
+    replayed = True
+    for k in [r for r in rungs if give_up_after is None or r < give_up_after]:
+        result, from_journal = pool.advance(learning_rate, seed, until=k, give_up_after=give_up_after,
+                                            contender=contender)
+        replayed = replayed and from_journal
+        if result.outcome != "paused":
+            if result.outcome != "reached":  # a reached trial may be held later (refine.hold_contenders)
+                pool.release(learning_rate, seed)
+            return result, replayed
+        ref, g = distance(reference, k, target), distance(result, k, target)
+        if ref is not None and g is not None and clearly_behind(g, ref, margin, start_distance(reference, target)):
+            pool.release(learning_rate, seed)
+            return pruned_result(result, f"pruned at step {k}: {_at(result, k, target)} was clearly behind the best "
+                                         f"rate{f' {reference_rate:.4g}' if reference_rate else ''}'s "
+                                         f"{_at(reference, k, target)} at the same step (scaling.prune_margin "
+                                         f"{margin:g})"), replayed
+    result, from_journal = pool.advance(learning_rate, seed, give_up_after=give_up_after, contender=contender)
+    if result.outcome != "reached":
+        pool.release(learning_rate, seed)
+    return result, replayed and from_journal
 
 
 def best_learning_rate(rows: list[tuple[float, str, int | None]]) -> float | None:

@@ -66,6 +66,11 @@ def _journal_row_problem(row) -> str | None:
     for key, hint in expected.items():
         if key not in row or not _fits(row[key], hint):
             return f"{key}: received {row.get(key, 'nothing')!r}; allowed: {_hint_text(hint)}"
+    request = row.get("request")
+    if request is not None and not (isinstance(request, dict) and _fits(request.get("segment"), int)
+                                    and _fits(request.get("until"), int | None)
+                                    and _fits(request.get("hold"), int | None)):
+        return f"request: received {request!r}; allowed: {{segment: an integer, until: an integer or null, hold: an integer or null}}"
     result = row["result"]
     required = {f.name for f in dataclass_fields(TrialResult)
                 if f.default is MISSING and f.default_factory is MISSING}
@@ -85,15 +90,22 @@ def _hint_text(hint) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+Request = tuple[int, "int | None", "int | None"]  # (segment: the trial's n-th advance, until, hold through step)
+WHOLE: Request = (0, None, None)  # a trial run in one go
+
+
 @dataclass
 class Journal:
-    """Append-only JSON lines, one per finished trial, keyed by (learning rate, seed, give_up_after)."""
+    """Append-only JSON lines, one per finished advance of a trial, keyed by (learning rate, seed,
+    give_up_after, request): the request says which advance of the trial it was (a trial paused at the
+    search's rungs advances several times: stages/search/trial.LiveTrial) -- a row without one is a
+    trial run in one go."""
     path: Path
     entries: dict[tuple, dict] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: Path) -> "Journal":
-        """The finished trials in `path`. A line cut short by a crash is skipped (that trial reruns); a
+        """The finished advances in `path`. A line cut short by a crash is skipped (that advance reruns); a
         whole line holding a value of the wrong type (a hand edit) is a KickoffError naming it."""
         journal = cls(Path(path))
         if journal.path.exists():
@@ -106,21 +118,28 @@ class Journal:
                 if problem:
                     raise KickoffError(f"{journal.path}: line {number}: {problem}. The journal only caches finished "
                                        f"trials: delete that line (or the file) and rerun, and those trials run again")
-                journal.entries[cls.key(row["learning_rate"], row["seed"], row["give_up_after"])] = row
+                journal.entries[cls.key(row["learning_rate"], row["seed"], row["give_up_after"],
+                                        _request(row.get("request")))] = row
         return journal
 
     @staticmethod
-    def key(learning_rate: float, seed: int, give_up_after: int | None) -> tuple:
-        return (repr(float(learning_rate)), int(seed), None if give_up_after is None else int(give_up_after))
+    def key(learning_rate: float, seed: int, give_up_after: int | None, request: Request = WHOLE) -> tuple:
+        segment, until, hold = request
+        return (repr(float(learning_rate)), int(seed), None if give_up_after is None else int(give_up_after),
+                int(segment), None if until is None else int(until), None if hold is None else int(hold))
 
-    def get(self, learning_rate: float, seed: int, give_up_after: int | None) -> TrialResult | None:
-        row = self.entries.get(self.key(learning_rate, seed, give_up_after))
+    def get(self, learning_rate: float, seed: int, give_up_after: int | None,
+            request: Request = WHOLE) -> TrialResult | None:
+        row = self.entries.get(self.key(learning_rate, seed, give_up_after, request))
         return None if row is None else TrialResult(**row["result"])
 
-    def add(self, learning_rate: float, seed: int, give_up_after: int | None, result: TrialResult) -> None:
+    def add(self, learning_rate: float, seed: int, give_up_after: int | None, result: TrialResult,
+            request: Request = WHOLE) -> None:
         row = {"learning_rate": float(learning_rate), "seed": int(seed), "give_up_after": give_up_after,
                "result": asdict(result)}
-        self.entries[self.key(learning_rate, seed, give_up_after)] = row
+        if request != WHOLE:
+            row["request"] = {"segment": request[0], "until": request[1], "hold": request[2]}
+        self.entries[self.key(learning_rate, seed, give_up_after, request)] = row
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a+b") as f:
             f.seek(0, os.SEEK_END)
@@ -131,3 +150,9 @@ class Journal:
             f.write((json.dumps(row) + "\n").encode())
             f.flush()
             os.fsync(f.fileno())
+
+
+def _request(raw) -> Request:
+    if not isinstance(raw, dict):
+        return WHOLE
+    return (int(raw.get("segment") or 0), raw.get("until"), raw.get("hold"))

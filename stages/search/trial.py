@@ -155,7 +155,9 @@ class LiveTrial:
 
     `advance(until)` trains to step `until` (None: to the end) or to the first stop rule of
     `train_to_target`; a trial that stopped only because it got to `until` is `paused` (its result's
-    outcome), and a later `advance` goes on from there. The search pauses trials at its rungs, prunes
+    outcome), and a later `advance` goes on from there. A trial holding the target past a crossing
+    when it gets to `until` goes on until the hold settles (it holds, or falls back and pauses there):
+    a paused trial's crossing is never provisional. The search pauses trials at its rungs, prunes
     the ones clearly behind and resumes them if the leaders fail (stages/search/coarse.py); a trial
     stopped at its first crossing is held later with `hold` (the rate turned out to be a contender).
     `state_dict`/`from_state` write it to disk and read it back (the next wave's job goes on with it).
@@ -206,7 +208,7 @@ class LiveTrial:
         seconds_before = self.seconds
         loss = torch.tensor(float("nan"))
         finished = False
-        while self.step < min(max_steps, stop):
+        while self.step < max_steps and (self.step < stop or self.hold_until is not None):  # a hold is never cut
             loss = train_step(self.model, self.optimizer, workload, to_device(next(self.data), device))
             self.batches_drawn += 1
             self.step += 1
@@ -312,16 +314,22 @@ class LiveTrial:
         return True
 
     def hold(self, hold_factor: float) -> None:
-        """A trial that stopped at its first crossing (hold 1, or not a contender then) is held after all:
-        trained on to its crossing x `hold_factor` by the next `advance`, as if it had been held from the
-        start (the evaluations are the same, and its state is where the crossing left it)."""
+        """A trial that stopped at its first crossing (or a short hold) is held after all: trained on to its
+        crossing x `hold_factor` by the next `advance`, as if it had been held that long from the start."""
+        if self.steps_to_target is None:
+            raise ValueError(f"only a trial that reached the target can be held (this one: {self.outcome})")
+        self.hold_through(math.ceil(self.steps_to_target * hold_factor - 1e-9))
+
+    def hold_through(self, step: Steps) -> None:
+        """Hold the target through `step` (at most max_steps): the next `advance` trains on to it, evaluated
+        there; a fall back below the target on the way moves the crossing on, as in one run."""
         if self.outcome != "reached" or self.steps_to_target is None:
             raise ValueError(f"only a trial that reached the target can be held (this one: {self.outcome})")
-        self.hold_factor = hold_factor
-        end = min(self.max_steps, math.ceil(self.steps_to_target * hold_factor - 1e-9))
+        end = min(self.max_steps, step)
         if end <= self.step:
             return
-        self.reason = self.reason.split("; not held")[0]
+        self.hold_factor = max(self.hold_factor, end / self.steps_to_target)
+        self.reason = self.reason.split("; not held")[0].split("; held to step")[0]
         self.hold_until, self.finished = end, False
         self.pending = sorted(set(self.pending) | {end}, reverse=True)
 

@@ -149,8 +149,9 @@ def trusted_steps(steps: pd.DataFrame, choices: pd.DataFrame) -> pd.DataFrame:
     for col in ("rate_why", "step_budget"):
         out[col] = out["batch_size"].map(by_size[col]) if len(by_size) else math.nan
     status = out["status"]
+    coarse = out["candidate"].eq(False) if "candidate" in out else pd.Series(False, index=out.index)
     for i, b in zip(out.index, out["batch_size"]):
-        if status[i] != "reached":
+        if status[i] != "reached" or coarse[i]:  # a coarse answer is shown as it is, never chosen (decide.py)
             continue
         if b not in by_size.index:
             out.loc[i, ["status", "reason", "steps_to_target", "best_learning_rate"]] = \
