@@ -203,6 +203,10 @@ class OptimizerSettings:
     weight_decay: float = setting(0.0, "weight decay (fixed); AdamW decouples it", min=0.0)
 
 
+# The learning-rate range the search uses where scaling.lr_min / lr_max are null: the rates each optimizer
+# usually trains well at (SGD's counted before momentum's 1 / (1 - momentum) amplification).
+LR_RANGES: dict[str, tuple[float, float]] = {"sgd": (1.0e-2, 2.0), "adam": (1.0e-4, 3.0e-2), "adamw": (1.0e-4, 3.0e-2)}
+
 # The settings each optimizer reads; it ignores the others. The pipeline tracks only these per stage
 # (stages/pipeline/declaration.py), so an Adam value does not mark an SGD study stale.
 OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
@@ -263,7 +267,7 @@ class ScalingSettings:
     """Steps to the target per batch size, the learning rate retuned at each (docs/scaling.md)."""
 
     batch_sizes: list[int] = setting([4, 8, 16, 32, 64, 128, 256, 512, 1024], "batch sizes the study fans out over (one job each); sizes ruled out by probe/throughput or above the training-set size are recorded as skipped", check=_check_sorted_unique)
-    lr_min: float | None = setting(None, "smallest learning rate searched; null = the optimizer's usual range (SGD 1e-2, Adam/AdamW 1e-4: stages/search/tune.py LR_RANGES); the report says which", min=0.0, min_exclusive=True)
+    lr_min: float | None = setting(None, "smallest learning rate searched; null = the optimizer's usual range (SGD 1e-2, Adam/AdamW 1e-4: LR_RANGES here); the report says which", min=0.0, min_exclusive=True)
     lr_max: float | None = setting(None, "largest learning rate searched; null = the optimizer's usual range (SGD 2.0, Adam/AdamW 3e-2)", min=0.0, min_exclusive=True)
     lr_points: int = setting(6, "coarse-grid learning rates per batch size (all are tried; early stopping makes most cheap); the refinement then resolves the best", min=1)
     lr_unimodal: bool = setting(True, "no longer read", deprecated="the coarse search always races every grid rate and prunes the ones clearly behind (scaling.prune_margin)")
@@ -384,7 +388,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arm)
             except ConfigError as e:
                 errors.append(e)
-        raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}")
+        raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}"
+                          + _number_hint(value, typing.get_args(tp)))
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
@@ -413,11 +418,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is dict:
         if isinstance(value, dict):
             return value
-    hint = ""
-    if isinstance(value, str) and tp in (int, float) and _NUMBER_LIKE.fullmatch(value.strip()):
-        hint = (f" -- YAML 1.1 (Snakemake, PyYAML) reads {value!r} as a string; write it with a "
+    raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}{_number_hint(value, (tp,))}")
+
+
+def _number_hint(value: Any, types_allowed: tuple) -> str:
+    """Why a number written as text was read as text, where a number is allowed."""
+    if isinstance(value, str) and any(t in (int, float) for t in types_allowed) and _NUMBER_LIKE.fullmatch(value.strip()):
+        return (f" -- YAML 1.1 (Snakemake, PyYAML) reads {value!r} as a string; write it with a "
                 f"decimal point and signed exponent, e.g. 1.0e-3, so every tool reads a number")
-    raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}{hint}")
+    return ""
 
 
 def _check_range(key: str, value: Any, meta: dict) -> None:
@@ -483,8 +492,16 @@ def _check_cross_field(p: Params) -> None:
         raise ConfigError(f"probe.min_batch_size: received {p.probe.min_batch_size}; allowed: at most probe.max_batch_size ({p.probe.max_batch_size})")
     if p.optimizer.nesterov and p.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov: received true with optimizer.momentum 0; allowed: nesterov true only with momentum > 0")
-    if p.scaling.lr_min is not None and p.scaling.lr_max is not None and p.scaling.lr_min >= p.scaling.lr_max:
-        raise ConfigError(f"scaling.lr_min: received {p.scaling.lr_min}; allowed: less than scaling.lr_max ({p.scaling.lr_max})")
+    usual = LR_RANGES.get(p.optimizer.name, LR_RANGES["sgd"])
+    low = p.scaling.lr_min if p.scaling.lr_min is not None else usual[0]
+    high = p.scaling.lr_max if p.scaling.lr_max is not None else usual[1]
+    if low >= high:
+        which = ("scaling.lr_max" if p.scaling.lr_max is not None
+                 else f"scaling.lr_max, null: the usual top for {p.optimizer.name}")
+        if p.scaling.lr_min is None:
+            raise ConfigError(f"scaling.lr_max: received {p.scaling.lr_max}; allowed: more than scaling.lr_min "
+                              f"(null: the usual bottom for {p.optimizer.name}, {low:g})")
+        raise ConfigError(f"scaling.lr_min: received {p.scaling.lr_min}; allowed: less than {which} ({high:g})")
 
 
 def read_raw(path: str | Path = PARAMS_FILE) -> dict:

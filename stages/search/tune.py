@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from stages.core import log
-from stages.core.config import OptimizerSettings, ScalingSettings
+from stages.core.config import LR_RANGES, OptimizerSettings, ScalingSettings
 from stages.core.context import Context
 from stages.core.imports import code_hash
 from stages.core.io import content_hash
@@ -30,9 +30,6 @@ from stages.search.trial import LiveTrial
 from stages.workloads.base import Workload
 
 TRIAL_CODE = "stages.search.trial"  # a trial's result depends on this module and everything it imports
-# The learning-rate range searched when scaling.lr_min / lr_max are null: the rates each optimizer
-# usually trains well at (SGD's counted before momentum's 1 / (1 - momentum) amplification).
-LR_RANGES: dict[str, tuple[float, float]] = {"sgd": (1.0e-2, 2.0), "adam": (1.0e-4, 3.0e-2), "adamw": (1.0e-4, 3.0e-2)}
 MIN_PILOT = 8  # fewest steps of the first rung: fewer tell rates apart only by their first noisy steps
 
 
@@ -48,8 +45,8 @@ def search_range(s: ScalingSettings, optimizer: str) -> SearchRange:
     low, high = LR_RANGES.get(optimizer, LR_RANGES["sgd"])
     if s.lr_min is not None and s.lr_max is not None:
         return SearchRange(s.lr_min, s.lr_max, "scaling.lr_min and scaling.lr_max")
-    lo = s.lr_min if s.lr_min is not None else low if s.lr_max is None or low < s.lr_max else s.lr_max / 100
-    hi = s.lr_max if s.lr_max is not None else high if high > lo else lo * 100
+    lo = s.lr_min if s.lr_min is not None else low   # the schema refuses a range that ends below its start
+    hi = s.lr_max if s.lr_max is not None else high
     set_ = [k for k, v in (("scaling.lr_min", s.lr_min), ("scaling.lr_max", s.lr_max)) if v is not None]
     return SearchRange(lo, hi, f"the usual range for {optimizer} ({low:g} to {high:g})"
                        + (f", with {' and '.join(set_)} as set" if set_ else ""))
