@@ -106,7 +106,8 @@ def hold_to_budget(trials: list[Trial], pool: TrialPool, margin: float, on_trial
     through the step budget select will write for it (ranking.step_budget of the median over its runs,
     x `margin`, select.step_budget_margin), going on from where it stopped: the guarantee select checks,
     at no more cost than it needs. A run that falls back on the way moves its crossing on (as in one
-    run), which moves the budget: repeated until the budget settles. Returns `trials`, the held ones
+    run; it gives up at SEED_GIVE_UP x the rate's slowest run, as a seed run does), which moves the
+    budget: repeated until the budget settles. Returns `trials`, the held ones
     with their new result."""
     trials = list(trials)
     for _ in range(4):
@@ -127,8 +128,9 @@ def hold_to_budget(trials: list[Trial], pool: TrialPool, margin: float, on_trial
                 t = trials[i]
                 if t.result.outcome != "reached" or t.result.steps_run >= budget:
                     continue
-                # a crossing that falls back before the budget and is not back by then: not held (the rate fails)
-                result, replayed = pool.advance(lr, t.seed, hold=budget, give_up_after=budget)
+                # a crossing that falls back moves on, as in one run, giving up as far out as a seed run does
+                far = math.ceil(SEED_GIVE_UP * max(steps))
+                result, replayed = pool.advance(lr, t.seed, hold=budget, give_up_after=far)
                 trials[i] = replace(t, result=result, resumed=t.resumed and replayed)
                 changed = True
                 if on_trial:
