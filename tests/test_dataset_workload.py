@@ -198,9 +198,13 @@ def test_the_pipeline_runs_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     assert timed_with == metrics["recommended_num_workers"]  # every size timed as it will be trained
     assert rows["recommended"].sum() == 1 and metrics["recommended_num_workers"] in (0, 1)
     assert (rows["examples_per_s_ci_low"] <= rows["examples_per_s"]).all()
-    for b in (8, 32):
-        scaling(["trials", "--batch-size", str(b)])
-    scaling(["summarize"])
+    from stages.pipeline.declaration import wave_sizes
+
+    first, second = wave_sizes([8, 32])
+    for args in ([["coarse", "--batch-size", str(b)] for b in first] + [["gaps"]]
+                 + [["fill", "--batch-size", str(b)] for b in second] + [["contenders"]]
+                 + [["trials", "--batch-size", str(b)] for b in (8, 32)] + [["summarize"]]):
+        scaling(args)
     steps = pd.read_csv("reports/scaling/steps_to_target.csv")
     assert (steps["status"] == "reached").any(), steps
     select()

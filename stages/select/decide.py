@@ -342,8 +342,8 @@ def choose(table: pd.DataFrame, objective: str) -> pd.DataFrame:
     runner = others[0] if others else None
     words = OBJECTIVE_WORDS[objective]
     if len(tied) > 1:
-        names = ", ".join(str(int(table.at[i, "batch_size"])) for i in tied)
-        why = (f"tied on {words} with {', '.join(str(int(table.at[i, 'batch_size'])) for i in tied if i != best)} "
+        names = ", ".join(str(b) for b in sorted(int(table.at[i, "batch_size"]) for i in tied))
+        why = (f"tied on {words} with {', '.join(str(b) for b in sorted(int(table.at[i, 'batch_size']) for i in tied if i != best))} "
                f"(intervals overlap: {names}); chosen by the rule fewer devices, then the best estimate: "
                f"{fmt_objective(best_value, objective)}")
     else:
@@ -403,4 +403,4 @@ def select(m: Measurements, settings: SelectSettings, target: Target, study: Stu
     runner_up = others.iloc[0].to_dict() if len(others) else None
     tied = tied_with_fastest(table, settings.objective)
     return Selection(table, chosen, runner_up, step_budget(chosen["steps_to_target"], settings.step_budget_margin),
-                     settings.objective, [int(table.at[i, "batch_size"]) for i in tied] if len(tied) > 1 else [])
+                     settings.objective, sorted(int(table.at[i, "batch_size"]) for i in tied) if len(tied) > 1 else [])
