@@ -188,3 +188,56 @@ def test_select_never_chooses_a_size_wave3_left_coarse(study):
     assert len(left)
     for b in left:
         assert not t.loc[b, "considered"] and t.loc[b, "why"].startswith("not a candidate (scaling.adaptive)")
+
+
+# ---------------------------------------------------------------------------- scaling.budget_seconds
+
+def test_a_budget_below_the_pilot_is_refused_and_the_coarse_waves_share_the_rest_by_cost():
+    from stages.core.config import ScalingSettings
+    from stages.scaling.plan import COARSE_SHARE, check_budget, coarse_allowance
+
+    timing = {64: 0.001, 256: 0.002, 1024: 0.006}
+    s = ScalingSettings(budget_seconds=0.5, lr_points=6)
+    why = check_budget([64, 256, 1024], timing, 16, s)  # the pilot: 6 rates x 16 steps x (0.001 + 0.002 + 0.006)
+    assert why and why.startswith("scaling.budget_seconds: received 0.5; allowed: at least 0.864 s")
+    s = ScalingSettings(budget_seconds=100.0)
+    assert check_budget([64, 256, 1024], timing, 16, s) is None
+    shares = {b: coarse_allowance(b, [64, 256, 1024], {}, timing, s) for b in timing}
+    assert sum(shares.values()) == pytest.approx(COARSE_SHARE * 100.0)
+    assert shares[1024] == pytest.approx(6 * shares[64])  # in proportion to the estimated cost
+    assert coarse_allowance(64, [64], {}, timing, ScalingSettings()) is None  # no budget, no limit
+
+
+def test_wave3_shares_what_the_coarse_waves_left_and_says_when_nothing_was():
+    from stages.scaling.waves import share_budget
+
+    plans = {256: {"refine": True, "seeds": True, "candidate": True, "why": "refined: can still win -- ..."},
+             512: {"refine": True, "seeds": True, "candidate": True, "why": "refined: can still win -- ..."},
+             1024: {"refine": False, "candidate": False, "why": "not refined: ..."}}
+    shared = share_budget({k: dict(v) for k, v in plans.items()}, 30.0, {256: 10.0, 512: 20.0})
+    assert (shared[256]["budget_seconds"], shared[512]["budget_seconds"]) == (10.0, 20.0)
+    spent = share_budget({k: dict(v) for k, v in plans.items()}, -1.0, {256: 10.0, 512: 20.0})
+    assert not spent[256]["refine"] and "budget_seconds was spent by the coarse search" in spent[256]["why"]
+    assert spent[256]["candidate"]  # it may still be chosen, on its coarse answer (the report says so)
+
+
+def test_the_race_stops_where_its_share_of_the_budget_runs_out_and_says_so():
+    import torch
+
+    from stages.core.config import OptimizerSettings
+    from stages.search.coarse import Target, rung_search
+    from stages.search.pool import TrialPool
+    from stages.search.trial import LiveTrial
+    from tests.scripted_workload import ScriptedWorkload
+
+    w = ScriptedWorkload(lambda step: min(0.96, 0.1 + step / 300))
+    pool = TrialPool(lambda lr, seed: LiveTrial(w, OptimizerSettings(momentum=0.0), lr, 1, seed, torch.device("cpu"),
+                                                1000, hold_factor=1.25))
+    rungs_seen = []
+    trials = rung_search(pool, [0.01, 0.1, 1.0], 0, Target("accuracy", 0.95, "above"), first_rung=16,
+                         max_steps=1000, resolution=0.05, margin=0.5, widen_step=3.0, low_limit=0.01, high_limit=1.0,
+                         on_rung=lambda k, t: rungs_seen.append(k),
+                         out_of_budget=lambda t: max(x.result.steps_run for x in t) >= 60)  # "spent" by step 60
+    assert rungs_seen == [16, 33, 66] and all(t.result.steps_run <= 66 for t in trials)
+    cut = [t for t in trials if t.result.outcome == "paused"]
+    assert cut and all("stopped by scaling.budget_seconds at step" in t.result.reason for t in cut)

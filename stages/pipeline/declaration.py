@@ -160,7 +160,7 @@ _DECLARED: tuple[Stage, ...] = (
         name="scaling_wave1",
         cmd=out.SCALING_WAVE1_CMD,
         params=("workload", "optimizer", "runtime", *COARSE_KEYS, "scaling.max_steps", "scaling.adaptive",
-                "scaling.lr_start", "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list
+                "scaling.lr_start", "scaling.budget_seconds", "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list
         inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
         outputs=(out.SCALING_WAVE1, out.SCALING_WAVE1_CURVES),
         foreach=("batch_size", "scaling.batch_sizes"),
@@ -181,7 +181,7 @@ _DECLARED: tuple[Stage, ...] = (
         name="scaling_wave2",
         cmd=out.SCALING_WAVE2_CMD,
         params=("workload", "optimizer", "runtime", *COARSE_KEYS, "scaling.max_steps", "scaling.adaptive",
-                "scaling.lr_start", "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list
+                "scaling.lr_start", "scaling.budget_seconds", "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list
         inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS, out.SCALING_WAVE2_PLAN),
         outputs=(out.SCALING_WAVE2, out.SCALING_WAVE2_CURVES),
         foreach=("batch_size", "scaling.batch_sizes"),
@@ -192,7 +192,8 @@ _DECLARED: tuple[Stage, ...] = (
         name="scaling_contenders",
         cmd=out.SCALING_CONTENDERS_CMD,
         params=("scaling.batch_sizes", "scaling.adaptive", "scaling.contender_factor", "scaling.eval_resolution",
-                "select.objective"),
+                "scaling.budget_seconds", "scaling.max_steps", "scaling.lr_points", "scaling.seeds", "scaling.rerun_top",
+                "scaling.hold_factor", "scaling.lr_refine_trials", "scaling.pilot_steps", "select.objective"),
         inputs=(out.SCALING_WAVE1, out.SCALING_WAVE2, out.THROUGHPUT_CSV),
         outputs=(out.SCALING_CONTENDERS,),
         uses_workload=False,
@@ -213,6 +214,7 @@ _DECLARED: tuple[Stage, ...] = (
         name="scaling",
         cmd=out.SCALING_CMD,
         params=("workload", "optimizer", "runtime", "scaling.batch_sizes", "scaling.max_steps", "scaling.bootstrap",
+                "scaling.budget_seconds", "scaling.seeds",
                 "scaling.noise_scale_batch_sizes", "scaling.eval_resolution", "data", *FAMILY_CHOICE_KEYS),
         inputs=(out.FAMILY_MODEL, out.SCALING_CONTENDERS, out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         outputs=(out.SCALING_ALL_TRIALS, out.SCALING_STEPS, out.SCALING_CURVES, out.SCALING_NOISE,

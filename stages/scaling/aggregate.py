@@ -218,6 +218,33 @@ def priors_text(trials: pd.DataFrame) -> str | None:
     return head + "\n\n" + "\n".join(f"- bs {b}: {text}" for b, text in sorted(started.items()))
 
 
+def budget_text(trials: pd.DataFrame, table: pd.DataFrame, contenders: dict, budget: float | None,
+                seeds: int) -> str | None:
+    """What scaling.budget_seconds allowed and what it left unresolved (None: no budget)."""
+    if budget is None:
+        return None
+    spent = float(trials["seconds"].fillna(0).sum())
+    lines = [f"scaling.budget_seconds {budget:g} s; the study spent {spent:.3g} s of training "
+             f"({contenders.get('coarse_seconds', 0.0):.3g} s in the coarse waves)."]
+    cut = sorted({int(b) for b, r in zip(trials["batch_size"], trials["reason"])
+                  if isinstance(r, str) and "scaling.budget_seconds" in r})
+    if cut:
+        lines.append(f"Coarse searches cut short by it: {', '.join(map(str, cut))} (their answers, where any, are the "
+                     f"best rate found when it ran out).")
+    skipped = [int(r.batch_size) for r in table.itertuples() if "budget_seconds was spent" in str(r.refine_why)]
+    if skipped:
+        lines.append(f"Not refined because it was spent: {', '.join(map(str, skipped))} (their intervals are the coarse "
+                     f"search's, wider).")
+    thin = [int(r.batch_size) for r in table.itertuples()
+            if r.refined is True and r.candidate is True and pd.notna(r.seeds_run) and r.seeds_run < 1 + seeds]
+    if thin:
+        lines.append(f"Fewer seeds than scaling.seeds asks for: {', '.join(map(str, thin))} (the budget ran out; select "
+                     f"checks the hold on the seeds that ran).")
+    if not (cut or skipped or thin):
+        lines.append("Nothing was left unresolved.")
+    return " ".join(lines)
+
+
 def main_summarize() -> None:
     ctx = setup(params=load_stage_params("scaling"))
     p, w = ctx.params, ctx.workload
@@ -226,7 +253,8 @@ def main_summarize() -> None:
               for b in p.scaling.batch_sizes]
     curve_frames = [out.read_csv(out.SCALING_TRIAL_CURVES, batch_size=b) for b in p.scaling.batch_sizes]
     trials = pd.concat(frames, ignore_index=True)[TRIAL_COLUMNS]
-    contenders = out.read_json(out.SCALING_CONTENDERS)["sizes"]
+    contenders_file = out.read_json(out.SCALING_CONTENDERS)
+    contenders = contenders_file["sizes"]
     table = with_refinement(per_size_table(trials, p.scaling.batch_sizes, p.scaling.eval_resolution), trials, contenders)
     fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed, p.scaling.eval_resolution)
     if not (table["status"] == "reached").any() and (~trials["outcome"].isin(NOT_TRAINED)).any():
@@ -274,6 +302,7 @@ def main_summarize() -> None:
              "Predicted, not trained": predicted_text(savings, spent, table),
              "Refined where it matters": refined_text(table),
              "Where each search started": priors_text(trials),
+             "Budget": budget_text(trials, table, contenders_file, p.scaling.budget_seconds, p.scaling.seeds),
              "Gradient noise scale": metrics.pop("gradient_noise_scale_reason", None)}
     out.write_results(out.SCALING_METRICS, out.SCALING_DIAGNOSTICS, metrics)
     io.write_text(out.SCALING_NOTES.path, out.notes_markdown(notes))

@@ -21,6 +21,47 @@ COARSE_RUNS = 3.0   # the coarse search: the pilot's rungs, the leader to S held
 REFINE_RUNS = 2.0   # refinement: a few rates, each pruned at a rung or stopped by S
 
 
+COARSE_SHARE = 0.6  # of scaling.budget_seconds the coarse waves may spend, shared by the sizes' estimated costs
+
+
+def coarse_estimates(sizes: list[int], expected_steps: dict[int, float], time_per_step_s: dict[int, float], s) -> dict[int, float]:
+    """Each size's estimated coarse search, in seconds where throughput timed it (else in steps: the
+    shares below only need the sizes' costs relative to each other)."""
+    timed = all(b in time_per_step_s for b in sizes)
+    return {b: search_steps(expected_steps.get(b, s.max_steps), s, False) * (time_per_step_s[b] if timed else 1.0)
+            for b in sizes}
+
+
+def coarse_allowance(batch_size: int, sizes: list[int], expected_steps: dict[int, float],
+                     time_per_step_s: dict[int, float], s) -> float | None:
+    """The seconds of training scaling.budget_seconds allows one size's coarse search: COARSE_SHARE of
+    the budget, shared by the studied sizes' estimated costs (None: no budget). Every job of the first two
+    waves computes the same shares from the same files, so together they stay within COARSE_SHARE."""
+    if s.budget_seconds is None:
+        return None
+    est = coarse_estimates(sizes, expected_steps, time_per_step_s, s)
+    total = sum(est.values())
+    return COARSE_SHARE * s.budget_seconds * (est[batch_size] / total if total > 0 else 1 / len(sizes))
+
+
+def pilot_seconds(sizes: list[int], time_per_step_s: dict[int, float], first_rung_steps: int, s) -> float | None:
+    """What the pilot alone costs -- every candidate rate's first rung at every studied size -- in
+    seconds (None where throughput did not time every size)."""
+    if not all(b in time_per_step_s for b in sizes):
+        return None
+    return sum(s.lr_points * first_rung_steps * time_per_step_s[b] for b in sizes)
+
+
+def check_budget(sizes: list[int], time_per_step_s: dict[int, float], first_rung_steps: int, s) -> str | None:
+    """Why scaling.budget_seconds cannot fit the study (the pilot alone costs more), or None."""
+    need = pilot_seconds(sizes, time_per_step_s, first_rung_steps, s) if s.budget_seconds is not None else None
+    if need is None or s.budget_seconds >= need:
+        return None
+    return (f"scaling.budget_seconds: received {s.budget_seconds:g}; allowed: at least {need:.3g} s, what the pilot alone "
+            f"costs here ({s.lr_points} rates x {first_rung_steps} steps at each of the sizes {sizes}, at throughput's time "
+            f"per step); raise it, study fewer sizes (scaling.batch_sizes) or set it to null")
+
+
 def search_trials(s, refined: bool = True) -> tuple[int, int]:
     """(search-seed trials, seed reruns) one size's search is expected to spend with settings `s`: the
     coarse search tries the grid (and about one rate beyond it), the refinement about 3 (its cap

@@ -201,6 +201,7 @@ def main_coarse(batch_size: int, wave: int) -> None:
             return
         if plan.get("prior") and s.lr_start == "neighbour" and prior is None:  # this study's neighbours, else the last study's
             prior = Prior(plan["prior"]["rate"], plan["prior"]["steps"], plan["prior"]["source"])
+    allowance = budget_share(ctx, batch_size)
     key = journal_key_of(ctx, batch_size)
     journal = Journal.open(JOURNAL_DIR / f"bs_{batch_size}-{key}.jsonl")
     if journal.entries:
@@ -211,8 +212,10 @@ def main_coarse(batch_size: int, wave: int) -> None:
     pool = make_pool(ctx.workload, ctx.params.optimizer, batch_size, ctx.device, s, ctx.params.runtime.seed,
                      s.max_steps, journal=journal)
     progress = RungProgress(f"bs {batch_size}", _time_per_step(batch_size), s.max_steps, target_of(ctx.workload))
+    if allowance is not None:
+        log.info(STAGE, f"bs {batch_size}: its share of scaling.budget_seconds for the coarse search: {allowance:.3g} s")
     trials = coarse(pool, ctx.workload, s, ctx.params.optimizer.name, ctx.params.runtime.seed, s.max_steps,
-                    prior=prior, on_rung=progress)
+                    prior=prior, on_rung=progress, allowance_s=allowance)
     kept = CHECKPOINT_DIR / f"bs_{batch_size}-{key}"
     for t in trials:  # the rates wave 3 may hold go on from here there
         if t.result.outcome == "reached":
@@ -224,6 +227,24 @@ def main_coarse(batch_size: int, wave: int) -> None:
                     + f" -- {len(trials)} trials, {sum(t.result.examples_run for t in trials)} examples")
     _write_trials(csv, curves, ctx, batch_size, trials,
                   f"lr {prior.rate:.4g} from {prior.source}" if prior else "the whole grid: nothing known")
+
+
+def budget_share(ctx, batch_size: int) -> float | None:
+    """This size's share of scaling.budget_seconds for its coarse search (plan.coarse_allowance), after
+    refusing a budget the pilot alone would exceed (None: no budget)."""
+    from stages.scaling.plan import check_budget, coarse_allowance
+    from stages.search.tune import first_rung
+
+    s = ctx.params.scaling
+    if s.budget_seconds is None:
+        return None
+    reason_of = skip_reasons(ctx)
+    studied = [b for b in s.batch_sizes if reason_of(b) is None]
+    timing = throughput_times(out.read_csv(out.THROUGHPUT_CSV)) if out.THROUGHPUT_CSV.at().exists() else {}
+    if (why := check_budget(studied, timing, first_rung(s, s.max_steps, None), s)) is not None:
+        raise ConfigError(why)
+    expected = {b: p.steps for b in studied if (p := previous_prior(ctx, b)) is not None}
+    return coarse_allowance(batch_size, studied, expected, timing, s)
 
 
 def coarse_table(params, sizes: list[int], waves: tuple[int, ...]) -> pd.DataFrame:
@@ -279,10 +300,21 @@ def main_contenders() -> None:
     timing = throughput_times(out.read_csv(out.THROUGHPUT_CSV)) if out.THROUGHPUT_CSV.at().exists() else {}
     b_crit = coarse_b_crit(table)
     plans = plan_contenders(table, timing, factor=s.contender_factor, adaptive=s.adaptive, b_crit=b_crit)
+    spent = float(trials["seconds"].fillna(0).sum())
+    if s.budget_seconds is not None:
+        from stages.scaling.plan import search_steps
+        from stages.scaling.waves import share_budget
+
+        cost = {b: (search_steps(p["coarse_steps"], s) - search_steps(p["coarse_steps"], s, False)) * timing.get(b, 0.0)
+                for b, p in plans.items() if p.get("refine")}
+        plans = share_budget(plans, s.budget_seconds - spent, cost)
+        log.info(STAGE, f"scaling.budget_seconds {s.budget_seconds:g}: the coarse waves spent {spent:.3g} s, "
+                        f"{max(0.0, s.budget_seconds - spent):.3g} s left for wave 3")
     for b, plan in plans.items():
         log.info(STAGE, f"wave 3, bs {b}: {plan['why']}")
     io.write_json(out.SCALING_CONTENDERS.path, {"objective": params.select.objective, "contender_factor": s.contender_factor,
-                                                "coarse_critical_batch_size": b_crit,
+                                                "coarse_critical_batch_size": b_crit, "coarse_seconds": spent,
+                                                "budget_seconds": s.budget_seconds,
                                                 "sizes": {str(b): plan for b, plan in plans.items()}})
 
 
@@ -341,7 +373,7 @@ def main_trials(batch_size: int) -> None:
     for t in found:
         if t.result.outcome == "reached":
             pool.adopt(t.learning_rate, t.seed, _adopted(ctx, batch_size, t, kept / f"{t.learning_rate!r}-{t.seed}.pt",
-                                                         pool, LiveTrial, trial_settings))
+                                                         pool, LiveTrial, trial_settings), last=t.result)
     count = [0]
 
     def line(t) -> None:
@@ -349,7 +381,8 @@ def main_trials(batch_size: int) -> None:
         log.info(STAGE, f"bs {batch_size} {trial_text(t)} [wave 3, trial {count[0]}]")
 
     trials = finish(found, pool, w, s, ctx.params.optimizer.name, seed, s.max_steps, seeds=plan.get("seeds", True),
-                    budget_margin=ctx.params.select.step_budget_margin, on_trial=line)
+                    budget_margin=ctx.params.select.step_budget_margin, on_trial=line,
+                    allowance_s=plan.get("budget_seconds"))
     log.info(STAGE, f"bs {batch_size}: {len(trials)} trials, {sum(t.result.examples_run for t in trials)} examples "
                     f"({len(found)} of them the coarse search's)")
     _write_trials(target_csv, target_curves, ctx, batch_size, trials,
@@ -415,6 +448,17 @@ def main_plan() -> None:
     studied = [b for b in s.batch_sizes if reason_of(b) is None]
     table = plan_table(studied, measured, timing, s)
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    if s.budget_seconds is not None:
+        from stages.scaling.plan import check_budget
+        from stages.search.tune import first_rung
+
+        why = check_budget(studied, timing, first_rung(s, s.max_steps, None), s)
+        bill = table.loc[table["seconds"].notna(), "seconds"].sum()
+        log.info("scaling", why or (f"scaling.budget_seconds {s.budget_seconds:g}: "
+                                    + (f"fits the estimated bill ({bill:.3g} s)" if bill <= s.budget_seconds else
+                                       f"below the estimated bill ({bill:.3g} s, an upper end while no size has measured its "
+                                       f"steps): what it cannot resolve -- searches cut short, refinement or seeds skipped -- "
+                                       f"the report will say")))
     known = table["seconds"].notna()
     skipped = [b for b in s.batch_sizes if b not in studied]
     log.info("scaling", f"plan: {int(table['trials'].sum())} trials, {int(table['examples'].sum())} examples, "

@@ -133,6 +133,21 @@ def plan_gaps(first: dict[int, Answer], second: list[int], *, adaptive: bool, ra
     return plans
 
 
+def share_budget(plans: dict[int, dict], left_s: float, cost_s: dict[int, float]) -> dict[int, dict]:
+    """scaling.budget_seconds: what the coarse waves left (`left_s`), shared by the refined sizes' estimated
+    costs (`cost_s`: refinement, holds and seeds); nothing left -- no refinement, said in each size's why."""
+    refined = [b for b, p in plans.items() if p.get("refine")]
+    total = sum(cost_s.get(b, 0.0) for b in refined)
+    for b in refined:
+        if left_s <= 0:
+            plans[b] = {**plans[b], "refine": False, "seeds": False, "budget_seconds": 0.0,
+                        "why": f"not refined: scaling.budget_seconds was spent by the coarse search (it would have been "
+                               f"{plans[b]['why'].removeprefix('refined').lstrip(', ').lstrip(': ')})"}
+        else:
+            plans[b] = {**plans[b], "budget_seconds": left_s * (cost_s.get(b, 0.0) / total if total > 0 else 1 / len(refined))}
+    return plans
+
+
 def plan_contenders(table: pd.DataFrame, time_per_step_s: dict[int, float], *, factor: float, adaptive: bool,
                     b_crit: float | None = None) -> dict[int, dict]:
     """Which sizes wave 3 refines (refinement, the hold of the rates in contention, extra seeds) and why.

@@ -178,16 +178,20 @@ def _at(result: TrialResult, step: Steps, target: Target) -> str:
 def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, *, first_rung: Steps,
                 max_steps: Steps, resolution: float, margin: float, widen_step: float, low_limit: float,
                 high_limit: float, hint: float | None = None, early_stopping: bool = True, max_widen: float | None = None,
-                on_rung: Callable[[Steps, list[Trial]], None] | None = None) -> list[Trial]:
+                on_rung: Callable[[Steps, list[Trial]], None] | None = None,
+                out_of_budget: Callable[[list[Trial]], bool] | None = None) -> list[Trial]:
     """The coarse search (above) over `rates`; one Trial per rate tried, in the order started, each
     with its last result (`pruned` for a trial left behind at a rung). `hint`: the rate expected to be
-    best (the first to train at each rung); `on_rung(step, trials)` after each rung (a progress line)."""
+    best (the first to train at each rung); `on_rung(step, trials)` after each rung (a progress line);
+    `out_of_budget(trials)`: True once the search has spent its share of scaling.budget_seconds -- the
+    race stops at that rung, its trials left `paused` with the reason."""
     rungs = rung_steps(first_rung, max_steps, resolution)
     trials: dict[float, Trial] = {}
     alive: list[float] = []
     pruned: dict[float, tuple[Steps, str]] = {}  # rate -> (the rung it was left at, why)
     centre = hint or math.sqrt(min(rates) * max(rates))
     previous = rungs[0]
+    budget_cut = False
 
     def best(but: float | None = None) -> Steps | None:
         """The fewest steps of a crossing that held (a crossing still in its hold may fall back)."""
@@ -254,6 +258,12 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
                                      f"to the target {g:.3g} against {lead_gap:.3g}, scaling.prune_margin {margin:g})")
         if on_rung:
             on_rung(k, sorted(trials.values(), key=lambda t: t.order))
+        if alive and out_of_budget is not None and out_of_budget(list(trials.values())):
+            for lr in alive:
+                trials[lr].result = replace(trials[lr].result, reason=f"stopped by scaling.budget_seconds at step "
+                                                                       f"{trials[lr].result.steps_run} (the search's share spent)")
+            budget_cut = True
+            break
         if not alive:
             if best() is not None or not pruned:
                 break
@@ -265,7 +275,7 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
     for lr, (_, why) in pruned.items():
         trials[lr].result = pruned_result(trials[lr].result, why)
         pool.release(lr, seed)
-    if best() is not None and len(trials) > 1:
+    if best() is not None and len(trials) > 1 and not budget_cut:
         # The race's best is a grid rate, up to half a grid step from the optimum: once, the rate between it
         # and its better neighbour (pruned against its curve, giving up at its steps) -- a coarse answer
         # within a quarter of the grid's ratio, which the predictions and B_crit's fit read.
@@ -280,7 +290,7 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
         result, replayed = rung_trial(pool, mid, seed, target, rungs=rungs, give_up_after=best(),
                                       reference=trials[lead].result, reference_rate=lead, margin=margin)
         trials[mid].result, trials[mid].resumed = result, replayed
-    if best() is None:
+    if best() is None and not budget_cut:
         # No rate reached within max_steps. The grid is coarse (a factor ~3 between rates) and the best rate
         # may lie between the two that came closest: try there once, from the start, to the end.
         ranked = sorted((t for t in trials.values() if t.result.outcome != "diverged"),

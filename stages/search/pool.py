@@ -54,6 +54,7 @@ class TrialPool:
         self.make, self.journal = make, journal
         self.trials: dict[tuple[float, int], _Entry] = {}
         self.trained_steps = 0  # steps trained in this process (journal answers cost none)
+        self.seconds = 0.0      # training seconds of every advance asked of this pool, the journal's answers included
 
     def advance(self, learning_rate: float, seed: int, *, until: Steps | None = None,
                 give_up_after: Steps | None = None, hold: Steps | None = None,
@@ -67,20 +68,27 @@ class TrialPool:
         if self.journal is not None:
             cached = self.journal.get(learning_rate, seed, give_up_after, asked.request)
             if cached is not None:
+                self._spent(entry, cached)
                 entry.last = cached
                 return cached, True
         trial = self._live(learning_rate, seed, entry)
         before = trial.step
         result = self._apply(trial, asked)
+        self._spent(entry, result)
         entry.applied, entry.last, entry.replayed = len(entry.asked), result, False
         self.trained_steps += trial.step - before
         if self.journal is not None:
             self.journal.add(learning_rate, seed, give_up_after, result, asked.request)
         return result, False
 
-    def adopt(self, learning_rate: float, seed: int, initial: Callable[[], LiveTrial]) -> None:
-        """A trial another job trained: `initial()` gives it as that job left it (see `save`)."""
-        self.trials[(learning_rate, seed)] = _Entry(initial=initial)
+    def _spent(self, entry: _Entry, result: TrialResult) -> None:
+        self.seconds += max(0.0, result.seconds - (entry.last.seconds if entry.last is not None else 0.0))
+
+    def adopt(self, learning_rate: float, seed: int, initial: Callable[[], LiveTrial],
+              last: TrialResult | None = None) -> None:
+        """A trial another job trained: `initial()` gives it as that job left it (see `save`); `last`, its
+        result there (what it already cost)."""
+        self.trials[(learning_rate, seed)] = _Entry(initial=initial, last=last)
 
     def save(self, learning_rate: float, seed: int, path: Path) -> bool:
         """Write the trial's state to `path` (atomically) for a later job to `adopt`; False if this process

@@ -75,7 +75,8 @@ def next_rate(tried: dict[float, TrialResult], *, ratio: float, resolution: floa
 
 def resolve(coarse: list[Trial], pool: TrialPool, seed: int, target: Target, *, ratio: float, max_trials: int,
             resolution: float, low_limit: float, high_limit: float, widen_step: float, rungs: list[int],
-            margin: float, early_stopping: bool = True, on_trial: OnTrial = None) -> list[Trial]:
+            margin: float, early_stopping: bool = True, on_trial: OnTrial = None,
+            stop: Callable[[], bool] | None = None) -> list[Trial]:
     """Widen and refine after the coarse trials (same seed); returns the new trials only. Each new rate
     trains rung by rung against the best trial so far and is pruned where it is clearly behind it
     (coarse.rung_trial); it gives up once it passes the best's steps."""
@@ -85,6 +86,8 @@ def resolve(coarse: list[Trial], pool: TrialPool, seed: int, target: Target, *, 
     while (step := next_rate(tried, ratio=ratio, resolution=resolution, low_limit=low_limit,
                              high_limit=high_limit, widen_step=widen_step)) is not None:
         phase, lr = step
+        if stop is not None and stop():
+            break  # scaling.budget_seconds: the study's budget is spent
         if phase == "refine":
             if refined >= max_trials:
                 break
@@ -100,7 +103,8 @@ def resolve(coarse: list[Trial], pool: TrialPool, seed: int, target: Target, *, 
     return out
 
 
-def hold_to_budget(trials: list[Trial], pool: TrialPool, margin: float, on_trial: OnTrial = None) -> list[Trial]:
+def hold_to_budget(trials: list[Trial], pool: TrialPool, margin: float, on_trial: OnTrial = None,
+                   stop: Callable[[], bool] | None = None) -> list[Trial]:
     """Every run of each rate select may choose -- the rates rerun with extra seeds that are not behind
     the leader on them (ranking.can_be_chosen) -- holds the target
     through the step budget select will write for it (ranking.step_budget of the median over its runs,
@@ -128,6 +132,8 @@ def hold_to_budget(trials: list[Trial], pool: TrialPool, margin: float, on_trial
                 t = trials[i]
                 if t.result.outcome != "reached" or t.result.steps_run >= budget:
                     continue
+                if stop is not None and stop():
+                    return trials  # scaling.budget_seconds spent: select sees the holds that were not done
                 # a crossing that falls back moves on, as in one run, giving up as far out as a seed run does
                 far = math.ceil(SEED_GIVE_UP * max(steps))
                 result, replayed = pool.advance(lr, t.seed, hold=budget, give_up_after=far)
@@ -141,7 +147,7 @@ def hold_to_budget(trials: list[Trial], pool: TrialPool, margin: float, on_trial
 
 
 def successive_halving(search_trials: list[Trial], pool: TrialPool, seeds: list[int], top: int, *,
-                       on_trial: OnTrial = None) -> list[Trial]:
+                       on_trial: OnTrial = None, stop: Callable[[], bool] | None = None) -> list[Trial]:
     """More seeds for fewer rates: the `top` rates of the search each get the first extra seed; then
     only contenders whose steps over seeds overlap the leader's (at most half, at least the leader)
     get the next. Seed runs measure the spread, so they stop early only far out: at SEED_GIVE_UP x the
@@ -159,6 +165,8 @@ def successive_halving(search_trials: list[Trial], pool: TrialPool, seeds: list[
             overlap = [lr for lr in ranked if min(math.inf if x is None else x for x in steps[lr]) <= lead_worst]
             contenders = overlap[:max(1, math.ceil(len(contenders) / 2))]
         for lr in contenders:
+            if stop is not None and stop():
+                return out  # scaling.budget_seconds spent: the seeds not run are missing from the table, said there
             known = [x for x in steps[lr] if x is not None]
             give_up = math.ceil(SEED_GIVE_UP * max(known)) if known else None
             others = [r for r in steps if r != lr]

@@ -118,7 +118,8 @@ def first_rung(s: ScalingSettings, max_steps: Steps, prior: Prior | None) -> Ste
 
 
 def coarse(pool: TrialPool, workload: Workload, s: ScalingSettings, optimizer: str, seed: int, max_steps: int, *,
-           prior: Prior | None = None, on_rung: Callable[[Steps, list[Trial]], None] | None = None) -> list[Trial]:
+           prior: Prior | None = None, on_rung: Callable[[Steps, list[Trial]], None] | None = None,
+           allowance_s: float | None = None) -> list[Trial]:
     """The coarse search: the whole grid (no prior), or the prior's rate with a grid step either side."""
     r = search_range(s, optimizer)
     grid = learning_rate_grid(r.low, r.high, s.lr_points, s.lr_grid, seed)
@@ -128,29 +129,36 @@ def coarse(pool: TrialPool, workload: Workload, s: ScalingSettings, optimizer: s
     return rung_search(pool, rates, seed, target_of(workload), first_rung=first_rung(s, max_steps, prior),
                        max_steps=max_steps, resolution=s.eval_resolution, margin=s.prune_margin, widen_step=near,
                        max_widen=step, low_limit=r.low / s.lr_widen_factor, high_limit=r.high * s.lr_widen_factor,
-                       hint=prior.rate if prior else None, early_stopping=s.early_stopping, on_rung=on_rung)
+                       hint=prior.rate if prior else None, early_stopping=s.early_stopping, on_rung=on_rung,
+                       out_of_budget=None if allowance_s is None else lambda trials: pool.seconds >= allowance_s)
 
 
 def finish(coarse_trials: list[Trial], pool: TrialPool, workload: Workload, s: ScalingSettings, optimizer: str,
            seed: int, max_steps: int, *, seeds: bool = True, budget_margin: float | None = None,
-           on_trial: Callable[[Trial], None] | None = None) -> list[Trial]:
+           on_trial: Callable[[Trial], None] | None = None, allowance_s: float | None = None) -> list[Trial]:
     """After the coarse search: refinement around the best rate (pruned against the best's curve), then
     (`seeds`) extra seeds by successive halving, and (`budget_margin`: select.step_budget_margin) the
-    hold of every run of the rates select may choose through their step budget. Returns every trial,
-    the coarse ones included (the held ones with their held result)."""
+    hold of every run of the rates select may choose through their step budget -- each step skipped once
+    `allowance_s` seconds of training are spent (scaling.budget_seconds). Returns every trial, the coarse
+    ones included (the held ones with their held result)."""
     r = search_range(s, optimizer)
     step = grid_ratio(r.low, r.high, s.lr_points)
+    start = pool.seconds
+
+    def stop() -> bool:  # scaling.budget_seconds: this size's share of what the study has left
+        return allowance_s is not None and pool.seconds - start >= allowance_s
+
     refined = resolve(coarse_trials, pool, seed, target_of(workload), ratio=s.lr_refine_ratio,
                       max_trials=s.lr_refine_trials, resolution=s.eval_resolution, low_limit=r.low / s.lr_widen_factor,
                       high_limit=r.high * s.lr_widen_factor, widen_step=step,
                       rungs=rung_steps(first_rung(s, max_steps, None), max_steps, s.eval_resolution),
-                      margin=s.prune_margin, early_stopping=s.early_stopping, on_trial=on_trial)
+                      margin=s.prune_margin, early_stopping=s.early_stopping, on_trial=on_trial, stop=stop)
     searched = coarse_trials + refined
     if not seeds:
         return searched
     extra = [seed + k for k in range(1, s.seeds + 1)]
-    trials = searched + successive_halving(searched, pool, extra, s.rerun_top, on_trial=on_trial)
-    return trials if budget_margin is None else hold_to_budget(trials, pool, budget_margin, on_trial=on_trial)
+    trials = searched + successive_halving(searched, pool, extra, s.rerun_top, on_trial=on_trial, stop=stop)
+    return trials if budget_margin is None else hold_to_budget(trials, pool, budget_margin, on_trial=on_trial, stop=stop)
 
 
 def rung_line(label: str, stage: str, target: Target):
