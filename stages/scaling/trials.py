@@ -312,9 +312,12 @@ def main_contenders() -> None:
                         f"{max(0.0, s.budget_seconds - spent):.3g} s left for wave 3")
     for b, plan in plans.items():
         log.info(STAGE, f"wave 3, bs {b}: {plan['why']}")
+    # the coarse waves' seconds only where a budget shares them: a clock reading would change the file at every
+    # rerun, and with it every job that reads it
     io.write_json(out.SCALING_CONTENDERS.path, {"objective": params.select.objective, "contender_factor": s.contender_factor,
-                                                "coarse_critical_batch_size": b_crit, "coarse_seconds": spent,
-                                                "budget_seconds": s.budget_seconds,
+                                                "coarse_critical_batch_size": b_crit,
+                                                **({"budget_seconds": s.budget_seconds, "coarse_seconds": spent}
+                                                   if s.budget_seconds is not None else {}),
                                                 "sizes": {str(b): plan for b, plan in plans.items()}})
 
 
