@@ -119,7 +119,7 @@ def scaling_limits(p, trials: pd.DataFrame) -> advice.Limits:
 
 
 def prediction_savings(trials: pd.DataFrame, table: pd.DataFrame) -> dict:
-    """What the adaptive descent's predicted sizes saved: each would have cost about the examples the
+    """What wave 2's predicted sizes saved: each would have cost about the examples the
     smallest measured size's search spent (in perfect scaling examples to target do not change with
     the batch size) and at least its seconds (a smaller batch needs no less time per example)."""
     predicted = [int(b) for b in table.loc[table["status"] == "predicted", "batch_size"]]

@@ -49,7 +49,7 @@ def skipped_row(batch_size: int, reason: str) -> dict:
 
 
 def predicted_row(batch_size: int, steps: float, reason: str) -> dict:
-    """A size the adaptive descent did not train: perfect scaling's steps to target, and why."""
+    """A size wave 2 did not train (scaling.adaptive): its predicted steps to target, and why."""
     row = {c: None for c in TRIAL_COLUMNS}
     row.update(batch_size=batch_size, outcome="predicted", steps_to_target=max(1, round(steps)), steps_run=0,
                examples_run=0, seconds=0.0, reason=reason)
@@ -127,7 +127,7 @@ def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: flo
                    intervals: bool = True) -> pd.DataFrame:
     """One row per batch size: status, best learning rate, its bracket and the trials each phase
     spent, steps to target (median over `measured_runs`) with an interval (seed spread pooled over sizes;
-    `intervals` False: left empty, without importing scipy -- the descent's quick read)."""
+    `intervals` False: left empty, without importing scipy -- the waves' quick read)."""
     rows = []
     for b in batch_sizes:
         t = trials[trials["batch_size"] == b]
