@@ -10,7 +10,7 @@ scaling.max_steps -- a trial that misses scores max_steps x (1 + its final dista
 the closer ones rank first. Both methods search params.yaml's [lr_min, lr_max] (log scale) with the
 search seed (runtime.seed) for the model and the data order.
 
-- kickoff: the real study at each size, as the pipeline runs it (`python -m stages.scaling trials`
+- kickoff: the real study at each size, as the pipeline runs it (its waves of `python -m stages.scaling`
   per size, smallest first, in a fresh temporary project with params.yaml's scaling settings and the
   workload as given, without the family stage), its trials read in the order they ran;
 - Optuna: a study per size and repeat (sampler seed = the repeat), `--optuna-trials` trials; the
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.config import OptimizerSettings  # noqa: E402
-from stages.core.train import train_to_target  # noqa: E402
+from stages.search.trial import train_to_target  # noqa: E402
 from stages.scaling.tables import per_size_table  # noqa: E402
 from stages.workloads.base import make_workload  # noqa: E402
 
@@ -58,17 +58,18 @@ def write_params(workdir: Path, raw: dict, args: argparse.Namespace) -> None:
 
 
 def kickoff_trials(workdir: Path, sizes: list[int]) -> dict[int, pd.DataFrame]:
-    """Each size's trials (bs_B.csv, in the order they ran), one `scaling trials` process per size."""
+    """Each size's trials (trials/bs_B.csv: the coarse race's, then refinement's and the seeds', in the order
+    they ran), from the study's jobs as the pipeline runs them (every size in wave 1 and refined: adaptive off)."""
+    from stages.scaling.waves import study_commands
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    found = {}
-    for b in sizes:
-        done = subprocess.run([sys.executable, "-m", "stages.scaling", "trials", "--batch-size", str(b)],
-                              cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
+    for args in study_commands(sizes, adaptive=False)[:-1]:  # summarize is not needed
+        done = subprocess.run([sys.executable, "-m", "stages.scaling", *args], cwd=workdir, env=env,
+                              stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
-            sys.exit(f"`python -m stages.scaling trials --batch-size {b}` failed (exit {done.returncode}):\n"
+            sys.exit(f"`python -m stages.scaling {' '.join(args)}` failed (exit {done.returncode}):\n"
                      f"{done.stderr[-4000:]}")
-        found[b] = pd.read_csv(workdir / f"reports/scaling/trials/bs_{b}.csv")
-    return found
+    return {b: pd.read_csv(workdir / f"reports/scaling/trials/bs_{b}.csv") for b in sizes}
 
 
 def examples_to_within(history: list[tuple[float, int]], best_lr: float | None) -> int | None:

@@ -4,18 +4,20 @@
     python bench/bench_scaling.py --no-grid  # only the study's wall time
     python bench/bench_scaling.py --threads 1   # override runtime.threads (shared or tiny-model machines)
 
-1. Wall time of the full study the way a pipeline runs it: one process per batch size
-   (`python -m stages.scaling trials --batch-size B`, process start included), then `summarize`,
+1. Wall time of the full study the way a pipeline runs it: its waves' processes, one per batch size
+   and wave (`python -m stages.scaling coarse|fill|trials --batch-size B`, process start included), then `summarize`,
    in a fresh temporary directory (no journal to replay; no probe/throughput outputs, so every
    size in scaling.batch_sizes is studied).
-2. Compute (examples processed) of the study's coarse grid against an exhaustive grid -- every
-   learning rate at every size without early stopping -- with the best learning rate and steps to
-   target per size from both, side by side. They must agree: early stopping may only save compute.
+2. Compute (examples processed) of the study's coarse race against an exhaustive grid -- every
+   learning rate at every size to its end, without early stopping or pruning -- with the best learning
+   rate and steps to target per size from both, side by side: early stopping and pruning should only
+   save compute.
    The refined result (after widening, refinement and seeds) is printed next to them.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stages.core.config import load_params  # noqa: E402
-from stages.core.lr_search import best_learning_rate, best_steps, learning_rate_grid, search  # noqa: E402
+from stages.search.coarse import best_learning_rate, best_steps, learning_rate_grid  # noqa: E402
 
 
 def write_params(workdir: Path, threads: int | None) -> None:
@@ -41,43 +43,45 @@ def write_params(workdir: Path, threads: int | None) -> None:
 
 
 def run_study(workdir: Path) -> tuple[float, dict[int, float]]:
+    from stages.scaling.waves import study_commands
+
     params = load_params(workdir / "params.yaml")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    per_job: dict[int, float] = {}
+    per_job: dict[str, float] = {}
     start = time.perf_counter()
-    for b in params.scaling.batch_sizes:
+    for args in study_commands(list(params.scaling.batch_sizes), params.scaling.adaptive):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stages.scaling", "trials", "--batch-size", str(b)], cwd=workdir,
-                       env=env, check=True, stderr=subprocess.DEVNULL)
-        per_job[b] = time.perf_counter() - t
-        print(f"  trials@{b}: {per_job[b]:.1f} s", flush=True)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "stages.scaling", "summarize"], cwd=workdir, env=env, check=True,
-                   stderr=subprocess.DEVNULL)
-    per_job[0] = time.perf_counter() - t
-    print(f"  summarize: {per_job[0]:.1f} s", flush=True)
+        subprocess.run([sys.executable, "-m", "stages.scaling", *args], cwd=workdir, env=env, check=True,
+                       stderr=subprocess.DEVNULL)
+        per_job[" ".join(args)] = time.perf_counter() - t
+        print(f"  {' '.join(args)}: {per_job[' '.join(args)]:.1f} s", flush=True)
     return time.perf_counter() - start, per_job
 
 
 def exhaustive_grid(workdir: Path) -> pd.DataFrame:
-    """Every rate at every size at the search seed, no early stopping (each stops at the target)."""
+    """Every grid rate at every size at the search seed, to its end: no early stopping, no pruning (each
+    trial stops at the target, after its hold)."""
     from stages.core.context import setup
-    from stages.core.train import train_to_target
+    from stages.search.coarse import Target, rung_search
+    from stages.search.tune import make_pool, search_range
 
     ctx = setup(str(workdir / "params.yaml"))
-    s = ctx.params.scaling
-    grid = learning_rate_grid(s.lr_min, s.lr_max, s.lr_points, s.lr_grid, ctx.params.runtime.seed)
+    s, w = ctx.params.scaling, ctx.workload
+    r = search_range(s, ctx.params.optimizer.name)
+    grid = learning_rate_grid(r.low, r.high, s.lr_points, s.lr_grid, ctx.params.runtime.seed)
     rows = []
     for b in s.batch_sizes:
-        def run(lr, seed, give_up):
-            return train_to_target(ctx.workload, ctx.params.optimizer, lr, b, seed, ctx.device, s.max_steps,
-                                   give_up_after=give_up, resolution=s.eval_resolution)
         t = time.perf_counter()
-        trials = search(grid, run, ctx.params.runtime.seed, early_stopping=False)
+        pool = make_pool(w, ctx.params.optimizer, b, ctx.device, s, ctx.params.runtime.seed, s.max_steps)
+        trials = rung_search(pool, grid, ctx.params.runtime.seed, Target(w.target_metric, w.target_value, w.target_direction),
+                             first_rung=s.max_steps, max_steps=s.max_steps, resolution=s.eval_resolution,
+                             margin=math.inf, widen_step=grid[1] / grid[0], low_limit=grid[0], high_limit=grid[-1],
+                             early_stopping=False)
+        trials = [x for x in trials if x.phase == "coarse"]
         rows.append({"batch_size": b,
-                     "grid_best_learning_rate": best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials]),
-                     "grid_steps_to_target": best_steps([t.result for t in trials]),
-                     "grid_examples": sum(t.result.examples_run for t in trials),
+                     "grid_best_learning_rate": best_learning_rate([(x.learning_rate, x.phase, x.result.steps_to_target) for x in trials]),
+                     "grid_steps_to_target": best_steps([x.result for x in trials]),
+                     "grid_examples": sum(x.result.examples_run for x in trials),
                      "grid_examples_to_max_steps": len(grid) * s.max_steps * b,
                      "grid_seconds": time.perf_counter() - t})
         print(f"  grid@{b}: {rows[-1]['grid_seconds']:.1f} s", flush=True)
@@ -93,11 +97,14 @@ def main() -> None:
         workdir = Path(tmp)
         write_params(workdir, args.threads)
         params = load_params(workdir / "params.yaml")
+        from stages.search.tune import search_range
+
+        r = search_range(params.scaling, params.optimizer.name)
         print(f"workload {params.workload.name}, batch sizes {params.scaling.batch_sizes}, {params.scaling.lr_points} "
-              f"rates in [{params.scaling.lr_min:g}, {params.scaling.lr_max:g}], max_steps {params.scaling.max_steps}, "
+              f"rates in [{r.low:g}, {r.high:g}] ({r.source}), max_steps {params.scaling.max_steps}, "
               f"seeds {params.scaling.seeds}, runtime.threads {params.runtime.threads}, {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}")
-        print("full study (one process per batch size, then summarize):")
+        print("full study (its waves' processes, then summarize):")
         wall, _ = run_study(workdir)
         trials = pd.read_csv(workdir / "reports/scaling/trials.csv")
         refined = pd.read_csv(workdir / "reports/scaling/steps_to_target.csv")

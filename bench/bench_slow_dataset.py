@@ -63,9 +63,10 @@ def run(params: dict, root: Path, log=print) -> dict:
         started = time.perf_counter()
         probe()
         throughput()
-        for b in params["scaling"]["batch_sizes"]:
-            scaling(["trials", "--batch-size", str(b)])
-        scaling(["summarize"])
+        from stages.scaling.waves import study_commands
+
+        for args in study_commands(list(params["scaling"]["batch_sizes"]), params["scaling"].get("adaptive", True)):
+            scaling(args)
         select()
         baseline()
         figures = read(root)

@@ -1,5 +1,7 @@
 """A workload whose validation metric follows a script, step by step, and whose evaluation can be
-made slow: for testing the training loop's stop rules, its hold after the target, and its clock."""
+made slow: for testing the training loop's stop rules, its hold after the target, and its clock. The
+model counts its own steps (a buffer), so trials trained in turn never read each other's; a script may
+also take the learning rate, read back from the model (script(step, lr))."""
 from __future__ import annotations
 
 import time
@@ -17,24 +19,31 @@ class ScriptedWorkload(Workload):
 
     def __init__(self, script, *, eval_sleep_s: float = 0.0, step_sleep_s: float = 0.0):
         self.script, self.eval_sleep_s, self.step_sleep_s = script, eval_sleep_s, step_sleep_s
-        self.steps = 0
+        self.takes_rate = script.__code__.co_argcount >= 2 if hasattr(script, "__code__") else False
 
     def init_model(self) -> torch.nn.Module:
-        self.steps = 0
-        return torch.nn.Linear(1, 1)
+        model = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(model.weight)
+        model.register_buffer("steps", torch.zeros(()))  # training steps taken (its own count)
+        return model
 
     def batches(self, split: str, batch_size: int, seed: int):
         while True:
             yield (torch.ones(batch_size, 1),)
 
     def loss(self, model, batch):
-        self.steps += 1
+        with torch.no_grad():
+            model.steps += 1
         time.sleep(self.step_sleep_s)
-        return model(batch[0]).pow(2).sum(), batch[0].shape[0]
+        return -model(batch[0]).sum(), batch[0].shape[0]  # plain SGD adds lr to the weight each step
 
     def evaluate(self, model, device) -> dict[str, float]:
         time.sleep(self.eval_sleep_s)
-        return {"accuracy": float(self.script(self.steps))}
+        steps = int(model.steps)
+        if self.takes_rate:
+            lr = float(model.weight.detach().sum()) / steps if steps else 0.0
+            return {"accuracy": float(self.script(steps, lr))}
+        return {"accuracy": float(self.script(steps))}
 
     def fake_batch(self, batch_size: int):
         return (torch.ones(batch_size, 1),)

@@ -163,8 +163,9 @@ def test_scaling_summarize_says_the_change_that_fits_instead_of_study_more_sizes
               "scaling": {**PARAMS["scaling"], "batch_sizes": [4, 16], "max_steps": 5, "lr_min": 0.05, "lr_max": 50.0,
                           "lr_points": 3}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    for b in (4, 16):
-        assert run_cli(["trials", "--batch-size", str(b)], root).returncode == 0
+    for args in (["coarse", "--batch-size", "4"], ["coarse", "--batch-size", "16"], ["gaps"], ["contenders"],
+                 ["trials", "--batch-size", "4"], ["trials", "--batch-size", "16"]):
+        assert run_cli(args, root).returncode == 0
     proc = run_cli(["summarize"], root)
     assert proc.returncode == 0, proc.stderr
     notes = (root / out.SCALING_NOTES.path).read_text()

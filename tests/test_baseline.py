@@ -111,7 +111,7 @@ def test_the_training_clock_leaves_out_a_slow_evaluation():
 
     from stages.baseline.stage import baseline_metrics
     from stages.core.config import OptimizerSettings
-    from stages.core.train import train_to_target
+    from stages.search.trial import train_to_target
     from tests.scripted_workload import ScriptedWorkload
 
     workload = ScriptedWorkload(lambda s: 0.96 if s >= 6 else 0.5, eval_sleep_s=0.05, step_sleep_s=0.002)

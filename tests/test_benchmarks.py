@@ -48,4 +48,4 @@ def test_bench_study_time_times_two_commits_side_by_side_with_tiny_arguments():
                            "--set", "scaling.seeds=1", "--set", "scaling.bootstrap=10"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "new / old study wall time" in done.stdout and "same chosen configuration: yes" in done.stdout
+    assert "1 slot(s): new / old study wall time" in done.stdout and "same chosen configuration: yes" in done.stdout

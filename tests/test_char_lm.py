@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stages.core.config import OptimizerSettings
-from stages.core.train import build_model, evaluate, train_to_target
+from stages.core.train import build_model, evaluate
+from stages.search.trial import train_to_target
 from stages.workloads.base import make_workload, target_reached
 from stages.workloads.char_lm import load_text
 

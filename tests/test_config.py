@@ -57,7 +57,7 @@ def test_defaults_fill_missing_keys():
     (with_change("probe.steps", 0), ["probe.steps: received 0", "allowed: a value in [1, inf]"]),
     (with_change("optimizer.name", "lamb"), ["optimizer.name: received 'lamb' (str)", "allowed: one of 'sgd', 'adam', 'adamw'"]),
     (with_change("scaling.batch_sizes", [64, 32]), ["scaling.batch_sizes: received [64, 32]", "increasing list"]),
-    (with_change("scaling.lr_min", 2.0), ["scaling.lr_min: received 2.0", "less than scaling.lr_max"]),
+    (with_change("scaling.lr_min", 2.0), ["scaling.lr_min: received 2.0", "less than scaling.lr_max, null: the usual top for sgd (2)"]),
     (with_change("probe.memory_budget", "lots"), ["probe.memory_budget: received 'lots'", "'6GiB'"]),
     (with_change("runtime.device", "tpu"), ["runtime.device: received 'tpu'", "auto, cpu, cuda, cuda:N, mps"]),
     (with_change("workload.name", "resnet9000"), ["workload.name: received 'resnet9000'", "digits_mlp, synthetic_cnn, nqm"]),

@@ -48,7 +48,8 @@ def test_a_complete_trials_file_reads_with_numbers(project):
     (TRIALS_HEADER + ROW + NOT_REACHED[:-8], "ends in the middle of a row (the file was cut off)"),
     (TRIALS_HEADER + ROW + "64,0.05,0,search,1,reache\n", "line 3 has 6 fields, the header has 15"),
     (TRIALS_HEADER + ROW.replace(",reached,", ",reache,"), "column outcome holds 'reache' in row 1; allowed: reached, "
-                                                          "not_reached, diverged, stopped_early, plateaued, skipped"),
+                                                          "not_reached, diverged, stopped_early, plateaued, pruned, "
+                                                          "paused, skipped, predicted"),
     (TRIALS_HEADER + ROW.replace(",57,57,", ",abc,57,"), "column steps_to_target holds 'abc' in row 1; allowed: numbers"),
     (TRIALS_HEADER.replace("outcome,", "result,") + ROW, "lacks column(s) outcome"),
     (TRIALS_HEADER + ROW.replace("64,", "32,", 1), "no row for batch size(s) [64]; unexpected batch size(s) [32]"),

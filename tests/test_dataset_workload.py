@@ -167,7 +167,7 @@ def test_a_trial_of_the_study_and_the_baseline_train_alike_whatever_the_workers(
 
     from stages.baseline.stage import run_baseline
     from stages.core.config import OptimizerSettings
-    from stages.core.train import train_to_target
+    from stages.search.trial import train_to_target
 
     kwargs = {"model_kwargs": {"dropout": 0.3}, "data_kwargs": {"n": 96}, "target": 0.8}
     study = build(**kwargs)  # 96 examples, batch 16: an epoch every 6 steps
@@ -339,9 +339,10 @@ def test_the_pipeline_runs_end_to_end_on_a_tiny_dataset(tmp_path, monkeypatch):
     assert timed_with == metrics["recommended_num_workers"]  # every size timed as it will be trained
     assert rows["recommended"].sum() == 1 and metrics["recommended_num_workers"] in (0, 1)
     assert (rows["examples_per_s_ci_low"] <= rows["examples_per_s"]).all()
-    for b in (8, 32):
-        scaling(["trials", "--batch-size", str(b)])
-    scaling(["summarize"])
+    from stages.scaling.waves import study_commands
+
+    for args in study_commands([8, 32]):
+        scaling(args)
     steps = pd.read_csv("reports/scaling/steps_to_target.csv")
     assert (steps["status"] == "reached").any(), steps
     select()
@@ -443,7 +444,7 @@ def test_the_documented_example_works_verbatim(tmp_path, monkeypatch):
 
     from stages.core.config import OptimizerSettings, validate
     from stages.core.model_choice import check_candidates
-    from stages.core.train import train_to_target
+    from stages.search.trial import train_to_target
 
     doc = (ROOT / "docs/dataset.md").read_text()
     code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)

@@ -19,8 +19,9 @@ from stages.pipeline import declaration as pipeline
 STAGE_PACKAGES = {"family", "probe", "throughput", "scaling", "select", "baseline", "report"}
 # what each layer may import (besides itself); the stages' entry module `stages.__main__` sits on top
 MAY_IMPORT = {"core": {"core", "workloads"}, "workloads": {"core", "workloads"},
+              "search": {"core", "search", "workloads"},  # the learning-rate search the family and scaling stages share
               "pipeline": {"core", "pipeline", "workloads"},  # the declaration tracks the configured workload's module
-              **{p: {"core", "workloads", "pipeline"} for p in STAGE_PACKAGES}}
+              **{p: {"core", "workloads", "search", "pipeline"} for p in STAGE_PACKAGES}}
 
 
 def all_modules() -> list[str]:

@@ -53,8 +53,10 @@ def run_stages(root, monkeypatch, kwargs: dict, lr: tuple[float, float]) -> dict
     monkeypatch.setattr("sys.argv", ["stage"])
     probe()
     throughput()
-    scaling(["trials", "--batch-size", "16"])
-    scaling(["summarize"])
+    from stages.scaling.waves import study_commands
+
+    for args in study_commands([16]):
+        scaling(args)
     select()
     baseline()
     report()

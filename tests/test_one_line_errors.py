@@ -51,8 +51,8 @@ def test_unknown_arguments_are_refused_naming_what_is_allowed(root, stage):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["stages.scaling", "trials", "--batch-size", "x"], "argument --batch-size: invalid int value: 'x'; allowed: "
-                                                        "python -m stages.scaling trials [-h] --batch-size BATCH_SIZE"),
+    (["stages.scaling", "coarse", "--batch-size", "x"], "argument --batch-size: invalid int value: 'x'; allowed: "
+                                                        "python -m stages.scaling coarse [-h] --batch-size BATCH_SIZE"),
     (["stages.scaling", "summarize", "--bogus"], "unrecognized arguments: --bogus"),
     (["stages.family", "trial"], "the following arguments are required: --candidate"),
 ])
@@ -130,19 +130,19 @@ def by_hand(root: Path, cwd: Path, args: list[str]):
 
 @pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_journal_line_with_a_wrong_typed_value_is_named(root, tmp_path):
-    """A finished trial in the journal, hand-edited: the trials job names the file, the line and the key."""
+    """A finished trial in the journal, hand-edited: the coarse job names the file, the line and the key."""
     from tests.test_scaling_stage import PARAMS, write_project
 
     write_project(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
         {**PARAMS, "scaling": {**PARAMS["scaling"], "batch_sizes": [4], "max_steps": 20, "lr_points": 3}}))
-    assert by_hand(root, tmp_path, ["stages.scaling", "trials", "--batch-size", "4"]).returncode == 0
+    assert by_hand(root, tmp_path, ["stages.scaling", "coarse", "--batch-size", "4"]).returncode == 0
     journal = next((tmp_path / ".kickoff" / "journal" / "scaling").glob("bs_4-*.jsonl"))
     rows = [json.loads(line) for line in journal.read_text().splitlines()]
     rows[1]["result"]["steps_run"] = "20"
     journal.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = snapshot(tmp_path, locks=False)
-    proc = by_hand(root, tmp_path, ["stages.scaling", "trials", "--batch-size", "4"])
+    proc = by_hand(root, tmp_path, ["stages.scaling", "coarse", "--batch-size", "4"])
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"{journal.relative_to(tmp_path)}: line 2: result.steps_run: received '20'; allowed: int." in proc.stderr
     assert "delete that line (or the file) and rerun" in proc.stderr
@@ -158,7 +158,7 @@ def test_a_model_that_cannot_be_allocated_is_one_line_in_scaling_trials_and_thro
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
         {"workload": {"name": "digits_mlp", "kwargs": {"hidden": [141421, 141421]}},
          "runtime": {"device": "cpu", "threads": 1}, "scaling": {"batch_sizes": [16]}}))
-    for args in (["stages.scaling", "trials", "--batch-size", "16"], ["stages.throughput"]):
+    for args in (["stages.scaling", "coarse", "--batch-size", "16"], ["stages.throughput"]):
         proc = by_hand(root, tmp_path, args)
         last = proc.stderr.strip().splitlines()[-1]  # after the stage's progress lines
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
@@ -257,7 +257,7 @@ def with_params(root: Path, changes: dict):
 @pytest.mark.parametrize("body, command, raised", [
     ("x = undefined_name + 1\n", ["stages"], "NameError: name 'undefined_name' is not defined (userwl/broken.py, line 3)"),
     ("def make(:\n", ["stages.probe"], "SyntaxError: invalid syntax (userwl/broken.py, line 3)"),
-    ("open('missing.txt')\n", ["stages.scaling", "trials", "--batch-size", "16"],
+    ("open('missing.txt')\n", ["stages.scaling", "coarse", "--batch-size", "16"],
      "FileNotFoundError: [Errno 2] No such file or directory: 'missing.txt' (userwl/broken.py, line 3)"),
 ], ids=["NameError", "SyntaxError", "FileNotFoundError"])
 def test_a_workload_module_that_raises_while_imported_is_one_line_naming_it_and_its_line(root, body, command, raised):

@@ -66,7 +66,7 @@ def test_family_throughput_and_baseline_time_the_same_step_alike(tmp_path, monke
     from stages.core.config import ThroughputSettings
     from stages.core.context import Context
     from stages.core.config import validate
-    from stages.core.train import train_to_target
+    from stages.search.trial import train_to_target
     from stages.family.measure import time_per_step_s
     from stages.throughput.stage import measure_sizes
 

@@ -298,6 +298,6 @@ def test_a_render_check_that_passed_is_remembered_until_one_of_its_inputs_change
     (tmp_path / "params.yaml").write_text(saved)
     check_rendered(tmp_path)
     dvc_yaml = (tmp_path / "dvc.yaml").read_text()
-    (tmp_path / "dvc.yaml").write_text(dvc_yaml.replace("- scaling.give_up_margin\n", "", 1))  # a hand edit
+    (tmp_path / "dvc.yaml").write_text(dvc_yaml.replace("- scaling.prune_margin\n", "", 1))  # a hand edit
     with pytest.raises(ConfigError, match="dvc.yaml is out of date"):
         check_rendered(tmp_path)

@@ -109,7 +109,7 @@ def test_a_folder_hash_covers_its_files_names_and_contents_but_not_pycache(tmp_p
 def test_the_journal_identity_hashes_code_that_exists():
     """Paths that went stale in a reorganisation would hash as "absent" and stop invalidating journals."""
     from stages.core.imports import ROOT, code_deps
-    from stages.core.tune import TRIAL_CODE
+    from stages.search.tune import TRIAL_CODE
 
     files = code_deps(TRIAL_CODE)  # what the identity's code hash covers: derived from the imports, never typed
     assert {"stages/core/train.py", "stages/core/optim.py", "stages/workloads/base.py", "stages/core/device.py"} <= set(files)
@@ -124,14 +124,14 @@ def test_scaling_trials_with_a_folder_in_sources_runs_and_a_change_in_it_starts_
     params = {**PARAMS, "workload": {**PARAMS["workload"], "sources": ["mylib"]},
               "scaling": {**PARAMS["scaling"], "lr_points": 2, "seeds": 0}}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = stage_cli("stages.scaling", ["trials", "--batch-size", "4"], root)
+    proc = stage_cli("stages.scaling", ["coarse", "--batch-size", "4"], root)
     assert proc.returncode == 0, proc.stderr
     journals = set((root / ".kickoff/journal/scaling").glob("bs_4-*.jsonl"))
     assert len(journals) == 1
     (root / "mylib" / "model.py").write_text("WIDTH = 2\n")  # the user's model changed: old trials do not count
-    proc = stage_cli("stages.scaling", ["trials", "--batch-size", "4"], root)
+    proc = stage_cli("stages.scaling", ["coarse", "--batch-size", "4"], root)
     assert proc.returncode == 0, proc.stderr
-    assert "from journal" not in proc.stderr
+    assert "resuming" not in proc.stderr
     assert len(set((root / ".kickoff/journal/scaling").glob("bs_4-*.jsonl"))) == 2
 
 
@@ -156,10 +156,10 @@ def test_atomic_writes_give_the_permissions_a_plain_write_gives(tmp_path):
 
 def test_stage_outputs_are_readable_by_others_under_the_usual_umask(tmp_path):
     root = write_project(tmp_path / "p")
-    proc = stage_cli("stages.scaling", ["trials", "--batch-size", "256"], root,  # skipped: ruled out by probe
+    proc = stage_cli("stages.scaling", ["coarse", "--batch-size", "256"], root,  # skipped: ruled out by probe
                      preexec_fn=lambda: os.umask(0o022))
     assert proc.returncode == 0, proc.stderr
-    for path in (root / "reports/scaling/trials").iterdir():
+    for path in (root / "reports/scaling/wave1").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
@@ -227,16 +227,16 @@ def test_a_second_run_of_a_stage_says_who_holds_it_and_changes_nothing(tmp_path)
 
 def test_scaling_jobs_of_different_batch_sizes_run_side_by_side_but_not_the_same_one(tmp_path):
     root = write_project(tmp_path / "p")
-    holder = hold_lock(root, "scaling", ["trials", "--batch-size", "4"])
+    holder = hold_lock(root, "scaling", ["coarse", "--batch-size", "4"])
     try:
-        same = stage_cli("stages.scaling", ["trials", "--batch-size", "4"], root)
-        assert same.returncode == 2 and "scaling trials --batch-size 4 is already running" in same.stderr
-        other = stage_cli("stages.scaling", ["trials", "--batch-size", "256"], root)  # skipped size: quick
+        same = stage_cli("stages.scaling", ["coarse", "--batch-size", "4"], root)
+        assert same.returncode == 2 and "scaling coarse --batch-size 4 is already running" in same.stderr
+        other = stage_cli("stages.scaling", ["coarse", "--batch-size", "256"], root)  # skipped size: quick
         assert other.returncode == 0, other.stderr
     finally:
         holder.kill()
         holder.wait()
-    assert not (root / "reports/scaling/trials/bs_4.csv").exists()
+    assert not (root / "reports/scaling/wave1/bs_4.csv").exists()
 
 
 # ---------------------------------------------------------------------------- 12: Ctrl-C
@@ -263,15 +263,15 @@ def popen_stage(module: str, args: list[str], cwd: Path, env: dict | None = None
 @pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_ctrl_c_during_the_scaling_study_prints_one_line_and_a_rerun_resumes(tmp_path):
     root = write_project(tmp_path / "p")
-    proc = popen_stage("stages.scaling", ["trials", "--batch-size", "4"], root)
-    err = interrupt_when(proc, "-- coarse lr")  # a progress line of the first trials
+    proc = popen_stage("stages.scaling", ["coarse", "--batch-size", "4"], root)
+    err = interrupt_when(proc, "bs 4 rung ")  # the progress line of the first rung
     assert proc.returncode == 130
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    assert err.strip().splitlines()[-1].startswith("kickoff: interrupted scaling trials --batch-size 4; ")
-    assert not (root / "reports/scaling/trials/bs_4.csv").exists()
-    rerun = stage_cli("stages.scaling", ["trials", "--batch-size", "4"], root)
+    assert err.strip().splitlines()[-1].startswith("kickoff: interrupted scaling coarse --batch-size 4; ")
+    assert not (root / "reports/scaling/wave1/bs_4.csv").exists()
+    rerun = stage_cli("stages.scaling", ["coarse", "--batch-size", "4"], root)
     assert rerun.returncode == 0, rerun.stderr
-    assert "from the journal" in rerun.stderr  # the trials that had finished are replayed, not trained
+    assert "resuming" in rerun.stderr  # the advances that had finished are replayed, not trained
 
 
 @pytest.mark.parametrize("when", ["starting", "trials"])

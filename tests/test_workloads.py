@@ -9,7 +9,8 @@ import torch
 from stages.core.config import OptimizerSettings
 from stages.core.device import seed_everything
 from stages.core.optim import build_optimizer
-from stages.core.train import build_model, eval_schedule, evaluate, train_step, train_to_target
+from stages.core.train import build_model, evaluate, train_step
+from stages.search.trial import eval_schedule, train_to_target
 from stages.workloads.base import (Workload, better_than_chance, has_batch_norm, make_workload, target_reached,
                              to_device)
 

@@ -36,8 +36,8 @@ from stages.core.errors import ConfigError, InputError
 from stages.core.device import describe, resolve_device, configure_cpu
 from stages.core.io import write_csv
 from stages.core.progress import Progress
-from stages.core.train import TrialResult, eval_schedule, train_to_target
 from stages.core.units import Units
+from stages.search.trial import TrialResult, eval_schedule, train_to_target
 from stages.pipeline.declaration import load_stage_params
 from stages.workloads.base import Workload, make_workload, target_reached
 

@@ -30,11 +30,14 @@ PARAMS_FILE = "params.yaml"
 
 def setting(default: Any, help: str, *, min: float | None = None, max: float | None = None,
             min_exclusive: bool = False, max_exclusive: bool = False,
-            check: Callable[[Any], str | None] | None = None, finite: bool = True) -> Any:
+            check: Callable[[Any], str | None] | None = None, finite: bool = True,
+            deprecated: str | None = None) -> Any:
     """A dataclass field carrying its meaning (`help`) and its allowed range. Numbers must be finite
-    (YAML's .nan/.inf would pass every range check and fail later) unless `finite=False`."""
+    (YAML's .nan/.inf would pass every range check and fail later) unless `finite=False`. A
+    `deprecated` setting (why) is still accepted, with one line saying so, and left out of the
+    generated params.yaml and settings reference."""
     meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive,
-            "max_exclusive": max_exclusive, "check": check, "finite": finite}
+            "max_exclusive": max_exclusive, "check": check, "finite": finite, "deprecated": deprecated}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -200,6 +203,10 @@ class OptimizerSettings:
     weight_decay: float = setting(0.0, "weight decay (fixed); AdamW decouples it", min=0.0)
 
 
+# The learning-rate range the search uses where scaling.lr_min / lr_max are null: the rates each optimizer
+# usually trains well at (SGD's counted before momentum's 1 / (1 - momentum) amplification).
+LR_RANGES: dict[str, tuple[float, float]] = {"sgd": (1.0e-2, 2.0), "adam": (1.0e-4, 3.0e-2), "adamw": (1.0e-4, 3.0e-2)}
+
 # The settings each optimizer reads; it ignores the others. The pipeline tracks only these per stage
 # (stages/pipeline/declaration.py), so an Adam value does not mark an SGD study stale.
 OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
@@ -260,24 +267,28 @@ class ScalingSettings:
     """Steps to the target per batch size, the learning rate retuned at each (docs/scaling.md)."""
 
     batch_sizes: list[int] = setting([4, 8, 16, 32, 64, 128, 256, 512, 1024], "batch sizes the study fans out over (one job each); sizes ruled out by probe/throughput or above the training-set size are recorded as skipped", check=_check_sorted_unique)
-    lr_min: float = setting(1.0e-2, "smallest learning rate searched", min=0.0, min_exclusive=True)
-    lr_max: float = setting(2.0, "largest learning rate searched", min=0.0, min_exclusive=True)
+    lr_min: float | None = setting(None, "smallest learning rate searched; null = the optimizer's usual range (SGD 1e-2, Adam/AdamW 1e-4: LR_RANGES here); the report says which", min=0.0, min_exclusive=True)
+    lr_max: float | None = setting(None, "largest learning rate searched; null = the optimizer's usual range (SGD 2.0, Adam/AdamW 3e-2)", min=0.0, min_exclusive=True)
     lr_points: int = setting(6, "coarse-grid learning rates per batch size (all are tried; early stopping makes most cheap); the refinement then resolves the best", min=1)
-    lr_unimodal: bool = setting(True, "assume steps to target have one minimum in the learning rate: the coarse grid stops once its best rate has measurably worse tried neighbours on both sides (false: every grid rate is tried, the result of an exhaustive grid)")
-    lr_refine_ratio: float = setting(1.1, "refine until both tried neighbours of the best rate lie within this factor of it (or steps no longer tell them apart)", min=1.0, min_exclusive=True)
-    lr_refine_trials: int = setting(7, "most refinement trials per batch size (bisection in log space around the best rate; 0 = coarse grid only)", min=0)
+    lr_unimodal: bool = setting(True, "no longer read", deprecated="the coarse search always races every grid rate and prunes the ones clearly behind (scaling.prune_margin)")
+    lr_refine_ratio: float = setting(1.3, "refine until both tried neighbours of the best rate lie within this factor of it (or steps no longer tell them apart)", min=1.0, min_exclusive=True)
+    lr_refine_trials: int = setting(4, "most refinement trials per batch size (bisection in log space around the best rate; 0 = coarse grid only)", min=0)
     lr_widen_factor: float = setting(4.0, "a best rate at the edge of [lr_min, lr_max] widens the range that way, at most to [lr_min / this, lr_max x this]; beyond it the size is marked boundary", min=1.0)
     plateau_tolerance: float = setting(0.01, "stop a search trial whose best metric gained less than this fraction of its distance to the target over each of two doublings of steps in a row (from step 64): a noise floor; seed reruns never stop this way; 0 = never", min=0.0, max=1.0)
     lr_grid: Literal["log", "sobol"] = setting("log", "log-spaced grid or scrambled Sobol points in log space")
-    lr_start: Literal["centre", "neighbour"] = setting("neighbour", "first rate tried: 'neighbour' = the rate predicted from the sizes already searched (their journals; the larger ones with scaling.adaptive, else the smaller: the learning-rate exponent between the two nearest, else sqrt of the size ratio x the best at the nearest); 'centre' = the centre of the range. A good first rate lets every other trial stop early (the search cost falls several-fold). With 'neighbour' which trials run depends on the order the sizes' jobs run in; the best rate and steps do not, as long as steps to target have one minimum in the rate")
+    lr_start: Literal["centre", "neighbour"] = setting("neighbour", "first rate a size's coarse search centres on: 'neighbour' = the rate its searched neighbours point to (wave 2 of the scaling study, from wave 1: interpolated in log-log between the two around it), with a first rung sized to their steps; 'centre' = the whole grid, the pilot at the first rung. Only where the search starts; the best rate and steps do not depend on it, as long as steps to target have one minimum in the rate")
     max_steps: int = setting(1000, "a trial stops here if the target is not reached (censored)", min=1)
     eval_resolution: float = setting(0.05, "relative resolution of steps to target (geometric evaluation schedule)", min=0.0, max=1.0, min_exclusive=True)
     early_stopping: bool = setting(True, "stop a trial once it cannot beat the best steps to target at its batch size (same best result, less compute)")
-    give_up_margin: float = setting(2.0, "before any rate at a size reached the target, its trials give up at this x the steps a neighbouring size's journal bounds them by (a smaller size's steps: steps never rise with the batch size; a larger size's steps x the size ratio: perfect scaling); no neighbour yet: max_steps. A bound that stops every rate is lifted", min=1.0)
-    adaptive: bool = setting(True, "study the sizes from the largest down and stop descending once two consecutive halvings are confirmed in perfect scaling (the smaller size needs adaptive_ratio x the steps): the sizes below are predicted from perfect scaling, never trained nor chosen (a smaller batch there trains no faster and no cheaper); the sizes' jobs then run one after another (false: every size is searched, its job independent of the others -- for many devices running the sizes at once)")
+    give_up_margin: float = setting(2.0, "no longer read", min=1.0, deprecated="the first trials are no longer bounded from the neighbouring sizes' steps; the coarse search's rungs (scaling.pilot_steps, scaling.prune_margin) stop the trials that fall behind")
+    pilot_steps: int | None = setting(None, "the coarse search's first rung (the pilot): every candidate rate trains this many steps before any is compared, each later rung twice as long; null = the expected steps / 4 where a prior gives them (the neighbouring sizes, the previous study), else max_steps / 64 (at least 8)", min=1)
+    prune_margin: float = setting(0.5, "a trial is pruned at a rung when its distance to the target is more than (1 + this) x the leader's at the same step (the seed noise an early learning curve carries); pruned trials are resumed, not restarted, if every trial ahead fails; larger = prune later", min=0.0)
+    contender_factor: float = setting(1.5, "with scaling.adaptive, a size is refined and rerun with seeds only if its coarse time or examples to target is within this factor of the best size's (it can still win), or B_crit's fit needs it; the others keep their coarse answer, with the wider interval that leaves", min=1.0)
+    budget_seconds: float | None = setting(None, "the most training the study may spend, in seconds of one device: the coarse waves share up to 60% of it (each size by its estimated cost; `python -m stages.scaling plan` says before the study whether it fits, and a budget below the pilot's first rung at every size is refused), wave 3 gets what is left; what it leaves unresolved -- a coarse search cut short, refinement or seeds skipped -- is reported, never dropped; null = no limit", min=0.0, min_exclusive=True)
+    adaptive: bool = setting(True, "spend the study's trials where they can change the decision: wave 2 predicts the sizes whose measured neighbours confirm perfect scaling around them (never trained nor chosen: a smaller batch there trains no faster and no cheaper), and wave 3 refines and reruns with seeds only the sizes that can still win (scaling.contender_factor) or that B_crit's fit needs; false = every size in the first wave, every size refined. Either way the waves' jobs are independent: a cluster runs each wave at once")
     adaptive_ratio: float = setting(1.8, "a halving of the batch size is confirmed in perfect scaling when the smaller size's steps to target (median over seeds) are at least this x the larger size's (2 = exactly perfect; over a gap of k halvings, this to the power k)", min=1.0, max=2.0)
     seeds: int = setting(2, "extra seeds the winning learning rate is rerun with (spread of steps to target; the pick is by the median)", min=0)
-    hold_factor: float = setting(2.0, "a trial that reached the target at step s trains on to s x this, so select can check that the metric stays at the target through the step budget (steps to target x select.step_budget_margin, over seeds)", min=1.0)
+    hold_factor: float = setting(1.25, "a trial that reached the target at step s trains on to s x this before its rate ranks (a crossing that falls back does not count: a rate at the edge of stability crosses early and falls back); the rates select may choose are then held through their step budget (steps to target x select.step_budget_margin, over seeds), so select can check that every seed stays at the target", min=1.0)
     rerun_top: int = setting(2, "rates in contention per size that get the first extra seed; successive halving keeps at most half (those whose steps overlap the leader's) for each further seed", min=1)
     bootstrap: int = setting(200, "bootstrap resamples for the B_crit confidence interval", min=10)
     noise_scale_batch_sizes: list[int] | None = setting(None, "[small, big] batch sizes for the gradient noise scale (big a multiple of small); null = smallest studied size and 16x it", check=_check_noise_pair)
@@ -333,6 +344,21 @@ SECTIONS: dict[str, type] = typing.get_type_hints(Params)  # section name -> its
 
 # ---------------------------------------------------------------------------- validation
 
+_warned: set[str] = set()
+
+
+def _deprecation_notes(raw: dict) -> None:
+    """One line on stderr per deprecated key the params set (once per process)."""
+    import sys
+
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            why, key = f.metadata.get("deprecated"), f"{section}.{f.name}"
+            if why and isinstance(raw.get(section), dict) and f.name in raw[section] and key not in _warned:
+                _warned.add(key)
+                print(f"[params] {key} is deprecated and no longer read ({why}); remove it from params.yaml",
+                      file=sys.stderr)
+
 def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
@@ -363,7 +389,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arm)
             except ConfigError as e:
                 errors.append(e)
-        raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}")
+        raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}"
+                          + _number_hint(value, typing.get_args(tp)))
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
@@ -392,11 +419,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is dict:
         if isinstance(value, dict):
             return value
-    hint = ""
-    if isinstance(value, str) and tp in (int, float) and _NUMBER_LIKE.fullmatch(value.strip()):
-        hint = (f" -- YAML 1.1 (Snakemake, PyYAML) reads {value!r} as a string; write it with a "
+    raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}{_number_hint(value, (tp,))}")
+
+
+def _number_hint(value: Any, types_allowed: tuple) -> str:
+    """Why a number written as text was read as text, where a number is allowed."""
+    if isinstance(value, str) and any(t in (int, float) for t in types_allowed) and _NUMBER_LIKE.fullmatch(value.strip()):
+        return (f" -- YAML 1.1 (Snakemake, PyYAML) reads {value!r} as a string; write it with a "
                 f"decimal point and signed exponent, e.g. 1.0e-3, so every tool reads a number")
-    raise ConfigError(f"{key}: received {_describe(value)}; allowed: {_type_name(tp)}{hint}")
+    return ""
 
 
 def _check_range(key: str, value: Any, meta: dict) -> None:
@@ -451,6 +482,7 @@ def validate(raw: Any, source: str = PARAMS_FILE) -> Params:
                 raise ConfigError(f"{name}: unknown section; allowed sections: {', '.join(SECTIONS)}")
         params = Params(**{name: _build_section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()})
         _check_cross_field(params)
+        _deprecation_notes(raw)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return params
@@ -461,8 +493,16 @@ def _check_cross_field(p: Params) -> None:
         raise ConfigError(f"probe.min_batch_size: received {p.probe.min_batch_size}; allowed: at most probe.max_batch_size ({p.probe.max_batch_size})")
     if p.optimizer.nesterov and p.optimizer.momentum == 0:
         raise ConfigError("optimizer.nesterov: received true with optimizer.momentum 0; allowed: nesterov true only with momentum > 0")
-    if p.scaling.lr_min >= p.scaling.lr_max:
-        raise ConfigError(f"scaling.lr_min: received {p.scaling.lr_min}; allowed: less than scaling.lr_max ({p.scaling.lr_max})")
+    usual = LR_RANGES.get(p.optimizer.name, LR_RANGES["sgd"])
+    low = p.scaling.lr_min if p.scaling.lr_min is not None else usual[0]
+    high = p.scaling.lr_max if p.scaling.lr_max is not None else usual[1]
+    if low >= high:
+        which = ("scaling.lr_max" if p.scaling.lr_max is not None
+                 else f"scaling.lr_max, null: the usual top for {p.optimizer.name}")
+        if p.scaling.lr_min is None:
+            raise ConfigError(f"scaling.lr_max: received {p.scaling.lr_max}; allowed: more than scaling.lr_min "
+                              f"(null: the usual bottom for {p.optimizer.name}, {low:g})")
+        raise ConfigError(f"scaling.lr_min: received {p.scaling.lr_min}; allowed: less than {which} ({high:g})")
 
 
 def read_raw(path: str | Path = PARAMS_FILE) -> dict:

@@ -56,6 +56,10 @@ FAMILY_TRIAL_CMD = "python -m stages.family trial --candidate {candidate}"
 FAMILY_CMD = "python -m stages.family choose"
 PROBE_CMD = "python -m stages.probe"
 THROUGHPUT_CMD = "python -m stages.throughput"
+SCALING_WAVE1_CMD = "python -m stages.scaling coarse --batch-size {batch_size}"
+SCALING_WAVE2_PLAN_CMD = "python -m stages.scaling gaps"
+SCALING_WAVE2_CMD = "python -m stages.scaling fill --batch-size {batch_size}"
+SCALING_CONTENDERS_CMD = "python -m stages.scaling contenders"
 SCALING_TRIALS_CMD = "python -m stages.scaling trials --batch-size {batch_size}"
 SCALING_CMD = "python -m stages.scaling summarize"
 SELECT_CMD = "python -m stages.select"
@@ -114,7 +118,8 @@ THROUGHPUT_DIAGNOSTICS = Output("reports/throughput/diagnostics.json", THROUGHPU
                                 timings=("examples_per_s_recommended_workers", "examples_per_s_0_workers",
                                          "num_workers_speedup", "largest_clearly_useful_batch_size",
                                          "input_bound_batch_sizes", "regimes", "peak_flops_per_s",
-                                         "first_step_overhead_s", "scaling_efficiency_measured", "seconds"))
+                                         "first_step_overhead_s", "scaling_efficiency_measured", "seconds",
+                                         "reference_time_per_step_s", "time_per_step_drift"))
 THROUGHPUT_WORKERS = Output("reports/throughput/workers.csv", THROUGHPUT_CMD,  # examples/s per DataLoader num_workers
                             columns=("num_workers", "examples_per_s", "recommended"), numeric=("num_workers", "examples_per_s"))
 THROUGHPUT_NOTES = Output("reports/throughput/diagnosis.md", THROUGHPUT_CMD)  # the diagnosis and the methods, in words
@@ -135,10 +140,20 @@ _TRIAL_CHECKS = dict(columns=("batch_size", "learning_rate", "seed", "phase", "o
                      numeric=("batch_size", "learning_rate", "seed", "steps_to_target", "steps_run", "examples_run",
                               "max_steps", "seconds", "effective_learning_rate"),
                      allowed=(("outcome", _OUTCOME),))
+_CURVE_CHECKS = dict(columns=("batch_size", "learning_rate", "seed", "phase", "examples", "step"),
+                     numeric=("batch_size", "learning_rate", "seed", "examples", "step"))
+# The study runs in three waves of independent jobs (stages/scaling/waves.py): the coarse search at the
+# sizes spread over the range (wave 1), then at the sizes between them -- or their prediction -- as
+# wave2.json decides from wave 1 (wave 2), then refinement and seeds where a size can still win, as
+# contenders.json decides from both (wave 3: trials/, every size's trials, the coarse ones included).
+SCALING_WAVE1 = Output("reports/scaling/wave1/bs_{batch_size}.csv", SCALING_WAVE1_CMD, **_TRIAL_CHECKS)
+SCALING_WAVE1_CURVES = Output("reports/scaling/wave1/bs_{batch_size}_curves.csv", SCALING_WAVE1_CMD, **_CURVE_CHECKS)
+SCALING_WAVE2_PLAN = Output("reports/scaling/wave2.json", SCALING_WAVE2_PLAN_CMD, keys=("sizes",))
+SCALING_WAVE2 = Output("reports/scaling/wave2/bs_{batch_size}.csv", SCALING_WAVE2_CMD, **_TRIAL_CHECKS)
+SCALING_WAVE2_CURVES = Output("reports/scaling/wave2/bs_{batch_size}_curves.csv", SCALING_WAVE2_CMD, **_CURVE_CHECKS)
+SCALING_CONTENDERS = Output("reports/scaling/contenders.json", SCALING_CONTENDERS_CMD, keys=("sizes", "objective"))
 SCALING_TRIALS = Output("reports/scaling/trials/bs_{batch_size}.csv", SCALING_TRIALS_CMD, **_TRIAL_CHECKS)
-SCALING_TRIAL_CURVES = Output("reports/scaling/trials/bs_{batch_size}_curves.csv", SCALING_TRIALS_CMD,
-                              columns=("batch_size", "learning_rate", "seed", "phase", "examples", "step"),
-                              numeric=("batch_size", "learning_rate", "seed", "examples", "step"))
+SCALING_TRIAL_CURVES = Output("reports/scaling/trials/bs_{batch_size}_curves.csv", SCALING_TRIALS_CMD, **_CURVE_CHECKS)
 SCALING_ALL_TRIALS = Output("reports/scaling/trials.csv", SCALING_CMD, **_TRIAL_CHECKS)
 SCALING_STEPS = Output("reports/scaling/steps_to_target.csv", SCALING_CMD,
                        columns=("batch_size", "status", "best_learning_rate", "steps_to_target", "regime"),
@@ -195,6 +210,10 @@ MANIFESTS: dict[str, Output] = {cmd: Output(path, cmd) for cmd, path in (
     (FAMILY_CMD, "reports/family/manifest.json"),
     (PROBE_CMD, "reports/probe/manifest.json"),
     (THROUGHPUT_CMD, "reports/throughput/manifest.json"),
+    (SCALING_WAVE1_CMD, "reports/scaling/wave1/bs_{batch_size}.manifest.json"),
+    (SCALING_WAVE2_PLAN_CMD, "reports/scaling/wave2.manifest.json"),
+    (SCALING_WAVE2_CMD, "reports/scaling/wave2/bs_{batch_size}.manifest.json"),
+    (SCALING_CONTENDERS_CMD, "reports/scaling/contenders.manifest.json"),
     (SCALING_TRIALS_CMD, "reports/scaling/trials/bs_{batch_size}.manifest.json"),
     (SCALING_CMD, "reports/scaling/manifest.json"),
     (SELECT_CMD, "reports/select/manifest.json"),

@@ -11,7 +11,7 @@ ExamplesPerS = float  # throughput, examples per second
 
 # Labels that files carry, so writers and the readers that validate them share one list.
 ProbeStatus = Literal["fits", "oom", "over_budget", "killed", "capped"]       # a probe trial (probe.csv)
-Outcome = Literal["reached", "not_reached", "diverged", "stopped_early", "plateaued"]  # a training run
+Outcome = Literal["reached", "not_reached", "diverged", "stopped_early", "plateaued", "pruned", "paused"]  # a training run ("paused": it may go on, stages/search/trial.LiveTrial; "pruned": the search stopped it at a rung, clearly behind the best)
 # A scaling trial row that is no training run: a size the earlier stages ruled out ("skipped"), or one
-# the adaptive descent predicted from perfect scaling instead of training ("predicted").
+# wave 2 of the scaling study predicted instead of training ("predicted": stages/scaling/waves.py).
 NOT_TRAINED = ("skipped", "predicted")

@@ -6,7 +6,7 @@ learning rate tuned, all compared at one batch size (docs/family.md).
     python -m stages.family choose                          # the choice: reports/family/model.yaml
 
 A trial job measures its candidate (parameters, FLOPs per example, time per step) and runs the
-scaling study's learning-rate search (stages/core/tune.py) at the comparison batch size, capped at
+scaling study's learning-rate search (stages/search/tune.py) at the comparison batch size, capped at
 family.max_steps; it writes reports/family/trials/candidateN.csv (one row; a candidate that does not
 fit or crashes is recorded with the reason). Finished search trials are journalled in
 .kickoff/journal/family/, so an interrupted or repeated job replays them. `choose` reads every
@@ -36,10 +36,11 @@ from stages.core.device import classify_exception
 from stages.core.declared import replace_sections
 from stages.core.cli import ArgumentParser
 from stages.core.errors import ConfigError, InputError, KickoffError
-from stages.core.lr_search import Journal, best_learning_rate, final_metric_score, journal_key
+from stages.search.journal import Journal, journal_key
+from stages.search.coarse import best_learning_rate, final_metric_score
 from stages.core.model_choice import candidate_key, check_candidates, merged_kwargs
 from stages.core.progress import Progress
-from stages.core.tune import trial_identity, trial_text, tune_learning_rate
+from stages.search.tune import search_range, trial_identity, trial_text, tune_learning_rate
 from stages.family.choose import choose
 from stages.family.measure import flops_per_example, size_of, time_per_step_s
 from stages.pipeline.declaration import load_stage_params
@@ -103,7 +104,8 @@ def family_limits(max_steps: int, lr_min: float | None = None, lr_max: float | N
 def most_trials(s) -> int:
     """An upper bound on one learning-rate search's trials (the search stops early, so it is rarely reached):
     the coarse grid, the widening on either side, the refinement, the seed reruns (successive halving)."""
-    grid_step = (s.lr_max / s.lr_min) ** (1 / (s.lr_points - 1)) if s.lr_points > 1 and s.lr_max > s.lr_min else 2.0
+    r = search_range(s, "sgd")
+    grid_step = (r.high / r.low) ** (1 / (s.lr_points - 1)) if s.lr_points > 1 and r.high > r.low else 2.0
     widen = 2 * math.ceil(math.log(s.lr_widen_factor) / math.log(grid_step)) if s.lr_widen_factor > 1 else 0
     seeds, contenders = 0, s.rerun_top
     for k in range(s.seeds):
@@ -143,11 +145,11 @@ def measure_candidate(ctx: Context, name: str, overrides: dict, batch_size: int,
     row["final_metric"] = closest.final_metrics.get(w.target_metric, math.nan)
     row["trials"] = len(trials)
     lr = best_learning_rate([(t.learning_rate, t.phase, t.result.steps_to_target) for t in trials])
-    row["time_per_step_s"] = time_per_step_s(w, p.optimizer, lr or p.scaling.lr_min, batch_size, ctx.device, seed)
+    row["time_per_step_s"] = time_per_step_s(w, p.optimizer, lr or search_range(p.scaling, p.optimizer.name).low, batch_size, ctx.device, seed)
     if lr is None:  # why, and the one change that fits (stages/core/advice.py), opened by the class's label
         runs = [advice.Run(t.result.outcome, t.learning_rate, t.result.steps_run, max_steps,
                            t.result.final_metrics.get(w.target_metric, math.nan), t.result.reason) for t in trials]
-        why = advice.why_not_reached(runs, target_of(w), family_limits(max_steps, p.scaling.lr_min, p.scaling.lr_max))
+        why = advice.why_not_reached(runs, target_of(w), family_limits(max_steps, *dataclasses.astuple(search_range(p.scaling, p.optimizer.name))[:2]))
         return row | {"status": "not_reached", "reason": f"{why.label}: {why.message}"}
     steps = _seed_steps(trials, lr)
     row["learning_rate"] = lr

@@ -77,9 +77,11 @@ class Stage:
     # Snakemake resources (runtime in minutes). CPU-only stages carry no `gpu` key at all: the Kubernetes
     # executor requests a GPU node for any job that has one, even `gpu: 0`.
     resources: dict = field(default_factory=lambda: {"mem_mb": 4000, "runtime": 30})
-    # (key, flag): params keys tracked only while a boolean setting is on, e.g. the fan-out list, which
-    # each job's result depends on only when the jobs run as one descent (scaling.adaptive)
+    # (key, flag): params keys tracked only while a boolean setting is on
     tracked_when: tuple[tuple[str, str], ...] = ()
+    # a fan-out over part of its list: "wave1" (the scaling study's first wave: the largest size and every
+    # other one below it) or "wave2" (the sizes between them); rendered as a literal list (waves.py)
+    subset: str | None = None
 
     @property
     def module(self) -> str:
@@ -88,11 +90,13 @@ class Stage:
 
 GPU_JOB = {"mem_mb": 8000, "runtime": 60, "gpu": 1}
 
-# The learning-rate search's settings: the family stage searches exactly as the scaling study does.
-SEARCH_KEYS = ("scaling.lr_min", "scaling.lr_max", "scaling.lr_points", "scaling.lr_grid", "scaling.eval_resolution",
-               "scaling.early_stopping", "scaling.seeds", "scaling.rerun_top", "scaling.hold_factor",
-               "scaling.lr_unimodal", "scaling.lr_refine_ratio", "scaling.lr_refine_trials", "scaling.lr_widen_factor",
-               "scaling.plateau_tolerance")
+# The learning-rate search's settings: the coarse search's (the scaling study's first two waves), then
+# refinement's and the seeds' (its third); the family stage searches exactly as the scaling study does.
+COARSE_KEYS = ("scaling.lr_min", "scaling.lr_max", "scaling.lr_points", "scaling.lr_grid", "scaling.eval_resolution",
+               "scaling.early_stopping", "scaling.hold_factor", "scaling.lr_widen_factor", "scaling.plateau_tolerance",
+               "scaling.pilot_steps", "scaling.prune_margin")
+REFINE_KEYS = ("scaling.seeds", "scaling.rerun_top", "scaling.lr_refine_ratio", "scaling.lr_refine_trials")
+SEARCH_KEYS = COARSE_KEYS + REFINE_KEYS
 # The stages that train the chosen model read reports/family/model.yaml and check it was chosen from
 # these values -- so changing the candidates or the rule marks them stale at once, in both tools.
 FAMILY_CHOICE_KEYS = ("family.candidates", "family.rule")
@@ -155,23 +159,66 @@ _DECLARED: tuple[Stage, ...] = (
         resources=GPU_JOB,
     ),
     Stage(
+        name="scaling_wave1",
+        cmd=out.SCALING_WAVE1_CMD,
+        params=("workload", "optimizer", "runtime", *COARSE_KEYS, "scaling.max_steps", "scaling.adaptive",
+                "scaling.lr_start", "scaling.budget_seconds", "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list
+        inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
+        outputs=(out.SCALING_WAVE1, out.SCALING_WAVE1_CURVES),
+        foreach=("batch_size", "scaling.batch_sizes"),
+        subset="wave1",
+        resources=GPU_JOB,
+    ),
+    Stage(
+        name="scaling_gaps",
+        cmd=out.SCALING_WAVE2_PLAN_CMD,
+        params=("scaling.batch_sizes", "scaling.adaptive", "scaling.adaptive_ratio", "scaling.lr_start",
+                "scaling.eval_resolution", "scaling.contender_factor"),
+        inputs=(out.SCALING_WAVE1, out.THROUGHPUT_CSV),
+        outputs=(out.SCALING_WAVE2_PLAN,),
+        uses_workload=False,
+        resources={"mem_mb": 1000, "runtime": 5},
+    ),
+    Stage(
+        name="scaling_wave2",
+        cmd=out.SCALING_WAVE2_CMD,
+        params=("workload", "optimizer", "runtime", *COARSE_KEYS, "scaling.max_steps", "scaling.adaptive",
+                "scaling.lr_start", "scaling.budget_seconds", "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list
+        inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS, out.SCALING_WAVE2_PLAN),
+        outputs=(out.SCALING_WAVE2, out.SCALING_WAVE2_CURVES),
+        foreach=("batch_size", "scaling.batch_sizes"),
+        subset="wave2",
+        resources=GPU_JOB,
+    ),
+    Stage(
+        name="scaling_contenders",
+        cmd=out.SCALING_CONTENDERS_CMD,
+        params=("scaling.batch_sizes", "scaling.adaptive", "scaling.contender_factor", "scaling.eval_resolution",
+                "scaling.budget_seconds", "scaling.max_steps", "scaling.lr_points", "scaling.seeds", "scaling.rerun_top",
+                "scaling.hold_factor", "scaling.lr_refine_trials", "scaling.pilot_steps", "select.objective"),
+        inputs=(out.SCALING_WAVE1, out.SCALING_WAVE2, out.THROUGHPUT_CSV),
+        outputs=(out.SCALING_CONTENDERS,),
+        uses_workload=False,
+        resources={"mem_mb": 1000, "runtime": 5},
+    ),
+    Stage(
         name="scaling_trials",
         cmd=out.SCALING_TRIALS_CMD,
-        params=("workload", "optimizer", "runtime", *SEARCH_KEYS, "scaling.lr_start", "scaling.give_up_margin", "scaling.max_steps",
-                "scaling.adaptive", "scaling.adaptive_ratio", "data", *FAMILY_CHOICE_KEYS),  # + the fan-out list
-        inputs=(out.FAMILY_MODEL, out.PROBE_CSV, out.PROBE_METRICS, out.THROUGHPUT_METRICS),
+        params=("workload", "optimizer", "runtime", *SEARCH_KEYS, "scaling.max_steps", "scaling.adaptive", "data",
+                "select.step_budget_margin", *FAMILY_CHOICE_KEYS),  # + the fan-out list; the budget its holds reach
+        inputs=(out.FAMILY_MODEL, out.SCALING_CONTENDERS, out.SCALING_WAVE1, out.SCALING_WAVE1_CURVES,
+                out.SCALING_WAVE2, out.SCALING_WAVE2_CURVES),
         outputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         foreach=("batch_size", "scaling.batch_sizes"),
-        # adaptive: a size is predicted or trained depending on the sizes above it in the list
-        tracked_when=(("scaling.batch_sizes", "scaling.adaptive"),),
         resources=GPU_JOB,
     ),
     Stage(
         name="scaling",
         cmd=out.SCALING_CMD,
         params=("workload", "optimizer", "runtime", "scaling.batch_sizes", "scaling.max_steps", "scaling.bootstrap",
+                "scaling.budget_seconds", "scaling.seeds",
                 "scaling.noise_scale_batch_sizes", "scaling.eval_resolution", "data", *FAMILY_CHOICE_KEYS),
-        inputs=(out.FAMILY_MODEL, out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
+        inputs=(out.FAMILY_MODEL, out.SCALING_CONTENDERS, out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),
         outputs=(out.SCALING_ALL_TRIALS, out.SCALING_STEPS, out.SCALING_CURVES, out.SCALING_NOISE,
                  out.SCALING_METRICS, out.SCALING_DIAGNOSTICS, out.SCALING_NOTES, *out.SCALING_PLOTS),
         plots=(Plot(out.SCALING_STEPS.path, "batch_size", ["steps_to_target", "perfect_scaling_steps", "fitted_steps"],
@@ -233,13 +280,31 @@ def stage(name: str) -> Stage:
 
 
 def items_of(s: Stage, params: dict) -> list:
-    """The fan-out's items (wildcard values): the list's values, or `candidate0`, ... when indexed."""
+    """The fan-out's items (wildcard values): the list's values (the wave's part of them, for a
+    `subset`), or `candidate0`, ... when indexed."""
     values = param_value(params, s.foreach[1]) or []
+    if s.subset:
+        first, second = wave_sizes(list(values), _flag(params, "scaling.adaptive"))
+        values = first if s.subset == "wave1" else second
     return [f"{s.foreach[0]}{i}" for i in range(len(values))] if s.indexed else list(values)
 
 
+def wave_sizes(batch_sizes: list[int], adaptive: bool = True) -> tuple[list[int], list[int]]:
+    """The scaling study's first two waves (stages/scaling/waves.py): the largest size and every other
+    one below it -- spread over the range, searched with nothing known -- then the sizes between them,
+    searched from what their neighbours found (or predicted). Without scaling.adaptive every size is in
+    the first wave."""
+    if not adaptive:
+        return sorted(batch_sizes), []
+    down = sorted(batch_sizes, reverse=True)
+    return sorted(down[0::2]), sorted(down[1::2])
+
+
 def present(s: Stage, params: dict) -> bool:
-    """Is the stage in the pipeline? An indexed fan-out over a null list renders no stage."""
+    """Is the stage in the pipeline? An indexed fan-out over a null list, or a wave with no size (the
+    second wave without scaling.adaptive), renders no stage."""
+    if s.subset:
+        return bool(items_of(s, params))
     return not (s.indexed and param_value(params, s.foreach[1]) is None)
 
 
@@ -430,9 +495,10 @@ def render_dvc(params: dict, profiles: dict[str, dict] | None = None) -> dict:
             if outs:
                 body.setdefault(section, []).extend(outs)
         if s.foreach:
-            # DVC interpolates ${...} from params.yaml alone: a list a profile sets is written out
-            listed = any(s.foreach[1] in flatten(overrides) for overrides in profiles.values())
-            items = param_value(params, s.foreach[1]) if listed else f"${{{s.foreach[1]}}}"
+            # DVC interpolates ${...} from params.yaml alone: a list a profile sets, or a wave's part of a
+            # list, is written out
+            listed = s.subset or any(s.foreach[1] in flatten(overrides) for overrides in profiles.values())
+            items = (items_of(s, params) if s.subset else param_value(params, s.foreach[1])) if listed else f"${{{s.foreach[1]}}}"
             stages[s.name] = ({"matrix": {s.foreach[0]: items}, **body} if s.indexed
                               else {"foreach": items, "do": body})
         else:

@@ -85,7 +85,12 @@ def allowed_text(tp: Any, meta: dict) -> str:
 
 def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+    return [(f, hints[f.name]) for f in _current(cls)]
+
+
+def _current(cls: type) -> list[dataclasses.Field]:
+    """The section's settings less the deprecated ones (accepted, never written into a generated file)."""
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("deprecated")]
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -236,14 +241,14 @@ def params_with_comments(text: str, sections: dict[str, type] = SECTIONS, source
     # settings the file lacks: added with their defaults, after the section's last key
     for name in reversed([n for n in seen if n not in inline]):
         cls, indent = sections[name], indents.get(name, 2)
-        missing = [f for f in dataclasses.fields(cls) if f.name not in seen[name]]
+        missing = [f for f in _current(cls) if f.name not in seen[name]]
         added = [ln for f in missing
                  for ln in _with_comment(f"{' ' * indent}{f.name}: {yaml_value(_default(f))}", _help(f, name), indent)]
         out[section_end[name]:section_end[name]] = added
     for name, cls in sections.items():
         if name not in seen:
             out += ["", *_with_comment(f"{name}:", section_doc(cls), 0)]
-            out += [ln for f in dataclasses.fields(cls)
+            out += [ln for f in _current(cls)
                     for ln in _with_comment(f"  {f.name}: {yaml_value(_default(f))}", _help(f, name), 2)]
     return "\n".join(out) + "\n"
 

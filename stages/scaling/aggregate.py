@@ -119,7 +119,7 @@ def scaling_limits(p, trials: pd.DataFrame) -> advice.Limits:
 
 
 def prediction_savings(trials: pd.DataFrame, table: pd.DataFrame) -> dict:
-    """What the adaptive descent's predicted sizes saved: each would have cost about the examples the
+    """What wave 2's predicted sizes saved: each would have cost about the examples the
     smallest measured size's search spent (in perfect scaling examples to target do not change with
     the batch size) and at least its seconds (a smaller batch needs no less time per example)."""
     predicted = [int(b) for b in table.loc[table["status"] == "predicted", "batch_size"]]
@@ -133,24 +133,116 @@ def prediction_savings(trials: pd.DataFrame, table: pd.DataFrame) -> dict:
             "predicted_seconds_saved": float(spent["seconds"].sum()) * len(predicted)}
 
 
-def predicted_text(savings: dict, spent: int) -> str | None:
-    """The report's words on the predicted sizes (None: nothing was predicted)."""
+def predicted_text(savings: dict, spent: int, table: pd.DataFrame | None = None) -> str | None:
+    """The report's words on the predicted sizes (None: nothing was predicted): each with its reason
+    (wave2.json: perfect scaling confirmed around it, or it cannot win), and what not training them saved."""
     sizes = savings["predicted_batch_sizes"]
     if not sizes:
         return None
     which = f"Batch size {sizes[0]} was" if len(sizes) == 1 else f"Batch sizes {', '.join(map(str, sizes))} were"
-    text = (f"{which} predicted, not trained (scaling.adaptive): the study ran "
-            f"from the largest size down and stopped once two halvings in a row were confirmed in perfect scaling, "
-            f"where a smaller batch needs proportionally more steps, so it trains no faster and no cheaper. Their "
-            f"steps to target are perfect scaling's from bs {savings.get('predicted_from_batch_size')}, drawn hollow "
-            f"in the figures; B_crit's fit and interval use the measured sizes only, and select never chooses them.")
+    text = (f"{which} predicted, not trained (scaling.adaptive): their steps to target are drawn hollow in the "
+            f"figures; B_crit's fit and interval use the measured sizes only, and select never chooses them.")
+    if table is not None:
+        reasons = table[table["status"] == "predicted"]
+        text += "".join(f"\n\n- bs {int(r.batch_size)}: {r.reason}" for r in reasons.itertuples())
     if savings["predicted_examples_saved"] is not None:
         examples, secs = savings["predicted_examples_saved"], savings["predicted_seconds_saved"]
-        text += (f" Not training them saved about {examples:,} examples ({examples / max(spent + examples, 1):.0%} "
+        text += (f"\n\nNot training them saved about {examples:,} examples ({examples / max(spent + examples, 1):.0%} "
                  f"of what the study would have spent) and at least {secs:.0f} s of training "
                  f"(each as much as bs {savings['predicted_from_batch_size']}'s search cost). Set scaling.adaptive: "
                  f"false to train every size.")
     return text
+
+
+def refinement_gain(trials: pd.DataFrame, table: pd.DataFrame) -> float | None:
+    """How much refinement lowered a size's steps: over the refined sizes, the largest ratio of the coarse
+    search's best steps to the refined best rate's at the search seed (>= 1; None where none was refined)."""
+    gains = []
+    for r in table[table["refined"].eq(True) & (table["status"] == "reached")].itertuples():
+        ran = trials[(trials["batch_size"] == r.batch_size) & ~trials["outcome"].isin(NOT_TRAINED)]
+        coarse = ran[ran["phase"].isin(["coarse", "widen"])]["steps_to_target"].dropna()
+        refined = ran[(ran["learning_rate"] == r.best_learning_rate) & (ran["phase"] != "seed")]["steps_to_target"].dropna()
+        if len(coarse) and len(refined):
+            gains.append(max(1.0, float(coarse.min()) / float(refined.min())))
+    return max(gains) if gains else None
+
+
+def with_refinement(table: pd.DataFrame, trials: pd.DataFrame, contenders: dict) -> pd.DataFrame:
+    """The per-size table with what wave 3 did at each size (`refined`, `refine_why`: contenders.json),
+    and a coarse answer's interval as wide as its search left it: below, by the most any refined size's
+    steps fell when refined (a refined rate may need that much fewer steps); its seed spread is the one
+    the refined sizes measured (pooled, per_size_table)."""
+    table = table.copy()
+    table["refined"] = table["batch_size"].map(lambda b: contenders.get(str(int(b)), {}).get("refine"))
+    table["candidate"] = table["batch_size"].map(lambda b: contenders.get(str(int(b)), {}).get("candidate"))
+    table["refine_why"] = table["batch_size"].map(lambda b: contenders.get(str(int(b)), {}).get("why", ""))
+    gain = refinement_gain(trials, table)
+    coarse = ~table["refined"].eq(True) & (table["status"] == "reached")
+    if gain is not None and coarse.any():
+        table.loc[coarse, "steps_to_target_ci_low"] = table.loc[coarse, "steps_to_target_ci_low"] / gain
+    table["refinement_gain"] = gain
+    return table
+
+
+def refined_text(table: pd.DataFrame) -> str | None:
+    """The report's words on which sizes were refined and why (None: every size was, or none studied)."""
+    rows = table[table["refine_why"].astype(str).str.len() > 0]
+    if rows.empty or rows["refined"].eq(True).all():
+        return None
+    refined = [int(b) for b in rows.loc[rows["refined"].eq(True), "batch_size"]]
+    lines = [f"Refinement and extra seeds went only where they can change the decision (scaling.adaptive): "
+             f"{', '.join(map(str, refined)) or 'no size'}. Each size's reason:", ""]
+    lines += [f"- bs {int(r.batch_size)}: {r.refine_why}" for r in rows.itertuples()]
+    gain = rows["refinement_gain"].dropna()
+    if len(gain):
+        lines += ["", f"A coarse answer's interval reaches down by {float(gain.iloc[0]):.2f}x, the most a refined "
+                      f"size's steps fell when refined; its seed spread is the one the refined sizes measured."]
+    return "\n".join(lines)
+
+
+def priors_text(trials: pd.DataFrame) -> str | None:
+    """Where each size's coarse search started from (the `prior` of its rows): what the study reused from
+    the previous study or from its neighbours -- only to order and size the search, never as a result."""
+    if "prior" not in trials:
+        return None
+    started = {}
+    for r in trials.itertuples():
+        if isinstance(r.prior, str) and r.prior and int(r.batch_size) not in started:
+            started[int(r.batch_size)] = r.prior
+    if not started:
+        return None
+    reused = [b for b, text in started.items() if "previous study" in text]
+    head = (f"Reused from the previous study (its best rate and steps at {', '.join(map(str, sorted(reused)))}): "
+            f"where the search started and how long its first rung was, nothing more -- every number here was "
+            f"measured anew." if reused else "Nothing was reused from a previous study.")
+    return head + "\n\n" + "\n".join(f"- bs {b}: {text}" for b, text in sorted(started.items()))
+
+
+def budget_text(trials: pd.DataFrame, table: pd.DataFrame, contenders: dict, budget: float | None,
+                seeds: int) -> str | None:
+    """What scaling.budget_seconds allowed and what it left unresolved (None: no budget)."""
+    if budget is None:
+        return None
+    spent = float(trials["seconds"].fillna(0).sum())
+    lines = [f"scaling.budget_seconds {budget:g} s; the study spent {spent:.3g} s of training "
+             f"({contenders.get('coarse_seconds', 0.0):.3g} s in the coarse waves)."]
+    cut = sorted({int(b) for b, r in zip(trials["batch_size"], trials["reason"])
+                  if isinstance(r, str) and "scaling.budget_seconds" in r})
+    if cut:
+        lines.append(f"Coarse searches cut short by it: {', '.join(map(str, cut))} (their answers, where any, are the "
+                     f"best rate found when it ran out).")
+    skipped = [int(r.batch_size) for r in table.itertuples() if "budget_seconds was spent" in str(r.refine_why)]
+    if skipped:
+        lines.append(f"Not refined because it was spent: {', '.join(map(str, skipped))} (their intervals are the coarse "
+                     f"search's, wider).")
+    thin = [int(r.batch_size) for r in table.itertuples()
+            if r.refined is True and r.candidate is True and pd.notna(r.seeds_run) and r.seeds_run < 1 + seeds]
+    if thin:
+        lines.append(f"Fewer seeds than scaling.seeds asks for: {', '.join(map(str, thin))} (the budget ran out; select "
+                     f"checks the hold on the seeds that ran).")
+    if not (cut or skipped or thin):
+        lines.append("Nothing was left unresolved.")
+    return " ".join(lines)
 
 
 def main_summarize() -> None:
@@ -161,7 +253,9 @@ def main_summarize() -> None:
               for b in p.scaling.batch_sizes]
     curve_frames = [out.read_csv(out.SCALING_TRIAL_CURVES, batch_size=b) for b in p.scaling.batch_sizes]
     trials = pd.concat(frames, ignore_index=True)[TRIAL_COLUMNS]
-    table = per_size_table(trials, p.scaling.batch_sizes, p.scaling.eval_resolution)
+    contenders_file = out.read_json(out.SCALING_CONTENDERS)
+    contenders = contenders_file["sizes"]
+    table = with_refinement(per_size_table(trials, p.scaling.batch_sizes, p.scaling.eval_resolution), trials, contenders)
     fit, fit_metrics = _fit(fit_rows(trials, table), p.scaling.bootstrap, p.runtime.seed, p.scaling.eval_resolution)
     if not (table["status"] == "reached").any() and (~trials["outcome"].isin(NOT_TRAINED)).any():
         why = advice.why_not_reached(advice.runs_of(trials.to_dict("records")),  # the one change that fits
@@ -189,6 +283,10 @@ def main_summarize() -> None:
         "studied_batch_sizes": [int(b) for b in table[table["status"].isin(["reached", "not_reached"])]["batch_size"]],
         "reached_batch_sizes": [int(b) for b in reached["batch_size"]],
         "skipped_batch_sizes": [int(b) for b in table[table["status"] == "skipped"]["batch_size"]],
+        "refined_batch_sizes": [int(b) for b in table[table["refined"].eq(True)]["batch_size"]],
+        "coarse_only_batch_sizes": [int(b) for b in table[table["refined"].eq(False) & (table["status"] == "reached")]["batch_size"]],
+        "reused_previous_study_batch_sizes": sorted({int(r.batch_size) for r in trials.itertuples()
+                                                     if isinstance(r.prior, str) and "previous study" in r.prior}),
         **savings,
         "perfect_scaling_up_to": int(perfect.max()) if len(perfect) else None,
         "learning_rate_scaling_exponent": learning_rate_exponent(table),
@@ -201,7 +299,10 @@ def main_summarize() -> None:
     io.write_csv(out.SCALING_NOISE.path, gns_rows)
     notes = {"How sure": confidence_text(fit_metrics, table, p.scaling.eval_resolution),  # prose: kept out of metrics.json
              "Critical batch size": metrics.pop("critical_batch_size_message"),
-             "Predicted, not trained": predicted_text(savings, spent),
+             "Predicted, not trained": predicted_text(savings, spent, table),
+             "Refined where it matters": refined_text(table),
+             "Where each search started": priors_text(trials),
+             "Budget": budget_text(trials, table, contenders_file, p.scaling.budget_seconds, p.scaling.seeds),
              "Gradient noise scale": metrics.pop("gradient_noise_scale_reason", None)}
     out.write_results(out.SCALING_METRICS, out.SCALING_DIAGNOSTICS, metrics)
     io.write_text(out.SCALING_NOTES.path, out.notes_markdown(notes))

@@ -1,35 +1,74 @@
 """`python -m stages.scaling plan`: the study's bill before it runs -- trials, examples and wall time
-per batch size, from the steps the neighbouring sizes already measured (their journals) and the
-throughput stage's time per step. Each `scaling trials` job prints its own size's line of it when it
-starts (`plan_line`), and an ETA on each trial's progress line (`SearchProgress`): the same cost model,
-re-estimated from the best steps the size has found so far, at the seconds per step the job measures.
+per batch size, from the steps the coarse waves already measured (their files) and the throughput
+stage's time per step.
 
 The cost model (`search_steps`) counts a size's search in runs of its steps to target S: the coarse
-grid and refinement trials each stop by about S (early stopping), about half of them reach and hold
-to S x hold_factor, and every seed rerun runs to S x hold_factor. Where no size has measured its steps
-yet, S is max_steps: the estimate is then the bill's upper end (every first trial bounded by max_steps).
+search (every size), then, where wave 3 refines the size, the refinement, the hold of the rates in
+contention and the seed reruns. Where no size has measured its steps yet, S is max_steps and every
+size counts as refined: the estimate is then the bill's upper end.
 """
 from __future__ import annotations
 
 import math
-import time
-from typing import Callable
 
 import pandas as pd
 
-from stages.core.log import info
-from stages.core.progress import Progress, duration
-from stages.core.tune import trial_text
-from stages.scaling.descent import descent_stop
+from stages.core.progress import duration
 
-REACHING_SHARE = 0.5  # share of the search-seed trials that reach the target (and hold it), measured ~0.4-0.6
+# The cost model, in runs of a size's steps to target S (measured on digits_mlp and the nqm benchmarks:
+# bench/bench_scaling.py prints the study's own figures beside it):
+COARSE_RUNS = 3.0   # the coarse search: the pilot's rungs, the leader to S held SEARCH_HOLD, the others stopped by then
+REFINE_RUNS = 2.0   # refinement: a few rates, each pruned at a rung or stopped by S
 
 
-def search_trials(s) -> tuple[int, int]:
-    """(search-seed trials, seed reruns) one size's search is expected to spend with settings `s`:
-    the unimodal coarse grid stops after about 4 rates, the refinement after about 3 (its caps permitting);
-    the seeds: `rerun_top` rates get the first, then half of them each further one."""
-    coarse = min(s.lr_points, 4 if s.lr_unimodal else s.lr_points)
+COARSE_SHARE = 0.6  # of scaling.budget_seconds the coarse waves may spend, shared by the sizes' estimated costs
+
+
+def coarse_estimates(sizes: list[int], expected_steps: dict[int, float], time_per_step_s: dict[int, float], s) -> dict[int, float]:
+    """Each size's estimated coarse search, in seconds where throughput timed it (else in steps: the
+    shares below only need the sizes' costs relative to each other)."""
+    timed = all(b in time_per_step_s for b in sizes)
+    return {b: search_steps(expected_steps.get(b, s.max_steps), s, False) * (time_per_step_s[b] if timed else 1.0)
+            for b in sizes}
+
+
+def coarse_allowance(batch_size: int, sizes: list[int], expected_steps: dict[int, float],
+                     time_per_step_s: dict[int, float], s) -> float | None:
+    """The seconds of training scaling.budget_seconds allows one size's coarse search: COARSE_SHARE of
+    the budget, shared by the studied sizes' estimated costs (None: no budget). Every job of the first two
+    waves computes the same shares from the same files, so together they stay within COARSE_SHARE."""
+    if s.budget_seconds is None:
+        return None
+    est = coarse_estimates(sizes, expected_steps, time_per_step_s, s)
+    total = sum(est.values())
+    return COARSE_SHARE * s.budget_seconds * (est[batch_size] / total if total > 0 else 1 / len(sizes))
+
+
+def pilot_seconds(sizes: list[int], time_per_step_s: dict[int, float], first_rung_steps: int, s) -> float | None:
+    """What the pilot alone costs -- every candidate rate's first rung at every studied size -- in
+    seconds (None where throughput did not time every size)."""
+    if not all(b in time_per_step_s for b in sizes):
+        return None
+    return sum(s.lr_points * first_rung_steps * time_per_step_s[b] for b in sizes)
+
+
+def check_budget(sizes: list[int], time_per_step_s: dict[int, float], first_rung_steps: int, s) -> str | None:
+    """Why scaling.budget_seconds cannot fit the study (the pilot alone costs more), or None."""
+    need = pilot_seconds(sizes, time_per_step_s, first_rung_steps, s) if s.budget_seconds is not None else None
+    if need is None or s.budget_seconds >= need:
+        return None
+    return (f"scaling.budget_seconds: received {s.budget_seconds:g}; allowed: at least {need:.3g} s, what the pilot alone "
+            f"costs here ({s.lr_points} rates x {first_rung_steps} steps at each of the sizes {sizes}, at throughput's time "
+            f"per step); raise it, study fewer sizes (scaling.batch_sizes) or set it to null")
+
+
+def search_trials(s, refined: bool = True) -> tuple[int, int]:
+    """(search-seed trials, seed reruns) one size's search is expected to spend with settings `s`: the
+    coarse search tries the grid (and about one rate beyond it), the refinement about 3 (its cap
+    permitting); the seeds: `rerun_top` rates get the first, then half of them each further one."""
+    coarse = s.lr_points + 1
+    if not refined:
+        return coarse, 0
     refine = min(s.lr_refine_trials, 3)
     seeds, rates = 0, s.rerun_top
     for k in range(s.seeds):
@@ -38,10 +77,15 @@ def search_trials(s) -> tuple[int, int]:
     return coarse + refine, seeds
 
 
-def search_steps(steps_to_target: float, s) -> float:
-    """Training steps one size's search is expected to spend if its best rate needs `steps_to_target`."""
-    searched, seeded = search_trials(s)
-    return steps_to_target * (searched * (1 + REACHING_SHARE * (s.hold_factor - 1)) + seeded * s.hold_factor)
+def search_steps(steps_to_target: float, s, refined: bool = True) -> float:
+    """Training steps one size's search is expected to spend if its best rate needs `steps_to_target`:
+    the coarse search, and where the size is refined, the refinement, the hold of the `rerun_top` rates
+    to hold_factor and the seed reruns (each held to hold_factor)."""
+    if not refined:
+        return steps_to_target * COARSE_RUNS
+    _, seeded = search_trials(s)
+    holds = s.rerun_top * max(0.0, s.hold_factor - 1.25)
+    return steps_to_target * (COARSE_RUNS + REFINE_RUNS + holds + seeded * s.hold_factor)
 
 
 def predicted_steps(batch_size: int, measured: dict[int, float], max_steps: int) -> tuple[float, str]:
@@ -65,37 +109,19 @@ def predicted_steps(batch_size: int, measured: dict[int, float], max_steps: int)
     return min(measured[below[-1]], max_steps), f"no fewer than bs {below[-1]}'s"
 
 
-def not_trained(batch_sizes: list[int], measured: dict[int, float], ratio: float) -> set[int]:
-    """The sizes the adaptive descent will predict instead of training, as far as the measured sizes
-    (from the largest down, without a gap) already confirm two halvings in perfect scaling."""
-    seen: list[tuple[int, float | None]] = []
-    for i, b in enumerate(sorted(batch_sizes, reverse=True)):
-        if descent_stop(seen, ratio) is not None:
-            return set(sorted(batch_sizes, reverse=True)[i:])
-        if b not in measured:
-            return set()
-        seen.append((b, measured[b]))
-    return set()
-
-
 def plan_table(batch_sizes: list[int], measured: dict[int, float], time_per_step_s: dict[int, float],
-               s, all_sizes: list[int] | None = None) -> pd.DataFrame:
+               s, refined: set[int] | None = None) -> pd.DataFrame:
     """One row per size: predicted steps to target and where from, trials, steps, examples and seconds
-    the search is expected to spend (seconds: NaN where throughput did not time the size). With
-    scaling.adaptive, a size the measured ones already place below two perfect-scaling halvings
-    costs nothing (`all_sizes`: the study's sizes, when `batch_sizes` is a part of them)."""
-    searched, seeded = search_trials(s)
-    skip = not_trained(all_sizes or batch_sizes, measured, s.adaptive_ratio) if s.adaptive else set()
+    the search is expected to spend (seconds: NaN where throughput did not time the size). `refined`:
+    the sizes wave 3 refines (None: not known yet, every size counted as refined -- the upper end)."""
     rows = []
     for b in batch_sizes:
         steps, source = predicted_steps(b, measured, s.max_steps)
-        if b in skip:
-            rows.append({"batch_size": b, "steps_to_target": round(steps), "trials": 0, "steps": 0, "examples": 0,
-                         "from": "not trained: the adaptive descent predicts it (perfect scaling)", "seconds": 0.0})
-            continue
-        spend = search_steps(steps, s)
+        refine = refined is None or b in refined
+        searched, seeded = search_trials(s, refine)
+        spend = search_steps(steps, s, refine)
         rows.append({"batch_size": b, "steps_to_target": round(steps), "from": source, "trials": searched + seeded,
-                     "steps": round(spend), "examples": round(spend * b),
+                     "refined": refine, "steps": round(spend), "examples": round(spend * b),
                      "seconds": spend * time_per_step_s[b] if b in time_per_step_s else math.nan})
     return pd.DataFrame(rows)
 
@@ -106,54 +132,6 @@ def plan_line(row: pd.Series) -> str:
     seconds = "" if pd.isna(row["seconds"]) else f", about {duration(row['seconds'])} of training"
     return (f"about {row['trials']} trials, {row['steps']} steps, {row['examples']} examples{seconds} "
             f"(steps to target {row['steps_to_target']}: {row['from']})")
-
-
-class SearchProgress:
-    """The progress line of each trial of one size's search, with an ETA: the search's expected steps
-    (`search_steps`) for the steps to target known now -- the best found at this size so far once a
-    rate reached, else the plan's prediction -- less the steps spent, at the wall seconds per step the
-    job's trained trials took (journal replays cost nothing; before any trained trial, throughput's
-    time per step). At least one more trial's time while the search runs past its estimate."""
-
-    def __init__(self, label: str, predicted_steps: float, s, time_per_step_s: float | None = None,
-                 stage: str = "scaling", clock: Callable[[], float] = time.monotonic,
-                 say: Callable[[str, str], None] = info):
-        searched, seeded = search_trials(s)
-        self.bar = Progress(stage, f"{label} trial", searched + seeded, every_s=0.0, clock=clock, say=say)
-        self.predicted, self.s, self.time_per_step_s, self.clock = predicted_steps, s, time_per_step_s, clock
-        self.trials = self.steps = self.trained = self.trained_steps = self.replayed = 0
-        self.trained_seconds, self.last, self.best = 0.0, clock(), None
-
-    def __call__(self, trial) -> None:
-        self.count(trial)
-        self.bar.total = max(self.bar.total, self.trials + 1)  # open-ended: `finish` says when it is done
-        self.bar.update(self.trials, trial_text(trial), eta_s=self.eta_s())
-
-    def count(self, trial) -> None:
-        """Take a finished trial into the counts and the ETA, without a line (a replay nobody waits for)."""
-        r, now = trial.result, self.clock()
-        self.trials += 1
-        self.replayed += trial.resumed
-        self.steps += r.steps_run
-        if not trial.resumed:
-            self.trained += 1
-            self.trained_steps += r.steps_run
-            self.trained_seconds += now - self.last
-        self.last = now
-        if trial.phase != "seed" and r.steps_to_target is not None:
-            self.best = min(self.best or r.steps_to_target, r.steps_to_target)
-
-    def eta_s(self) -> float | None:
-        per_step = self.trained_seconds / self.trained_steps if self.trained_steps else self.time_per_step_s
-        if per_step is None:
-            return None
-        left = max(0.0, search_steps(self.best or self.predicted, self.s) - self.steps) * per_step
-        return max(left, self.trained_seconds / self.trained if self.trained else 0.0)
-
-    def finish(self, detail: str = "") -> None:
-        self.bar.total = self.trials
-        replayed = f"{self.replayed} from the journal, " if self.replayed else ""
-        self.bar.finish(self.trials, replayed + detail)
 
 
 def throughput_times(table: pd.DataFrame) -> dict[int, float]:

@@ -35,7 +35,7 @@ def _mark_critical(ax, fit: ScalingFit | None, noise_scale: float | None) -> Non
 
 
 def _predicted(ax, table: pd.DataFrame, per_example: bool) -> None:
-    """The adaptive descent's predicted sizes: hollow, apart from the measured points."""
+    """Wave 2's predicted sizes (scaling.adaptive): hollow, apart from the measured points."""
     p = table[table["status"] == "predicted"] if "predicted_steps_to_target" in table else table.iloc[:0]
     if not p.empty:
         y = p["predicted_steps_to_target"] * (p["batch_size"] if per_example else 1)

@@ -1,7 +1,11 @@
 """Stage `scaling`: steps to the target per batch size, the learning rate retuned per size, and the
 critical batch size (McCandlish et al. 2018).
 
-    python -m stages.scaling trials --batch-size 64   # one job per size (scaling_trials@64): stages/scaling/trials.py
+    python -m stages.scaling coarse --batch-size 64   # wave 1 (scaling_wave1@64): stages/scaling/trials.py
+    python -m stages.scaling gaps                     # wave 2's plan (wave2.json)
+    python -m stages.scaling fill --batch-size 32     # wave 2 (scaling_wave2@32)
+    python -m stages.scaling contenders               # wave 3's plan (contenders.json)
+    python -m stages.scaling trials --batch-size 64   # wave 3 (scaling_trials@64)
     python -m stages.scaling summarize                # the aggregate stage: stages/scaling/aggregate.py
     python -m stages.scaling fit TABLE.csv            # the fit alone, on any batch_size,steps_to_target[,seed] CSV
     python -m stages.scaling plan                     # the study's bill before it runs: stages/scaling/plan.py
@@ -76,8 +80,13 @@ def parser() -> ArgumentParser:
     """The command line (its errors are one line: stages/core/cli.ArgumentParser)."""
     ap = ArgumentParser(prog="python -m stages.scaling", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("trials", help="the learning-rate search and seed reruns at one batch size")
-    t.add_argument("--batch-size", type=int, required=True)
+    for name, help in (("coarse", "wave 1: the coarse learning-rate search at one batch size"),
+                       ("fill", "wave 2: the coarse search at one batch size from its neighbours (or its prediction)"),
+                       ("trials", "wave 3: refinement, hold and seed reruns at one batch size (or its coarse answer)")):
+        t = sub.add_parser(name, help=help)
+        t.add_argument("--batch-size", type=int, required=True)
+    sub.add_parser("gaps", help="wave 2's plan from wave 1: which sizes are searched and which predicted")
+    sub.add_parser("contenders", help="wave 3's plan from waves 1 and 2: which sizes are refined, and why")
     sub.add_parser("summarize", help="aggregate the per-size trials: tables, fit, noise scale, plots")
     sub.add_parser("plan", help="estimate the study's trials, examples and wall time before it runs")
     f = sub.add_parser("fit", help="fit S(B) = S_min (1 + B_crit / B) to a CSV and print one JSON object")
@@ -89,7 +98,19 @@ def parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if args.command == "trials":
+    if args.command in ("coarse", "fill"):
+        from stages.scaling.trials import main_coarse
+
+        main_coarse(args.batch_size, 1 if args.command == "coarse" else 2)
+    elif args.command == "gaps":
+        from stages.scaling.trials import main_gaps
+
+        main_gaps()
+    elif args.command == "contenders":
+        from stages.scaling.trials import main_contenders
+
+        main_contenders()
+    elif args.command == "trials":
         from stages.scaling.trials import main_trials
 
         main_trials(args.batch_size)

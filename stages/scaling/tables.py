@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from stages.core.lr_search import Trial, best_learning_rate
+from stages.search.coarse import Trial, best_learning_rate
 from stages.core.types import NOT_TRAINED
 from stages.scaling.fit import ScalingFit, regime
 
 TRIAL_COLUMNS = ["batch_size", "learning_rate", "seed", "phase", "order", "outcome", "steps_to_target",
                  "steps_run", "examples_run", "max_steps", "give_up_after", "seconds", "final_metric",
-                 "effective_learning_rate", "reason"]
+                 "effective_learning_rate", "reason", "prior"]  # prior: where the size's coarse search started from
 
 
 def skip_reason(batch_size: int, probe_rows: pd.DataFrame | None, probe_metrics: dict | None,
@@ -49,21 +49,22 @@ def skipped_row(batch_size: int, reason: str) -> dict:
 
 
 def predicted_row(batch_size: int, steps: float, reason: str) -> dict:
-    """A size the adaptive descent did not train: perfect scaling's steps to target, and why."""
+    """A size wave 2 did not train (scaling.adaptive): its predicted steps to target, and why."""
     row = {c: None for c in TRIAL_COLUMNS}
     row.update(batch_size=batch_size, outcome="predicted", steps_to_target=max(1, round(steps)), steps_run=0,
                examples_run=0, seconds=0.0, reason=reason)
     return row
 
 
-def trial_row(batch_size: int, trial: Trial, max_steps: int, target_metric: str, effective_lr: float) -> dict:
+def trial_row(batch_size: int, trial: Trial, max_steps: int, target_metric: str, effective_lr: float,
+              prior: str = "") -> dict:
     r = trial.result
     return {"batch_size": batch_size, "learning_rate": trial.learning_rate, "seed": trial.seed,
             "phase": trial.phase, "order": trial.order, "outcome": r.outcome,
             "steps_to_target": r.steps_to_target, "steps_run": r.steps_run, "examples_run": r.examples_run,
             "max_steps": max_steps, "give_up_after": trial.give_up_after, "seconds": round(r.seconds, 4),
             "final_metric": r.final_metrics.get(target_metric), "effective_learning_rate": effective_lr,
-            "reason": r.reason}
+            "reason": r.reason, "prior": prior if trial.phase in ("coarse", "widen") else ""}
 
 
 def curve_rows(batch_size: int, trial: Trial) -> list[dict]:
@@ -126,7 +127,7 @@ def per_size_table(trials: pd.DataFrame, batch_sizes: list[int], resolution: flo
                    intervals: bool = True) -> pd.DataFrame:
     """One row per batch size: status, best learning rate, its bracket and the trials each phase
     spent, steps to target (median over `measured_runs`) with an interval (seed spread pooled over sizes;
-    `intervals` False: left empty, without importing scipy -- the descent's quick read)."""
+    `intervals` False: left empty, without importing scipy -- the waves' quick read)."""
     rows = []
     for b in batch_sizes:
         t = trials[trials["batch_size"] == b]

@@ -15,8 +15,10 @@ Steps and rate per studied size are those of the rate whose every seed holds the
 step budget (stages/select/rates.py); a size where none holds is `not held`.
 Ties: each candidate's objective carries an interval (steps: steps_to_target_ci_low/high from scaling,
 else the point; time per step: throughput's examples/s interval). The candidates whose interval
-overlaps the fastest one's are tied, and among them select takes the one with fewer devices, then
-the smaller batch -- a choice within noise should not flip between runs.
+overlaps the fastest one's are tied (the time per step's interval widened by throughput's measured
+drift: a time from another run differs at least that much), and among them select takes the one with
+fewer devices, then the best estimate -- and reports the tie with every size in it, so a decision that
+noise could reverse says so.
 `python -m stages.select` reads the files, calls `select()` and writes what it returns (the reasoning:
 stages/select/reasoning.py).
 """
@@ -31,6 +33,7 @@ import pandas as pd
 from stages.core.config import SelectSettings
 from stages.core import advice
 from stages.core.errors import StudyError
+from stages.search.ranking import readable_steps, step_budget  # noqa: F401 (select's rule, shared with the scaling study)
 from stages.core.types import BatchSize, Steps
 
 
@@ -75,6 +78,9 @@ class Measurements:
     device: str = "device"
     trials: pd.DataFrame | None = None  # every trial (trials.csv): batch_size, learning_rate, outcome, steps_run
     first_step_overhead_s: float = 0.0  # a run's one-off first-step cost (throughput), added to predicted times
+    # how much throughput's reference step changed between its first and last timing: a time per step from
+    # another run differs at least that much, so every time-per-step interval is widened by it (ties)
+    time_per_step_drift: float = 0.0
     # devices -> scaling efficiency that throughput measured (data parallel, devices > 1, only counts that ran)
     measured_efficiency: dict[int, float] = field(default_factory=dict)
 
@@ -102,19 +108,6 @@ def check_reasonable(target: Target) -> None:
             f"but chance level is {target.chance_score:g}; allowed: a target clearly {better} {target.chance_score:g}. "
             f"A target no better than guessing is not 'reasonable performance': change the target in "
             f"workload.kwargs. select wrote no configuration.")
-
-
-def readable_steps(steps: float) -> Steps:
-    """Round up to two significant digits (164.4 -> 170, 1234 -> 1300, 9.2 -> 10): a budget people can read."""
-    if steps <= 10:
-        return max(1, math.ceil(steps - 1e-9))
-    unit = 10 ** (int(math.floor(math.log10(steps))) - 1)
-    return int(math.ceil(steps / unit - 1e-9) * unit)
-
-
-def step_budget(steps_to_target: float, margin: float) -> Steps:
-    """Steps to target x margin, rounded up to a readable number."""
-    return readable_steps(steps_to_target * margin)
 
 
 def fitted_steps(batch_size: float, s_min: float, critical_batch_size: float) -> float:
@@ -154,13 +147,16 @@ def _time_per_step(throughput: pd.DataFrame) -> dict[int, float]:
     return {int(b): float(v) for b, v in zip(t["batch_size"], tps) if is_finite(v) and v > 0}
 
 
-def _time_per_step_interval(throughput: pd.DataFrame) -> dict[int, tuple[float, float]]:
-    """Relative interval of time per step, (low/point, high/point), from the examples/s interval."""
+def _time_per_step_interval(throughput: pd.DataFrame, drift: float = 0.0) -> dict[int, tuple[float, float]]:
+    """Relative interval of time per step, (low/point, high/point), from the examples/s interval, widened
+    both ways by `drift` (throughput's reference step, timed before and after: the run-to-run variation a
+    single run's windows do not show)."""
     t = throughput
     if not {"examples_per_s", "examples_per_s_ci_low", "examples_per_s_ci_high"} <= set(t.columns):
         return {}
-    return {int(b): (v / hi, v / lo) for b, v, lo, hi in zip(t["batch_size"], t["examples_per_s"],
-                                                            t["examples_per_s_ci_low"], t["examples_per_s_ci_high"])
+    return {int(b): (v / hi / (1 + drift), v / lo * (1 + drift))
+            for b, v, lo, hi in zip(t["batch_size"], t["examples_per_s"], t["examples_per_s_ci_low"],
+                                    t["examples_per_s_ci_high"])
             if all(is_finite(x) and x > 0 for x in (v, lo, hi))}
 
 
@@ -188,7 +184,7 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
              for b, s, r in zip(m.probe["batch_size"], m.probe["status"],
                                 m.probe["reason"] if "reason" in m.probe else [""] * len(m.probe))}
     tps = _time_per_step(m.throughput)
-    tps_rel = _time_per_step_interval(m.throughput)
+    tps_rel = _time_per_step_interval(m.throughput, m.time_per_step_drift)
     steps_ci = _steps_interval(m.steps)
     regime = {int(b): str(r) for b, r in zip(m.throughput["batch_size"], m.throughput.get("regime", pd.Series(dtype=str)))
               if not pd.isna(r)} if "regime" in m.throughput else {}
@@ -206,6 +202,9 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
     predicted = {int(b): float(s) for b, s, st in zip(m.steps["batch_size"], m.steps.get("predicted_steps_to_target", [math.nan] * n),
                                                       m.steps["status"] if "status" in m.steps else [""] * n)
                  if st == "predicted" and is_finite(s)}
+    # sizes wave 3 did not refine and seed because they cannot win (scaling.adaptive): shown, never chosen
+    coarse_only = {int(b): str(w) for b, c, w in zip(m.steps["batch_size"], m.steps["candidate"], m.steps["refine_why"])
+                   if c is False or (isinstance(c, (bool, np.bool_)) and not c)} if {"candidate", "refine_why"} <= set(m.steps) else {}
     reached = sorted(b for b, (s, _) in studied.items() if math.isfinite(s))
     fit = is_finite(m.s_min) and is_finite(m.critical_batch_size) and m.critical_batch_size_kind == "estimate"
     sizes = sorted(set(probe) | set(tps) | set(studied))
@@ -229,8 +228,10 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
         steps_source = "measured" if math.isfinite(steps) else ("not reached" if b in studied and b not in skipped else "not studied")
         if steps_source == "not reached" and scaling_status.get(b) == "not_held":
             steps_source = "not held"
-        if b in predicted:  # the adaptive descent's perfect-scaling steps: shown, never a candidate
+        if b in predicted:  # wave 2's predicted steps (scaling.adaptive): shown, never a candidate
             steps, steps_source = predicted[b], "predicted"
+        if steps_source == "measured" and b in coarse_only:  # wave 3 found it cannot win
+            steps_source = "cannot win"
         if not math.isfinite(steps) and reached and reached[0] < b < reached[-1] and steps_source == "not studied":
             if fit:
                 steps, steps_source = fitted_steps(b, m.s_min, m.critical_batch_size), "fitted curve"
@@ -264,6 +265,8 @@ def decision_table(m: Measurements, settings: SelectSettings, study: Study) -> p
             why = f"no throughput measurement at {shard}"
         elif steps_source == "predicted":
             why = f"not trained, so not a candidate: {scaling_reason.get(b, 'predicted by perfect scaling')}"
+        elif steps_source == "cannot win":
+            why = f"not a candidate (scaling.adaptive): {coarse_only[b]}"
         elif steps_source == "not held":
             why = f"no learning rate holds the target through its step budget ({scaling_reason.get(b, '')})"
         elif steps_source == "not reached":
@@ -310,7 +313,7 @@ OBJECTIVE_WORDS = {"time": "training time", "resource": "resource use"}
 
 def tied_with_fastest(table: pd.DataFrame, objective: str) -> list[int]:
     """Indexes of the considered rows whose objective interval overlaps the fastest row's (itself
-    included), fewest devices then smallest batch first; one index if nothing overlaps it."""
+    included), fewest devices, then the best value, first; one index if nothing overlaps it."""
     col = OBJECTIVE_COLUMN[objective]
     cand = table[table["considered"]].sort_values([col, "devices", "batch_size"])
     if cand.empty:
@@ -320,12 +323,12 @@ def tied_with_fastest(table: pd.DataFrame, objective: str) -> list[int]:
     high = value * cand["objective_high_ratio"].fillna(1.0) if "objective_high_ratio" in cand else value
     first = cand.index[0]
     tied = cand[(low <= high[first]) & (high >= low[first])]
-    return list(tied.sort_values(["devices", "batch_size"]).index)
+    return list(tied.sort_values(["devices", col, "batch_size"]).index)
 
 
 def choose(table: pd.DataFrame, objective: str) -> pd.DataFrame:
     """Mark the considered size minimising the objective; among sizes tied with it (overlapping
-    intervals) the one with fewer devices, then the smaller batch."""
+    intervals) the one with fewer devices, then the best value -- the tie is reported with every size in it."""
     col = OBJECTIVE_COLUMN[objective]
     table = table.copy()
     tied = tied_with_fastest(table, objective)
@@ -339,9 +342,9 @@ def choose(table: pd.DataFrame, objective: str) -> pd.DataFrame:
     runner = others[0] if others else None
     words = OBJECTIVE_WORDS[objective]
     if len(tied) > 1:
-        names = ", ".join(str(int(table.at[i, "batch_size"])) for i in tied)
-        why = (f"tied on {words} with {', '.join(str(int(table.at[i, 'batch_size'])) for i in tied if i != best)} "
-               f"(intervals overlap: {names}); chosen by the rule fewer devices, then the smaller batch: "
+        names = ", ".join(str(b) for b in sorted(int(table.at[i, "batch_size"]) for i in tied))
+        why = (f"tied on {words} with {', '.join(str(b) for b in sorted(int(table.at[i, 'batch_size']) for i in tied if i != best))} "
+               f"(intervals overlap: {names}); chosen by the rule fewer devices, then the best estimate: "
                f"{fmt_objective(best_value, objective)}")
     else:
         why = f"minimises {words}: {fmt_objective(best_value, objective)}"
@@ -400,4 +403,4 @@ def select(m: Measurements, settings: SelectSettings, target: Target, study: Stu
     runner_up = others.iloc[0].to_dict() if len(others) else None
     tied = tied_with_fastest(table, settings.objective)
     return Selection(table, chosen, runner_up, step_budget(chosen["steps_to_target"], settings.step_budget_margin),
-                     settings.objective, [int(table.at[i, "batch_size"]) for i in tied] if len(tied) > 1 else [])
+                     settings.objective, sorted(int(table.at[i, "batch_size"]) for i in tied) if len(tied) > 1 else [])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from stages.core.ranking import rank_key
+from stages.search.ranking import rank_key
 from stages.core.types import NOT_TRAINED, Steps
 from stages.select.decide import Target, step_budget
 from stages.workloads.base import target_reached
@@ -160,8 +160,9 @@ def trusted_steps(steps: pd.DataFrame, choices: pd.DataFrame) -> pd.DataFrame:
     for col in ("rate_why", "step_budget"):
         out[col] = out["batch_size"].map(by_size[col]) if len(by_size) else math.nan
     status = out["status"]
+    coarse = out["candidate"].eq(False) if "candidate" in out else pd.Series(False, index=out.index)
     for i, b in zip(out.index, out["batch_size"]):
-        if status[i] != "reached":
+        if status[i] != "reached" or coarse[i]:  # a coarse answer is shown as it is, never chosen (decide.py)
             continue
         if b not in by_size.index:
             out.loc[i, ["status", "reason", "steps_to_target", "best_learning_rate"]] = \

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from stages.core import outputs as out
 from stages.core.config import SelectSettings
 from stages.core.units import Units, plural
 from stages.select.decide import (OBJECTIVE_COLUMN, OBJECTIVE_WORDS, Measurements, Selection, Study, Target, is_finite,
@@ -248,11 +249,16 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
                        f"{'it' if len(better) == 1 else 'them'} to scaling.batch_sizes to measure.\n")
     predicted = t[t["steps_source"] == "predicted"]
     if len(predicted):
-        out.append(f"{_sizes(predicted['batch_size'])} were predicted, not trained (scaling.adaptive): the sizes above "
-                   f"them are in perfect scaling, where a smaller batch needs proportionally more steps and so trains "
-                   f"no faster and no cheaper; their steps ("
+        out.append(f"{_sizes(predicted['batch_size'])} were predicted, not trained (scaling.adaptive): their steps ("
                    + ", ".join(f"{int(r.batch_size)}: {r.steps_to_target:.0f}" for r in predicted.itertuples())
-                   + ") are perfect scaling's, shown but never chosen.\n")
+                   + ") are shown but never chosen -- the sizes around them confirm perfect scaling, where a smaller "
+                     "batch trains no faster and no cheaper, or are too slow for any size between them to win "
+                     f"({out.SCALING_NOTES.path} gives each one's reason).\n")
+    cannot = t[t["steps_source"] == "cannot win"]
+    if len(cannot):
+        out.append(f"{_sizes(cannot['batch_size'])} kept the coarse search's answer (scaling.adaptive): too slow to win "
+                   f"by more than scaling.contender_factor, so neither refined nor rerun with seeds, and never chosen "
+                   f"({out.SCALING_CONTENDERS.path}).\n")
     not_held = t[t["steps_source"] == "not held"]
     for r in not_held.itertuples():
         out.append(f"{int(r.batch_size)} reached the target, but no learning rate held it through its step budget: "
@@ -273,7 +279,9 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
 
         line = (f"**Tie.** The {words} intervals of batch sizes {_sizes(sel.tied)} overlap the fastest one's "
                 f"({'; '.join(span(size) for size in sel.tied)}; steps interval x time-per-step interval): they "
-                f"are equal within measurement noise. Rule for ties: fewer devices, then the smaller batch, so {b}")
+                f"are equal within measurement noise (time per step counted with the drift throughput measured "
+                f"between its first and last timing, as a rerun's would differ). Rule for ties: fewer devices, then "
+                f"the best estimate, so {b}; any of the tied sizes is as good a choice within what was measured")
     else:
         line = f"{b} minimises {words}: {fmt_objective(c[col], sel.objective)}"
         if sel.runner_up:

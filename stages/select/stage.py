@@ -110,6 +110,7 @@ def read_inputs(target: Target, margin: float) -> tuple[Measurements, Study, pd.
         perfect_scaling_up_to=int(sc_d["perfect_scaling_up_to"]) if _num(sc_d.get("perfect_scaling_up_to")) else None,
         device=str(thr_d.get("device") or "device"),
         first_step_overhead_s=_num(thr_d.get("first_step_overhead_s")) or 0.0,
+        time_per_step_drift=_num(thr_d.get("time_per_step_drift")) or 0.0,
         measured_efficiency=measured_efficiency(),
         trials=trials,  # outcomes: did every trial diverge?
     ), _study(sc_m, sc_d), choices
@@ -124,12 +125,12 @@ def measured_efficiency() -> dict[int, float]:
 
 
 def tie_label(sel: Selection) -> str:
-    """A short label of the tie rule's outcome, '128~256: chose 128 (fewer devices, then smaller batch)' or
+    """A short label of the tie rule's outcome, '128~256: chose 256 (fewer devices, then the best estimate)' or
     'none'. The review of a pull request reads the sizes back from it (stages/report/review.tied_sizes):
     DVC leaves list metrics such as tied_batch_sizes out of its diffs."""
     if not sel.tied:
         return "none"
-    return "~".join(map(str, sel.tied)) + f": chose {int(sel.chosen['batch_size'])} (fewer devices, then smaller batch)"
+    return "~".join(map(str, sel.tied)) + f": chose {int(sel.chosen['batch_size'])} (fewer devices, then the best estimate)"
 
 
 def loader_settings(params, workload, throughput_metrics: dict, throughput_diagnostics: dict | None = None) -> dict | None:

@@ -99,10 +99,11 @@ def settle_steps(workload) -> int:
     return 1 + loader.num_workers * (loader.prefetch_factor or workers.TORCH_PREFETCH)
 
 
-def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tuple[list[dict], list[dict], float | None]:
+def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tuple[list[dict], list[dict], float | None, dict]:
     """Windows for every size in two modes (real pipeline; one batch kept on the device), interleaved
     round-robin, then the phase split (also interleaved) and the FLOPs per example; also the time of
-    the very first training step (the smallest size's first warm-up step), or None without warm-up.
+    the very first training step (the smallest size's first warm-up step), or None without warm-up; and
+    the drift of a reference size's time per step from before the windows to after them (`reference_time`).
     Batches come with ctx.workload's DataLoader settings: the recommended ones, where workers were measured.
 
     One model and optimizer serve every size (their cost does not depend on the weights), so memory
@@ -151,6 +152,8 @@ def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tupl
                        "flops_per_example": flops / b if flops else None})
         warm.update(i + 1, f"batch {b}: {steps} steps per window, "
                            f"{'unknown' if not flops else f'{flops / b:,.0f}'} FLOPs per example")
+    reference = sizes[len(sizes) // 2]  # timed again after everything else: how far the machine drifted
+    before = reference_time(step_of[reference], sync, extras[len(sizes) // 2]["steps_per_window"])
     cap = len(streams) * s.max_seconds_per_size  # each stream stops by its time cap at the latest
     info(STAGE, f"timing {len(sizes)} sizes x 2 modes, interleaved (windows of ~{s.window_seconds:g} s; at most "
                 f"about {duration(cap)} of windows)")
@@ -171,6 +174,9 @@ def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tupl
                 phases[b][p] += got[p]
     for e in extras:
         e.update({p: float(np.median(v)) for p, v in phases[e["batch_size"]].items()})
+    after = reference_time(step_of[reference], sync, extras[len(sizes) // 2]["steps_per_window"])
+    drift = {"reference_batch_size": reference, "reference_time_per_step_s": [before, after],
+             "time_per_step_drift": abs(after / before - 1) if before > 0 else None}
     rows = [{"batch_size": b, "mode": mode, "window": i, "steps": k, "seconds": b * k / eps,
              "examples_per_s": eps, "stop_reason": m.stop_reason}
             for b, mode, _, m in streams for i, (k, eps) in enumerate(zip(m.steps, m.samples))]
@@ -179,7 +185,26 @@ def measure_sizes(ctx: Context, sizes: list[int], s: ThroughputSettings) -> tupl
     del model, optimizer, streams
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return rows, extras, first_step_s
+    return rows, extras, first_step_s, drift
+
+
+REFERENCE_WINDOWS = 5  # windows of a reference step timed before and after the sizes (their median)
+
+
+def reference_time(step, sync, steps_per_window: int) -> float:
+    """The median time per step over REFERENCE_WINDOWS windows of one size: timed before and after all
+    the other measurements, its change is how much this machine's speed moved while throughput ran --
+    a time per step measured in another run (another clone, another load) differs at least that much,
+    which select counts in its ties."""
+    times = []
+    for _ in range(REFERENCE_WINDOWS):
+        sync()
+        started = time.perf_counter()
+        for _ in range(steps_per_window):
+            step()
+        sync()
+        times.append((time.perf_counter() - started) / steps_per_window)
+    return float(np.median(times))
 
 
 def peak_flops(ctx: Context, s: ThroughputSettings) -> tuple[float | None, str]:
@@ -317,7 +342,7 @@ def main() -> None:
     if worker_rows:
         info(STAGE, f"timing every size with the recommended num_workers {loader.num_workers}"
                     f"{' (persistent workers)' if loader.persistent_workers else ''}")
-    windows, extras, first_step_s = measure_sizes(timed, sizes, s)
+    windows, extras, first_step_s, drift = measure_sizes(timed, sizes, s)
     frame_windows = pd.DataFrame(windows)
     frame, decision = summarise(frame_windows, extras, s, peak, ctx.threads, loader_text(loader))
     largest, diagnosis = decision["largest_useful_batch_size"], decision["diagnosis"]
@@ -340,6 +365,7 @@ def main() -> None:
         "input_bound_batch_sizes": [int(b) for b in frame.batch_size[frame.input_bound]],
         "regimes": {str(r.batch_size): r.regime for r in frame.itertuples()},
         "peak_flops_per_s": peak,
+        **drift,
         # a run's one-off start-up: its first step's time beyond a steady step at that size (select adds it
         # to the predicted time to target, which the baseline's clock includes)
         "first_step_overhead_s": None if first_step_s is None else max(

@@ -23,9 +23,14 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from stages.core.train import TrialResult
-from stages.core.lr_search import Journal, RunTrial, Trial, best_steps, measurably_worse, rank_key, run_cached
-from stages.core.ranking import can_be_chosen
+import numpy as np
+
+from dataclasses import replace
+
+from stages.search.trial import TrialResult
+from stages.search.coarse import Target, Trial, best_steps, measurably_worse, rung_trial
+from stages.search.pool import TrialPool
+from stages.search.ranking import can_be_chosen, rank_key, step_budget
 
 OnTrial = Callable[[Trial], None] | None
 SEED_GIVE_UP = 3.0  # a seed run gives up at this x the slowest seed of its rate so far (censored: it counts as not reached)
@@ -68,23 +73,29 @@ def next_rate(tried: dict[float, TrialResult], *, ratio: float, resolution: floa
     return "refine", math.sqrt(best * other)
 
 
-def resolve(coarse: list[Trial], run: RunTrial, seed: int, *, ratio: float, max_trials: int, resolution: float,
-            low_limit: float, high_limit: float, widen_step: float,
-            early_stopping: bool = True, keep: int = 1, journal: Journal | None = None,
-            on_trial: OnTrial = None) -> list[Trial]:
-    """Widen and refine after the coarse trials (same seed); returns the new trials only."""
+def resolve(coarse: list[Trial], pool: TrialPool, seed: int, target: Target, *, ratio: float, max_trials: int,
+            resolution: float, low_limit: float, high_limit: float, widen_step: float, rungs: list[int],
+            margin: float, early_stopping: bool = True, on_trial: OnTrial = None,
+            stop: Callable[[], bool] | None = None) -> list[Trial]:
+    """Widen and refine after the coarse trials (same seed); returns the new trials only. Each new rate
+    trains rung by rung against the best trial so far and is pruned where it is clearly behind it
+    (coarse.rung_trial); it gives up once it passes the best's steps."""
     tried = {t.learning_rate: t.result for t in coarse if t.seed == seed}
     out: list[Trial] = []
     refined = 0
     while (step := next_rate(tried, ratio=ratio, resolution=resolution, low_limit=low_limit,
                              high_limit=high_limit, widen_step=widen_step)) is not None:
         phase, lr = step
+        if stop is not None and stop():
+            break  # scaling.budget_seconds: the study's budget is spent
         if phase == "refine":
             if refined >= max_trials:
                 break
             refined += 1
-        give_up = best_steps(list(tried.values()), keep) if early_stopping else None
-        result, resumed = run_cached(run, journal, lr, seed, give_up)
+        give_up = best_steps(list(tried.values())) if early_stopping else None
+        best = min((r.steps_to_target, rate) for rate, r in tried.items() if r.steps_to_target is not None)[1]
+        result, resumed = rung_trial(pool, lr, seed, target, rungs=rungs, give_up_after=give_up,
+                                     reference=tried[best], reference_rate=best, margin=margin)
         tried[lr] = result
         out.append(Trial(lr, seed, phase, len(coarse) + len(out), give_up, result, resumed))
         if on_trial:
@@ -92,8 +103,51 @@ def resolve(coarse: list[Trial], run: RunTrial, seed: int, *, ratio: float, max_
     return out
 
 
-def successive_halving(search_trials: list[Trial], run: RunTrial, seeds: list[int], top: int, *,
-                       journal: Journal | None = None, on_trial: OnTrial = None) -> list[Trial]:
+def hold_to_budget(trials: list[Trial], pool: TrialPool, margin: float, on_trial: OnTrial = None,
+                   stop: Callable[[], bool] | None = None) -> list[Trial]:
+    """Every run of each rate select may choose -- the rates rerun with extra seeds that are not behind
+    the leader on them (ranking.can_be_chosen) -- holds the target
+    through the step budget select will write for it (ranking.step_budget of the median over its runs,
+    x `margin`, select.step_budget_margin), going on from where it stopped: the guarantee select checks,
+    at no more cost than it needs. A run that falls back on the way moves its crossing on (as in one
+    run; it gives up at SEED_GIVE_UP x the rate's slowest run, as a seed run does), which moves the
+    budget: repeated until the budget settles. Returns `trials`, the held ones
+    with their new result."""
+    trials = list(trials)
+    for _ in range(4):
+        changed = False
+        seeded = sorted({t.learning_rate for t in trials if t.phase == "seed"})
+        steps_of = {lr: [t.result.steps_to_target for t in trials if t.learning_rate == lr and t.phase != "bounded"]
+                    for lr in seeded}
+        leader = min(seeded, key=lambda lr: rank_key(steps_of[lr], lr), default=None)
+        for lr in seeded:
+            if lr != leader and not can_be_chosen(steps_of[lr], lr, steps_of[leader], leader):
+                continue  # behind the leader on its seeds: select would not choose it, so no hold is spent on it
+            runs = [i for i, t in enumerate(trials) if t.learning_rate == lr and t.phase != "bounded"]
+            steps = [trials[i].result.steps_to_target for i in runs]
+            if any(s is None for s in steps):
+                continue  # a run that did not reach: the rate cannot qualify, a longer hold would not change that
+            budget = step_budget(float(np.median(steps)), margin)
+            for i in runs:
+                t = trials[i]
+                if t.result.outcome != "reached" or t.result.steps_run >= budget:
+                    continue
+                if stop is not None and stop():
+                    return trials  # scaling.budget_seconds spent: select sees the holds that were not done
+                # a crossing that falls back moves on, as in one run, giving up as far out as a seed run does
+                far = math.ceil(SEED_GIVE_UP * max(steps))
+                result, replayed = pool.advance(lr, t.seed, hold=budget, give_up_after=far)
+                trials[i] = replace(t, result=result, resumed=t.resumed and replayed)
+                changed = True
+                if on_trial:
+                    on_trial(trials[i])
+        if not changed:
+            break
+    return trials
+
+
+def successive_halving(search_trials: list[Trial], pool: TrialPool, seeds: list[int], top: int, *,
+                       on_trial: OnTrial = None, stop: Callable[[], bool] | None = None) -> list[Trial]:
     """More seeds for fewer rates: the `top` rates of the search each get the first extra seed; then
     only contenders whose steps over seeds overlap the leader's (at most half, at least the leader)
     get the next. Seed runs measure the spread, so they stop early only far out: at SEED_GIVE_UP x the
@@ -111,6 +165,8 @@ def successive_halving(search_trials: list[Trial], run: RunTrial, seeds: list[in
             overlap = [lr for lr in ranked if min(math.inf if x is None else x for x in steps[lr]) <= lead_worst]
             contenders = overlap[:max(1, math.ceil(len(contenders) / 2))]
         for lr in contenders:
+            if stop is not None and stop():
+                return out  # scaling.budget_seconds spent: the seeds not run are missing from the table, said there
             known = [x for x in steps[lr] if x is not None]
             give_up = math.ceil(SEED_GIVE_UP * max(known)) if known else None
             others = [r for r in steps if r != lr]
@@ -119,7 +175,9 @@ def successive_halving(search_trials: list[Trial], run: RunTrial, seeds: list[in
             def contender(x: int, lr=lr, leader=leader) -> bool:
                 return leader is None or can_be_chosen(steps[lr] + [x], lr, steps[leader], leader)
 
-            result, resumed = run_cached(run, journal, lr, s, give_up, contender)
+            result, resumed = pool.advance(lr, s, give_up_after=give_up, contender=contender)
+            if result.outcome != "reached":  # a reached run may be held through its rate's budget later
+                pool.release(lr, s)
             steps[lr].append(result.steps_to_target)
             out.append(Trial(lr, s, "seed", order, give_up, result, resumed))
             order += 1

@@ -1,0 +1,357 @@
+"""The coarse search at one batch size: successive halving over learning rates on their learning curves.
+
+The candidate rates (the grid over the learning-rate range; or, from a prior -- the neighbouring sizes,
+the previous study -- the expected best rate and a grid step either side) all start together and train
+rung by rung: the first rung is short (`first_rung`: the pilot, tens of steps), each next one twice as
+long. At every rung each trial still in the race is evaluated at the same step, and
+- the better half race on (successive halving: an early leader is often a rate at the edge of
+  stability that a slower start overtakes); of the other half, a trial whose distance to the target
+  is more than (1 + `margin`) x the leader's at that step is clearly behind: it is `pruned` there
+  (paused, its state kept: should every trial ahead of it fail -- diverge, stall, never reach -- the
+  best pruned one is resumed where it stopped, never restarted);
+- once a trial reached the target, the others give up when they pass its steps (they cannot beat it:
+  early stopping, so the best steps and rate are those of running every trial to the end);
+- a leader at the edge of what was tried widens the search one grid step further out (down to
+  lr_min / lr_widen_factor, up to lr_max x lr_widen_factor): a best rate at an edge says nothing about
+  the rates beyond it.
+So a bad rate costs a rung or two, and nothing runs to max_steps unless the best rate needs that
+long. The trials advance through a `TrialPool` (stages/search/pool.py): journalled, resumable,
+bit-identical when resumed.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, replace
+from typing import Callable, Literal
+
+import numpy as np
+
+from stages.core.types import Steps
+from stages.search.pool import TrialPool
+from stages.search.ranking import rank_key
+from stages.search.trial import TrialResult, eval_schedule
+
+RUNG_FACTOR = 2  # each rung is this many times the last one's steps
+
+
+def learning_rate_grid(lr_min: float, lr_max: float, points: int, kind: Literal["log", "sobol"] = "log",
+                       seed: int = 0) -> list[float]:
+    """`points` learning rates in [lr_min, lr_max], increasing: log-spaced, or scrambled Sobol
+    points in log space (fills the range without a fixed ratio; same seed, same points)."""
+    if points == 1:
+        return [float(math.sqrt(lr_min * lr_max))]
+    lo, hi = math.log(lr_min), math.log(lr_max)
+    if kind == "log":
+        u = np.linspace(0.0, 1.0, points)
+    else:
+        from scipy.stats import qmc
+
+        with warnings.catch_warnings():  # balance properties want a power of two; any N is fine here
+            warnings.simplefilter("ignore", UserWarning)
+            u = np.sort(qmc.Sobol(d=1, scramble=True, seed=seed).random(points)[:, 0])
+    return [float(math.exp(lo + x * (hi - lo))) for x in u]
+
+
+def grid_ratio(lr_min: float, lr_max: float, points: int) -> float:
+    """The factor between neighbouring rates of the log grid (the coarse search's resolution)."""
+    return (lr_max / lr_min) ** (1 / (points - 1)) if points > 1 else 4.0
+
+
+def final_metric_score(metric: str, direction: str) -> Callable[[TrialResult], float]:
+    """Lower is better: how close a trial that missed the target got (diverged trials last)."""
+    def score(r: TrialResult) -> float:
+        value = r.final_metrics.get(metric, math.nan)
+        if r.outcome == "diverged" or not math.isfinite(value):
+            return math.inf
+        return -value if direction == "above" else value
+    return score
+
+
+def measurably_worse(result: TrialResult, best: int, resolution: float) -> bool:
+    """Did this trial need more than one evaluation interval beyond the best's steps (or never reach)?"""
+    return result.steps_to_target is None or result.steps_to_target > best * (1 + resolution)
+
+
+def best_steps(results: list[TrialResult], k: int = 1) -> int | None:
+    """The k-th fewest steps to target among the results (None while fewer than k reached it)."""
+    reached = sorted(r.steps_to_target for r in results if r.steps_to_target is not None)
+    return reached[k - 1] if len(reached) >= k else None
+
+
+@dataclass
+class Trial:
+    learning_rate: float
+    seed: int
+    # coarse: a candidate of the coarse search; widen: a rate beyond the first candidates, tried because
+    # the leader sat at their edge; refine: bisection around the best (refine.py); seed: another seed
+    # (refine.py); bounded: a trial of an earlier kickoff that a bound stopped and that ran again
+    phase: Literal["coarse", "widen", "refine", "seed", "bounded"]
+    order: int                  # position in the order the trials were started
+    give_up_after: int | None
+    result: TrialResult
+    resumed: bool               # answered by the journal instead of trained
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str
+    value: float
+    direction: str  # "above" or "below"
+
+
+def distance(result: TrialResult | None, step: Steps, target: Target) -> float | None:
+    """How far short of the target the trial was at `step` (<= 0: at or beyond it; inf: not finite);
+    None without an evaluation at that step."""
+    for row in (result.curve if result is not None else []):
+        if row["step"] == step:
+            value = row.get(target.metric, math.nan)
+            if not math.isfinite(value):
+                return math.inf
+            return target.value - value if target.direction == "above" else value - target.value
+    return None
+
+
+FLOOR = 0.2  # near the target, "clearly behind" is judged against this share of the starting distance
+
+
+def clearly_behind(gap: float, leader_gap: float, margin: float, start: float) -> bool:
+    """Is a trial `gap` short of the target clearly behind a leader `leader_gap` short of it at the same
+    step? Farther by more than `margin` (scaling.prune_margin) of the leader's distance -- or, once the
+    leader is close to the target, of FLOOR x the distance both started from (`start`, the first
+    evaluation's): near the target the distances are small and a curve's noise is not."""
+    return gap - leader_gap > margin * max(leader_gap, FLOOR * start)
+
+
+def start_distance(result: TrialResult | None, target: Target) -> float:
+    """The distance to the target at the trial's first evaluation (its start: the scale of the race)."""
+    if result is None or not result.curve:
+        return math.inf
+    d = distance(result, result.curve[0]["step"], target)
+    return d if d is not None and math.isfinite(d) and d > 0 else math.inf
+
+
+def rung_steps(first: Steps, max_steps: Steps, resolution: float) -> list[Steps]:
+    """first, 2 x first, 4 x first, ... each moved up to an evaluation step of the trials' schedule
+    (so a rung adds no evaluation: a paused trial is the same trial), ending at max_steps."""
+    schedule = eval_schedule(max_steps, resolution)
+    rungs: list[Steps] = []
+    want = max(1, first)
+    while want < max_steps:
+        step = next(s for s in schedule if s >= want)
+        if not rungs or step > rungs[-1]:
+            rungs.append(step)
+        want = RUNG_FACTOR * step
+    return rungs + [max_steps] if not rungs or rungs[-1] < max_steps else rungs
+
+
+def extrapolate_steps(result: TrialResult, target: Target, max_steps: Steps) -> float | None:
+    """Where the trial's learning curve points: the step at which its metric, fitted as a straight line
+    in the log of the step over the second half of its evaluations, meets the target (capped at
+    max_steps); None while it does not move towards it. The pilot's estimate of a size's steps -- an
+    ETA, never a result."""
+    rows = [r for r in result.curve if math.isfinite(r.get(target.metric, math.nan))]
+    rows = rows[len(rows) // 2:]
+    if len(rows) < 3:
+        return None
+    x = np.log([r["step"] for r in rows])
+    y = np.array([r[target.metric] for r in rows])
+    slope, intercept = np.polyfit(x, y, 1)
+    towards = slope > 0 if target.direction == "above" else slope < 0
+    if not towards:
+        return None
+    step = math.exp(min(50.0, (target.value - intercept) / slope))
+    return float(min(max(step, rows[-1]["step"]), max_steps))
+
+
+def pruned_result(result: TrialResult, why: str) -> TrialResult:
+    return replace(result, outcome="pruned", reason=why)
+
+
+def _at(result: TrialResult, step: Steps, target: Target) -> str:
+    for row in result.curve:
+        if row["step"] == step:
+            return f"{target.metric} {row.get(target.metric, math.nan):.4g}"
+    return f"{target.metric} unknown"
+
+
+def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, *, first_rung: Steps,
+                max_steps: Steps, resolution: float, margin: float, widen_step: float, low_limit: float,
+                high_limit: float, hint: float | None = None, early_stopping: bool = True, max_widen: float | None = None,
+                on_rung: Callable[[Steps, list[Trial]], None] | None = None,
+                out_of_budget: Callable[[list[Trial]], bool] | None = None) -> list[Trial]:
+    """The coarse search (above) over `rates`; one Trial per rate tried, in the order started, each
+    with its last result (`pruned` for a trial left behind at a rung). `hint`: the rate expected to be
+    best (the first to train at each rung); `on_rung(step, trials)` after each rung (a progress line);
+    `out_of_budget(trials)`: True once the search has spent its share of scaling.budget_seconds -- the
+    race stops at that rung, its trials left `paused` with the reason."""
+    rungs = rung_steps(first_rung, max_steps, resolution)
+    trials: dict[float, Trial] = {}
+    alive: list[float] = []
+    pruned: dict[float, tuple[Steps, str]] = {}  # rate -> (the rung it was left at, why)
+    centre = hint or math.sqrt(min(rates) * max(rates))
+    previous = rungs[0]
+    budget_cut = False
+
+    def best(but: float | None = None) -> Steps | None:
+        """The fewest steps of a crossing that held (a crossing still in its hold may fall back)."""
+        done = [t.result for lr, t in trials.items() if t.result.outcome == "reached" and lr != but]
+        return best_steps(done) if early_stopping else None
+
+    def train(lr: float, until: Steps) -> None:
+        give_up = best(but=lr)
+        result, replayed = pool.advance(lr, seed, until=until, give_up_after=give_up)
+        t = trials[lr]
+        t.result, t.give_up_after, t.resumed = result, give_up, t.resumed and replayed
+        if result.outcome != "paused" and lr in alive:
+            alive.remove(lr)
+            if result.outcome != "reached":  # a reached trial may be held later (refine.hold_contenders)
+                pool.release(lr, seed)
+
+    def start(lr: float, phase: str, until: Steps) -> None:
+        trials[lr] = Trial(lr, seed, phase, len(trials), None, TrialResult("paused", None, 0, 0, 0.0, {}), True)
+        alive.append(lr)
+        train(lr, until)
+
+    def gap(lr: float, step: Steps) -> float:
+        g = distance(trials[lr].result, step, target)
+        return math.inf if g is None else g
+
+    def leader(step: Steps) -> float | None:
+        """The rate ahead: fewest steps among those that reached, else closest to the target at `step`."""
+        reached = [(t.result.steps_to_target, lr) for lr, t in trials.items() if t.result.outcome == "reached"]
+        if reached:
+            return min(reached)[1]
+        racing = [lr for lr in trials if lr not in pruned and distance(trials[lr].result, step, target) is not None]
+        return min(racing, key=lambda lr: (gap(lr, step), abs(math.log(lr / centre)))) if racing else None
+
+    for k in rungs:
+        if not trials:  # the pilot: every candidate's first rung, the expected best first
+            for lr in sorted(rates, key=lambda r: (abs(math.log(r / centre)), r)):
+                start(lr, "coarse", k)
+        else:
+            for lr in sorted(alive, key=lambda r: (gap(r, previous), r)):
+                train(lr, k)
+        while (lead := leader(k)) is not None:  # a leader at an edge of what was tried: look beyond it
+            tried = sorted(trials)
+            # one step as wide as the last, squared (a prior's narrow bracket widens fast), up to max_widen
+            inner = tried[1] if lead == tried[0] and len(tried) > 1 else tried[-2] if len(tried) > 1 else None
+            ratio = widen_step if inner is None else max(widen_step, (max(inner, lead) / min(inner, lead)) ** 2)
+            ratio = min(ratio, max_widen or ratio)
+            out = lead / ratio if lead == tried[0] else lead * ratio if lead == tried[-1] else None
+            if out is None or not low_limit * (1 - 1e-9) <= out <= high_limit * (1 + 1e-9) or out in trials:
+                break
+            start(out, "widen", k)
+        lead = leader(k)
+        if lead is not None and trials[lead].result.steps_to_target is None:
+            lead_gap, scale = gap(lead, k), start_distance(trials[lead].result, target)
+            # successive halving: the better half of the rung races on whatever its distance (an early
+            # leader is often a rate at the edge of stability that a slower start overtakes), and of the
+            # other half only the trials not clearly behind the leader
+            racing = sorted(alive, key=lambda r: (gap(r, k), r))
+            for lr in racing[math.ceil(len(racing) / 2):]:
+                g = gap(lr, k)
+                if clearly_behind(g, lead_gap, margin, scale):
+                    alive.remove(lr)
+                    pruned[lr] = (k, f"pruned at step {k}: {_at(trials[lr].result, k, target)} was clearly behind "
+                                     f"lr {lead:.4g}'s {_at(trials[lead].result, k, target)} at the same step (distance "
+                                     f"to the target {g:.3g} against {lead_gap:.3g}, scaling.prune_margin {margin:g})")
+        if on_rung:
+            on_rung(k, sorted(trials.values(), key=lambda t: t.order))
+        if alive and out_of_budget is not None and out_of_budget(list(trials.values())):
+            for lr in alive:
+                trials[lr].result = replace(trials[lr].result, reason=f"stopped by scaling.budget_seconds at step "
+                                                                       f"{trials[lr].result.steps_run} (the search's share spent)")
+            budget_cut = True
+            break
+        if not alive:
+            if best() is not None or not pruned:
+                break
+            # every trial ahead failed (diverged, stalled, never reached): resume the best one left behind
+            lr = min(pruned, key=lambda r: (gap(r, pruned[r][0]), r))
+            del pruned[lr]
+            alive.append(lr)
+        previous = k
+    for lr, (_, why) in pruned.items():
+        trials[lr].result = pruned_result(trials[lr].result, why)
+        pool.release(lr, seed)
+    if best() is not None and len(trials) > 1 and not budget_cut:
+        # The race's best is a grid rate, up to half a grid step from the optimum: once, the rate between it
+        # and its better neighbour (pruned against its curve, giving up at its steps) -- a coarse answer
+        # within a quarter of the grid's ratio, which the predictions and B_crit's fit read.
+        lead = leader(rungs[-1])
+        tried = sorted(trials)
+        i = tried.index(lead)
+        sides = [tried[j] for j in (i - 1, i + 1) if 0 <= j < len(tried)]
+        other = min(sides, key=lambda r: (trials[r].result.steps_to_target or math.inf,
+                                          _final_distance(trials[r].result, target), r))
+        mid = math.sqrt(lead * other)
+        trials[mid] = Trial(mid, seed, "refine", len(trials), best(), trials[lead].result, True)
+        result, replayed = rung_trial(pool, mid, seed, target, rungs=rungs, give_up_after=best(),
+                                      reference=trials[lead].result, reference_rate=lead, margin=margin)
+        trials[mid].result, trials[mid].resumed = result, replayed
+    if best() is None and not budget_cut:
+        # No rate reached within max_steps. The grid is coarse (a factor ~3 between rates) and the best rate
+        # may lie between the two that came closest: try there once, from the start, to the end.
+        ranked = sorted((t for t in trials.values() if t.result.outcome != "diverged"),
+                        key=lambda t: (_final_distance(t.result, target), t.learning_rate))
+        tried = sorted(trials)
+        if len(ranked) >= 2 and math.isfinite(_final_distance(ranked[0].result, target)):
+            a, b = ranked[0].learning_rate, ranked[1].learning_rate
+            if abs(tried.index(a) - tried.index(b)) == 1:
+                start(math.sqrt(a * b), "refine", max_steps)
+    return sorted(trials.values(), key=lambda t: t.order)
+
+
+def _final_distance(result: TrialResult, target: Target) -> float:
+    """How far short of the target a trial ended (inf: no finite evaluation)."""
+    if not result.curve:
+        return math.inf
+    d = distance(result, result.curve[-1]["step"], target)
+    return math.inf if d is None else d
+
+
+def rung_trial(pool: TrialPool, learning_rate: float, seed: int, target: Target, *, rungs: list[Steps],
+               give_up_after: Steps | None, reference: TrialResult | None, reference_rate: float | None,
+               margin: float, contender: Callable[[Steps], bool] | None = None) -> tuple[TrialResult, bool]:
+    """One new rate (a refinement) trained rung by rung against the best trial so far (`reference`,
+    whose curve is known): pruned at the first rung where it is clearly behind it, else trained to its
+    end (reaching the target, or giving up at `give_up_after`). Returns (result, answered by the journal)."""
+    replayed = True
+    for k in [r for r in rungs if give_up_after is None or r < give_up_after]:
+        result, from_journal = pool.advance(learning_rate, seed, until=k, give_up_after=give_up_after,
+                                            contender=contender)
+        replayed = replayed and from_journal
+        if result.outcome != "paused":
+            if result.outcome != "reached":  # a reached trial may be held later (refine.hold_contenders)
+                pool.release(learning_rate, seed)
+            return result, replayed
+        ref, g = distance(reference, k, target), distance(result, k, target)
+        if ref is not None and g is not None and clearly_behind(g, ref, margin, start_distance(reference, target)):
+            pool.release(learning_rate, seed)
+            return pruned_result(result, f"pruned at step {k}: {_at(result, k, target)} was clearly behind the best "
+                                         f"rate{f' {reference_rate:.4g}' if reference_rate else ''}'s "
+                                         f"{_at(reference, k, target)} at the same step (scaling.prune_margin "
+                                         f"{margin:g})"), replayed
+    result, from_journal = pool.advance(learning_rate, seed, give_up_after=give_up_after, contender=contender)
+    if result.outcome != "reached":
+        pool.release(learning_rate, seed)
+    return result, replayed and from_journal
+
+
+def best_learning_rate(rows: list[tuple[float, str, int | None]]) -> float | None:
+    """The best rate from (learning rate, phase, steps to target) rows of one batch size (phase
+    'bounded' left out: a retried attempt): among the
+    rates rerun with seeds (phase 'seed') if any -- of those, the ones that got the most seeds, i.e.
+    survived the successive halving -- else all, the one with the best rank_key (median first)."""
+    rows = [r for r in rows if r[1] != "bounded"]  # trials a bound stopped, tried again
+    seeded = {lr for lr, phase, _ in rows if phase == "seed"}
+    by_lr: dict[float, list[int | None]] = {}
+    for lr, _, steps in rows:
+        if lr in seeded or not seeded:
+            by_lr.setdefault(lr, []).append(steps)
+    most = max((len(v) for v in by_lr.values()), default=0)
+    candidates = [lr for lr, steps in by_lr.items() if any(s is not None for s in steps) and len(steps) == most]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda lr: rank_key(by_lr[lr], lr))
