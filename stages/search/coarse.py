@@ -239,7 +239,9 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
             ratio = widen_step if inner is None else max(widen_step, (max(inner, lead) / min(inner, lead)) ** 2)
             ratio = min(ratio, max_widen or ratio)
             out = lead / ratio if lead == tried[0] else lead * ratio if lead == tried[-1] else None
-            if out is None or not low_limit * (1 - 1e-9) <= out <= high_limit * (1 + 1e-9) or out in trials:
+            if out is not None:  # no further than the limits: a best rate at a limit is a `boundary` result
+                out = min(max(out, low_limit), high_limit)
+            if out is None or out in trials or abs(math.log(out / lead)) < 1e-9:
                 break
             start(out, "widen", k)
         lead = leader(k)
@@ -283,8 +285,14 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
         tried = sorted(trials)
         i = tried.index(lead)
         sides = [tried[j] for j in (i - 1, i + 1) if 0 <= j < len(tried)]
+        # the better neighbour: fewer steps where both reached, else closer to the target at the last step
+        # both were evaluated at (distances at different steps do not compare)
+        common = max((s for s in {r["step"] for r in trials[sides[0]].result.curve}
+                      if all(distance(trials[x].result, s, target) is not None for x in sides)), default=None)
         other = min(sides, key=lambda r: (trials[r].result.steps_to_target or math.inf,
-                                          _final_distance(trials[r].result, target), r))
+                                          (distance(trials[r].result, common, target) if common else None) or math.inf, r))
+        if trials[lead].result.fell_back_at is not None and sides[0] < lead:
+            other = sides[0]  # a leader that crossed and fell back is at the edge of stability: the optimum is below it
         mid = math.sqrt(lead * other)
         trials[mid] = Trial(mid, seed, "refine", len(trials), best(), trials[lead].result, True)
         result, replayed = rung_trial(pool, mid, seed, target, rungs=rungs, give_up_after=best(),
