@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from stages.core import outputs as out
+from stages.core import outputs
 from stages.core.config import SelectSettings
 from stages.core.units import Units, plural
 from stages.select.decide import (OBJECTIVE_COLUMN, OBJECTIVE_WORDS, Measurements, Selection, Study, Target, is_finite,
@@ -253,12 +253,12 @@ def reasoning_markdown(sel: Selection, m: Measurements, target: Target, settings
                    + ", ".join(f"{int(r.batch_size)}: {r.steps_to_target:.0f}" for r in predicted.itertuples())
                    + ") are shown but never chosen -- the sizes around them confirm perfect scaling, where a smaller "
                      "batch trains no faster and no cheaper, or are too slow for any size between them to win "
-                     f"({out.SCALING_NOTES.path} gives each one's reason).\n")
+                     f"({outputs.SCALING_NOTES.path} gives each one's reason).\n")
     cannot = t[t["steps_source"] == "cannot win"]
     if len(cannot):
         out.append(f"{_sizes(cannot['batch_size'])} kept the coarse search's answer (scaling.adaptive): too slow to win "
                    f"by more than scaling.contender_factor, so neither refined nor rerun with seeds, and never chosen "
-                   f"({out.SCALING_CONTENDERS.path}).\n")
+                   f"({outputs.SCALING_CONTENDERS.path}).\n")
     not_held = t[t["steps_source"] == "not held"]
     for r in not_held.itertuples():
         out.append(f"{int(r.batch_size)} reached the target, but no learning rate held it through its step budget: "
