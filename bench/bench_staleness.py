@@ -54,11 +54,11 @@ from pathlib import Path
 
 
 def default_dim() -> int:
-    """8. With EDIT_WHILE_RUNNING=N in the environment, a scaling trials job sets scaling.max_steps to N in
+    """8. With EDIT_WHILE_RUNNING=N in the environment, a scaling study's job sets scaling.max_steps to N in
     params.yaml as it builds this workload -- after it read its settings: a user's edit while the job
     runs, made at a known moment (tests/test_pipeline_declaration.py)."""
     value = os.environ.get("EDIT_WHILE_RUNNING")
-    if value and Path(sys.argv[0]).parent.name == "scaling" and "trials" in sys.argv:
+    if value and Path(sys.argv[0]).parent.name == "scaling" and "--batch-size" in sys.argv:
         import yaml
 
         params = yaml.safe_load(Path("params.yaml").read_text())

@@ -14,6 +14,7 @@ import pytest
 
 from stages.core import outputs as out
 from stages.core import provenance
+from stages.pipeline import declaration as pipeline
 from tests.conftest import make_project, run
 
 SIZES = [4, 16]
@@ -34,21 +35,31 @@ def test_scaling_fan_out_runs_as_separate_cluster_jobs(tmp_path, monkeypatch):
     root = make_project(tmp_path / "kickoff", PARAMS)
     run(["dvc", "repro", "throughput"], root, timeout=300)  # family (skipped), probe, throughput: recorded in dvc.lock
 
+    # the study's three waves (stages/scaling/waves.py), each size's job submitted as a cluster job of its own
+    rules = ["scaling_wave1", "scaling_gaps", "scaling_wave2", "scaling_contenders", "scaling_trials"]
     targets = [str(provenance.stamp_path(f"scaling_trials@{b}")) for b in SIZES]  # each job's one declared output
     proc = run([sys.executable, "-m", "snakemake", "--profile", "profiles/local-cluster",
-                "--allowed-rules", "scaling_trials", "--", *targets], root, timeout=300)
+                "--allowed-rules", *rules, "--", *targets], root, timeout=300)
     log = proc.stdout + proc.stderr
     submitted = re.findall(r"Submitted job \d+ with external jobid '([^']+)'", log)
-    assert len(submitted) == len(SIZES), log[-3000:]  # one cluster job per batch size, nothing else
-    last_submitted = log.rindex("with external jobid")
-    assert last_submitted < log.index("Finished jobid"), "the sizes' jobs were in flight together"
+    first, second = pipeline.wave_sizes(SIZES)
+    assert len(submitted) == len(first) + len(second) + 2 + len(SIZES), log[-3000:]  # one cluster job per job
+    # wave 3's jobs, one per size, were in flight together: both submitted before the first of them finished
+    ids = {int(jobid): m.group(1) for m in re.finditer(r"rule (\w+):\n((?:    .*\n)*)", log)
+           for jobid in re.findall(r"^    jobid: (\d+)$", m.group(2), re.M)}
+    wave3 = [i for i, rule in ids.items() if rule == "scaling_trials"]
+    assert len(wave3) == len(SIZES), log[-3000:]
+    submits = [log.index(f"Submitted job {i} ") for i in wave3]
+    finishes = [log.index(f"Finished jobid: {i} ") if f"Finished jobid: {i} " in log else log.index(f"Finished job {i}.")
+                for i in wave3]
+    assert max(submits) < min(finishes), "the sizes' jobs of the last wave were in flight together"
 
     jobs = root / ".cluster-jobs"
     pids = set()
     for job_id in submitted:  # each ran as its own process, to the end, and said which size it was
         assert (jobs / f"{job_id}.exit").read_text().strip() == "0"
         pids.add((jobs / f"{job_id}.pid").read_text().strip())
-    assert len(pids) == len(SIZES)
+    assert len(pids) == len(submitted)
     polls = (jobs / "polls.log").read_text().splitlines()  # Snakemake learnt of each end from status.sh
     assert {f"{job_id} success" for job_id in submitted} <= set(polls)
     job_logs = " ".join((jobs / f"{job_id}.log").read_text() for job_id in submitted)
@@ -61,3 +72,4 @@ def test_scaling_fan_out_runs_as_separate_cluster_jobs(tmp_path, monkeypatch):
     # each cluster job recorded itself in dvc.lock: DVC sees the sizes' jobs as up to date
     status = json.loads(run(["dvc", "status", "--json"], root).stdout or "{}")
     assert not {f"scaling_trials@{b}" for b in SIZES} & set(status), status
+    assert not {f"scaling_wave1@{b}" for b in first} & set(status), status

@@ -26,7 +26,9 @@ from tests.conftest import ROOT, run, write_params
 pytestmark = pytest.mark.e2e
 
 TINY_FULL = {**yaml.safe_load((ROOT / "params.yaml").read_text()), **TINY}
-FANOUT = [f"scaling_trials@{b}" for b in TINY["scaling"]["batch_sizes"]]
+WAVE1, WAVE2 = pipeline.wave_sizes(TINY["scaling"]["batch_sizes"])
+FANOUT = ([f"scaling_wave1@{b}" for b in WAVE1] + [f"scaling_wave2@{b}" for b in WAVE2]
+          + [f"scaling_trials@{b}" for b in TINY["scaling"]["batch_sizes"]])
 FAMILY_FANOUT = [f"family_trial@candidate{i}" for i in range(len(TINY["family"]["candidates"]))]
 USES_WORKLOAD = {*FAMILY_FANOUT, "probe", "throughput", *FANOUT, "scaling", "select", "baseline"}
 
@@ -136,7 +138,7 @@ def test_the_staleness_matrix_agrees_in_every_state(clones):
 
 # One key of every other section, in a fresh clone: the stage that reads it and those downstream.
 MORE_CHANGES = [
-    ("runtime.seed", 1, "probe"), ("scaling.lr_points", 3, "scaling_trials@8"),
+    ("runtime.seed", 1, "probe"), ("scaling.lr_points", 3, f"scaling_wave1@{WAVE1[0]}"),
     ("select.objective", "resource", "select"), ("baseline.eval_every", 5, "baseline"),
 ]
 
@@ -181,8 +183,10 @@ def test_a_profile_changes_no_params_yaml_and_both_tools_plan_its_stages(clones)
     try:
         run([sys.executable, "-m", "stages.pipeline", "--profile", "tiny"], root)
         assert (root / "params.yaml").read_bytes() == params_before
-        assert dvc_stale(root) == {"select"}
-        assert snakemake_plan(root) == {"select", "baseline", "report"}
+        readers = {s.name for s in pipeline.STAGES if {"select", "select.objective"} & set(s.params)}  # + which sizes contend
+        assert readers == {"scaling_contenders", "select"}
+        assert dvc_stale(root) == readers
+        assert snakemake_plan(root) == downstream(root, readers)
         run([sys.executable, "-m", "stages.pipeline", "--check"], root)  # the profile is what dvc.yaml records
         proc = run([sys.executable, "-m", "stages"], root)  # the stages read params.yaml + the profile
         assert "objective: resource" in proc.stdout
@@ -193,27 +197,31 @@ def test_a_profile_changes_no_params_yaml_and_both_tools_plan_its_stages(clones)
 
 
 def test_a_render_after_a_size_and_a_candidate_leave_removes_their_files_and_lock_entries(clones):
-    """A batch size and a family candidate dropped from params.yaml: `python -m stages` names their jobs and
-    the command that removes them; `python -m stages.pipeline` removes their files and dvc.lock entries;
-    then both tools plan the same rerun (the stages that read the lists) and DVC reads the edited lock."""
+    """A batch size and a family candidate dropped from params.yaml: `python -m stages` says dvc.yaml must be
+    re-rendered (the waves list their sizes); `python -m stages.pipeline` names the jobs that left and
+    removes their files and dvc.lock entries; then both tools plan the same rerun (the stages that read
+    the lists) and DVC reads the edited lock. The smallest size leaves, so the others keep their waves."""
     root = clones["fresh clone"]
-    gone = ["reports/scaling/trials/bs_16.csv", "reports/scaling/trials/bs_16_curves.csv",
-            "reports/scaling/trials/bs_16.manifest.json", "reports/family/trials/candidate1.csv",
-            "reports/family/trials/candidate1.manifest.json"]
+    small = min(TINY["scaling"]["batch_sizes"])
+    kept = sorted(set(TINY["scaling"]["batch_sizes"]) - {small})
+    assert pipeline.wave_sizes(kept)[0] == [b for b in WAVE1 if b != small]  # the sizes that stay keep their wave
+    left = [f"scaling_wave1@{small}", f"scaling_trials@{small}", "family_trial@candidate1"]
+    gone = [f"reports/scaling/trials/bs_{small}.csv", f"reports/scaling/trials/bs_{small}_curves.csv",
+            f"reports/scaling/trials/bs_{small}.manifest.json", f"reports/scaling/wave1/bs_{small}.csv",
+            "reports/family/trials/candidate1.csv", "reports/family/trials/candidate1.manifest.json"]
     assert all((root / f).is_file() for f in gone)
     try:
-        write_params(root, {"scaling": {"batch_sizes": [4, 8]}, "family": {"candidates": [{"dim": 4}]}})
-        proc = run([sys.executable, "-m", "stages"], root)
-        assert "scaling_trials@16" in proc.stderr and "family_trial@candidate1" in proc.stderr
-        assert "`python -m stages.pipeline` removes them" in proc.stderr
+        write_params(root, {"scaling": {"batch_sizes": kept}, "family": {"candidates": [{"dim": 4}]}})
+        proc = run([sys.executable, "-m", "stages"], root, check=False)
+        assert proc.returncode == 2 and "scaling.batch_sizes" in proc.stderr and "`python -m stages.pipeline`" in proc.stderr
         proc = run([sys.executable, "-m", "stages.pipeline"], root)
-        assert "scaling_trials@16" in proc.stderr and "family_trial@candidate1" in proc.stderr
+        assert all(job in proc.stderr for job in left), proc.stderr
         lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-        assert {"scaling_trials@4", "scaling_trials@8", "family_trial@candidate0"} <= set(lock)
-        assert not {"scaling_trials@16", "family_trial@candidate1"} & set(lock)
+        assert {f"scaling_trials@{b}" for b in kept} | {"family_trial@candidate0"} <= set(lock)
+        assert not set(left) & set(lock)
         assert not any((root / f).exists() for f in gone)
         stale = dvc_stale(root)
-        assert {"scaling", "family"} <= stale and not any(job.endswith(("@16", "@candidate1")) for job in stale)
+        assert {"scaling", "family"} <= stale and not any(job.endswith((f"@{small}", "@candidate1")) for job in stale)
         assert snakemake_plan(root) == downstream(root, stale)
         assert "no longer declared" not in run([sys.executable, "-m", "stages"], root).stderr
     finally:
@@ -227,7 +235,7 @@ def test_a_render_after_a_size_and_a_candidate_leave_removes_their_files_and_loc
 # size), scaling's.
 OTHER_SETTINGS = [("optimizer.momentum", 0.5, "0.9", "reports/probe/metrics.json"),
                   ("scaling.max_steps", 150, "200", "reports/scaling/metrics.json"),
-                  ("scaling.batch_sizes", [4, 8], "[4, 8, 16]", "reports/scaling/metrics.json")]
+                  ("scaling.batch_sizes", [8, 16], "[4, 8, 16]", "reports/scaling/metrics.json")]
 
 
 @pytest.mark.parametrize("key, value, made, file", OTHER_SETTINGS, ids=[k for k, *_ in OTHER_SETTINGS])
@@ -236,10 +244,12 @@ def test_results_made_with_other_settings_are_refused_by_a_stage_run_by_hand(clo
     naming the key, the value the results were made with, the value in force, and the command that
     remakes them; nothing written."""
     root = clones["fresh clone"]
-    before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
     section, name = key.split(".")
     try:
         write_params(root, {section: {name: value}})
+        if key == "scaling.batch_sizes":  # the waves list their sizes: dvc.yaml is re-rendered first
+            run([sys.executable, "-m", "stages.pipeline"], root)
+        before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
         proc = run([sys.executable, "-m", "stages.select"], root, check=False)
         assert proc.returncode == 2, proc.stderr[-2000:]
         (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("kickoff: error:")]
@@ -269,7 +279,7 @@ def test_a_settings_edit_while_a_job_runs_is_refused_at_its_end_and_dvc_lock_kee
             write_params(root, {"scaling": {"max_steps": 190}})
             proc = run(tool, root, check=False, env={"EDIT_WHILE_RUNNING": "210"})
             assert proc.returncode != 0, tool
-            assert re.search(r"kickoff: error: scaling.max_steps: was 190 when `scaling trials --batch-size \d+` started "
+            assert re.search(r"kickoff: error: scaling.max_steps: was 190 when `scaling \w+ --batch-size \d+` started "
                              r"and is 210 now in params.yaml \(edited while it ran\); nothing was written",
                              proc.stderr), (tool, proc.stderr[-3000:])
             assert (root / "dvc.lock").read_text() == lock, tool

@@ -263,14 +263,14 @@ def test_stage_smoke_on_a_tiny_workload(tmp_path):
 
 @pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_slow_data_loader_is_input_bound(tmp_path):
-    run_stage(tmp_path, {"name": "tests.throughput_fakes:factory", "kwargs": {"sleep_per_example_s": 1.0e-3}},
+    run_stage(tmp_path, {"name": "tests.throughput_fakes:factory", "kwargs": {"sleep_per_example_s": 4.0e-3}},
               [2, 4, 8])
     out = tmp_path / "reports" / "throughput"
     frame = pd.read_csv(out / "throughput.csv")
     metrics = {**json.loads((out / "diagnostics.json").read_text()), **json.loads((out / "metrics.json").read_text())}
     assert frame.input_bound.all(), frame[["batch_size", "examples_per_s", "on_device_examples_per_s"]]
     assert metrics["input_bound_batch_sizes"] == [2, 4, 8]
-    assert (frame.examples_per_s < 1000).all()  # 1 ms per example caps throughput at 1,000 examples/s
+    assert (frame.examples_per_s < 250).all()  # 4 ms per example caps throughput at 250 examples/s
     assert (frame.on_device_examples_per_s > 2 * frame.examples_per_s).all()
     assert (frame.data_wait_s > frame.compute_s).all()
     notes = (out / "diagnosis.md").read_text()

@@ -592,7 +592,7 @@ def check_workload(root: Path, import_it: bool = True) -> None:
 def check_rendered(root: Path) -> None:
     """ConfigError unless dvc.yaml is what params.yaml and the active profiles render: a setting that
     shapes it (workload.name, workload.sources, optimizer.name, family.candidates null or not,
-    scaling.adaptive) changed without `python -m stages.pipeline`, and DVC would track the wrong keys or files.
+    scaling.adaptive, scaling.batch_sizes: the waves list their sizes) changed without `python -m stages.pipeline`, and DVC would track the wrong keys or files.
     A pass is remembered (.kickoff/cache/rendered, by `_render_inputs`): every stage process checks, and
     rendering costs 0.6 s of import analysis that is the same until a file it reads changes."""
     target = root / DVC_FILE
@@ -608,7 +608,8 @@ def check_rendered(root: Path) -> None:
     if target.read_text() != rendered_text(root):
         check_workload(root)  # a workload.name typo is named as such: re-rendering would not fix it
         raise ConfigError(f"{DVC_FILE} is out of date with params.yaml (a setting that decides what the stages track "
-                          f"changed: workload.name, workload.sources, optimizer.name, family.candidates or scaling.adaptive); run "
+                          f"changed: workload.name, workload.sources, optimizer.name, family.candidates, scaling.adaptive or "
+                          f"scaling.batch_sizes); run "
                           f"`python -m stages.pipeline` to re-render it, then rerun")
     try:  # remembered for the next process; a cache, so a failure to write it costs only time
         marker.parent.mkdir(parents=True, exist_ok=True)
