@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.bench_staleness import (CHANGES, TINY, build, downstream, dvc_stale, matrix, param_change,
-                                   snakemake_plan, states)
+from bench.bench_staleness import (CHANGES, PROFILE, TINY, build, cell, dvc_stale, matrix, param_change,
+                                   restored, snakemake_plan, states)
 from stages.core import provenance
 from stages.pipeline import declaration as pipeline
 from tests.conftest import ROOT, run
@@ -140,11 +140,8 @@ MORE_CHANGES = [
 
 @pytest.mark.parametrize("key, value, reader", MORE_CHANGES, ids=[k for k, _, _ in MORE_CHANGES])
 def test_a_key_of_each_section_marks_the_same_jobs_in_both_tools(clones, key, value, reader):
-    root = clones["fresh clone"]
-    with param_change(*key.split("."), value)(root):
-        stale = dvc_stale(root)
-        assert reader in stale
-        assert snakemake_plan(root) == downstream(root, stale)
+    agree, text = cell(clones["fresh clone"], (key, param_change(*key.split("."), value), reader))
+    assert agree, text
 
 
 def test_a_job_that_fails_keeps_the_committed_outputs_and_stays_stale(clones):
@@ -169,23 +166,105 @@ def test_a_job_that_fails_keeps_the_committed_outputs_and_stays_stale(clones):
 
 
 def test_a_profile_changes_no_params_yaml_and_both_tools_plan_its_stages(clones):
-    """`python -m stages.pipeline --profile NAME` leaves params.yaml byte for byte; DVC tracks the
-    profile's keys (so only the stages reading them are stale) and Snakemake plans the same."""
+    """`python -m stages.pipeline --profile NAME` leaves params.yaml byte for byte; the stages track their
+    keys in the settings in force, so only the stages whose values the profile changes are stale -- once
+    the settings stage has run: `dvc status` lists it alone before, Snakemake runs it before it plans."""
     root = clones["fresh clone"]
     (root / "profiles/tiny").mkdir()
     (root / "profiles/tiny/params.yaml").write_text("select:\n  objective: resource\n")
     params_before = (root / "params.yaml").read_bytes()
     try:
-        run([sys.executable, "-m", "stages.pipeline", "--profile", "tiny"], root)
-        assert (root / "params.yaml").read_bytes() == params_before
-        assert dvc_stale(root) == {"select"}
-        assert snakemake_plan(root) == {"select", "baseline", "report"}
-        run([sys.executable, "-m", "stages.pipeline", "--check"], root)  # the profile is what dvc.yaml records
-        proc = run([sys.executable, "-m", "stages"], root)  # the stages read params.yaml + the profile
-        assert "objective: resource" in proc.stdout
+        with restored(root):
+            run([sys.executable, "-m", "stages.pipeline", "--add-profile", "tiny"], root)  # on top of ci
+            assert (root / "params.yaml").read_bytes() == params_before
+            assert dvc_stale(root) == {"settings"}  # DVC decides the rest when `dvc repro` has run it
+            proc = run([sys.executable, "-m", "snakemake", "-n"], root)
+            said = (f"kickoff: {PROFILE}, profiles/tiny/params.yaml override 2 params.yaml keys: probe.steps 1 -> 2 "
+                    f"({PROFILE}); select.objective time -> resource (profiles/tiny/params.yaml) (")
+            assert said in proc.stderr, proc.stderr  # where Snakemake starts, which keys the profiles override
+            assert snakemake_plan(root) == {"settings", "select", "baseline", "report"}
+            assert dvc_stale(root) == {"settings", "select"}  # the effective file now holds the profile's values
+            run([sys.executable, "-m", "stages.pipeline", "--check"], root)  # the profile is what dvc.yaml records
+            proc = run([sys.executable, "-m", "stages"], root)  # the stages read params.yaml + the profiles
+            assert "objective: resource" in proc.stdout and proc.stderr.startswith(said), proc.stderr
     finally:
-        run([sys.executable, "-m", "stages.pipeline", "--no-profile"], root)
-        shutil.rmtree(root / "profiles/tiny")
+        shutil.rmtree(root / "profiles/tiny")  # first: every profile's file is a dependency of the settings stage
+        run([sys.executable, "-m", "stages.pipeline", "--profile", "ci"], root)
+    assert dvc_stale(root) == set()
+
+
+def _dvc_ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_experiments_on_profile_keys_rerun_what_they_change_and_an_applied_one_commits_clean(clones):
+    """Issue 28 parts 1 and 3, through the real `dvc exp run`: `-S` on a new key of the active profile reruns
+    the stages that read it; `-S` on a params.yaml key the profile overrides reruns nothing, saying in one line
+    which file holds the value in force; an experiment applied and committed, after the documented regenerator,
+    keeps params.yaml's generated comments and leaves both tools with nothing to do, in a fresh clone too."""
+    root = clones["fresh clone"]
+    head = run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    try:
+        proc = run(["dvc", "exp", "run", "-S", f"{PROFILE}:+select.objective=resource"], root)
+        assert _dvc_ran(proc.stdout) == {"settings", "select", "baseline", "report"}, proc.stdout
+        assert yaml.safe_load((root / "reports/select/initial_config.yaml").read_text())["objective"] == "resource"
+        assert snakemake_plan(root) == set() and dvc_stale(root) == set()  # after the other tool ran
+        run(["git", "checkout", "-q", "--force", head], root)
+
+        proc = run(["dvc", "exp", "run", "-S", "probe.steps=5"], root)  # the ci profile sets probe.steps: 2
+        assert _dvc_ran(proc.stdout) == {"settings"}, proc.stdout
+        said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("kickoff: probe.steps:")]
+        assert said == [f"kickoff: probe.steps: params.yaml now says 5 (was 1), but {PROFILE} sets 2, the value in force: "
+                        f"nothing reruns for this edit (change it in {PROFILE}, or run params.yaml alone: "
+                        f"`python -m stages.pipeline --no-profile`)"], proc.stdout + proc.stderr
+        run(["git", "checkout", "-q", "--force", head], root)
+
+        # committed: DVC re-serialised params.yaml (comments gone); one command restores them
+        proc = run(["dvc", "exp", "run", "-n", "margin", "-S", "select.step_budget_margin=1.5"], root)
+        assert _dvc_ran(proc.stdout) == {"settings", "select", "baseline", "report"}, proc.stdout
+        run(["git", "checkout", "-q", "--force", head], root)
+        run(["dvc", "exp", "apply", "margin"], root)
+        assert "#" not in (root / "params.yaml").read_text()  # what DVC wrote
+        run([sys.executable, "-m", "stages.pipeline.docs"], root)  # docs/team.md: the one command
+        assert dvc_stale(root) == {"settings"}  # params.yaml's bytes changed, not its values
+        assert _dvc_ran(run(["dvc", "repro"], root).stdout) == {"settings"}  # the values did not change: nothing else
+        run(["git", "add", "-A"], root)
+        run(["git", "commit", "-q", "-m", "a longer step budget"], root)
+        from stages.pipeline import docs
+        assert docs.params_with_comments((root / "params.yaml").read_text()) == (root / "params.yaml").read_text()
+        assert yaml.safe_load((root / "params.yaml").read_text())["select"]["step_budget_margin"] == 1.5
+        fresh = root.parent / "committed-experiment"
+        run(["git", "clone", "-q", str(root), str(fresh)], root.parent)
+        for clone in (root, fresh):
+            assert dvc_stale(clone) == set() and snakemake_plan(clone) == set(), clone
+    finally:
+        run(["git", "checkout", "-q", "--force", head], root)
+        run(["git", "reset", "-q", "--hard", head], root)
+        shutil.rmtree(root.parent / "committed-experiment", ignore_errors=True)
+    assert dvc_stale(root) == set()
+
+
+@pytest.mark.parametrize("edit, dvc_says, snakemake_says", [
+    (lambda text: text + "scalling:\n  max_steps: 100\n",
+     "params.yaml + profiles/ci/params.yaml: scalling: unknown section; allowed sections: workload, family",
+     "params.yaml + profiles/ci/params.yaml: scalling: unknown section; allowed sections: workload, family"),
+    (lambda text: text.replace("  max_steps: 200\n", "  max_steps: 200\n  max_steps: 150\n", 1),
+     'found duplicate key "max_steps"',  # DVC reads params.yaml itself (for ${...} in dvc.yaml) and refuses first
+     "params.yaml: family.max_steps: given twice (lines"),
+], ids=["misspelt-section", "duplicate-key"])
+def test_a_misspelt_section_and_a_duplicate_key_are_refused_by_dvc_repro_as_by_snakemake(clones, edit, dvc_says,
+                                                                                          snakemake_says):
+    root = clones["fresh clone"]
+    before = (root / "params.yaml").read_text()
+    try:
+        (root / "params.yaml").write_text(edit(before))
+        dvc = run(["dvc", "repro"], root, check=False)
+        assert dvc.returncode != 0 and dvc_says in dvc.stdout + dvc.stderr, dvc.stdout + dvc.stderr
+        assert not _dvc_ran(dvc.stdout) - {"settings"}  # nothing after the settings stage ran
+        snake = run([sys.executable, "-m", "snakemake", "-n"], root, check=False)
+        assert snake.returncode != 0 and snakemake_says in snake.stdout + snake.stderr, snake.stdout + snake.stderr
+    finally:
+        (root / "params.yaml").write_text(before)
     assert dvc_stale(root) == set()
 
 

@@ -5,11 +5,12 @@
     python -m stages.pipeline --no-profile                      # back to params.yaml alone
 
 `--profile NAME` means `profiles/NAME/params.yaml` (or give a path). The active profiles are recorded
-in the rendered dvc.yaml (`vars: [{kickoff_profiles: [...]}]`), which also lists, for every stage,
-the keys the profile sets among those the stage reads -- so DVC (and Snakemake, which follows
-dvc.lock) reruns exactly the stages a profile changes, and `dvc exp run -S
-profiles/small/params.yaml:scaling.seeds=2` edits the profile, never params.yaml. Every stage reads
-params.yaml merged with the active profiles (`load_params` in stages/core/config.py).
+in the rendered dvc.yaml (`vars: [{kickoff_profiles: [...]}]`). The pipeline's first stage, settings,
+depends on params.yaml and the profile files and writes the merged values in force, where every other
+stage tracks its keys (stages/core/effective.py) -- so DVC (and Snakemake, which follows dvc.lock)
+reruns exactly the stages whose values a profile changes, keys it adds later included, and `dvc exp
+run -S profiles/small/params.yaml:scaling.seeds=2` edits the profile, never params.yaml. Every stage
+reads params.yaml merged with the active profiles (`load_params` in stages/core/config.py).
 
 A mapping is merged key by key, so keys a profile does not name keep the branch's values -- except
 `workload.kwargs`, which replaces the branch's as a whole (the arguments belong to one workload

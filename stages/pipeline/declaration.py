@@ -5,7 +5,8 @@
     python -m stages.pipeline --profile small   # run params.yaml + profiles/small/params.yaml (stages/core/profile.py)
 
 Each stage lists its command, the exact params keys it reads, the earlier outputs it reads and the
-outputs it writes. Code dependencies are not typed by hand: they are the stage's module plus every
+outputs it writes. The first stage, `settings`, depends on params.yaml and the profile files and
+writes the values in force (stages/core/effective.py); every other stage tracks its keys there. Code dependencies are not typed by hand: they are the stage's module plus every
 `stages` module it imports (found by reading the imports), plus, for stages that build the workload,
 the configured workload's module and `workload.sources` -- so editing any of them makes exactly the
 right stages stale in both tools, and editing another built-in workload none. Of the `optimizer`
@@ -38,9 +39,10 @@ import yaml
 
 from stages.core import outputs as out
 from stages.core.errors import ConfigError
+from stages.core.config import PARAMS_FILE
 from stages.core.imports import ROOT, code_deps
-from stages.core.profile import (VAR, active_profile, apply_profiles, flatten, load_yaml, profile_path,
-                                 profiles_in, read_profile)
+from stages.core.profile import (VAR, active_profile, apply_profiles, flatten, load_yaml, profile_files,
+                                 profile_path, profiles_in, read_profile)
 from stages.core.outputs import Output
 
 DVC_FILE = "dvc.yaml"
@@ -78,6 +80,9 @@ class Stage:
     # (key, flag): params keys tracked only while a boolean setting is on, e.g. the fan-out list, which
     # each job's result depends on only when the jobs run as one descent (scaling.adaptive)
     tracked_when: tuple[tuple[str, str], ...] = ()
+    # depends on params.yaml and the active profile files as whole files (the settings stage); every
+    # other stage tracks its params keys in the settings stage's effective file
+    reads_settings_files: bool = False
 
     @property
     def module(self) -> str:
@@ -96,6 +101,15 @@ SEARCH_KEYS = ("scaling.lr_min", "scaling.lr_max", "scaling.lr_points", "scaling
 FAMILY_CHOICE_KEYS = ("family.candidates", "family.rule")
 
 _DECLARED: tuple[Stage, ...] = (
+    Stage(
+        name="settings",
+        cmd=out.SETTINGS_CMD,
+        params=(),  # it reads them all, as files: params.yaml and the active profiles (stages/core/effective.py)
+        outputs=(out.SETTINGS_EFFECTIVE, out.SETTINGS_OVERRIDES),
+        uses_workload=False,
+        reads_settings_files=True,
+        resources={"mem_mb": 1000, "runtime": 5},
+    ),
     Stage(
         name="family_trial",
         cmd=out.FAMILY_TRIAL_CMD,
@@ -247,13 +261,16 @@ def declared_keys(name: str) -> tuple[str, ...]:
 
 def load_stage_params(name: str, path: str | Path = "params.yaml"):
     """params.yaml (with the active profiles) validated as a whole (ConfigError on any bad value),
-    checked to be what dvc.yaml was rendered from, and handed back narrowed to what stage `name`
+    checked to be what dvc.yaml was rendered from and what the settings stage's effective file holds
+    (where DVC and Snakemake track the stage's keys), and handed back narrowed to what stage `name`
     declares: reading any other key raises UndeclaredParamError (a kickoff bug)."""
     from stages.core.config import load_params
     from stages.core.declared import restrict
+    from stages.core.effective import check_current
 
     params = load_params(path)
     check_rendered(Path(path).parent)
+    check_current(Path(path).parent, params)
     return restrict(params, declared_keys(name), name)
 
 
@@ -278,11 +295,15 @@ def workload_code(params: dict) -> list[str]:
     return files + [src for src in sources if src not in files]
 
 
-def deps_of(s: Stage, params: dict) -> list[str]:
-    """Everything a stage reads except params: code, workload sources, earlier outputs."""
+def deps_of(s: Stage, params: dict, profiles: list[str] | None = None) -> list[str]:
+    """Everything a stage reads except params keys: code, workload sources, earlier outputs; for the
+    settings stage, params.yaml and the active `profiles` (default: those dvc.yaml records)."""
     deps = code_deps(s.module)
     if s.uses_workload:
         deps += [f for f in workload_code(params) if f not in deps]
+    if s.reads_settings_files:  # the inactive profiles too: an edit to one is named, never silently ignored
+        active = profiles_in(ROOT) if profiles is None else profiles
+        deps += [PARAMS_FILE, *active, *(p for p in profile_files(ROOT) if p not in active)]
     return deps + [i.path for i in s.inputs]
 
 
@@ -367,11 +388,11 @@ def _dvc_path(path: str, s: Stage) -> str:
     return path.replace(f"{{{s.foreach[0]}}}", "${key}" if s.indexed else "${item}")
 
 
-def _dvc_inputs(s: Stage, params: dict) -> list[str]:
+def _dvc_inputs(s: Stage, params: dict, profiles: list[str]) -> list[str]:
     """A fan-out's per-item files become their folder: DVC cannot list a params-sized set of deps."""
     absent = {o.path for t in STAGES if not present(t, params) for o in t.outputs}
     deps = []
-    for d in deps_of(s, params):
+    for d in deps_of(s, params, profiles):
         if d in absent:
             continue
         if "{" in d:
@@ -381,31 +402,20 @@ def _dvc_inputs(s: Stage, params: dict) -> list[str]:
     return deps
 
 
-def _profile_keys(keys: list[str], overrides: dict) -> list[str]:
-    """The keys a profile sets among `keys` (a stage's tracked keys): equal, under one, or above one."""
-    flat = flatten(overrides)
-    return [f for f in flat if any(f == k or f.startswith(k + ".") or k.startswith(f + ".") for k in keys)]
-
-
 def render_dvc(params: dict, profiles: dict[str, dict] | None = None) -> dict:
     """dvc.yaml for `params` (params.yaml with the profiles applied) and the active `profiles`
-    ({path: overrides}): each stage tracks its keys in params.yaml, and in each profile the keys that
-    profile sets for it (a key a profile sets is not tracked in params.yaml, where it has no effect)."""
+    ({path: overrides}): the settings stage depends on params.yaml and the profile files; every other
+    stage tracks its keys in the settings stage's effective file, which holds the values in force."""
     profiles = profiles or {}
     rendered: dict = {"vars": [{VAR: list(profiles)}]} if profiles else {}
     stages: dict = {}
     for s in STAGES:
         if not present(s, params):
             continue
-        body: dict = {"cmd": _dvc_path(s.cmd, s), "deps": _dvc_inputs(s, params)}
+        body: dict = {"cmd": _dvc_path(s.cmd, s), "deps": _dvc_inputs(s, params, list(profiles))}
         keys = tracked_keys(s, params)
-        overridden = {k for overrides in profiles.values() for k in flatten(overrides)}
-        entries: list = [k for k in keys if k not in overridden]
-        for path, overrides in profiles.items():
-            if own := _profile_keys(keys, overrides):
-                entries.append({path: own})
-        if entries:
-            body["params"] = entries
+        if keys:
+            body["params"] = [{out.SETTINGS_EFFECTIVE.path: keys}]
         for section, kind in (("outs", "out"), ("metrics", "metrics"), ("outs", "image")):
             outs = [{_dvc_path(o.path, s): {"cache": o.cache, "persist": True}} for o in s.outputs if o.kind == kind]
             if outs:
@@ -466,6 +476,7 @@ def _render_inputs(root: Path) -> str:
     sources listed -- for `check_rendered` to skip the render when nothing changed since it passed."""
     h = hashlib.sha256(sys.version.encode())
     files = [root / DVC_FILE, root / "params.yaml", *(root / p for p in profiles_in(root))]
+    h.update("\0".join(profile_files(ROOT)).encode())  # a profile added or removed: the settings stage's deps
     for f in files:
         h.update(f"{f}\0".encode() + (f.read_bytes() if f.is_file() else b"-") + b"\0")
     raw = load_raw_params(root / "params.yaml") if (root / "params.yaml").is_file() else {}
@@ -499,7 +510,8 @@ def check_rendered(root: Path) -> None:
         pass
     if target.read_text() != rendered_text(root):
         raise ConfigError(f"{DVC_FILE} is out of date with params.yaml (a setting that decides what the stages track "
-                          f"changed: workload.name, workload.sources, optimizer.name, family.candidates or scaling.adaptive); run "
+                          f"changed: workload.name, workload.sources, optimizer.name, family.candidates or scaling.adaptive; "
+                          f"or a profile was added or removed); run "
                           f"`python -m stages.pipeline` to re-render it, then rerun")
     try:  # remembered for the next process; a cache, so a failure to write it costs only time
         marker.parent.mkdir(parents=True, exist_ok=True)
