@@ -187,7 +187,7 @@ def test_params_diff_between_the_two_commits_is_exactly_the_width(team):
     for path in diff:
         assert list(diff[path]) == ["workload.kwargs.hidden"], path
         change = diff[path]["workload.kwargs.hidden"]
-        assert yaml.safe_load(str(change["old"])) == team.old_width and yaml.safe_load(str(change["new"])) == [32]
+        assert yaml.safe_load(str(change["old"])) == team.old_width and yaml.safe_load(str(change["new"])) == [32], diff
 
 
 @pytest.mark.e2e

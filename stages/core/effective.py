@@ -250,9 +250,10 @@ def refresh(root: Path, settings: Settings | None = None, log: TextIO = sys.stde
     Snakemake calls this before it plans, so that `dvc status` -- which it plans from -- lists exactly
     the stages whose settings in force changed. Prints the lines the settings stage prints for an edit
     of an overridden key. Returns whether the files are up to date now: nothing is written while another
-    run holds the pipeline or the settings stage (a running job must keep the settings it was started on)."""
+    run holds the pipeline or the settings stage, or while `dvc repro` runs (a running job must keep the
+    settings it was started on)."""
     from stages.core.io import write_text
-    from stages.core.lock import LOCK_DIR, LockedError, check_pipeline, exclusive, lock_name
+    from stages.core.lock import LOCK_DIR, LockedError, check_dvc_idle, check_pipeline, exclusive, lock_name
     from stages.core.outputs import manifest_for_path
     from stages.core.provenance import output_set
 
@@ -263,6 +264,7 @@ def refresh(root: Path, settings: Settings | None = None, log: TextIO = sys.stde
     for line in [*edits(previous, settings), *inactive_edits(previous, settings)]:
         print(line, file=log)
     try:
+        check_dvc_idle(root)  # a `dvc repro` running: its stages are recorded with the file's values when they end
         check_pipeline(root)
         with exclusive(lock_name("settings", []), "settings", root / LOCK_DIR), \
                 output_set("settings", manifest_for_path):

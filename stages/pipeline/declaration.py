@@ -311,14 +311,21 @@ def tracked_keys(s: Stage, params: dict) -> list[str]:
     """The params keys dvc.yaml lists for `s`: its declared keys, with `optimizer` narrowed to the
     settings the configured optimizer reads (stages/core/config.OPTIMIZER_KEYS). DVC cannot make a
     key conditional on another, so the narrowing is rendered: switching optimizer.name needs
-    `python -m stages.pipeline` (the stages refuse to run on a dvc.yaml rendered for another one)."""
-    from stages.core.config import OPTIMIZER_KEYS
+    `python -m stages.pipeline` (the stages refuse to run on a dvc.yaml rendered for another one).
+    Every other whole section is listed key by key: where one stage tracks `workload` and another
+    `workload.kwargs` in one file, DVC's params diff and exp show merge the two reads and show each list
+    twice ([64, 64] for [64]); `section.key` for every stage keeps each value read once."""
+    import dataclasses
+
+    from stages.core.config import OPTIMIZER_KEYS, SECTIONS
 
     used = OPTIMIZER_KEYS.get(str(param_value(params, "optimizer.name") or "sgd"), ())
     keys: list[str] = []
     for key in s.params:
         if key == "optimizer":
             keys += [f"optimizer.{k}" for k in used]
+        elif "." not in key:
+            keys += [f"{key}.{f.name}" for f in dataclasses.fields(SECTIONS[key])]
         elif not key.startswith("optimizer.") or key.split(".", 1)[1] in used:
             keys.append(key)
     for key, flag in s.tracked_when:  # rendered too: toggling the flag needs `python -m stages.pipeline`
