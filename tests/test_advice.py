@@ -90,7 +90,7 @@ def family(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def study(kwargs: dict, family: dict | None = None, scaling: dict | None = None) -> str:
-        params = {"workload": {"name": "advwl:make", "kwargs": {"dim": 8, "target": 0.3, **kwargs}},
+        params = {"workload": {"name": "advwl:make", "kwargs": {"dim": 8, "target": 0.3, **kwargs}, "sources": ["advwl.py"]},
                   "family": {"candidates": [{"dim": 4}, {"dim": 16}], "batch_size": 8, "max_steps": 40,
                              **(family or {})},
                   "runtime": {"device": "cpu", "seed": 0, "threads": 1},
