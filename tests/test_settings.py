@@ -146,3 +146,21 @@ def test_a_module_of_the_project_the_settings_name_must_be_in_workload_sources(t
     assert stage(root, "stages.pipeline").returncode == 0
     proc = stage(root, "stages.settings")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_dataset_workloads_import_paths_and_a_candidates_are_checked_too(tmp_path, monkeypatch):
+    from stages.core.sources import unlisted
+
+    (tmp_path / "my_project").mkdir()
+    for name in ("__init__", "data", "models"):
+        (tmp_path / f"my_project/{name}.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kwargs = {"model": "my_project.data:make_model", "train": "my_project.data:train_set", "loss": "cross_entropy",
+              "metrics": ["accuracy", "my_project.data:f1"]}
+    candidates = [{"model": "my_project.models:wide"}]
+    assert unlisted("dataset", kwargs, candidates, [], tmp_path) == [
+        ("workload.kwargs.model", "my_project/data.py"), ("family.candidates[0].model", "my_project/models.py")]
+    assert unlisted("dataset", kwargs, candidates, ["my_project/data.py"], tmp_path) == [
+        ("family.candidates[0].model", "my_project/models.py")]
+    assert unlisted("dataset", kwargs, candidates, ["my_project"], tmp_path) == []
+    assert unlisted("dataset", {"model": "stages.workloads.nqm:NoisyQuadratic"}, [], [], ROOT) == []  # kickoff's own
