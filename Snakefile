@@ -6,12 +6,17 @@
 #   snakemake -n                                    # what would run, and why
 #   snakemake --profile profiles/slurm              # fan the scaling trials out on a SLURM cluster
 #
+# Its first job, `settings`, validates params.yaml and the active profiles and writes the settings in force
+# (reports/settings/effective.yaml), where every other job tracks its keys; the Snakefile brings that file
+# up to date before it plans (stages/core/effective.py), as `dvc repro` runs that stage first.
+#
 # What is up to date is what the committed dvc.lock says, for Snakemake as for DVC
 # (stages/pipeline/freshness.py): before planning, the jobs `dvc status` lists and everything
 # downstream of them lose their stamp (.kickoff/snakemake/, each rule's one declared output), every
 # other job gets one, and each job records itself in dvc.lock when it has run. So a fresh clone, a
 # clone with old `.snakemake/` metadata and a clone after `dvc repro` all plan exactly what `dvc
 # status` says; and Snakemake never deletes a stage's real outputs (only its stamp).
+import os
 import sys
 from pathlib import Path
 
@@ -20,33 +25,32 @@ sys.path.insert(0, workflow.basedir)
 from stages.pipeline import declaration as pipeline
 from stages.pipeline import freshness
 from stages.pipeline import recover
-from stages.core.config import validate
-from stages.core.context import check_sources
-from stages.core.errors import ConfigError, KickoffError, check_yaml
+from stages.core import effective
+from stages.core.config import read_raw, validate
+from stages.core.errors import KickoffError
 from stages.core.lock import hold_pipeline
-from stages.core.model_choice import check_candidates
-from stages.workloads.base import workload_factory
+from stages.core.profile import profiles_in
 
-try:  # Snakemake's own loader would say only "Config file is not valid JSON or YAML": name the file and line
-    check_yaml("params.yaml")
-except KickoffError as e:
-    raise WorkflowError(str(e)) from None
-
-configfile: "params.yaml"
-
-try:  # the same validation the stages run, on the values Snakemake's YAML 1.1 loader produced
+# No `configfile:`: Snakemake's loader reads YAML 1.1 (`1e-3` a string, a key given twice silently the
+# last). params.yaml and the active profiles are read by kickoff's one reader, as every stage and the
+# settings stage under DVC read them (stages/core/yamlfile.py); `config` holds only `--config` values.
+BASE = Path(workflow.basedir)
+try:  # the same validation the settings stage runs under DVC, before anything is planned
     if workflow.is_main_process:  # first: a cut dvc.lock put back, a killed Snakemake's lock and marks cleared
-        recover.at_start(Path(workflow.basedir))
-    # params.yaml with the profiles dvc.yaml records as active (python -m stages.pipeline --profile NAME)
-    RAW = pipeline.effective_params(config, Path(workflow.basedir))
-    PARAMS = validate(RAW, "params.yaml (as read by Snakemake)")
-    pipeline.check_rendered(Path(workflow.basedir))
-    # and, before any job, the stages' checks that need no device and build nothing
-    check_sources(PARAMS)
-    workload_factory(PARAMS.workload.name, PARAMS.workload.kwargs)
-    check_candidates(PARAMS.workload.name, PARAMS.workload.kwargs, PARAMS.family.candidates)
+        recover.at_start(BASE)
+    SOURCE = " + ".join(["params.yaml", *profiles_in(BASE)])
+    RAW = read_raw(Path(os.path.relpath(BASE / "params.yaml")))  # params.yaml with the active profiles
+    PARAMS = validate(RAW, SOURCE)
+    pipeline.check_rendered(BASE)
+    # and, before any job, the settings stage's checks that need no device and build nothing
+    SETTINGS = effective.resolve(BASE)
+    effective.check_static(SETTINGS, BASE)
     if workflow.is_main_process:  # not again inside each cluster job: the main process planned it
-        freshness.sync_stamps(RAW)
+        if (line := effective.summary(SETTINGS)):
+            print(line, file=sys.stderr)  # which params.yaml keys the profiles override, with which values
+        # the settings stage's files brought up to date first, as `dvc repro` runs that stage first, so that
+        # the plan holds exactly the jobs whose settings in force changed
+        freshness.sync_stamps(RAW, settings_current=effective.refresh(BASE, SETTINGS))
 except KickoffError as e:
     raise WorkflowError(str(e)) from None
 

@@ -2,16 +2,20 @@
 
     python bench/bench_staleness.py [--keep]
 
-A small user-workload project (a noisy quadratic plugged in through params.yaml) is run once by
-Snakemake, which records itself in dvc.lock, and committed. Then, in three states of a clone --
-a fresh `git clone` (no .snakemake/), the clone Snakemake ran in (its metadata present), and a
-clone where `dvc repro` ran last (Snakemake's metadata out of date) -- each kind of change is made
-and undone: a params key of one stage, the optimizer, a setting the optimizer ignores, workload
-kwargs, family candidates, a `data:` setting, the user's workload source, a helper module it imports
+A small user-workload project (a noisy quadratic plugged in through params.yaml, with a team
+profile active on top of it) is run once by Snakemake, which records itself in dvc.lock, and
+committed. Then, in three states of a clone -- a fresh `git clone` (no .snakemake/), the clone
+Snakemake ran in (its metadata present), and a clone where `dvc repro` ran last (Snakemake's
+metadata out of date) -- each kind of change is made and undone: a params key of one stage, the
+optimizer, a setting the optimizer ignores, workload kwargs, family candidates, a `data:` setting,
+a key added to the active profile, a params.yaml key the profile overrides, `dvc exp run -S` on a
+profile key (DVC's own rewrite of the file), the user's workload source, a helper module it imports
 (not listed), a listed source of a project outside the clone, kickoff's own code, another built-in
-workload's code. A cell agrees when Snakemake plans exactly the jobs `dvc status`
-lists plus the jobs downstream of them. Prints the table (docs/team.md shows a measured one), then
-the time of a no-op `dvc status`, `dvc repro` and `snakemake -n`. Exit status 1 if a cell disagrees.
+workload's code. Snakemake plans first (it brings the settings stage's effective file up to date,
+as `dvc repro` runs that stage first); a cell agrees when it planned exactly the jobs `dvc status`
+then lists plus the jobs downstream of them. Prints the table (docs/team.md shows a measured one),
+then the time of a no-op `dvc status`, `dvc repro` and `snakemake -n`. Exit status 1 if a cell
+disagrees.
 """
 from __future__ import annotations
 
@@ -26,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -88,16 +91,24 @@ def outside_project(beside: Path) -> None:
         package.mkdir(parents=True)
         (package / "__init__.py").write_text("")
         (package / "scale.py").write_text(OUTSIDE_SOURCE)
+# The team's profile, active on top of params.yaml (`python -m stages.pipeline --profile ci`)
+PROFILE = "profiles/ci/params.yaml"
+PROFILE_TEXT = "probe:\n  steps: 2\n"
 
 
 def build(dest: Path) -> Path:
-    """The project, run once by Snakemake (which records every job in dvc.lock), committed."""
+    """The project, with the profile active, run once by Snakemake (which records every job in dvc.lock), committed."""
     (dest / "userwl").mkdir(parents=True)
     (dest / "userwl" / "__init__.py").write_text("")
     (dest / "userwl" / "model.py").write_text(USER_WORKLOAD)
     (dest / "userwl" / "helpers.py").write_text(USER_HELPER)
     outside_project(dest)
-    make_project(dest, TINY)
+    make_project(dest, TINY, commit=False)
+    (dest / PROFILE).parent.mkdir(parents=True)
+    (dest / PROFILE).write_text(PROFILE_TEXT)
+    run([sys.executable, "-m", "stages.pipeline", "--profile", "ci"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "project, ci profile"], dest)
     run([sys.executable, "-m", "snakemake", "-c2"], dest, timeout=900)
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "ran"], dest)
@@ -124,10 +135,10 @@ def snakemake_plan(root: Path, *args: str) -> set[str]:
 
 def downstream(root: Path, jobs: set[str]) -> set[str]:
     """`jobs` and everything that reads from them, per the declaration (the clone's code is this one's)."""
-    from stages.pipeline.declaration import effective_params
+    from stages.core.config import read_raw
     from stages.pipeline.freshness import downstream as closure
 
-    return closure(jobs, effective_params(yaml.safe_load((root / "params.yaml").read_text()), root))
+    return closure(jobs, read_raw(root / "params.yaml"))
 
 
 @contextlib.contextmanager
@@ -159,6 +170,27 @@ def code_change(path: str) -> Callable[[Path], contextlib.AbstractContextManager
     return lambda root: edited(root, path, lambda text: text + "\n# a comment\n")
 
 
+def profile_key(text: str) -> Callable[[Path], contextlib.AbstractContextManager]:
+    """A key appended to the active profile by hand."""
+    return lambda root: edited(root, PROFILE, lambda old: old + text)
+
+
+def set_param(path: str, override: str) -> Callable[[Path], contextlib.AbstractContextManager]:
+    """What `dvc exp run -S PATH:OVERRIDE` does to the file before it reproduces: DVC's own rewrite."""
+    def apply(root: Path):
+        @contextlib.contextmanager
+        def cm():
+            old = (root / path).read_text()
+            run([sys.executable, "-c", "import sys; from dvc.utils.hydra import apply_overrides; "
+                 "apply_overrides(sys.argv[1], [sys.argv[2]])", path, override], root)
+            try:
+                yield
+            finally:
+                (root / path).write_text(old)
+        return cm()
+    return apply
+
+
 # (label, the change as a context manager factory, a job that must be stale / None: nothing may be)
 CHANGES: list[tuple[str, Callable[[Path], contextlib.AbstractContextManager], str | None]] = [
     ("params key of one stage (throughput.split_steps)", param_change("throughput", "split_steps", 4), "throughput"),
@@ -167,6 +199,11 @@ CHANGES: list[tuple[str, Callable[[Path], contextlib.AbstractContextManager], st
     ("workload kwargs (target)", param_change("workload", "kwargs", {"dim": 8, "target": 0.25}), "probe"),
     ("family candidates", param_change("family", "candidates", [{"dim": 4}, {"dim": 16}]), "family_trial@candidate1"),
     ("data setting (data.num_workers)", param_change("data", "num_workers", 1), "throughput"),
+    ("a key added to the active profile (select.device_cost_per_hour)",
+     profile_key("select:\n  device_cost_per_hour: 2.0\n"), "select"),
+    ("a params.yaml key the profile overrides (probe.steps)", param_change("probe", "steps", 3), None),
+    ("`dvc exp run -S` on a profile key, a new one (+baseline.eval_every)",
+     set_param(PROFILE, "+baseline.eval_every=3"), "baseline"),
     ("user workload source (userwl/model.py)", code_change("userwl/model.py"), "probe"),
     ("user workload's helper module, not listed (userwl/helpers.py)", code_change("userwl/helpers.py"), "probe"),
     (f"user workload source outside the clone ({OUTSIDE})", code_change(OUTSIDE), "probe"),
@@ -175,14 +212,32 @@ CHANGES: list[tuple[str, Callable[[Path], contextlib.AbstractContextManager], st
 ]
 
 
+SETTINGS_FILES = ("reports/settings", "dvc.lock")  # what bringing the settings up to date may write
+
+
+@contextlib.contextmanager
+def restored(root: Path, paths=SETTINGS_FILES) -> Iterator[None]:
+    """Put the files under `paths` back as they were (the settings stage's outputs Snakemake brought up to date)."""
+    files = [f for p in paths for f in ([root / p] if (root / p).is_file() else sorted((root / p).rglob("*")))]
+    saved = {f: f.read_bytes() for f in files if f.is_file()}
+    try:
+        yield
+    finally:
+        for f, data in saved.items():
+            f.write_bytes(data)
+
+
 def cell(root: Path, change) -> tuple[bool, str]:
-    """(agree, text) for one change in one clone: Snakemake's plan vs dvc status + downstream."""
+    """(agree, text) for one change in one clone: Snakemake's plan vs dvc status + downstream. Snakemake
+    plans first: it brings the settings in force up to date, as `dvc repro` would run the settings stage
+    first, and `dvc status` then lists exactly the jobs whose settings changed."""
     label, apply, must = change
-    with apply(root):
-        stale = dvc_stale(root)
+    with restored(root), apply(root):
         plan = snakemake_plan(root)
+        stale = dvc_stale(root)
     expected = downstream(root, stale)
-    agree = plan == expected and (must in stale if must else not stale)
+    others = stale - {"settings"}
+    agree = plan == expected and (must in others if must else not others)
     text = f"{len(stale)} + {len(expected - stale)}" if agree else f"DISAGREE dvc {sorted(stale)} snakemake {sorted(plan)}"
     return agree, text
 
@@ -194,7 +249,7 @@ def states(ran: Path, work: Path) -> dict[str, Path]:
     outside_project(fresh)  # a teammate's clone has the project beside it too
     after_dvc = work / "after-dvc"
     shutil.copytree(ran, after_dvc, symlinks=True)  # keeps Snakemake's metadata of the first run
-    write_params(after_dvc, {"select": {"objective": "resource"}})
+    write_params(after_dvc, {"select": {"objective": "resource"}})  # written back by PyYAML: the settings stage reruns too
     run(["dvc", "repro"], after_dvc, timeout=900)  # DVC runs select, baseline, report; Snakemake's record is now old
     run(["git", "commit", "-q", "-am", "select by resource, run by dvc"], after_dvc)
     return {"fresh clone": fresh, "with .snakemake/": ran, "after dvc repro": after_dvc}
@@ -233,8 +288,8 @@ def main() -> int:
     ran = build(work / "ran")
     clones = states(ran, work)
     ok, table = matrix(clones)
-    print("Cells: jobs `dvc status` lists + jobs downstream of them; Snakemake planned exactly those where no "
-          "DISAGREE.\n")
+    print("Cells: jobs `dvc status` lists (the settings stage among them where a settings file changed) + jobs "
+          "downstream of them; Snakemake planned exactly those where no DISAGREE.\n")
     print(table)
     fresh = clones["fresh clone"]
     print(f"\nno-op timings (median of 3, in the fresh clone): dvc status {timed(['dvc', 'status'], fresh):.2f} s, "

@@ -90,7 +90,7 @@ def family(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def study(kwargs: dict, family: dict | None = None, scaling: dict | None = None) -> str:
-        params = {"workload": {"name": "advwl:make", "kwargs": {"dim": 8, "target": 0.3, **kwargs}},
+        params = {"workload": {"name": "advwl:make", "kwargs": {"dim": 8, "target": 0.3, **kwargs}, "sources": ["advwl.py"]},
                   "family": {"candidates": [{"dim": 4}, {"dim": 16}], "batch_size": 8, "max_steps": 40,
                              **(family or {})},
                   "runtime": {"device": "cpu", "seed": 0, "threads": 1},
@@ -147,7 +147,8 @@ def test_trials_stopped_by_the_step_cap_say_raise_max_steps(family):
 
 
 def test_a_range_whose_largest_rate_came_closest_without_diverging_says_raise_lr_max(family):
-    message = family({"target": 0.01}, {"max_steps": 5}, {"lr_min": 0.005, "lr_max": 0.05})
+    # no widening past the range (lr_widen_factor 1): the largest rate the search may try is lr_max itself
+    message = family({"target": 0.01}, {"max_steps": 5}, {"lr_min": 0.005, "lr_max": 0.05, "lr_widen_factor": 1.0})
     assert message.endswith("came closest at the largest rate tried: raise scaling.lr_max: a larger rate may get "
                             "there"), message
 

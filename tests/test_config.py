@@ -75,15 +75,37 @@ def test_bad_input_names_key_value_and_what_is_allowed(raw, expected):
         assert fragment in message, message
 
 
-def test_yaml_1_1_exponent_without_a_dot_is_explained():
-    # PyYAML and Snakemake (YAML 1.1) read 1e-3 as the string '1e-3'; DVC (YAML 1.2) reads a float.
+def _params_file(tmp_path: Path, key: str, value: str) -> Path:
+    """The shipped params.yaml with `key`'s line set to `value` as written (YAML text)."""
     import re
 
-    text = re.sub(r"(?m)^(\s+lr_min:).*$", r"\1 1e-3", (ROOT / "params.yaml").read_text())
-    raw = yaml.safe_load(text)
-    assert raw["scaling"]["lr_min"] == "1e-3"
-    message = error_of(raw)
-    assert "scaling.lr_min: received '1e-3' (str)" in message and "1.0e-3" in message
+    text = re.sub(rf"(?m)^(\s+{key}:).*$", rf"\1 {value}", (ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path / "params.yaml"
+
+
+def test_one_yaml_rule_a_bare_exponent_is_a_number_and_yes_is_a_word(tmp_path):
+    """kickoff reads params.yaml by YAML 1.2, as DVC does (issue 28 part 4): `1e-3` is the number (YAML 1.1,
+    PyYAML's and Snakemake's configfile, made it the string '1e-3'), and `yes` is the word, refused for a
+    boolean with the fix, never silently true for one reader and a string for another."""
+    assert load_params(_params_file(tmp_path, "lr_min", "1e-3")).scaling.lr_min == 0.001
+    with pytest.raises(ConfigError, match=r"^.*params.yaml: scaling.lr_min: received '1e-3' \(str\); allowed: a number or null "
+                                          r"-- quoted, so it is text; write it without quotes$"):
+        load_params(_params_file(tmp_path, "lr_min", "'1e-3'"))
+    with pytest.raises(ConfigError, match=r"optimizer.nesterov: received 'yes' \(str\); allowed: true/false -- YAML 1.2, "
+                                          r"which kickoff and DVC read, takes 'yes' for a word .*write true or false$"):
+        load_params(_params_file(tmp_path, "nesterov", "yes"))
+    assert load_params(_params_file(tmp_path, "max_steps", "010")).family.max_steps == 10  # decimal, not octal
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("  max_steps: 1000\n", "  max_steps: 1000\n  max_steps: 900\n", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    first = text.splitlines().index("  max_steps: 1000") + 1
+    with pytest.raises(ConfigError) as e:
+        load_params(tmp_path / "params.yaml")
+    assert str(e.value) == (f"{tmp_path / 'params.yaml'}: family.max_steps: given twice (lines {first} and {first + 1}); "
+                            f"allowed: each key once (which one would count is not obvious, and DVC refuses the file)")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

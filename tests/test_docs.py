@@ -195,3 +195,23 @@ def test_the_workers_measurement_is_described_as_the_code_does_it():
         text = flat(name)
         assert "too noisy to rank" in text and "`data.num_workers`" in text, name
         assert "persistent" in text and "initial_config.yaml" in text, name
+
+
+def test_params_yaml_as_an_experiment_left_it_is_put_back_by_the_one_command(tmp_path):
+    """Issue 28 part 3: `dvc exp run -S` (and `dvc exp apply`) re-serialise params.yaml -- every list a block
+    at its key's indent, null an empty value -- so the drift check fails after committing an experiment;
+    `python -m stages.pipeline.docs` restores the generated form in one command, with the new value."""
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` writes into params.yaml
+
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs/settings.md", tmp_path / "docs/settings.md")
+    original = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(original)
+    apply_overrides(tmp_path / "params.yaml", ["select.step_budget_margin=1.5"])
+    rewritten = (tmp_path / "params.yaml").read_text()
+    assert "  candidates:\n  - hidden:\n    - 16\n" in rewritten and "  batch_size:\n" in rewritten  # DVC's form
+    check = [sys.executable, "-m", "stages.pipeline.docs", "--check", "--root", str(tmp_path)]
+    assert run(check, ROOT, check=False).returncode == 1
+    run([sys.executable, "-m", "stages.pipeline.docs", "--root", str(tmp_path)], ROOT)
+    assert run(check, ROOT, check=False).returncode == 0
+    assert (tmp_path / "params.yaml").read_text() == original.replace("step_budget_margin: 1.2", "step_budget_margin: 1.5")

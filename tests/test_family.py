@@ -118,7 +118,7 @@ def tiny(tmp_path, monkeypatch):
     (tmp_path / "famwl.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    params = {"workload": {"name": "famwl:make", "kwargs": {"dim": 8, "target": 0.3}},
+    params = {"workload": {"name": "famwl:make", "kwargs": {"dim": 8, "target": 0.3}, "sources": ["famwl.py"]},
               "family": {"candidates": [{"crash": True}, {"dim": 16}, {"dim": 4}], "rule": "smallest",
                          "batch_size": 8, "max_steps": 300},
               "runtime": {"device": "cpu", "seed": 0, "threads": 1},

@@ -16,7 +16,7 @@ from stages.core.declared import UndeclaredParamError, replace_sections, restric
 from stages.core.imports import ROOT, imports_of, module_file
 from stages.pipeline import declaration as pipeline
 
-STAGE_PACKAGES = {"family", "probe", "throughput", "scaling", "select", "baseline", "report"}
+STAGE_PACKAGES = {"settings", "family", "probe", "throughput", "scaling", "select", "baseline", "report"}
 # what each layer may import (besides itself); the stages' entry module `stages.__main__` sits on top
 MAY_IMPORT = {"core": {"core", "workloads"}, "workloads": {"core", "workloads"},
               "search": {"core", "search", "workloads"},  # the learning-rate search the family and scaling stages share

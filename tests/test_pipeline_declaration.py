@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.bench_staleness import (CHANGES, OUTSIDE, TINY, build, downstream, dvc_stale, matrix, param_change,
-                                   snakemake_plan, states)
+from bench.bench_staleness import (CHANGES, OUTSIDE, PROFILE, TINY, build, cell, downstream, dvc_stale, matrix,
+                                   param_change, restored, snakemake_plan, states)
 from stages.core import provenance
 from stages.pipeline import declaration as pipeline
 from tests.conftest import ROOT, run, write_params
@@ -145,11 +145,8 @@ MORE_CHANGES = [
 
 @pytest.mark.parametrize("key, value, reader", MORE_CHANGES, ids=[k for k, _, _ in MORE_CHANGES])
 def test_a_key_of_each_section_marks_the_same_jobs_in_both_tools(clones, key, value, reader):
-    root = clones["fresh clone"]
-    with param_change(*key.split("."), value)(root):
-        stale = dvc_stale(root)
-        assert reader in stale
-        assert snakemake_plan(root) == downstream(root, stale)
+    agree, text = cell(clones["fresh clone"], (key, param_change(*key.split("."), value), reader))
+    assert agree, text
 
 
 def test_a_job_that_fails_keeps_the_committed_outputs_and_stays_stale(clones):
@@ -174,25 +171,119 @@ def test_a_job_that_fails_keeps_the_committed_outputs_and_stays_stale(clones):
 
 
 def test_a_profile_changes_no_params_yaml_and_both_tools_plan_its_stages(clones):
-    """`python -m stages.pipeline --profile NAME` leaves params.yaml byte for byte; DVC tracks the
-    profile's keys (so only the stages reading them are stale) and Snakemake plans the same."""
+    """`python -m stages.pipeline --profile NAME` leaves params.yaml byte for byte; the stages track their
+    keys in the settings in force, so only the stages whose values the profile changes are stale -- once
+    the settings stage has run: `dvc status` lists it alone before, Snakemake runs it before it plans."""
     root = clones["fresh clone"]
     (root / "profiles/tiny").mkdir()
     (root / "profiles/tiny/params.yaml").write_text("select:\n  objective: resource\n")
     params_before = (root / "params.yaml").read_bytes()
     try:
-        run([sys.executable, "-m", "stages.pipeline", "--profile", "tiny"], root)
-        assert (root / "params.yaml").read_bytes() == params_before
-        readers = {s.name for s in pipeline.STAGES if {"select", "select.objective"} & set(s.params)}  # + which sizes contend
-        assert readers == {"scaling_contenders", "select"}
-        assert dvc_stale(root) == readers
-        assert snakemake_plan(root) == downstream(root, readers)
-        run([sys.executable, "-m", "stages.pipeline", "--check"], root)  # the profile is what dvc.yaml records
-        proc = run([sys.executable, "-m", "stages"], root)  # the stages read params.yaml + the profile
-        assert "objective: resource" in proc.stdout
+        with restored(root):
+            run([sys.executable, "-m", "stages.pipeline", "--add-profile", "tiny"], root)  # on top of ci
+            assert (root / "params.yaml").read_bytes() == params_before
+            assert dvc_stale(root) == {"settings"}  # DVC decides the rest when `dvc repro` has run it
+            proc = run([sys.executable, "-m", "snakemake", "-n"], root)
+            said = (f"kickoff: {PROFILE}, profiles/tiny/params.yaml override 2 params.yaml keys: probe.steps 1 -> 2 "
+                    f"({PROFILE}); select.objective time -> resource (profiles/tiny/params.yaml) (")
+            assert said in proc.stderr, proc.stderr  # where Snakemake starts, which keys the profiles override
+            readers = jobs_reading("select.objective")  # select, and which sizes contend in the study
+            assert snakemake_plan(root) == downstream(root, {"settings", *readers})
+            assert dvc_stale(root) == {"settings", *readers}  # the effective file now holds the profile's values
+            run([sys.executable, "-m", "stages.pipeline", "--check"], root)  # the profile is what dvc.yaml records
+            proc = run([sys.executable, "-m", "stages"], root)  # the stages read params.yaml + the profiles
+            assert "objective: resource" in proc.stdout and proc.stderr.startswith(said), proc.stderr
     finally:
-        run([sys.executable, "-m", "stages.pipeline", "--no-profile"], root)
-        shutil.rmtree(root / "profiles/tiny")
+        shutil.rmtree(root / "profiles/tiny")  # first: every profile's file is a dependency of the settings stage
+        run([sys.executable, "-m", "stages.pipeline", "--profile", "ci"], root)
+    assert dvc_stale(root) == set()
+
+
+def _dvc_ran(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def jobs_reading(key: str) -> set[str]:
+    """The jobs whose tracked settings include `key` (TINY's pipeline)."""
+    return {f"{s.name}@{item}" if s.foreach else s.name for s in pipeline.STAGES if pipeline.present(s, TINY_FULL)
+            and key in pipeline.tracked_keys(s, TINY_FULL) for item in (pipeline.items_of(s, TINY_FULL) if s.foreach else [None])}
+
+
+def reran_what_reads(root: Path, output: str, key: str) -> None:
+    """`dvc exp run` on `key` ran the settings stage and every job that reads the key, and nothing but what
+    follows from them (a downstream job whose inputs came out the same is skipped)."""
+    ran, readers = _dvc_ran(output), jobs_reading(key)
+    assert {"settings", *readers} <= ran <= downstream(root, {"settings", *readers}), (key, sorted(ran), sorted(readers))
+
+
+def test_experiments_on_profile_keys_rerun_what_they_change_and_an_applied_one_commits_clean(clones):
+    """Issue 28 parts 1 and 3, through the real `dvc exp run`: `-S` on a new key of the active profile reruns
+    the stages that read it; `-S` on a params.yaml key the profile overrides reruns nothing, saying in one line
+    which file holds the value in force; an experiment applied and committed, after the documented regenerator,
+    keeps params.yaml's generated comments and leaves both tools with nothing to do, in a fresh clone too."""
+    root = clones["fresh clone"]
+    head = run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    try:
+        proc = run(["dvc", "exp", "run", "-S", f"{PROFILE}:+select.objective=resource"], root)
+        reran_what_reads(root, proc.stdout, "select.objective")
+        assert yaml.safe_load((root / "reports/select/initial_config.yaml").read_text())["objective"] == "resource"
+        assert snakemake_plan(root) == set() and dvc_stale(root) == set()  # after the other tool ran
+        run(["git", "checkout", "-q", "--force", head], root)
+
+        proc = run(["dvc", "exp", "run", "-S", "probe.steps=5"], root)  # the ci profile sets probe.steps: 2
+        assert _dvc_ran(proc.stdout) == {"settings"}, proc.stdout
+        said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("kickoff: probe.steps:")]
+        assert said == [f"kickoff: probe.steps: params.yaml now says 5 (was 1), but {PROFILE} sets 2, the value in force: "
+                        f"nothing reruns for this edit (change it in {PROFILE}, or run params.yaml alone: "
+                        f"`python -m stages.pipeline --no-profile`)"], proc.stdout + proc.stderr
+        run(["git", "checkout", "-q", "--force", head], root)
+
+        # committed: DVC re-serialised params.yaml (comments gone); one command restores them
+        proc = run(["dvc", "exp", "run", "-n", "cost", "-S", "select.device_cost_per_hour=1.5"], root)
+        reran_what_reads(root, proc.stdout, "select.device_cost_per_hour")
+        run(["git", "checkout", "-q", "--force", head], root)
+        run(["dvc", "exp", "apply", "cost"], root)
+        assert "#" not in (root / "params.yaml").read_text()  # what DVC wrote
+        run([sys.executable, "-m", "stages.pipeline.docs"], root)  # docs/team.md: the one command
+        assert dvc_stale(root) == {"settings"}  # params.yaml's bytes changed, not its values
+        assert _dvc_ran(run(["dvc", "repro"], root).stdout) == {"settings"}  # the values did not change: nothing else
+        run(["git", "add", "-A"], root)
+        run(["git", "commit", "-q", "-m", "a device cost"], root)
+        from stages.pipeline import docs
+        assert docs.params_with_comments((root / "params.yaml").read_text()) == (root / "params.yaml").read_text()
+        assert yaml.safe_load((root / "params.yaml").read_text())["select"]["device_cost_per_hour"] == 1.5
+        fresh = root.parent / "committed-experiment"
+        run(["git", "clone", "-q", str(root), str(fresh)], root.parent)
+        for clone in (root, fresh):
+            assert dvc_stale(clone) == set() and snakemake_plan(clone) == set(), clone
+    finally:
+        run(["git", "checkout", "-q", "--force", head], root)
+        run(["git", "reset", "-q", "--hard", head], root)
+        shutil.rmtree(root.parent / "committed-experiment", ignore_errors=True)
+    assert dvc_stale(root) == set()
+
+
+@pytest.mark.parametrize("edit, dvc_says, snakemake_says", [
+    (lambda text: text + "scalling:\n  max_steps: 100\n",
+     "params.yaml + profiles/ci/params.yaml: scalling: unknown section; allowed sections: workload, family",
+     "params.yaml + profiles/ci/params.yaml: scalling: unknown section; allowed sections: workload, family"),
+    (lambda text: text.replace("  max_steps: 200\n", "  max_steps: 200\n  max_steps: 150\n", 1),
+     'found duplicate key "max_steps"',  # DVC reads params.yaml itself (for ${...} in dvc.yaml) and refuses first
+     "params.yaml: family.max_steps: given twice (lines"),
+], ids=["misspelt-section", "duplicate-key"])
+def test_a_misspelt_section_and_a_duplicate_key_are_refused_by_dvc_repro_as_by_snakemake(clones, edit, dvc_says,
+                                                                                          snakemake_says):
+    root = clones["fresh clone"]
+    before = (root / "params.yaml").read_text()
+    try:
+        (root / "params.yaml").write_text(edit(before))
+        dvc = run(["dvc", "repro"], root, check=False)
+        assert dvc.returncode != 0 and dvc_says in dvc.stdout + dvc.stderr, dvc.stdout + dvc.stderr
+        assert not _dvc_ran(dvc.stdout) - {"settings"}  # nothing after the settings stage ran
+        snake = run([sys.executable, "-m", "snakemake", "-n"], root, check=False)
+        assert snake.returncode != 0 and snakemake_says in snake.stdout + snake.stderr, snake.stdout + snake.stderr
+    finally:
+        (root / "params.yaml").write_text(before)
     assert dvc_stale(root) == set()
 
 
@@ -220,9 +311,10 @@ def test_a_render_after_a_size_and_a_candidate_leave_removes_their_files_and_loc
         assert {f"scaling_trials@{b}" for b in kept} | {"family_trial@candidate0"} <= set(lock)
         assert not set(left) & set(lock)
         assert not any((root / f).exists() for f in gone)
+        plan = snakemake_plan(root)  # first: it brings the settings in force up to date, as `dvc repro` would
         stale = dvc_stale(root)
         assert {"scaling", "family"} <= stale and not any(job.endswith((f"@{small}", "@candidate1")) for job in stale)
-        assert snakemake_plan(root) == downstream(root, stale)
+        assert plan == downstream(root, stale)
         assert "no longer declared" not in run([sys.executable, "-m", "stages"], root).stderr
     finally:
         run(["git", "checkout", "-q", "-f", "HEAD"], root)
@@ -233,6 +325,7 @@ def test_a_render_after_a_size_and_a_candidate_leave_removes_their_files_and_loc
 # the rates were tuned at, the study's step cap, its batch sizes (what a copied reports/scaling differs in).
 # The first file select reads that the edit makes stale: probe's (it tracks the momentum: optimizer state
 # size), scaling's.
+SOURCE = f"params.yaml + {PROFILE}"  # the fresh clone's settings: params.yaml with its team profile
 OTHER_SETTINGS = [("optimizer.momentum", 0.5, "0.9", "reports/probe/metrics.json"),
                   ("scaling.max_steps", 150, "200", "reports/scaling/metrics.json"),
                   ("scaling.batch_sizes", [8, 16], "[4, 8, 16]", "reports/scaling/metrics.json")]
@@ -240,28 +333,29 @@ OTHER_SETTINGS = [("optimizer.momentum", 0.5, "0.9", "reports/probe/metrics.json
 
 @pytest.mark.parametrize("key, value, made, file", OTHER_SETTINGS, ids=[k for k, *_ in OTHER_SETTINGS])
 def test_results_made_with_other_settings_are_refused_by_a_stage_run_by_hand(clones, key, value, made, file):
-    """`python -m stages.select` after a settings edit, without rerunning what the edit affects: one line
-    naming the key, the value the results were made with, the value in force, and the command that
-    remakes them; nothing written."""
+    """`python -m stages.select` after a settings edit (the settings stage run: it is what tells the tools),
+    without rerunning what the edit affects: one line naming the key, the value the results were made with,
+    the value in force, and the command that remakes them; nothing written."""
     root = clones["fresh clone"]
     section, name = key.split(".")
     try:
         write_params(root, {section: {name: value}})
         if key == "scaling.batch_sizes":  # the waves list their sizes: dvc.yaml is re-rendered first
             run([sys.executable, "-m", "stages.pipeline"], root)
+        run([sys.executable, "-m", "stages.settings"], root)
         before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
         proc = run([sys.executable, "-m", "stages.select"], root, check=False)
         assert proc.returncode == 2, proc.stderr[-2000:]
         (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("kickoff: error:")]
         shown = json.dumps(value) if isinstance(value, list) else str(value)
         assert line.startswith(f"kickoff: error: {file}: was made with {key} {made}, and the settings in force now "
-                               f"(params.yaml) have {key} {shown}; rerun the stage that writes it (`python -m stages."), line
+                               f"({SOURCE}) have {key} {shown}; rerun the stage that writes it (`python -m stages."), line
         assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before
         if key == "optimizer.momentum":  # the report notes it as a problem (once: each run costs seconds)
             run([sys.executable, "-m", "stages.report"], root)
             report = (root / "reports/REPORT.md").read_text()
             assert "**Incomplete report:**" in report and f"`{file}` was made with {key} {made}, and the settings " \
-                   f"in force now (params.yaml) have {key} {shown} (written by stage `" in report
+                   f"in force now ({SOURCE}) have {key} {shown} (written by stage `" in report
     finally:
         run(["git", "checkout", "-q", "-f", "HEAD"], root)
 
@@ -270,10 +364,19 @@ def test_a_settings_edit_while_a_job_runs_is_refused_at_its_end_and_dvc_lock_kee
     """scaling.max_steps 200 -> 190, then, while the first scaling job runs, 190 -> 210 (the user's workload
     writes it as the job builds it: tests' bench/bench_staleness.py USER_HELPER). The job is refused at
     its end, through `dvc repro` and through Snakemake: nothing written, and dvc.lock does not claim
-    either value -- it keeps the entries of what last ran, with 200."""
+    either value -- it keeps the entries of what last ran, with 200 (the settings stage's own entry and
+    files say 190: it ran, with 190, before the job started)."""
     root = clones["fresh clone"]
-    lock = (root / "dvc.lock").read_text()
-    before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
+
+    def lock_entries() -> dict:
+        entries = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+        return {name: entry for name, entry in entries.items() if name != "settings"}
+
+    def results() -> dict:
+        return {p: p.read_bytes() for p in (root / "reports").rglob("*")
+                if p.is_file() and not p.is_relative_to(root / "reports/settings")}
+
+    lock, before = lock_entries(), results()
     try:
         for tool in (["dvc", "repro"], [sys.executable, "-m", "snakemake", "-c1"]):
             write_params(root, {"scaling": {"max_steps": 190}})
@@ -282,8 +385,8 @@ def test_a_settings_edit_while_a_job_runs_is_refused_at_its_end_and_dvc_lock_kee
             assert re.search(r"kickoff: error: scaling.max_steps: was 190 when `scaling \w+ --batch-size \d+` started "
                              r"and is 210 now in params.yaml \(edited while it ran\); nothing was written",
                              proc.stderr), (tool, proc.stderr[-3000:])
-            assert (root / "dvc.lock").read_text() == lock, tool
-            assert {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()} == before, tool
+            assert lock_entries() == lock, tool
+            assert results() == before, tool
     finally:
         run(["git", "checkout", "-q", "-f", "HEAD"], root)
     assert dvc_stale(root) == set()

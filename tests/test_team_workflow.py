@@ -30,6 +30,7 @@ from stages.pipeline.overrides import merge, set_param_args
 from tests.conftest import ROOT, make_project, run, write_params
 
 SMALL = yaml.safe_load((ROOT / "profiles/small/params.yaml").read_text())
+EFFECTIVE = "reports/settings/effective.yaml"  # the settings in force, where every stage tracks its keys
 # The team repository's own small profile: quicker than the project's (the mechanics under test, not B_crit).
 QUICK = {**SMALL, "family": {"max_steps": 300},
          "scaling": {**SMALL["scaling"], "batch_sizes": [16, 64, 256], "max_steps": 300, "seeds": 0, "lr_refine_trials": 2},
@@ -181,10 +182,13 @@ def test_first_run_runs_every_stage_and_the_width_change_reruns_them_all(team):
 
 @pytest.mark.e2e
 def test_params_diff_between_the_two_commits_is_exactly_the_width(team):
+    """params.yaml as written, and the settings in force the stages track (reports/settings/effective.yaml)."""
     diff = json.loads(run(["dvc", "params", "diff", TAG, BRANCH, "--json"], team.root).stdout)
-    assert list(diff) == ["params.yaml"] and list(diff["params.yaml"]) == ["workload.kwargs.hidden"]
-    change = diff["params.yaml"]["workload.kwargs.hidden"]
-    assert yaml.safe_load(str(change["old"])) == team.old_width and yaml.safe_load(str(change["new"])) == [32]
+    assert sorted(diff) == sorted(["params.yaml", EFFECTIVE])
+    for path in diff:
+        assert list(diff[path]) == ["workload.kwargs.hidden"], path
+        change = diff[path]["workload.kwargs.hidden"]
+        assert yaml.safe_load(str(change["old"])) == team.old_width and yaml.safe_load(str(change["new"])) == [32], diff
 
 
 @pytest.mark.e2e
@@ -345,26 +349,40 @@ def test_cluster_profile_is_accepted_by_snakemake(team, name):
 def test_experiments_rerun_exactly_the_affected_stages_and_exp_show_lists_them(team):
     root, sizes = team.root, QUICK["scaling"]["batch_sizes"]
     try:
+        # What an experiment reruns is decided once its first stage, settings, has written the settings in force:
+        # `dvc status` then lists exactly the stages whose keys changed (`dvc exp run --dry` runs nothing, so it
+        # lists the settings stage alone)
+        def stale_after(change: dict, render: bool = False) -> set[str]:
+            write_params(root, change)
+            if render:  # optimizer.name decides which optimizer keys the stages track (docs/team.md)
+                run([sys.executable, "-m", "stages.pipeline"], root)
+            run([sys.executable, "-m", "stages.settings"], root)
+            stale = {name.rsplit(":", 1)[-1] for name in json.loads(run(["dvc", "status", "--json"], root).stdout)}
+            run(["git", "checkout", "-q", "--force", BRANCH], root)
+            return stale - {"settings"}
+
         # optimizer.name: every stage that reads it (probe measures the optimizer's state too)
-        dry = run(["dvc", "exp", "run", "--dry", "-S", "optimizer.name=adam"], root).stdout
         readers = {s.name for s in pipeline.STAGES if any(k == "optimizer" or k.startswith("optimizer.") for k in s.params)}
-        assert stages_run(dry)[0] == {n for n in all_stage_names(sizes) if n.split("@")[0] in readers}
+        assert stale_after({"optimizer": {"name": "adam"}}, render=True) == {
+            n for n in all_stage_names(sizes) if n.split("@")[0] in readers}
 
         # a learning-rate range: the study's jobs are the stages that read it (the rest follow their outputs)
-        dry = run(["dvc", "exp", "run", "--dry", "-S", "scaling.lr_min=2.0e-2", "-S", "scaling.lr_max=1.5"], root).stdout
         readers = {s.name for s in pipeline.STAGES if "scaling.lr_min" in s.params}
         assert readers >= {"scaling_wave1", "scaling_wave2", "scaling_trials"}
-        assert stages_run(dry)[0] == {n for n in all_stage_names(sizes) if n.split("@")[0] in readers}
+        assert stale_after({"scaling": {"lr_min": 2.0e-2, "lr_max": 1.5}}) == {
+            n for n in all_stage_names(sizes) if n.split("@")[0] in readers}
 
-        # the objective: select onwards reruns (for real), everything before it is kept
+        # the objective: which sizes contend, and select onwards, rerun (for real); the measurements and the
+        # study's first two waves are kept
         out = run(["dvc", "exp", "run", "-n", "by-cost", "-S", "select.objective=resource"], root).stdout
         ran, skipped = stages_run(out)
-        assert {"probe", "throughput", "scaling"} <= skipped and not {"probe", "throughput", "scaling"} & ran
-        assert "select" in ran
+        kept = {"probe", "throughput", *(n for n in all_stage_names(sizes) if n.startswith("scaling_wave"))}
+        assert kept <= skipped and not kept & ran
+        assert {"scaling_contenders", "select"} <= ran
 
         table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], root).stdout)))
         (row,) = [r for r in table if r["Experiment"] == "by-cost"]
-        assert row["select.objective"] == "resource"
+        assert row[f"{EFFECTIVE}:select.objective"] == row["params.yaml:select.objective"] == "resource"
         assert row["rev"] and row["accuracy"] != ""  # its results are there to compare
 
         # the documented side-by-side view fits a screen: the branch's commit and this experiment, which differ
@@ -372,7 +390,7 @@ def test_experiments_rerun_exactly_the_affected_stages_and_exp_show_lists_them(t
         # held the timings and diagnostics, dependency hashes included
         (show,) = [c for c in documented_commands() if c.startswith("dvc exp show")]
         header = next(csv.reader(io.StringIO(run(shlex.split(show) + ["-n", "1", "--csv"], root).stdout)))
-        assert len(header) <= 30 and "select.objective" in header, header
+        assert len(header) <= 30 and f"{EFFECTIVE}:select.objective" in header, header
         assert not [c for c in header if "/" in c and ":" not in c], header  # no dependency hashes
     finally:
         run(["git", "checkout", "-q", "--force", BRANCH], root)

@@ -73,7 +73,7 @@ def test_the_stages_that_build_the_workload_depend_on_the_helpers_in_dvc_yaml_an
     params = {"workload": {"name": "nqm", "sources": [str(source)]}}
     assert "tests/curve_workload.py" in pipeline.workload_code(params) and helper.is_file()
     for s in pipeline.STAGES:
-        dvc_deps = pipeline._dvc_inputs(s, params)
+        dvc_deps = pipeline._dvc_inputs(s, params, [])
         snake = pipeline.snakemake_inputs(s, params)
         assert ("tests/curve_workload.py" in dvc_deps) == s.uses_workload == ("tests/curve_workload.py" in snake), s.name
 

@@ -6,8 +6,8 @@ and out-of-range values with one message naming the key, the value received and 
 Checks that need the machine (source files, the workload, the device) run in
 `stages.core.context.setup`, which builds the workload once.
 
-YAML 1.1 (PyYAML, Snakemake) reads `1e-3` as a *string* while YAML 1.2 (DVC) reads a float, so a
-string that looks like a number is rejected with a hint to write `1.0e-3`.
+The file is read by kickoff's one YAML reader (stages/core/yamlfile.py: YAML 1.2, as DVC reads it;
+a key given twice refused), for DVC and Snakemake alike: `1e-3` is a number, `yes` a word.
 """
 from __future__ import annotations
 
@@ -364,6 +364,7 @@ def _describe(value: Any) -> str:
 
 
 _NUMBER_LIKE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}
 
 
 def _type_name(tp: Any) -> str:
@@ -423,10 +424,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _number_hint(value: Any, types_allowed: tuple) -> str:
-    """Why a number written as text was read as text, where a number is allowed."""
+    """Why a value written as text is not the number or boolean allowed."""
     if isinstance(value, str) and any(t in (int, float) for t in types_allowed) and _NUMBER_LIKE.fullmatch(value.strip()):
-        return (f" -- YAML 1.1 (Snakemake, PyYAML) reads {value!r} as a string; write it with a "
-                f"decimal point and signed exponent, e.g. 1.0e-3, so every tool reads a number")
+        return " -- quoted, so it is text; write it without quotes"
+    if isinstance(value, str) and bool in types_allowed and value.lower() in _YAML11_BOOLS:
+        return (f" -- YAML 1.2, which kickoff and DVC read, takes {value!r} for a word (YAML 1.1 took it for a "
+                f"boolean); write true or false")
     return ""
 
 
@@ -505,26 +508,49 @@ def _check_cross_field(p: Params) -> None:
         raise ConfigError(f"scaling.lr_min: received {p.scaling.lr_min}; allowed: less than {which} ({high:g})")
 
 
+def read_file(path: str | Path = PARAMS_FILE) -> Any:
+    """params.yaml alone, read by kickoff's one YAML reader; ConfigError for a missing, unreadable or
+    non-YAML file, or a key given twice."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "file not found"
+        raise ConfigError(f"{path}: {what}; run from the project root (where params.yaml is) or pass its path")
+    try:
+        return load_yaml(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(yaml_error(path, e)) from None  # the file, line and column (stages/core/errors.py)
+    except ConfigError as e:  # a key given twice
+        raise ConfigError(f"{path}: {e}") from None
+
+
 def read_raw(path: str | Path = PARAMS_FILE) -> dict:
     """params.yaml parsed, merged with the profiles dvc.yaml beside it records as active
     (stages/core/profile.py); ConfigError for a missing, unreadable or non-YAML file."""
     from stages.core.profile import apply_profiles, profiles_in
 
     path = Path(path)
-    if not path.is_file():
-        what = "a directory" if path.is_dir() else "file not found"
-        raise ConfigError(f"{path}: {what}; run from the project root (where params.yaml is) or pass its path")
-    try:
-        raw = load_yaml(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(yaml_error(path, e)) from None  # the file, line and column (stages/core/errors.py)
+    raw = read_file(path)
     profiles = profiles_in(path.parent)
     return apply_profiles(raw, profiles, path.parent) if profiles and isinstance(raw, dict) else raw
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """params.yaml with the active profiles applied, validated as a whole."""
+def params_source(path: str | Path = PARAMS_FILE) -> str:
+    """How errors name the settings: 'params.yaml', or 'params.yaml + profiles/small/params.yaml'."""
     from stages.core.profile import profiles_in
 
-    source = " + ".join([str(path), *profiles_in(Path(path).parent)])
-    return validate(read_raw(path), source)
+    return " + ".join([str(path), *profiles_in(Path(path).parent)])
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """params.yaml with the active profiles applied, validated as a whole."""
+    return validate(read_raw(path), params_source(path))
+
+
+def default_value(key: str) -> Any:
+    """The schema's default of 'section.key' ({} below workload.kwargs and other mappings)."""
+    section, _, name = key.partition(".")
+    name = name.split(".", 1)[0]
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    f = fields[name]
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return value if "." not in key.partition(".")[2] else None

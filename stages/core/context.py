@@ -1,13 +1,13 @@
 """What every stage that trains sets up first: validated params, threads, device, workload.
 
-`setup()` is the one place the environment is checked (the workload's source files exist and
-dvc.yaml tracks them, the workload builds, the device exists) -- and the workload is built here,
+`setup()` is the one place the environment is checked (the workload's source files exist, dvc.yaml
+tracks them and they cover the project modules the settings name: stages/core/sources.py; the
+workload builds, the device exists) -- and the workload is built here,
 once per process, and handed to the stage.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -16,7 +16,7 @@ from stages.core.declared import declares
 from stages.core.device import check_device_counts, configure_cpu, resolve_device
 from stages.core.errors import ConfigError
 from stages.core.model_choice import apply_family_choice
-from stages.core.profile import load_yaml
+from stages.core.sources import check_sources  # noqa: F401  (its home is stages/core/sources.py; the Snakefile imports it here)
 from stages.workloads.base import Workload, make_workload
 
 
@@ -26,31 +26,6 @@ class Context:
     device: torch.device
     threads: int        # torch CPU threads actually in use (recorded with every measurement)
     workload: Workload
-
-
-def check_sources(p: Params, root: Path | None = None) -> None:
-    """Every `workload.sources` entry exists and dvc.yaml tracks it."""
-    root = Path.cwd() if root is None else root
-    for i, src in enumerate(p.workload.sources):
-        if not (root / src).exists():
-            raise ConfigError(f"workload.sources[{i}]: received {src!r}, which does not exist; allowed: paths (files or folders) relative to {root}")
-    _check_dvc_yaml_tracks(p.workload.sources, root / "dvc.yaml")
-
-
-def _check_dvc_yaml_tracks(sources: list[str], dvc_yaml: Path) -> None:
-    """dvc.yaml lists workload.sources literally (DVC cannot interpolate a list of deps), so after
-    editing them the declaration must be re-rendered -- otherwise DVC would silently not track them."""
-    if not sources or not dvc_yaml.exists():
-        return
-    declared = load_yaml(dvc_yaml.read_text()) or {}
-    deps = set()
-    for body in (declared.get("stages") or {}).values():
-        body = body.get("do", body)
-        deps.update(d for d in body.get("deps") or [] if isinstance(d, str))
-    missing = [s for s in sources if s not in deps]
-    if missing:
-        raise ConfigError(f"workload.sources: {missing} are not tracked by {dvc_yaml.name}; "
-                          f"run `python -m stages.pipeline` to re-render it from params.yaml")
 
 
 def build_workload(p: Params) -> Workload:

@@ -36,8 +36,9 @@ class StudyError(KickoffError):
 def yaml_error(path: str | Path, exc: Exception) -> str:
     """The one line for a YAML file that does not parse: the file, the line and column, the problem -- e.g.
     "params.yaml: not valid YAML at line 4, column 9: mapping values are not allowed here". PyYAML's own first
-    line holds no line number; a file that is not text says so. Used by every reader of params.yaml, the
-    profiles and the Snakefile (whose own loader says only "Config file is not valid JSON or YAML")."""
+    line holds no line number; a file that is not text says so. Used by kickoff's one reader of params.yaml
+    and the profiles, which the Snakefile reads with too (Snakemake's own loader said only "Config file is
+    not valid JSON or YAML")."""
     if isinstance(exc, UnicodeDecodeError):
         return f"{path}: not valid YAML: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r})"
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -47,14 +48,3 @@ def yaml_error(path: str | Path, exc: Exception) -> str:
     return f"{path}: not valid YAML{where}: {problem}{f' ({context})' if context else ''}"
 
 
-def check_yaml(path: str | Path) -> None:
-    """ConfigError with `yaml_error`'s line unless `path` parses as YAML (a missing file: no error here)."""
-    import yaml
-
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-        yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except FileNotFoundError:
-        return
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(yaml_error(path, e) + "; allowed: YAML (fix that line, then rerun)") from None

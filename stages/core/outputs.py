@@ -52,6 +52,7 @@ class Output:
         return self.producer.format(**wildcards)
 
 
+SETTINGS_CMD = "python -m stages.settings"
 FAMILY_TRIAL_CMD = "python -m stages.family trial --candidate {candidate}"
 FAMILY_CMD = "python -m stages.family choose"
 PROBE_CMD = "python -m stages.probe"
@@ -68,6 +69,13 @@ REPORT_CMD = "python -m stages.report"
 
 _STATUS = tuple(typing.get_args(ProbeStatus))
 _OUTCOME = (*typing.get_args(Outcome), *NOT_TRAINED)  # skipped: ruled out by earlier stages; predicted: not trained (adaptive)
+
+# ---------------------------------------------------------------------------- settings
+# The settings in force -- params.yaml with the active profiles applied, every default filled in -- which
+# every other stage tracks its keys in (stages/core/effective.py); and which params.yaml keys the profiles
+# override, with both values.
+SETTINGS_EFFECTIVE = Output("reports/settings/effective.yaml", SETTINGS_CMD, keys=("workload", "optimizer", "runtime"))
+SETTINGS_OVERRIDES = Output("reports/settings/overrides.yaml", SETTINGS_CMD, keys=("profiles", "overridden"))
 
 # ---------------------------------------------------------------------------- family
 _FAMILY_CHECKS = dict(columns=("candidate", "overrides", "parameters", "flops_per_example", "batch_size",
@@ -206,6 +214,7 @@ REPORT = Output("reports/REPORT.md", REPORT_CMD)
 # One per job, written last (stages/core/provenance.py): each file's content hash and rows, and what the
 # job was run for (its command, the workload and model it built). A reader checks the file against it.
 MANIFESTS: dict[str, Output] = {cmd: Output(path, cmd) for cmd, path in (
+    (SETTINGS_CMD, "reports/settings/manifest.json"),
     (FAMILY_TRIAL_CMD, "reports/family/trials/{candidate}.manifest.json"),
     (FAMILY_CMD, "reports/family/manifest.json"),
     (PROBE_CMD, "reports/probe/manifest.json"),

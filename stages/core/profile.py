@@ -5,11 +5,12 @@
     python -m stages.pipeline --no-profile                      # back to params.yaml alone
 
 `--profile NAME` means `profiles/NAME/params.yaml` (or give a path). The active profiles are recorded
-in the rendered dvc.yaml (`vars: [{kickoff_profiles: [...]}]`), which also lists, for every stage,
-the keys the profile sets among those the stage reads -- so DVC (and Snakemake, which follows
-dvc.lock) reruns exactly the stages a profile changes, and `dvc exp run -S
-profiles/small/params.yaml:scaling.seeds=2` edits the profile, never params.yaml. Every stage reads
-params.yaml merged with the active profiles (`load_params` in stages/core/config.py).
+in the rendered dvc.yaml (`vars: [{kickoff_profiles: [...]}]`). The pipeline's first stage, settings,
+depends on params.yaml and the profile files and writes the merged values in force, where every other
+stage tracks its keys (stages/core/effective.py) -- so DVC (and Snakemake, which follows dvc.lock)
+reruns exactly the stages whose values a profile changes, keys it adds later included, and `dvc exp
+run -S profiles/small/params.yaml:scaling.seeds=2` edits the profile, never params.yaml. Every stage
+reads params.yaml merged with the active profiles (`load_params` in stages/core/config.py).
 
 A mapping is merged key by key, so keys a profile does not name keep the branch's values -- except
 `workload.kwargs`, which replaces the branch's as a whole (the arguments belong to one workload
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from stages.core.errors import ConfigError, yaml_error
+from stages.core.yamlfile import parse
 
 VAR = "kickoff_profiles"  # the dvc.yaml variable naming the active profiles
 WHOLE = ("workload.kwargs",)  # mappings replaced as a whole, never merged key by key
@@ -44,12 +46,14 @@ def flatten(overrides: dict, prefix: str = "") -> dict[str, Any]:
 
 def merge(params: dict, overrides: dict) -> dict:
     """params with `overrides` applied (a copy; neither argument changes)."""
-    merged = yaml.safe_load(yaml.safe_dump(params))
+    merged = copy.deepcopy(params)
     for key, value in flatten(overrides).items():
         node = merged
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if not isinstance(node.get(part), dict):  # absent, or null in params.yaml (probe.plan_for)
+                node[part] = {}
+            node = node[part]
         node[leaf] = value
     return merged
 
@@ -67,9 +71,11 @@ def read_profile(path: str, root: Path) -> dict:
         raise ConfigError(f"profile {path}: file not found; allowed: {', '.join(known) or 'none here'} "
                           f"(profiles/NAME/params.yaml) or the path of a partial params file")
     try:
-        overrides = yaml.safe_load(file.read_text())
+        overrides = parse(file.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"profile {yaml_error(path, e)}; allowed: a mapping of params.yaml sections") from None
+    except ConfigError as e:  # a key given twice
+        raise ConfigError(f"profile {path}: {e}") from None
     overrides = {} if overrides is None else overrides
     if not isinstance(overrides, dict):
         raise ConfigError(f"profile {path}: received {type(overrides).__name__}; allowed: a mapping of params.yaml sections")
@@ -85,17 +91,15 @@ def active_profile(dvc_yaml_text: str | None) -> str | None:
     return "+".join(Path(p).parent.name if Path(p).name == "params.yaml" else p for p in paths)
 
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where PyYAML has it: the same YAML 1.1, 10x faster
-
-
 @functools.lru_cache(maxsize=16)
 def _parsed(text: str) -> Any:
-    return yaml.load(text, Loader=_LOADER)
+    return parse(text)
 
 
 def load_yaml(text: str) -> Any:
-    """yaml.safe_load's result (a fresh copy), parsed once per process per text: every stage reads
-    params.yaml and dvc.yaml (120 KB) several times."""
+    """The text read by kickoff's one YAML reader (stages/core/yamlfile.py: YAML 1.2, a key given twice
+    refused), a fresh copy, parsed once per process per text: every stage reads params.yaml and
+    dvc.yaml (120 KB) several times."""
     return copy.deepcopy(_parsed(text))
 
 
@@ -103,7 +107,7 @@ def active_profiles(dvc_yaml_text: str | None) -> list[str]:
     """The profile files a dvc.yaml text records as active (none for a missing or unreadable one)."""
     try:
         declared = _parsed(dvc_yaml_text or "") or {}
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ConfigError):
         return []
     for entry in (declared.get("vars") or []) if isinstance(declared, dict) else []:
         if isinstance(entry, dict) and VAR in entry:
@@ -115,6 +119,11 @@ def profiles_in(root: Path) -> list[str]:
     """The active profiles of the project at `root` (its dvc.yaml)."""
     dvc_yaml = root / "dvc.yaml"
     return active_profiles(dvc_yaml.read_text() if dvc_yaml.is_file() else None)
+
+
+def profile_files(root: Path) -> list[str]:
+    """Every profile of the project at `root` (profiles/NAME/params.yaml), active or not, sorted."""
+    return sorted(p.relative_to(root).as_posix() for p in (root / "profiles").glob("*/params.yaml"))
 
 
 def apply_profiles(raw: dict, paths: list[str], root: Path) -> dict:

@@ -6,7 +6,8 @@
     python -m stages.pipeline --profile small   # run params.yaml + profiles/small/params.yaml (stages/core/profile.py)
 
 Each stage lists its command, the exact params keys it reads, the earlier outputs it reads and the
-outputs it writes. Code dependencies are not typed by hand: they are the stage's module plus every
+outputs it writes. The first stage, `settings`, depends on params.yaml and the profile files and
+writes the values in force (stages/core/effective.py); every other stage tracks its keys there. Code dependencies are not typed by hand: they are the stage's module plus every
 `stages` module it imports (found by reading the imports), plus, for stages that build the workload,
 the configured workload's module and `workload.sources` -- so editing any of them makes exactly the
 right stages stale in both tools, and editing another built-in workload none. Of the `optimizer`
@@ -40,9 +41,10 @@ import yaml
 
 from stages.core import outputs as out
 from stages.core.errors import ConfigError
+from stages.core.config import PARAMS_FILE
 from stages.core.imports import ROOT, code_deps, user_code
-from stages.core.profile import (VAR, active_profile, apply_profiles, flatten, load_yaml, profile_path,
-                                 profiles_in, read_profile)
+from stages.core.profile import (VAR, active_profile, apply_profiles, flatten, load_yaml, profile_files,
+                                 profile_path, profiles_in, read_profile)
 from stages.core.outputs import Output
 
 DVC_FILE = "dvc.yaml"
@@ -82,6 +84,9 @@ class Stage:
     # a fan-out over part of its list: "wave1" (the scaling study's first wave: the largest size and every
     # other one below it) or "wave2" (the sizes between them); rendered as a literal list (waves.py)
     subset: str | None = None
+    # depends on params.yaml and the active profile files as whole files (the settings stage); every
+    # other stage tracks its params keys in the settings stage's effective file
+    reads_settings_files: bool = False
 
     @property
     def module(self) -> str:
@@ -102,6 +107,15 @@ SEARCH_KEYS = COARSE_KEYS + REFINE_KEYS
 FAMILY_CHOICE_KEYS = ("family.candidates", "family.rule")
 
 _DECLARED: tuple[Stage, ...] = (
+    Stage(
+        name="settings",
+        cmd=out.SETTINGS_CMD,
+        params=(),  # it reads them all, as files: params.yaml and the active profiles (stages/core/effective.py)
+        outputs=(out.SETTINGS_EFFECTIVE, out.SETTINGS_OVERRIDES),
+        uses_workload=False,
+        reads_settings_files=True,
+        resources={"mem_mb": 1000, "runtime": 5},
+    ),
     Stage(
         name="family_trial",
         cmd=out.FAMILY_TRIAL_CMD,
@@ -316,17 +330,20 @@ def declared_keys(name: str) -> tuple[str, ...]:
 
 def load_stage_params(name: str, path: str | Path = "params.yaml"):
     """params.yaml (with the active profiles) validated as a whole (ConfigError on any bad value),
-    checked to be what dvc.yaml was rendered from, and handed back narrowed to what stage `name`
+    checked to be what dvc.yaml was rendered from and what the settings stage's effective file holds
+    (where DVC and Snakemake track the stage's keys), and handed back narrowed to what stage `name`
     declares: reading any other key raises UndeclaredParamError (a kickoff bug). The values of the keys
     its job tracks are recorded for its manifest (stages/core/provenance.settings_read): the files it
     reads must have been made with the settings in force, and an edit while it runs is refused."""
     from stages.core import provenance
     from stages.core.config import load_params
     from stages.core.declared import restrict
+    from stages.core.effective import check_current
     from stages.core.profile import profiles_in
 
     params = load_params(path)
     check_rendered(Path(path).parent)
+    check_current(Path(path).parent, params)
     values = params.as_dict()
 
     def reread():
@@ -362,11 +379,15 @@ def workload_code(params: dict) -> list[str]:
     return files + [src for src in sources if src not in files] + [f for f in helpers if f not in files]
 
 
-def deps_of(s: Stage, params: dict) -> list[str]:
-    """Everything a stage reads except params: code, workload sources, earlier outputs."""
+def deps_of(s: Stage, params: dict, profiles: list[str] | None = None) -> list[str]:
+    """Everything a stage reads except params keys: code, workload sources, earlier outputs; for the
+    settings stage, params.yaml and the active `profiles` (default: those dvc.yaml records)."""
     deps = code_deps(s.module)
     if s.uses_workload:
         deps += [f for f in workload_code(params) if f not in deps]
+    if s.reads_settings_files:  # the inactive profiles too: an edit to one is named, never silently ignored
+        active = profiles_in(ROOT) if profiles is None else profiles
+        deps += [PARAMS_FILE, *active, *(p for p in profile_files(ROOT) if p not in active)]
     return deps + [i.path for i in s.inputs]
 
 
@@ -374,14 +395,21 @@ def tracked_keys(s: Stage, params: dict) -> list[str]:
     """The params keys dvc.yaml lists for `s`: its declared keys, with `optimizer` narrowed to the
     settings the configured optimizer reads (stages/core/config.OPTIMIZER_KEYS). DVC cannot make a
     key conditional on another, so the narrowing is rendered: switching optimizer.name needs
-    `python -m stages.pipeline` (the stages refuse to run on a dvc.yaml rendered for another one)."""
-    from stages.core.config import OPTIMIZER_KEYS
+    `python -m stages.pipeline` (the stages refuse to run on a dvc.yaml rendered for another one).
+    Every other whole section is listed key by key: where one stage tracks `workload` and another
+    `workload.kwargs` in one file, DVC's params diff and exp show merge the two reads and show each list
+    twice ([64, 64] for [64]); `section.key` for every stage keeps each value read once."""
+    import dataclasses
+
+    from stages.core.config import OPTIMIZER_KEYS, SECTIONS
 
     used = OPTIMIZER_KEYS.get(str(param_value(params, "optimizer.name") or "sgd"), ())
     keys: list[str] = []
     for key in s.params:
         if key == "optimizer":
             keys += [f"optimizer.{k}" for k in used]
+        elif "." not in key:
+            keys += [f"{key}.{f.name}" for f in dataclasses.fields(SECTIONS[key])]
         elif not key.startswith("optimizer.") or key.split(".", 1)[1] in used:
             keys.append(key)
     for key, flag in s.tracked_when:  # rendered too: toggling the flag needs `python -m stages.pipeline`
@@ -451,11 +479,11 @@ def _dvc_path(path: str, s: Stage) -> str:
     return path.replace(f"{{{s.foreach[0]}}}", "${key}" if s.indexed else "${item}")
 
 
-def _dvc_inputs(s: Stage, params: dict) -> list[str]:
+def _dvc_inputs(s: Stage, params: dict, profiles: list[str]) -> list[str]:
     """A fan-out's per-item files become their folder: DVC cannot list a params-sized set of deps."""
     absent = {o.path for t in STAGES if not present(t, params) for o in t.outputs}
     deps = []
-    for d in deps_of(s, params):
+    for d in deps_of(s, params, profiles):
         if d in absent:
             continue
         if "{" in d:
@@ -465,31 +493,20 @@ def _dvc_inputs(s: Stage, params: dict) -> list[str]:
     return deps
 
 
-def _profile_keys(keys: list[str], overrides: dict) -> list[str]:
-    """The keys a profile sets among `keys` (a stage's tracked keys): equal, under one, or above one."""
-    flat = flatten(overrides)
-    return [f for f in flat if any(f == k or f.startswith(k + ".") or k.startswith(f + ".") for k in keys)]
-
-
 def render_dvc(params: dict, profiles: dict[str, dict] | None = None) -> dict:
     """dvc.yaml for `params` (params.yaml with the profiles applied) and the active `profiles`
-    ({path: overrides}): each stage tracks its keys in params.yaml, and in each profile the keys that
-    profile sets for it (a key a profile sets is not tracked in params.yaml, where it has no effect)."""
+    ({path: overrides}): the settings stage depends on params.yaml and the profile files; every other
+    stage tracks its keys in the settings stage's effective file, which holds the values in force."""
     profiles = profiles or {}
     rendered: dict = {"vars": [{VAR: list(profiles)}]} if profiles else {}
     stages: dict = {}
     for s in STAGES:
         if not present(s, params):
             continue
-        body: dict = {"cmd": _dvc_path(s.cmd, s), "deps": _dvc_inputs(s, params)}
+        body: dict = {"cmd": _dvc_path(s.cmd, s), "deps": _dvc_inputs(s, params, list(profiles))}
         keys = tracked_keys(s, params)
-        overridden = {k for overrides in profiles.values() for k in flatten(overrides)}
-        entries: list = [k for k in keys if k not in overridden]
-        for path, overrides in profiles.items():
-            if own := _profile_keys(keys, overrides):
-                entries.append({path: own})
-        if entries:
-            body["params"] = entries
+        if keys:
+            body["params"] = [{out.SETTINGS_EFFECTIVE.path: keys}]
         for section, kind in (("outs", "out"), ("metrics", "metrics"), ("outs", "image")):
             outs = [{_dvc_path(o.path, s): {"cache": o.cache, "persist": True}} for o in s.outputs if o.kind == kind]
             if outs:
@@ -551,6 +568,7 @@ def _render_inputs(root: Path) -> str:
     sources listed -- for `check_rendered` to skip the render when nothing changed since it passed."""
     h = hashlib.sha256(sys.version.encode())
     files = [root / DVC_FILE, root / "params.yaml", *(root / p for p in profiles_in(root))]
+    h.update("\0".join(profile_files(ROOT)).encode())  # a profile added or removed: the settings stage's deps
     for f in files:
         h.update(f"{f}\0".encode() + (f.read_bytes() if f.is_file() else b"-") + b"\0")
     raw = load_raw_params(root / "params.yaml") if (root / "params.yaml").is_file() else {}
@@ -609,7 +627,7 @@ def check_rendered(root: Path) -> None:
         check_workload(root)  # a workload.name typo is named as such: re-rendering would not fix it
         raise ConfigError(f"{DVC_FILE} is out of date with params.yaml (a setting that decides what the stages track "
                           f"changed: workload.name, workload.sources, optimizer.name, family.candidates, scaling.adaptive or "
-                          f"scaling.batch_sizes); run "
+                          f"scaling.batch_sizes; or a profile was added or removed); run "
                           f"`python -m stages.pipeline` to re-render it, then rerun")
     try:  # remembered for the next process; a cache, so a failure to write it costs only time
         marker.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,17 @@ between sections or set apart by a blank line, anything nested deeper than a sec
 `workload.kwargs`); a section's same-line comment and each key's same-line comment and the comment
 lines directly above it are the schema's. A key
 the schema has but the file lacks is added with its default, so the file lists every setting.
+
+After `dvc exp run -S ...` / `dvc exp apply`, params.yaml is as DVC re-serialised it: every list a
+block under its key (at the key's own indent), every null an empty value. The same command puts it
+back in the generated form -- a list of plain values on one line, a list of mappings one `- {...}`
+per line, `null` spelled out -- wherever no comment sits inside the list; the values do not change.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import textwrap
 import types
@@ -25,6 +31,7 @@ import yaml
 
 from stages.core.config import PARAMS_FILE, SECTIONS, allowed_range
 from stages.core.errors import ConfigError
+from stages.core.yamlfile import parse
 
 SETTINGS_DOC = "docs/settings.md"
 COMMAND = "python -m stages.pipeline.docs"
@@ -117,8 +124,9 @@ def settings_markdown(sections: dict[str, type] = SECTIONS) -> str:
              "`params.yaml` is the only configuration; every key below is optional (the default applies) and",
              "the whole file is validated before any work: an unknown key, a wrong type or a value outside",
              "*allowed* stops a stage with one line naming the key. `python -m stages` prints the resolved",
-             "values. Write floats with a decimal point and a signed exponent (`1.0e-3`): Snakemake's YAML 1.1",
-             "reader takes `1e-3` for a string.", ""]
+             "values. DVC and Snakemake both see it through kickoff's one YAML reader, by YAML 1.2's rules (as",
+             "DVC reads YAML): `1e-3` is a number, `yes` and `no` are words (write `true`, `false`), and a key",
+             "given twice is refused.", ""]
     for name, cls in sections.items():
         lines += [f"## `{name}`", ""]
         doc = section_doc(cls)
@@ -175,9 +183,76 @@ def _key_of(code: str) -> str | None:
     return head if sep and head and " " not in head and not head.startswith(("-", "#")) else None
 
 
-def params_with_comments(text: str, sections: dict[str, type] = SECTIONS, source: str = PARAMS_FILE) -> str:
-    """params.yaml's text with every schema comment regenerated; values and free comments are the user's."""
+_EMPTY_KEY = re.compile(r"^(\s*)([A-Za-z_][\w.-]*):$")  # `  key:` with nothing after it (comments split off)
+
+
+def _continuation(lines: list[str], start: int, indent: int) -> int:
+    """The end of the value lines below a key at `indent` that start at `start`: deeper lines, and `- `
+    items at the key's own indent (DVC writes block lists so); a blank or comment-only line ends it."""
+    end = start
+    while end < len(lines):
+        code, _ = split_comment(lines[end])
+        if not code.strip():
+            break
+        ind = _indent(lines[end])
+        if ind > indent or (ind == indent and code.strip().startswith("- ")):
+            end += 1
+            continue
+        break
+    return end
+
+
+def compact(text: str) -> str:
+    """DVC's rewrite of params.yaml (`dvc exp run -S`, `dvc exp apply`) put back in the generated form:
+    an empty value is `null`, a block list of plain values one flow list, a block list of mappings one
+    `- {...}` line per item -- where no comment sits inside it and the line fits; values unchanged."""
     lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        code, comment = split_comment(line)
+        m = _EMPTY_KEY.match(code)
+        if not m or not m.group(1):  # not an indented `key:` without a value (a section line stays as it is)
+            out.append(line)
+            i += 1
+            continue
+        indent = len(m.group(1))
+        end = _continuation(lines, i + 1, indent)
+        block = lines[i + 1:end]
+        if not block:  # DVC writes null as nothing
+            out.extend(_with_comment(f"{code} null", comment, indent))
+            i += 1
+            continue
+        if any(split_comment(b)[1] is not None for b in block):
+            out.append(line)
+            i += 1
+            continue
+        try:
+            value = parse("\n".join(["v:", *(b[indent:] for b in block)]))["v"]
+        except Exception:  # noqa: BLE001 - not a value this can read alone: left as it is
+            value = None
+        if isinstance(value, list) and value and all(not isinstance(v, (list, dict)) for v in value):
+            flat = _with_comment(f"{code} {yaml_value(value)}", comment, indent)
+            if all(len(ln) <= MAX_LINE for ln in flat):
+                out.extend(flat)
+                i = end
+                continue
+        elif isinstance(value, list) and value:
+            items = [f"{' ' * (indent + 2)}- {yaml_value(v)}" for v in value]
+            if all(len(ln) <= MAX_LINE for ln in items):
+                out.extend([*_with_comment(code, comment, indent), *items])
+                i = end
+                continue
+        out.append(line)  # a mapping (its own keys are looked at next) or a list that does not fit
+        i += 1
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def params_with_comments(text: str, sections: dict[str, type] = SECTIONS, source: str = PARAMS_FILE) -> str:
+    """params.yaml's text with every schema comment regenerated (in the generated form: `compact`);
+    values and free comments are the user's."""
+    lines = compact(text).splitlines()
     out: list[str] = []
     pending: list[str] = []   # comment-only lines right above the next line: its comment, or free text
     section: str | None = None
@@ -221,7 +296,8 @@ def params_with_comments(text: str, sections: dict[str, type] = SECTIONS, source
             raise ConfigError(f"{source}: line {line!r} is indented before any section; allowed: keys inside a section")
         if key_indent is None:
             key_indent = indents[section] = indent
-        if indent > key_indent:  # nested in the previous key's value (e.g. workload.kwargs): the user's
+        if indent > key_indent or stripped.startswith("- "):  # nested in the previous key's value (e.g.
+            # workload.kwargs, or a block list DVC wrote at the key's own indent): the user's
             flush_pending()
             out.append(line)
             section_end[section] = len(out)

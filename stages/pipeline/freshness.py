@@ -24,6 +24,8 @@ from pathlib import Path
 from stages.core import provenance
 from stages.pipeline.declaration import ROOT, STAGES, Stage, deps_of, items_of, present, snakemake_inputs
 
+SETTINGS = "settings"  # the first job: its outputs are where the others track their settings
+
 
 def job_name(s: Stage, item=None) -> str:
     return f"{s.name}@{item}" if s.foreach else s.name
@@ -86,12 +88,18 @@ def _forget_incomplete(stamp: Path, root: Path) -> None:
     marker.unlink(missing_ok=True)
 
 
-def sync_stamps(params: dict, root: Path = ROOT, log=sys.stderr) -> set[str]:
+def sync_stamps(params: dict, root: Path = ROOT, log=sys.stderr, settings_current: bool = True) -> set[str]:
     """Give every job that is current per dvc.lock its stamp and take it from every other; return
-    the jobs to run (`dvc status`'s list and everything downstream of it)."""
+    the jobs to run (`dvc status`'s list and everything downstream of it). No job reads the settings
+    stage's files as an input: each tracks its own keys in the effective file, which the Snakefile
+    brings up to date before planning (stages/core/effective.refresh) -- so `dvc status` lists exactly
+    the jobs whose settings changed. Where it could not (`settings_current` false), every job is planned
+    after a settings change, and each is skipped at run time if dvc.lock records it current."""
     jobs = all_jobs(params)
     changed = provenance.stale(root) & set(jobs)
     to_run = downstream(changed, params)
+    if not settings_current and SETTINGS in changed:
+        to_run = set(jobs)
     for job in jobs:
         stamp = root / provenance.stamp_path(job)
         if job in to_run:

@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
-from stages.core.config import PARAMS_FILE, validate
+from stages.core.config import PARAMS_FILE, read_file, validate
 from stages.core.errors import ConfigError, KickoffError
 from stages.core.profile import WHOLE, flatten, merge  # noqa: F401  (their home moved to stages/core/profile.py)
+from stages.core.yamlfile import parse
 
 FAILED = "--kickoff-overrides-failed-see-the-error-above"
 
@@ -71,14 +72,15 @@ def main(argv: list[str] | None = None) -> None:
     if not args.file.is_file():
         raise ConfigError(f"{args.file}: file not found; allowed: a YAML file with params.yaml's sections")
     try:
-        overrides = yaml.safe_load(args.file.read_text()) or {}
+        overrides = parse(args.file.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{args.file}: not valid YAML ({str(e).splitlines()[0]}); allowed: a mapping of params sections") from None
+    except ConfigError as e:  # a key given twice
+        raise ConfigError(f"{args.file}: {e}") from None
     if not isinstance(overrides, dict):
         raise ConfigError(f"{args.file}: received {type(overrides).__name__}; allowed: a mapping of params sections")
     if args.params.is_file():  # stop here, not halfway through an experiment
-        validate(merge(yaml.safe_load(args.params.read_text()), overrides),
-                 f"{args.params} with {args.file}")
+        validate(merge(read_file(args.params), overrides), f"{args.params} with {args.file}")
     name = args.file.parent.name if args.file.name == "params.yaml" else str(args.file)
     print(f"kickoff: `python -m stages.pipeline.overrides` is deprecated: its overrides rewrite params.yaml; "
           f"run `python -m stages.pipeline --profile {name}` once, then `dvc exp run` (or `snakemake -c2`)",
