@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bench.bench_staleness import (CHANGES, TINY, build, downstream, dvc_stale, matrix, param_change,
-                                   snakemake_plan, states)
+                                   planned_jobs, snakemake_plan, states)
 from stages.core import provenance
 from stages.pipeline import declaration as pipeline
 from tests.conftest import ROOT, run
@@ -236,11 +236,10 @@ def manifest_times(root: Path) -> dict[str, int]:
 
 def ran_stages(root: Path, *args: str) -> tuple[set[str], set[str]]:
     """(jobs Snakemake planned, jobs whose stage ran) for `snakemake -c1 ARGS`."""
-    planned = snakemake_plan(root, *args)
     before = manifest_times(root)
-    run([sys.executable, "-m", "snakemake", "-c1", *args], root)
+    proc = run([sys.executable, "-m", "snakemake", "-c1", *args], root)
     after = manifest_times(root)
-    return planned, {job for job, t in after.items() if t != before[job]}
+    return planned_jobs(proc.stdout + proc.stderr), {job for job, t in after.items() if t != before[job]}
 
 
 def test_snakemake_forced_jobs_re_measure_what_dvc_repro_force_would_and_record_it(ran_project, tmp_path):
