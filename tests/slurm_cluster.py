@@ -169,9 +169,6 @@ class Cluster:
             _wait(lambda: _pid(self.home / pid_file) is None, 15, f"{pid_file} gone", quiet=True)
         if SYSTEM_CONF.is_file() and SYSTEM_CONF.read_text().startswith(MARK):
             subprocess.run([*self.root, "rm", "-f", str(SYSTEM_CONF)], capture_output=True)
-        if self.lock is not None:
-            self.lock.close()  # releases the lock
-            self.lock = None
         log = str(self.home / "log" / "slurmd.log")
         for proc in Path("/proc").iterdir():
             try:
@@ -179,6 +176,10 @@ class Cluster:
                     subprocess.run([*self.root, "kill", "-KILL", proc.name], capture_output=True)
             except OSError:
                 continue
+        if self.lock is not None:
+            self.lock.close()  # releases the lock: the next test cluster may start
+            self.lock = None
+
 
 def start(home: Path, slots: int = 2, partitions: tuple[str, ...] = ("cpu", "gpu"), timeout: float = 60) -> Cluster:
     """Install where needed, then start munged, slurmctld and slurmd under `home`; wait until the node is
@@ -187,8 +188,8 @@ def start(home: Path, slots: int = 2, partitions: tuple[str, ...] = ("cpu", "gpu
     root = _as_root()
     if root is None:
         raise SlurmUnavailable("starting SLURM's daemons needs root or password-less sudo (slurmd starts the jobs)")
-    began = time.monotonic()
     lock = _hold_lock(timeout=900)
+    began = time.monotonic()
     if SYSTEM_CONF.is_file() and not SYSTEM_CONF.read_text().startswith(MARK):
         lock.close()
         raise SlurmUnavailable(f"{SYSTEM_CONF} exists and is not kickoff's: this machine has a SLURM of its own, "

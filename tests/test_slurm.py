@@ -19,7 +19,6 @@ import io
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
