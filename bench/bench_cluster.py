@@ -13,8 +13,10 @@ one SLURM job per kickoff job, every job measured afresh (no journal is shared b
 
 From the scheduler's own start and end times (scontrol) and the declared DAG
 (stages/pipeline/freshness.py: which job reads which), it prints per slot count: Snakemake's wall time,
-the scheduler's makespan (first job's start to last job's end), the jobs' summed run time, and the
-critical path -- the longest chain of jobs that read one another -- then the speed-up of N slots over 1
+the scheduler's makespan (first job's start to last job's end), the most jobs running at once, the jobs'
+summed run time (more with more slots: the jobs share the machine's cores), the median wait of a job for
+its inputs (from the end of the last job it reads from to its own start: Snakemake's polls and the
+submission), and the critical path -- the longest chain of jobs that read one another -- then the speed-up of N slots over 1
 against the ideal one: with N slots no schedule beats max(critical path, summed run time / N), computed
 from the 1-slot run's job times. A team reads what more devices buy: the ideal is what the DAG's shape
 allows (today the family's candidates and the scaling study's per-size jobs are the wide parts), the gap
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -154,6 +157,14 @@ class Run:
     def makespan_s(self) -> float:
         return (max(j.end for j in self.jobs.values()) - min(j.start for j in self.jobs.values())).total_seconds()
 
+    @property
+    def waits_s(self) -> list[float]:
+        """Per job that reads another's outputs: seconds from the last of those jobs' end to its own start
+        -- Snakemake noticing the end (its polls), submitting, the scheduler starting the job."""
+        graph = readers_graph(self.params)
+        return [(j.start - max(self.jobs[u].end for u in graph[name])).total_seconds()
+                for name, j in self.jobs.items() if graph[name]]
+
 
 def kickoff_jobs(cluster: Cluster) -> dict[str, Job]:
     """The completed SLURM jobs by the kickoff job they ran (the last, where one ran twice)."""
@@ -188,14 +199,17 @@ def report(runs: list[Run]) -> str:
     path_s, path = critical_path(base.seconds, base.params)
     lines = [f"jobs: {len(base.jobs)}; their run time summed ({base.slots} slot{'s' * (base.slots > 1)}): {total:.0f} s; "
              f"critical path {path_s:.0f} s: {' -> '.join(path)}",
-             "", "| slots | snakemake wall | scheduler makespan | jobs at once (most) | ideal wall | speed-up | ideal speed-up |",
-             "|---|---|---|---|---|---|---|"]
+             "", "| slots | snakemake wall | scheduler makespan | jobs at once (most) | run time summed | "
+                 "wait for inputs (median) | ideal wall | speed-up | ideal speed-up |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         ideal = max(path_s, total / r.slots)
         lines.append(f"| {r.slots} | {r.wall_s:.0f} s | {r.makespan_s:.0f} s | {overlapping(list(r.jobs.values()))} | "
+                     f"{sum(r.seconds.values()):.0f} s | {statistics.median(r.waits_s):.0f} s | "
                      f"{ideal:.0f} s | {base.wall_s / r.wall_s:.2f} | {(max(path_s, total / base.slots)) / ideal:.2f} |")
     lines.append("\nspeed-up: snakemake wall time with the first slot count / with this one; ideal: what the DAG's "
-                 "critical path and the summed run time allow, from the first run's job times")
+                 "critical path and the summed run time allow, from the first run's job times; wait for inputs: "
+                 "from the end of the last job a job reads from to its start (Snakemake's polls, the submission)")
     return "\n".join(lines)
 
 
