@@ -15,7 +15,9 @@
 # downstream of them lose their stamp (.kickoff/snakemake/, each rule's one declared output), every
 # other job gets one, and each job records itself in dvc.lock when it has run. So a fresh clone, a
 # clone with old `.snakemake/` metadata and a clone after `dvc repro` all plan exactly what `dvc
-# status` says; and Snakemake never deletes a stage's real outputs (only its stamp).
+# status` says; and Snakemake never deletes a stage's real outputs (only its stamp). A job that
+# --forceall, -f or -R forces re-measures, as under `dvc repro --force`; --config is refused (the stages
+# read params.yaml), and so is a storage provider (the jobs need the project folder: a shared filesystem).
 import os
 import sys
 from pathlib import Path
@@ -24,6 +26,7 @@ sys.path.insert(0, workflow.basedir)
 
 from stages.pipeline import declaration as pipeline
 from stages.pipeline import freshness
+from stages.pipeline import invocation
 from stages.pipeline import recover
 from stages.core import effective
 from stages.core.config import read_raw, validate
@@ -36,8 +39,9 @@ from stages.core.profile import profiles_in
 # settings stage under DVC read them (stages/core/yamlfile.py); `config` holds only `--config` values.
 BASE = Path(workflow.basedir)
 try:  # the same validation the settings stage runs under DVC, before anything is planned
-    if workflow.is_main_process:  # first: a cut dvc.lock put back, a killed Snakemake's lock and marks cleared
-        recover.at_start(BASE)
+    if workflow.is_main_process:
+        invocation.check_config(workflow)  # --config, --configfile: refused (stages/pipeline/invocation.py)
+        recover.at_start(BASE)  # then a cut dvc.lock put back, a killed Snakemake's lock and marks cleared
     SOURCE = " + ".join(["params.yaml", *profiles_in(BASE)])
     RAW = read_raw(Path(os.path.relpath(BASE / "params.yaml")))  # params.yaml with the active profiles
     PARAMS = validate(RAW, SOURCE)
@@ -59,6 +63,7 @@ onstart:  # a real run, not a dry one: the pipeline is this process's until it e
         PIPELINE_LOCK = hold_pipeline("snakemake")
     except KickoffError as e:
         raise WorkflowError(str(e)) from None
+    invocation.export_forced(workflow)  # the jobs --forceall/-f/-R force re-measure (stages/pipeline/invocation.py)
 
 
 wildcard_constraints:
@@ -67,17 +72,21 @@ wildcard_constraints:
 
 
 def inputs_of(s):
-    """The rule's inputs (its code and sources, and the stamps of the jobs it reads from), all
-    ancient(): a missing stamp is the only reason to run. A function, evaluated when the DAG is
-    built: it refuses to plan a job whose stage is running now (stages/core/lock.py)."""
+    """The rule's inputs (its code and sources, and the stamps of the jobs it reads from), ancient():
+    a missing stamp is the only reason to run -- but for the stamps of jobs `-R` forces and of those
+    downstream of them, so that their readers are planned too (stages/pipeline/invocation.py). A
+    function, evaluated when the DAG is built: it refuses to plan a job whose stage is running now
+    (stages/core/lock.py), or any job with a storage provider (stages/pipeline/invocation.py)."""
 
     def inputs(wildcards):
         item = wildcards[s.foreach[0]] if s.foreach else None
         try:
             freshness.check_not_running(s, item)
+            invocation.check_shared_filesystem(workflow)  # before Snakemake maps the inputs to a storage provider
         except KickoffError as e:
             raise WorkflowError(str(e)) from None
-        return [ancient(f) for f in freshness.rule_inputs(s, RAW)]
+        rerun = invocation.rerun_stamps(workflow, RAW)  # -R: the forced jobs' readers are planned after them
+        return [f if f in rerun else ancient(f) for f in freshness.rule_inputs(s, RAW)]
 
     return inputs
 

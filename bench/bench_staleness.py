@@ -122,7 +122,11 @@ def dvc_stale(root: Path) -> set[str]:
 
 def snakemake_plan(root: Path, *args: str) -> set[str]:
     """The jobs a Snakemake dry run plans, as DVC names them ('scaling_trials@8')."""
-    text = run([sys.executable, "-m", "snakemake", "-n", *args], root).stdout
+    return planned_jobs(run([sys.executable, "-m", "snakemake", "-n", *args], root).stdout)
+
+
+def planned_jobs(text: str) -> set[str]:
+    """The jobs in Snakemake's output (a dry run's or a real run's), as DVC names them."""
     jobs = set()
     for block in re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", text):
         m = re.search(r"^(?:local)?rule (\w+):$", block, re.M)

@@ -49,3 +49,16 @@ def test_bench_study_time_times_two_commits_side_by_side_with_tiny_arguments():
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "1 slot(s): new / old study wall time" in done.stdout and "same chosen configuration: yes" in done.stdout
+
+
+@pytest.mark.slurm  # a SLURM of its own and minutes of polling: `make test-slurm`, not `make test`
+def test_bench_cluster_times_the_pipeline_on_one_and_two_slurm_slots_with_tiny_arguments():
+    done = subprocess.run([sys.executable, "bench/bench_cluster.py", "--tiny", "--set", "family.candidates=null",
+                           "--set", "scaling.batch_sizes=[4,8]"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=2400)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    if done.stdout.startswith("bench_cluster: skipped:"):
+        pytest.skip(done.stdout.strip())
+    assert "critical path" in done.stdout and "ideal speed-up" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2 and rows[1].split("|")[4].strip() == "2"  # two jobs at once with two slots (the sizes' jobs)

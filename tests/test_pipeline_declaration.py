@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bench.bench_staleness import (CHANGES, OUTSIDE, PROFILE, TINY, build, cell, downstream, dvc_stale, matrix,
-                                   param_change, restored, snakemake_plan, states)
+                                   param_change, planned_jobs, restored, snakemake_plan, states)
 from stages.core import provenance
 from stages.pipeline import declaration as pipeline
 from tests.conftest import ROOT, run, write_params
@@ -414,3 +414,81 @@ def test_a_render_check_that_passed_is_remembered_until_one_of_its_inputs_change
     (tmp_path / "dvc.yaml").write_text(dvc_yaml.replace("- scaling.prune_margin\n", "", 1))  # a hand edit
     with pytest.raises(ConfigError, match="dvc.yaml is out of date"):
         check_rendered(tmp_path)
+
+
+# ---------------------------------------------------------------------------- forced jobs, --config, storage
+
+def dvc_would_run(root: Path, *args: str) -> set[str]:
+    """The stages `dvc repro --dry ARGS` would run."""
+    return set(re.findall(r"^Running stage '([^']+)'", run(["dvc", "repro", "--dry", *args], root).stdout, re.M))
+
+
+def manifest_times(root: Path) -> dict[str, int]:
+    """Job -> its manifest's mtime (each job writes its manifest last, and only when its stage ran)."""
+    from stages.core import outputs as out
+
+    params = pipeline.effective_params(yaml.safe_load((root / "params.yaml").read_text()), root)
+    times = {}
+    for s in pipeline.STAGES:
+        manifest = out.MANIFESTS[s.cmd]
+        for item in pipeline.items_of(s, params) if s.foreach else [None]:
+            path = root / (manifest.at(**{s.foreach[0]: item}) if s.foreach else manifest.path)
+            times[f"{s.name}@{item}" if s.foreach else s.name] = path.stat().st_mtime_ns
+    return times
+
+
+def ran_stages(root: Path, *args: str) -> tuple[set[str], set[str]]:
+    """(jobs Snakemake planned, jobs whose stage ran) for `snakemake -c1 ARGS`."""
+    before = manifest_times(root)
+    proc = run([sys.executable, "-m", "snakemake", "-c1", *args], root)
+    after = manifest_times(root)
+    return planned_jobs(proc.stdout + proc.stderr), {job for job, t in after.items() if t != before[job]}
+
+
+def test_snakemake_forced_jobs_re_measure_what_dvc_repro_force_would_and_record_it(ran_project, tmp_path):
+    """--forceall, -F, -f and -R plan and re-measure the jobs `dvc repro --force` (with a target, -s)
+    would, instead of skipping them as current; each forced job records itself in dvc.lock."""
+    root = tmp_path / "clone"
+    run(["git", "clone", "-q", str(ran_project), str(root)], tmp_path)
+    assert snakemake_plan(root, "--forceall") == dvc_would_run(root, "--force") == set(manifest_times(root))
+    forced = dvc_would_run(root, "--force", "family")  # family and everything it reads from: the settings, its trials
+    assert snakemake_plan(root, "-F", "family") == forced == {"settings", *FAMILY_FANOUT, "family"}
+
+    # -f: the target alone, re-measured (throughput's timings) and recorded: dvc status finds it current
+    planned, ran = ran_stages(root, "-f", "throughput")
+    assert planned == ran == dvc_would_run(root, "--force", "-s", "throughput") == {"throughput"}
+    assert "throughput" not in dvc_stale(root)
+
+    # -R: the rule's jobs re-measured, then each job downstream runs only if what it reads changed, as
+    # `dvc repro` would after them: select's decision is the same, so baseline and report are skipped
+    run(["git", "checkout", "-q", "."], root)  # throughput's committed results back
+    planned, ran = ran_stages(root, "-R", "select")
+    assert planned == {"select", "baseline", "report"} and ran == {"select"}
+    assert dvc_stale(root) == set()
+
+
+def test_snakemake_config_on_the_command_line_is_refused_with_one_line(ran_project, tmp_path):
+    """The stages read params.yaml, never Snakemake's config: --config and another --configfile would be
+    silently ignored, so they stop the run before anything is planned, saying how to change a setting."""
+    other = tmp_path / "other.yaml"
+    other.write_text("select:\n  objective: resource\n")
+    for args in (["--config", "select={objective: resource}"], ["--configfile", str(other)]):
+        proc = run([sys.executable, "-m", "snakemake", "-n", *args], ran_project, check=False)
+        assert proc.returncode != 0
+        line = next(ln.strip() for ln in (proc.stdout + proc.stderr).splitlines()
+                    if ln.strip().startswith("snakemake --config"))
+        assert "objective" in line or str(other) in line
+        assert "params.yaml" in line and "dvc exp run -S" in line
+    assert dvc_stale(ran_project) == set()
+
+
+def test_the_kubernetes_profile_refuses_at_start_naming_the_shared_volume(ran_project):
+    """Snakemake's Kubernetes executor moves files only through object storage, which would carry each
+    job's stamp and none of the stages' files or dvc.lock: refused before any job, with one line."""
+    pytest.importorskip("snakemake_executor_plugin_kubernetes", reason="pip install -e '.[cluster]'")
+    proc = run([sys.executable, "-m", "snakemake", "--profile", "profiles/kubernetes"], ran_project, check=False)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    line = next(ln.strip() for ln in text.splitlines() if ln.strip().startswith("default-storage-provider"))
+    assert "received 's3'" in line and "PersistentVolumeClaim" in line and "project folder" in line
+    assert "s3://" not in text  # refused before Snakemake looked at the bucket

@@ -6,7 +6,8 @@ Run outside Snakemake it records a job run by hand, as `dvc commit JOB` does.
 `python -m stages.pipeline.record --skip-if-current JOB` runs first: Snakemake plans every job
 downstream of a changed one, but when the jobs a job reads from come out byte for byte as before,
 dvc.lock records it as current again -- it then writes the stamp and exits 0 (the stage is skipped,
-as `dvc repro` skips it); otherwise exits 1 and the stage runs.
+as `dvc repro` skips it); otherwise exits 1 and the stage runs. A job this Snakemake run forces
+(--forceall, -f, -R: stages/pipeline/invocation.py) is never skipped.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from stages.core import provenance
 from stages.core.cli import run_main
+from stages.pipeline.invocation import forced_jobs
 
 
 def _stamp(job: str, root: Path) -> None:
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     root = Path.cwd()
     if args.skip_if_current:
+        if args.job in forced_jobs():  # --forceall, -f, -R: re-measured, as `dvc repro --force` would
+            print(f"kickoff: {args.job}: forced by this Snakemake run; re-measured", file=sys.stderr)
+            sys.exit(1)
         try:
             current = args.job not in provenance.stale(root, args.job, wait=True)
         except provenance.ProvenanceError:
