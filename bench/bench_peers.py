@@ -40,7 +40,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from stages.core.config import OptimizerSettings  # noqa: E402
+from stages.core.config import OptimizerSettings, ScalingSettings  # noqa: E402
+from stages.search.tune import search_range  # noqa: E402
 from stages.search.trial import train_to_target  # noqa: E402
 from stages.scaling.tables import per_size_table  # noqa: E402
 from stages.workloads.base import make_workload  # noqa: E402
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = OptimizerSettings(**{k: v for k, v in raw["optimizer"].items()
                                      if k in OptimizerSettings.__dataclass_fields__})
     seed = int(raw.get("runtime", {}).get("seed", 0))
-    settings = {"lr_min": float(s["lr_min"]), "lr_max": float(s["lr_max"]),
+    lr = search_range(ScalingSettings(**{k: s[k] for k in ("lr_min", "lr_max") if k in s}), optimizer.name)
+    settings = {"lr_min": lr.low, "lr_max": lr.high,
                 "eval_resolution": float(s.get("eval_resolution", 0.05)), "hold_factor": float(s.get("hold_factor", 2.0))}
     print(f"{raw['workload']['name']} {raw['workload'].get('kwargs')}, {optimizer.name} momentum {optimizer.momentum:g}, "
           f"lr [{settings['lr_min']:g}, {settings['lr_max']:g}], max_steps {args.max_steps}, sizes {args.sizes}; "

@@ -116,7 +116,9 @@ def test_dvc_repro_cut_at_its_lock_write_is_put_back_and_the_rerun_runs_only_the
     if where == "key":  # DVC refuses the file itself; the documented command puts it back
         assert "dvc.lock" in proc.stderr and ran(proc.stdout) == [] and (root / "dvc.lock").read_bytes() == cut
         proc = run([sys.executable, "-m", "stages"], root)
-        (line,) = kickoff_lines(proc.stderr)
+        lines = kickoff_lines(proc.stderr)
+        assert len(lines) == 1, lines
+        (line,) = lines
         assert line.startswith("kickoff: dvc.lock ends in the middle of a line") and "put back the last whole" in line
     else:  # the first stage DVC starts puts it back and stops: DVC planned from the cut file
         (line,) = kickoff_lines(proc.stderr)

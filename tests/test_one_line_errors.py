@@ -255,7 +255,7 @@ def with_params(root: Path, changes: dict):
 
 @pytest.mark.slow  # several seconds: left out of `make test-fast`
 @pytest.mark.parametrize("body, command, raised", [
-    ("x = undefined_name + 1\n", ["stages"], "NameError: name 'undefined_name' is not defined (userwl/broken.py, line 3)"),
+    ("x = undefined_name + 1\n", ["stages.family", "trial", "--candidate", "candidate0"], "NameError: name 'undefined_name' is not defined (userwl/broken.py, line 3)"),
     ("def make(:\n", ["stages.probe"], "SyntaxError: invalid syntax (userwl/broken.py, line 3)"),
     ("open('missing.txt')\n", ["stages.scaling", "coarse", "--batch-size", "16"],
      "FileNotFoundError: [Errno 2] No such file or directory: 'missing.txt' (userwl/broken.py, line 3)"),

@@ -78,7 +78,7 @@ def test_family_throughput_and_baseline_time_the_same_step_alike(tmp_path, monke
     try:
         for _attempt in range(3):  # a busy neighbour (the other test worker) only slows one of them down: try again
             family = time_per_step_s(w, SGD, 0.01, 8, CPU, 0)
-            rows, extras, _ = measure_sizes(Context(params, CPU, 1, w), [8], s)
+            rows, _extras, _first, _drift = measure_sizes(Context(params, CPU, 1, w), [8], s)
             pipeline = [r for r in rows if r["mode"] == "pipeline"]
             throughput = 8 / sorted(r["examples_per_s"] for r in pipeline)[len(pipeline) // 2]
             result = train_to_target(w, SGD, 0.01, 8, 0, CPU, 60, stop_at_target=False)  # never reaches 0.99: all 60 steps

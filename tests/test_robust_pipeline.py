@@ -31,8 +31,10 @@ PARAMS = {"workload": {"name": "nqm", "kwargs": {"dim": 8, "target": 0.3}},
 
 
 def output_paths() -> list[str]:
-    return sorted({o.path.replace("{batch_size}", str(b)) for s in pipeline.STAGES for o in s.outputs
-                   for b in (BATCH_SIZES if s.foreach else [None]) if not s.indexed})
+    """Every declared output of PARAMS's pipeline (each wave's jobs: only its own sizes)."""
+    params = {"scaling": {"batch_sizes": BATCH_SIZES, "adaptive": True}}
+    return sorted({o.path.replace("{batch_size}", str(b)) for s in pipeline.STAGES if not s.indexed
+                   for b in (pipeline.items_of(s, params) if s.foreach else [None]) for o in s.outputs})
 
 
 def committed_results(root: Path) -> dict[str, bytes]:

@@ -585,17 +585,23 @@ def _render_inputs(root: Path) -> str:
     return h.hexdigest()
 
 
-def check_workload(root: Path, import_it: bool = True) -> None:
+def check_workload(root: Path, import_it: bool = True, profiles: list[str] | None = None) -> None:
     """ConfigError naming workload.name (or its kwargs) unless the workload params.yaml names resolves to a factory
     that takes its kwargs (stages/workloads/base.workload_factory; nothing is built). Without `import_it`, only
     what needs no import (seconds of torch for a built-in): a name that is neither built in nor
-    'package.module:factory', or a package that is not there."""
+    'package.module:factory', or a package that is not there. `profiles`: those to apply (default: the ones
+    dvc.yaml records now -- a render that switches profiles passes the new ones, so a removed one is no error)."""
     import importlib.util
 
-    from stages.core.config import load_params
+    from stages.core.config import load_params, validate
     from stages.workloads.registry import BUILTINS
 
-    params = load_params(root / "params.yaml")
+    if profiles is None:
+        params = load_params(root / "params.yaml")
+    else:
+        paths = [profile_path(p) for p in profiles]
+        params = validate(apply_profiles(load_raw_params(root / "params.yaml"), paths, root),
+                          " + ".join(["params.yaml", *paths]))
     name = params.workload.name
     top = name.partition(":")[0].split(".")[0]
     try:
@@ -657,7 +663,7 @@ def main(argv: list[str] | None = None, after_write: Callable[[Path], None] | No
         profiles = profiles_in(args.root)
         profiles += [p for p in map(profile_path, args.add_profile) if p not in profiles]
     if not args.check:  # a dvc.yaml rendered for a workload name that does not exist would only pass the error on
-        check_workload(args.root, import_it=False)
+        check_workload(args.root, import_it=False, profiles=profiles)
     text = rendered_text(args.root, profiles)
     target = args.root / DVC_FILE
     if args.check:
