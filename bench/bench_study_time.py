@@ -73,6 +73,8 @@ def prepare(project: Path, earlier_from: Path, overrides: list[tuple[str, object
         set_value(raw, key, value)
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     run([sys.executable, "-m", "stages.pipeline"], project)
+    if (project / "stages/settings").is_dir():  # the settings in force, where the stages track their keys
+        run([sys.executable, "-m", "stages.settings"], project)
     return list(raw["scaling"]["batch_sizes"])
 
 

@@ -153,3 +153,27 @@ def test_an_entry_recorded_before_dvc_yaml_changed_is_not_taken_for_a_cut_one(ro
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": grown}, sort_keys=False))
     assert cut_problem(new, old, root) is None
     assert cut_problem(new[:-40], old, root) is not None  # the same file cut: still found
+
+
+def test_in_a_fresh_clone_an_entry_older_than_dvc_yaml_is_compared_with_the_committed_one(root):
+    """Nothing kept yet (a fresh clone), the committed dvc.lock older than dvc.yaml (kickoff's code gained a module
+    since), and one entry rewritten -- by `dvc repro`, or by the render removing a dropped size's entry: the entry
+    last in the file is as committed, so it is whole, and nothing is put back over the new record. A cut of the
+    same file is still found."""
+    committed = lock_text().encode()
+    (root / "dvc.lock").write_bytes(committed)
+    for cmd in (["git", "init", "-q"], ["git", "add", "dvc.lock"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "results"]):
+        subprocess.run(cmd, cwd=root, check=True)
+    grown = {**DVC_YAML["stages"], "trials": {**DVC_YAML["stages"]["trials"], "do": {
+        **DVC_YAML["stages"]["trials"]["do"], "deps": [*DVC_YAML["stages"]["trials"]["do"]["deps"], "stages/search/x.py"]}}}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": grown}, sort_keys=False))
+    rerun = committed.replace(b"python -m stages.probe\n", b"python -m stages.probe \n", 1)  # probe recorded again
+    (root / "dvc.lock").write_bytes(rerun)
+    keep_whole(root, say=pytest.fail)
+    assert (root / "dvc.lock").read_bytes() == rerun and (root / KEPT).read_bytes() == rerun
+    (root / KEPT).unlink()
+    said = []
+    (root / "dvc.lock").write_bytes(rerun[:-40])
+    keep_whole(root, say=said.append)
+    assert (root / "dvc.lock").read_bytes() == committed and "the committed version, git HEAD" in said[0]

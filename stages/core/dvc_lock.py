@@ -201,7 +201,7 @@ def write_bytes(path: Path, data: bytes, root: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _keep(root: Path, data: bytes) -> None:
+def keep(root: Path, data: bytes) -> None:
     """Save `data` as the last whole dvc.lock; a copy only, so a failure to write it (a full disk) costs nothing
     now -- the next start tries again."""
     with contextlib.suppress(OSError):
@@ -234,9 +234,11 @@ def keep_whole(root: Path = Path("."), say: Callable[[str], None] | None = None,
         kept = None
     if data == kept:
         return
-    problem = cut_problem(data, kept, root)
+    # nothing kept yet (a fresh clone): what changed since the committed version is what may be cut -- an
+    # entry left as committed may be older than dvc.yaml (code that gained a module since) and is whole
+    problem = cut_problem(data, kept if kept is not None else _git_head(root), root)
     if problem is None or _known_to_git(root, data):
-        _keep(root, data)
+        keep(root, data)
         return
     if b"\n<<<<<<< " in b"\n" + data:
         raise KickoffError(f"{LOCKFILE}: holds git's merge-conflict markers; allowed: a resolved dvc.lock -- take one "
@@ -334,7 +336,7 @@ def _whole_writes(root: Path) -> Iterator[None]:
             os.replace(tmp, lock)
         finally:
             tmp.unlink(missing_ok=True)
-        _keep(root, text.getvalue().encode())
+        keep(root, text.getvalue().encode())
 
     _common._dump_data = _yaml._dump_data = dump
     try:

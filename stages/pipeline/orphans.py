@@ -19,6 +19,7 @@ import yaml
 
 from stages.core import outputs as out
 from stages.core import provenance
+from stages.core.dvc_lock import keep
 from stages.core.io import write_text
 from stages.pipeline.declaration import STAGES, Stage, effective_params, items_of, load_raw_params, present
 
@@ -98,6 +99,7 @@ def remove(root: Path, params: dict) -> dict[str, list[str]]:
             if yaml.safe_load(new) != expected:  # a layout DVC did not write: write the data back instead
                 new = yaml.safe_dump(expected, sort_keys=False)
             write_text(lock_path, new)
+            keep(root, new.encode())  # written whole by kickoff: the next start compares with it, not with git's
     for job, files in found.items():
         for f in files:
             (root / f).unlink(missing_ok=True)
