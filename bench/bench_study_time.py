@@ -68,7 +68,6 @@ def prepare(project: Path, earlier_from: Path, overrides: list[tuple[str, object
             shutil.rmtree(project / part)
         shutil.copytree(earlier_from / part, project / part)
     raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw.setdefault("runtime", {}).update(device="cpu")
     for key, value in overrides:
         set_value(raw, key, value)
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -130,7 +129,14 @@ def study(project: Path, sizes: list[int], slots: int = 1) -> dict:
     return {"wall_s": wall, "trials": metrics.get("trials"), "examples": metrics.get("examples_run"),
             "runs": select.get("study_training_runs"), "b_crit": metrics.get("critical_batch_size"),
             "b_crit_ci": (metrics.get("ci_low"), metrics.get("ci_high")),
-            "chosen": (config["batch_size"], round(float(config["learning_rate"]), 4), config["train_steps"])}
+            "chosen": (config["batch_size"], round(float(config["learning_rate"]), 4), config["train_steps"]),
+            "tied": _tied_sizes(select.get("tie"))}
+
+
+def _tied_sizes(tie) -> set[int]:
+    """The batch sizes select declared tied ("256~512: chose 512 (...)"); none where it declared no tie."""
+    head = str(tie or "").split(":", 1)[0]
+    return {int(b) for b in head.split("~") if b.strip().isdigit()} if "~" in head else set()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,8 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         old = statistics.median(r["wall_s"] for r in results[("old", slots)])
         new = statistics.median(r["wall_s"] for r in results[("new", slots)])
         same = {r["chosen"] for r in results[("old", slots)]} == {r["chosen"] for r in results[("new", slots)]}
-        print(f"{slots} slot(s): new / old study wall time {new / old:.2f} ({1 - new / old:.0%} less); "
-              f"same chosen configuration: {'yes' if same else 'NO'}")
+        old_sizes = {r["chosen"][0] for r in results[("old", slots)]}
+        tied = not same and all(old_sizes <= r["tied"] for r in results[("new", slots)])
+        print(f"{slots} slot(s): new / old study wall time {new / old:.2f} ({abs(1 - new / old):.0%} {'less' if new <= old else 'more'}); "
+              f"same chosen configuration: {'yes' if same else 'no, but a declared tie with it' if tied else 'NO'}")
     if len(args.slots) > 1:
         for label in ("old", "new"):
             walls = {s: statistics.median(r["wall_s"] for r in results[(label, s)]) for s in args.slots}
