@@ -72,8 +72,15 @@ def test_wave3_refines_what_can_still_win_and_where_b_crits_fit_bends():
     assert all(plans[b]["refine"] and plans[b]["seeds"] for b in (256, 512))
     assert plans[128]["refine"] and not plans[128]["seeds"] and not plans[128]["candidate"]  # next to B_crit ~150
     assert "B_crit's fit" in plans[128]["why"]
-    assert not plans[64]["refine"] and "beyond scaling.contender_factor" in plans[64]["why"]
-    assert not plans[1024]["refine"] and not plans[32]["refine"]
+    # the ends of the curve (E_min at 64, S_min at 1024) are refined for the fit too, never candidates
+    for b, end in ((64, "smallest"), (1024, "largest")):
+        assert plans[b]["refine"] and not plans[b]["seeds"] and not plans[b]["candidate"], b
+        assert f"B_crit's fit -- it is the {end} size that reached the target" in plans[b]["why"]
+    assert not plans[32]["refine"]
+    inside = table([(64, "reached", 400.0), (128, "reached", 200.0), (256, "reached", 110.0), (512, "reached", 80.0),
+                    (1024, "reached", 70.0), (2048, "reached", 66.0)])
+    plans = plan_contenders(inside, {**timing, 2048: 0.006}, factor=1.5, adaptive=True, b_crit=150.0)
+    assert not plans[1024]["refine"] and "beyond scaling.contender_factor" in plans[1024]["why"]  # neither end nor bend
     every = plan_contenders(coarse, timing, factor=1.5, adaptive=False)
     assert all(p["refine"] for b, p in every.items() if b != 32)
 

@@ -157,7 +157,8 @@ def plan_contenders(table: pd.DataFrame, time_per_step_s: dict[int, float], *, f
     - it can still win: its coarse time to the target (steps x throughput's time per step; examples where
       the size was not timed) is within `factor` of the best size's -- the coarse steps are the search
       seed's at a rate up to a grid step from the best, so a size just behind may overtake once refined; or
-    - B_crit's fit needs it: the sizes either side of the coarse estimate `b_crit`, where the curve bends.
+    - B_crit's fit needs it: the sizes either side of the coarse estimate `b_crit`, where the curve bends, and
+      the largest and smallest sizes that reached the target, which set its asymptotes S_min and E_min.
     The sizes that can win also get extra seeds and the hold through their step budget; an anchor of the
     fit only the refinement (its interval borrows the seed spread the others measured). Without
     scaling.adaptive every size that reached is refined, with seeds."""
@@ -173,11 +174,16 @@ def plan_contenders(table: pd.DataFrame, time_per_step_s: dict[int, float], *, f
     best_time = min(timed.values(), default=None)
     best_examples = min((c for c, kind in cost.values() if kind == "examples"), default=None)
     sizes = sorted(cost)
-    anchors: set[int] = set()
+    anchors: dict[int, str] = {}
     if b_crit is not None and math.isfinite(b_crit) and sizes:
         below = [b for b in sizes if b <= b_crit]
         above = [b for b in sizes if b > b_crit]
-        anchors = {*below[-1:], *above[:1]}
+        anchors = {b: f"it lies next to the coarse estimate (about {b_crit:.0f})" for b in {*below[-1:], *above[:1]}}
+        # the ends of the curve set the fit's asymptotes (S_min at the largest size, E_min at the smallest): a
+        # coarse answer there, a grid step from the best rate, would move B_crit = E_min / S_min by that much
+        for b, end in ((sizes[-1], "the largest size that reached the target, where S_min shows"),
+                       (sizes[0], "the smallest size that reached the target, where E_min shows")):
+            anchors.setdefault(b, f"it is {end}")
     plans: dict[int, dict] = {}
     for r in table.itertuples():
         b = int(r.batch_size)
@@ -200,9 +206,8 @@ def plan_contenders(table: pd.DataFrame, time_per_step_s: dict[int, float], *, f
                                 f"scaling.contender_factor {factor:g})")}
         elif b in anchors:
             plans[b] = {**entry, "refine": True, "seeds": False, "candidate": False,
-                        "why": (f"refined, without extra seeds: B_crit's fit -- it lies next to the coarse estimate "
-                                f"(about {b_crit:.0f}); it cannot win (its coarse {kind} to the target is {ratio:.2f}x "
-                                f"the best's), so it is never chosen")}
+                        "why": (f"refined, without extra seeds: B_crit's fit -- {anchors[b]}; it cannot win (its "
+                                f"coarse {kind} to the target is {ratio:.2f}x the best's), so it is never chosen")}
         else:
             plans[b] = {**entry, "refine": False, "candidate": False,
                         "why": (f"not refined: its coarse {kind} to the target is {ratio:.2f}x the best's, beyond "
