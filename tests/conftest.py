@@ -104,3 +104,15 @@ def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONG_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
+
+
+@pytest.fixture
+def fresh_my_project():
+    """Tests that import a `my_project` package they write into tmp_path: another test's, imported earlier in
+    this worker, is forgotten before and after (Python caches a package, and its path, once imported)."""
+    def forget():
+        for name in [m for m in sys.modules if m == "my_project" or m.startswith("my_project.")]:
+            del sys.modules[name]
+    forget()
+    yield
+    forget()

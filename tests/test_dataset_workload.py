@@ -414,6 +414,7 @@ def test_two_workers_are_recommended_and_every_size_is_timed_with_them(tmp_path,
         assert f"{k}: {sig(rows.at[k, 'examples_per_s'])} [{sig(rows.at[k, 'examples_per_s_ci_low'])}, " in notes
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_pipeline_input_bound_even_with_the_best_workers_says_so_first(tmp_path, monkeypatch):
     row, metrics = slow_throughput(tmp_path, monkeypatch, {"num_workers": 0}, max_workers=1)
     # one worker: a batch per 20 ms against a 10 ms step -- the best setting measured, still input-bound
@@ -426,6 +427,7 @@ def test_a_pipeline_input_bound_even_with_the_best_workers_says_so_first(tmp_pat
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")  # they sleep: 2 cores are plenty
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_the_same_slow_dataset_with_enough_workers_is_not_input_bound(tmp_path, monkeypatch):
     # four workers deliver a batch per 5 ms, faster than the 10 ms step consumes them
     row, metrics = slow_throughput(tmp_path, monkeypatch, {"num_workers": 4, "persistent_workers": True}, max_workers=0)
@@ -436,7 +438,7 @@ def test_the_same_slow_dataset_with_enough_workers_is_not_input_bound(tmp_path, 
 
 # ---------------------------------------------------------------------------- the documented example
 
-def test_the_documented_example_works_verbatim(tmp_path, monkeypatch):
+def test_the_documented_example_works_verbatim(tmp_path, monkeypatch, fresh_my_project):
     """docs/dataset.md's module and params, copied verbatim, build the workload and train it to its target;
     the README shows the same params."""
     import re

@@ -61,6 +61,7 @@ def test_stage_times_two_gloo_processes(tmp_path):
     assert "data-parallel: 2 device(s)" in proc.stderr
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_rank_that_crashes_is_recorded_with_its_reason():
     """Rank 1 raises in its first step while rank 0 waits in the all-reduce: the group is stopped (not left
     hanging until the timeout) and the reason is rank 1's own exception."""

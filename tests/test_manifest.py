@@ -268,6 +268,7 @@ def test_a_table_missing_its_last_row_stops_the_stage_that_reads_it(reference, t
         path.write_bytes(before)
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_the_baseline_refuses_a_hand_edited_configuration_unless_told(reference):
     path = reference / out.SELECT_CONFIG.path
     before = path.read_text()

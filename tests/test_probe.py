@@ -345,6 +345,7 @@ def test_stage_smoke_on_the_default_workload(tmp_path):
     assert "## Memory plan" in (out / "notes.md").read_text()
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_stage_stops_on_a_non_oom_error_with_its_traceback(tmp_path):
     proc = run_stage(tmp_path, {"workload": {"name": FAKE, "kwargs": {"error_at": 4}},
                                 "runtime": {"device": "cpu", "threads": 1}, "probe": {"max_batch_size": 16}})

@@ -94,6 +94,7 @@ def test_an_edit_of_a_profile_that_is_not_active_is_named(tmp_path):
         f"(`python -m stages.pipeline --add-profile small` runs it on top of the active settings)"]
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_the_settings_stage_writes_its_files_and_a_stage_run_by_hand_on_other_values_refuses(tmp_path):
     root = project(tmp_path, [SMALL])
     (root / "stages").symlink_to(ROOT / "stages")  # dvc.yaml is rendered from this code
@@ -119,6 +120,7 @@ def test_the_settings_stage_writes_its_files_and_a_stage_run_by_hand_on_other_va
     pipeline.load_stage_params("select", root / "params.yaml")
 
 
+@pytest.mark.slow  # several seconds: left out of `make test-fast`
 def test_a_module_of_the_project_the_settings_name_must_be_in_workload_sources(tmp_path):
     """kickoff's journal hashes the modules the workload is built from; DVC and Snakemake rerun only for the
     files workload.sources lists: one that is not listed is refused, with the line to write."""
@@ -148,7 +150,7 @@ def test_a_module_of_the_project_the_settings_name_must_be_in_workload_sources(t
     assert proc.returncode == 0, proc.stderr
 
 
-def test_the_dataset_workloads_import_paths_and_a_candidates_are_checked_too(tmp_path, monkeypatch):
+def test_the_dataset_workloads_import_paths_and_a_candidates_are_checked_too(tmp_path, monkeypatch, fresh_my_project):
     from stages.core.sources import unlisted
 
     (tmp_path / "my_project").mkdir()

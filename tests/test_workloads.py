@@ -148,7 +148,7 @@ def test_user_workload_by_import_path_goes_through_the_same_registry():
     assert not better_than_chance(workload), "a target equal to chance is not 'clearly better than chance'"
 
 
-def test_the_own_model_example_workload_works_as_documented(tmp_path, monkeypatch):
+def test_the_own_model_example_workload_works_as_documented(tmp_path, monkeypatch, fresh_my_project):
     """docs/own-model.md's example, copied verbatim, plugs in by import path and trains to its target."""
     import re
     import sys
