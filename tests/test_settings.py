@@ -169,3 +169,23 @@ def test_the_dataset_workloads_import_paths_and_a_candidates_are_checked_too(tmp
     (tmp_path / "my_project/data.py").write_text("from my_project import models\n")
     assert unlisted("dataset", kwargs, candidates, ["my_project/data.py"], tmp_path) == []
     assert unlisted("dataset", {"model": "stages.workloads.nqm:NoisyQuadratic"}, [], [], ROOT) == []  # kickoff's own
+
+
+def test_a_static_check_that_passed_is_remembered_until_what_it_reads_changes(tmp_path, monkeypatch):
+    """The factory check imports the workload (torch: 1.6 s of every `snakemake -n`); a pass is remembered in
+    .kickoff/cache/static and an edit of what it reads -- params.yaml here -- checks afresh, and refuses."""
+    from stages.workloads import base
+
+    root = project(tmp_path)
+    settings = effective.resolve(root)
+    effective.check_static(settings, root)
+    assert (root / effective.STATIC_CHECKED).is_file()
+    calls = []
+    monkeypatch.setattr(base, "workload_factory", lambda *a: calls.append(a))
+    effective.check_static(settings, root)
+    assert calls == []  # remembered: nothing imported or checked
+    monkeypatch.undo()
+    text = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(text.replace("name: digits_mlp", "name: digits_mpl", 1))
+    with pytest.raises(ConfigError, match="digits_mpl"):
+        effective.check_static(effective.resolve(root), root)

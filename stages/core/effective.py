@@ -75,11 +75,29 @@ def resolve(root: Path) -> Settings:
     return Settings(raw if isinstance(raw, dict) else {}, profiles, params, inactive)
 
 
+STATIC_CHECKED = Path(".kickoff") / "cache" / "static"  # the inputs of the last check_static that passed
+
+
 def check_static(settings: Settings, root: Path) -> None:
     """The checks that need no device and build nothing, which the settings stage runs under DVC and the
     Snakefile before it plans: the workload's sources (they exist, dvc.yaml tracks them, they cover the
     project modules the settings name), the workload factory with its arguments, and each family
-    candidate's (ConfigError naming the settings' files)."""
+    candidate's (ConfigError naming the settings' files). A pass is remembered (.kickoff/cache/static, by
+    what dvc.yaml is rendered from: params.yaml, the profiles, dvc.yaml, kickoff's modules and the user's
+    sources with what they import, and this Python): the factory check imports the workload -- torch, 1.6 s
+    of every `snakemake -n` -- and gives the same answer until one of those changes."""
+    from stages.pipeline.declaration import render_inputs
+
+    marker = root / STATIC_CHECKED
+    try:
+        key: str | None = f"{sys.prefix}\0{render_inputs(root)}"
+    except (OSError, ConfigError):
+        key = None  # what the render reads is not readable: check, remember nothing
+    try:
+        if key is not None and marker.read_text() == key:
+            return
+    except OSError:
+        pass
     from stages.core.model_choice import check_candidates
     from stages.core.sources import check_sources
     from stages.workloads.base import workload_factory
@@ -91,6 +109,19 @@ def check_static(settings: Settings, root: Path) -> None:
         check_candidates(p.workload.name, p.workload.kwargs, p.family.candidates)
     except ConfigError as e:
         raise ConfigError(f"{settings.source}: {e}") from None
+    if key is not None:
+        remember(marker, key)
+
+
+def remember(marker: Path, key: str) -> None:
+    """Write a check's cache marker whole; a cache, so a failure to write it costs only time."""
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
+        tmp.write_text(key)
+        os.replace(tmp, marker)
+    except OSError:
+        pass
 
 
 def effective_text(params: Params) -> str:

@@ -562,7 +562,7 @@ def effective_params(raw: dict, root: Path = ROOT) -> dict:
 RENDER_CHECKED = Path(".kickoff") / "cache" / "rendered"  # the inputs of the last render check that passed
 
 
-def _render_inputs(root: Path) -> str:
+def render_inputs(root: Path) -> str:
     """A hash of everything dvc.yaml is rendered from -- dvc.yaml itself, params.yaml, the active
     profiles, every kickoff module (its declaration and imports) by path, size and mtime, the workload
     sources listed -- for `check_rendered` to skip the render when nothing changed since it passed."""
@@ -617,13 +617,13 @@ def check_rendered(root: Path) -> None:
     """ConfigError unless dvc.yaml is what params.yaml and the active profiles render: a setting that
     shapes it (workload.name, workload.sources, optimizer.name, family.candidates null or not,
     scaling.adaptive, scaling.batch_sizes: the waves list their sizes) changed without `python -m stages.pipeline`, and DVC would track the wrong keys or files.
-    A pass is remembered (.kickoff/cache/rendered, by `_render_inputs`): every stage process checks, and
+    A pass is remembered (.kickoff/cache/rendered, by `render_inputs`): every stage process checks, and
     rendering costs 0.6 s of import analysis that is the same until a file it reads changes."""
     target = root / DVC_FILE
     if not target.is_file():
         return
     marker = root / RENDER_CHECKED
-    key = _render_inputs(root)
+    key = render_inputs(root)
     try:
         if marker.read_text() == key:
             return
@@ -635,13 +635,9 @@ def check_rendered(root: Path) -> None:
                           f"changed: workload.name, workload.sources, optimizer.name, family.candidates, scaling.adaptive or "
                           f"scaling.batch_sizes; or a profile was added or removed); run "
                           f"`python -m stages.pipeline` to re-render it, then rerun")
-    try:  # remembered for the next process; a cache, so a failure to write it costs only time
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-        tmp.write_text(key)
-        os.replace(tmp, marker)
-    except OSError:
-        pass
+    from stages.core.effective import remember
+
+    remember(marker, key)  # for the next process
 
 
 def main(argv: list[str] | None = None, after_write: Callable[[Path], None] | None = None) -> int:
