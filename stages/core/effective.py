@@ -78,21 +78,15 @@ def resolve(root: Path) -> Settings:
 STATIC_CHECKED = Path(".kickoff") / "cache" / "static"  # the inputs of the last check_static that passed
 
 
-def check_static(settings: Settings, root: Path) -> None:
+def check_static(settings: Settings, root: Path, key: str | None = None) -> None:
     """The checks that need no device and build nothing, which the settings stage runs under DVC and the
     Snakefile before it plans: the workload's sources (they exist, dvc.yaml tracks them, they cover the
     project modules the settings name), the workload factory with its arguments, and each family
-    candidate's (ConfigError naming the settings' files). A pass is remembered (.kickoff/cache/static, by
-    what dvc.yaml is rendered from: params.yaml, the profiles, dvc.yaml, kickoff's modules and the user's
-    sources with what they import, and this Python): the factory check imports the workload -- torch, 1.6 s
-    of every `snakemake -n` -- and gives the same answer until one of those changes."""
-    from stages.pipeline.declaration import render_inputs
-
+    candidate's (ConfigError naming the settings' files). With `key` -- what the checks read, as
+    stages/pipeline/declaration.static_key gives it -- a pass is remembered (.kickoff/cache/static): the
+    factory check imports the workload (torch, 1.6 s of every `snakemake -n`) and gives the same answer
+    until one of those inputs changes."""
     marker = root / STATIC_CHECKED
-    try:
-        key: str | None = f"{sys.prefix}\0{render_inputs(root)}"
-    except (OSError, ConfigError):
-        key = None  # what the render reads is not readable: check, remember nothing
     try:
         if key is not None and marker.read_text() == key:
             return

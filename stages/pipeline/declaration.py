@@ -585,6 +585,16 @@ def render_inputs(root: Path) -> str:
     return h.hexdigest()
 
 
+def static_key(root: Path) -> str | None:
+    """What the settings' static check (stages/core/effective.check_static) reads: what dvc.yaml is rendered
+    from -- params.yaml, the profiles, dvc.yaml, kickoff's modules, the user's sources with what they import --
+    and this Python; None where those cannot be read (then the check runs and nothing is remembered)."""
+    try:
+        return f"{sys.prefix}\0{render_inputs(root)}"
+    except (OSError, ConfigError):
+        return None
+
+
 def check_workload(root: Path, import_it: bool = True, profiles: list[str] | None = None) -> None:
     """ConfigError naming workload.name (or its kwargs) unless the workload params.yaml names resolves to a factory
     that takes its kwargs (stages/workloads/base.workload_factory; nothing is built). Without `import_it`, only

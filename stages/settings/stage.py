@@ -24,14 +24,14 @@ from pathlib import Path
 
 from stages.core import effective
 from stages.core.io import write_text
-from stages.pipeline.declaration import check_rendered
+from stages.pipeline.declaration import check_rendered, static_key
 
 
 def main() -> None:
     root = Path.cwd()
     settings = effective.resolve(root)
     check_rendered(root)
-    effective.check_static(settings, root)
+    effective.check_static(settings, root, key=static_key(root))
     line = effective.summary(settings)
     if line:
         print(line, file=sys.stderr)
