@@ -41,6 +41,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_staleness import TINY  # noqa: E402
 from stages.pipeline import declaration as pipeline  # noqa: E402
 from stages.pipeline.freshness import all_jobs, job_name, upstream_jobs  # noqa: E402
 from tests.conftest import make_project, run  # noqa: E402  (the tests' project copy, reused)
@@ -213,16 +214,8 @@ def report(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-TINY_OVERRIDES = {  # the staleness matrix's tiny project, on the built-in nqm (no user module to copy)
-    "workload": {"name": "nqm", "kwargs": {"dim": 8, "target": 0.3}, "sources": []},
-    "family": {"candidates": [{"dim": 4}, {"dim": 8}], "rule": "smallest", "batch_size": 8, "max_steps": 200},
-    "runtime": {"device": "cpu", "seed": 0, "threads": 1},
-    "probe": {"min_batch_size": 4, "max_batch_size": 32, "steps": 1},
-    "throughput": {"warmup_steps": 1, "window_seconds": 0.01, "min_windows": 6, "max_seconds_per_size": 0.2,
-                   "split_steps": 3, "peak_seconds": 0.05},
-    "scaling": {"batch_sizes": [4, 8, 16], "lr_min": 0.01, "lr_max": 0.3, "lr_points": 2, "lr_refine_trials": 1,
-                "max_steps": 200, "seeds": 0, "bootstrap": 20},
-}
+# the staleness matrix's tiny project, on the built-in nqm (no user module to copy)
+TINY_OVERRIDES = {**TINY, "workload": {"name": "nqm", "kwargs": {"dim": 8, "target": 0.3}, "sources": []}}
 
 
 def main(argv: list[str] | None = None) -> int:
