@@ -177,3 +177,14 @@ def test_in_a_fresh_clone_an_entry_older_than_dvc_yaml_is_compared_with_the_comm
     (root / "dvc.lock").write_bytes(rerun[:-40])
     keep_whole(root, say=said.append)
     assert (root / "dvc.lock").read_bytes() == committed and "the committed version, git HEAD" in said[0]
+
+
+def test_a_job_without_an_entry_is_told_from_the_lock_text_as_dvc_writes_it(root):
+    """The Snakemake job's skip check reads dvc.lock without DVC only to find a job with no entry (a first run);
+    an entry DVC wrote is always found, and a name that is only the start of another is not."""
+    from stages.core.provenance import recorded
+
+    assert not recorded(root, "probe")  # no dvc.lock at all
+    (root / "dvc.lock").write_text(lock_text())
+    assert recorded(root, "probe") and recorded(root, "trials@16") and recorded(root, "trials@64")
+    assert not recorded(root, "trials@6") and not recorded(root, "trials") and not recorded(root, "prob")

@@ -4,6 +4,8 @@ imports too, a project outside the clone included -- become dependencies of the 
 workload; the standard library, site-packages and kickoff's own modules (tracked apart) do not."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,36 @@ def test_the_documented_project_outside_the_clone_renders_and_builds(tmp_path):
     write_params(clone, {"workload": {"sources": ["../myproject/myproject/missing.py"]}})
     proc = run([sys.executable, "-m", "stages"], clone, check=False, env={"PYTHONPATH": str(tmp_path / "myproject")})
     assert proc.returncode == 2 and "missing.py" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_kickoffs_import_graph_is_cached_by_content_and_an_edited_module_is_read_again(tmp_path, monkeypatch):
+    """stages/core/imports.py remembers what each module imports (.kickoff/cache/imports.json) by the hash of its
+    source: the cached answer is the parsed one, and an edit that adds an import is seen at once."""
+    from stages.core import imports
+
+    module = tmp_path / "stages" / "extra" / "probe_like.py"
+    module.parent.mkdir(parents=True)
+    (tmp_path / "stages" / "__init__.py").write_text("")
+    (module.parent / "__init__.py").write_text("")
+    (tmp_path / "stages" / "core.py").write_text("")
+    module.write_text("import os\n")
+    monkeypatch.setattr(imports, "ROOT", tmp_path)
+    monkeypatch.setattr(imports, "CACHE", tmp_path / ".kickoff" / "cache" / "imports.json")
+    monkeypatch.setattr(imports, "_parsed", None)
+    for f in (imports.module_file, imports.imports_of, imports._code_deps):
+        f.cache_clear()
+    try:
+        assert imports.imports_of("stages.extra.probe_like") == frozenset()
+        module.write_text("import os\n\ndef later():\n    from stages import core\n")
+        imports.imports_of.cache_clear()
+        monkeypatch.setattr(imports, "_parsed", None)  # a new process: only the file on disk
+        assert imports.imports_of("stages.extra.probe_like") == {"stages", "stages.core"}
+        cached = json.loads(imports.CACHE.read_text())
+        assert sorted(cached.values()) == [[], ["stages", "stages.core"]]
+        imports.imports_of.cache_clear()
+        monkeypatch.setattr(imports, "_parsed", None)
+        monkeypatch.setattr(imports.ast, "parse", None)  # answered from the cache: nothing is parsed
+        assert imports.imports_of("stages.extra.probe_like") == {"stages", "stages.core"}
+    finally:
+        for f in (imports.module_file, imports.imports_of, imports._code_deps):
+            f.cache_clear()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -33,26 +34,60 @@ def module_file(module: str) -> Path | None:
     return None
 
 
+# What each of kickoff's own modules imports, by the hash of its source: parsing them all (~80 files, ~0.8 s)
+# is what every `snakemake -n`, render and stage would otherwise pay before any work. A cache only: keyed
+# by content, so an edited module is parsed again, and a cache that cannot be read or written costs time.
+CACHE = ROOT / ".kickoff" / "cache" / "imports.json"
+_parsed: dict[str, list[str]] | None = None
+
+
+def _cached_names(source: bytes) -> tuple[str, list[str] | None]:
+    global _parsed
+    if _parsed is None:
+        try:
+            loaded = json.loads(CACHE.read_text())
+            _parsed = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            _parsed = {}
+    key = hashlib.blake2b(source, digest_size=16).hexdigest()
+    names = _parsed.get(key)
+    return key, names if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
+
+
+def _remember_names(key: str, names: list[str]) -> None:
+    assert _parsed is not None
+    _parsed[key] = names
+    try:
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = CACHE.with_name(f"{CACHE.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_parsed))
+        os.replace(tmp, CACHE)
+    except OSError:
+        pass
+
+
 @lru_cache(maxsize=None)
 def imports_of(module: str) -> frozenset[str]:
     """`stages.*` modules imported anywhere in `module` (top level or inside functions)."""
     path = module_file(module)
     if path is None:
         return frozenset()
-    try:
-        tree = ast.parse(path.read_text())
-    except SyntaxError:  # a user's module that does not parse: importing it names the line (workloads/base.import_path)
-        return frozenset()
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        else:
-            continue
-        found.update(n for n in names if n.split(".")[0] == PACKAGE and module_file(n) is not None)
-    return frozenset(found)
+    source = path.read_bytes()
+    key, names = _cached_names(source)
+    if names is None:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:  # a user's module that does not parse: importing it names the line (workloads/base.import_path)
+            return frozenset()
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.update([node.module] + [f"{node.module}.{a.name}" for a in node.names])
+        names = sorted(n for n in found if n.split(".")[0] == PACKAGE)
+        _remember_names(key, names)
+    return frozenset(n for n in names if module_file(n) is not None)
 
 
 def reachable(module: str) -> set[str]:
@@ -69,9 +104,14 @@ def reachable(module: str) -> set[str]:
 
 def code_deps(module: str) -> list[str]:
     """The files of `module` and of every stages module it reaches, relative to the root, sorted."""
+    return list(_code_deps(module))
+
+
+@lru_cache(maxsize=None)
+def _code_deps(module: str) -> tuple[str, ...]:  # asked for every job of every stage while a DAG is built
     files = {str(module_file(m).relative_to(ROOT)) for m in reachable(module) if module_file(m) is not None}
     files.discard(f"{PACKAGE}/__init__.py")
-    return sorted(files)
+    return tuple(sorted(files))
 
 
 def code_hash(module: str) -> str:

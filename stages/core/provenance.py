@@ -78,6 +78,17 @@ def stale(root: Path, *jobs: str, wait: bool = False) -> set[str]:
     return {name.rsplit(":", 1)[-1] for name in status}
 
 
+def recorded(root: Path, job: str) -> bool:
+    """Whether dvc.lock has an entry for `job` at all, read without DVC (a line scan: DVC writes each entry's
+    name on a line of its own, two spaces in). A job without one is stale whatever else `dvc status` would
+    find -- every job of a first run -- so the check that skips a current job need not start DVC for it."""
+    try:
+        text = (root / "dvc.lock").read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return False
+    return any(f"\n  {name}:" in text for name in (job, f"'{job}'", f'"{job}"'))
+
+
 def record(job: str, root: Path) -> None:
     """Write `job`'s entry in dvc.lock as it now stands (after it ran outside `dvc repro`): `dvc commit`, run
     in this process with dvc.lock written whole (temp file and rename: stages/core/dvc_lock.dvc_atomic), so an

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.job in forced_jobs():  # --forceall, -f, -R: re-measured, as `dvc repro --force` would
             print(f"kickoff: {args.job}: forced by this Snakemake run; re-measured", file=sys.stderr)
             sys.exit(1)
+        if not provenance.recorded(root, args.job):
+            sys.exit(1)  # no entry in dvc.lock yet (a first run): stale, as `dvc status` would say
         try:
             current = args.job not in provenance.stale(root, args.job, wait=True)
         except provenance.ProvenanceError:
