@@ -4,6 +4,7 @@ through the real `dvc` and `snakemake`, with real interrupts: tests/test_interru
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -188,3 +189,15 @@ def test_a_job_without_an_entry_is_told_from_the_lock_text_as_dvc_writes_it(root
     (root / "dvc.lock").write_text(lock_text())
     assert recorded(root, "probe") and recorded(root, "trials@16") and recorded(root, "trials@64")
     assert not recorded(root, "trials@6") and not recorded(root, "trials") and not recorded(root, "prob")
+
+
+def test_dvc_writes_a_lock_read_as_plain_data_as_it_wrote_it(root):
+    """kickoff's record step reads dvc.lock as plain data (C) where DVC would use its round-trip parser: DVC's
+    writer must give back the very text DVC wrote, so a job recorded by Snakemake reads as one `dvc repro` wrote."""
+    from dvc.utils.serialize._yaml import dumps_yaml, parse_yaml
+
+    for salt in ("0", "1"):
+        text = lock_text(salt)
+        assert dumps_yaml(parse_yaml(text, "dvc.lock", typ="safe")) == text
+    real = (Path(__file__).resolve().parent.parent / "dvc.lock").read_text()  # the committed reference's, by DVC
+    assert dumps_yaml(parse_yaml(real, "dvc.lock", typ="safe")) == real
