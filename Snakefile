@@ -48,7 +48,7 @@ try:  # the same validation the settings stage runs under DVC, before anything i
     pipeline.check_rendered(BASE)
     # and, before any job, the settings stage's checks that need no device and build nothing
     SETTINGS = effective.resolve(BASE)
-    effective.check_static(SETTINGS, BASE, key=pipeline.static_key(BASE))  # a pass is remembered
+    effective.check_static(SETTINGS, BASE, key=pipeline.static_key(BASE, SETTINGS.params))  # a pass is remembered
     if workflow.is_main_process:  # not again inside each cluster job: the main process planned it
         if (line := effective.summary(SETTINGS)):
             print(line, file=sys.stderr)  # which params.yaml keys the profiles override, with which values

@@ -178,14 +178,20 @@ def test_a_static_check_that_passed_is_remembered_until_what_it_reads_changes(tm
 
     root = project(tmp_path)
     settings = effective.resolve(root)
-    effective.check_static(settings, root, key=pipeline.static_key(root))
+    effective.check_static(settings, root, key=pipeline.static_key(root, settings.params))
     assert (root / effective.STATIC_CHECKED).is_file()
     calls = []
     monkeypatch.setattr(base, "workload_factory", lambda *a: calls.append(a))
-    effective.check_static(settings, root, key=pipeline.static_key(root))
+    effective.check_static(settings, root, key=pipeline.static_key(root, settings.params))
     assert calls == []  # remembered: nothing imported or checked
+    text = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(text.replace("objective: time", "objective: resource", 1))  # a key it does not read
+    settings = effective.resolve(root)
+    effective.check_static(settings, root, key=pipeline.static_key(root, settings.params))
+    assert calls == []
     monkeypatch.undo()
     text = (root / "params.yaml").read_text()
     (root / "params.yaml").write_text(text.replace("name: digits_mlp", "name: digits_mpl", 1))
     with pytest.raises(ConfigError, match="digits_mpl"):
-        effective.check_static(effective.resolve(root), root, key=pipeline.static_key(root))
+        settings = effective.resolve(root)
+        effective.check_static(settings, root, key=pipeline.static_key(root, settings.params))

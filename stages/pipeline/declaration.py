@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
@@ -562,12 +563,14 @@ def effective_params(raw: dict, root: Path = ROOT) -> dict:
 RENDER_CHECKED = Path(".kickoff") / "cache" / "rendered"  # the inputs of the last render check that passed
 
 
-def render_inputs(root: Path) -> str:
+def render_inputs(root: Path, settings_files: bool = True) -> str:
     """A hash of everything dvc.yaml is rendered from -- dvc.yaml itself, params.yaml, the active
     profiles, every kickoff module (its declaration and imports) by path, size and mtime, the workload
-    sources listed -- for `check_rendered` to skip the render when nothing changed since it passed."""
+    sources listed -- for `check_rendered` to skip the render when nothing changed since it passed.
+    Without `settings_files`, the bytes of params.yaml and the profiles are left out (static_key hashes the
+    values it reads instead)."""
     h = hashlib.sha256(sys.version.encode())
-    files = [root / DVC_FILE, root / "params.yaml", *(root / p for p in profiles_in(root))]
+    files = [root / DVC_FILE, *([root / "params.yaml", *(root / p for p in profiles_in(root))] if settings_files else [])]
     h.update("\0".join(profile_files(ROOT)).encode())  # a profile added or removed: the settings stage's deps
     for f in files:
         h.update(f"{f}\0".encode() + (f.read_bytes() if f.is_file() else b"-") + b"\0")
@@ -585,12 +588,15 @@ def render_inputs(root: Path) -> str:
     return h.hexdigest()
 
 
-def static_key(root: Path) -> str | None:
-    """What the settings' static check (stages/core/effective.check_static) reads: what dvc.yaml is rendered
-    from -- params.yaml, the profiles, dvc.yaml, kickoff's modules, the user's sources with what they import --
-    and this Python; None where those cannot be read (then the check runs and nothing is remembered)."""
+def static_key(root: Path, params: Any) -> str | None:
+    """What the settings' static check (stages/core/effective.check_static) reads: the settings' `workload` and
+    `family` sections (`params`, validated), dvc.yaml, kickoff's modules, the user's sources with what they
+    import, and this Python -- not the rest of params.yaml, so an edit of another key (a learning rate, a step
+    budget) is no reason to import the workload again; None where those cannot be read (then the check runs
+    and nothing is remembered)."""
     try:
-        return f"{sys.prefix}\0{render_inputs(root)}"
+        read = json.dumps({k: params.as_dict()[k] for k in ("workload", "family")}, sort_keys=True, default=str)
+        return f"{sys.prefix}\0{read}\0{render_inputs(root, settings_files=False)}"
     except (OSError, ConfigError):
         return None
 

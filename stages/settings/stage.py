@@ -31,7 +31,7 @@ def main() -> None:
     root = Path.cwd()
     settings = effective.resolve(root)
     check_rendered(root)
-    effective.check_static(settings, root, key=static_key(root))
+    effective.check_static(settings, root, key=static_key(root, settings.params))
     line = effective.summary(settings)
     if line:
         print(line, file=sys.stderr)
