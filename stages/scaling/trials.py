@@ -326,7 +326,7 @@ def main_contenders() -> None:
 def _coarse_trials(rows: pd.DataFrame, curves: pd.DataFrame, target_metric: str) -> list:
     """The coarse search's trials as the search knows them, from its files (results and learning curves)."""
     from stages.search.coarse import Trial
-    from stages.search.trial import TrialResult
+    from stages.search.result import TrialResult
 
     trials = []
     extra = {"batch_size", "learning_rate", "seed", "phase", "examples"}

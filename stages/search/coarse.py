@@ -23,14 +23,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, replace
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
 from stages.core.types import Steps
-from stages.search.pool import TrialPool
 from stages.search.ranking import rank_key
-from stages.search.trial import TrialResult, eval_schedule
+from stages.search.result import TrialResult, eval_schedule
+
+if TYPE_CHECKING:  # the pool trains (torch); these modules only pass it on
+    from stages.search.pool import TrialPool
 
 RUNG_FACTOR = 2  # each rung is this many times the last one's steps
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from stages.core.errors import KickoffError
-from stages.search.trial import TrialResult
+from stages.search.result import TrialResult
 
 JOURNAL_DIR = Path(".kickoff") / "journal" / "scaling"
 

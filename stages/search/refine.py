@@ -21,16 +21,18 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from dataclasses import replace
 
-from stages.search.trial import TrialResult
+from stages.search.result import TrialResult
 from stages.search.coarse import Target, Trial, best_steps, measurably_worse, rung_trial
-from stages.search.pool import TrialPool
 from stages.search.ranking import can_be_chosen, rank_key, step_budget
+
+if TYPE_CHECKING:  # the pool trains (torch); these modules only pass it on
+    from stages.search.pool import TrialPool
 
 OnTrial = Callable[[Trial], None] | None
 SEED_GIVE_UP = 3.0  # a seed run gives up at this x the slowest seed of its rate so far (censored: it counts as not reached)
