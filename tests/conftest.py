@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,13 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The tests that press Ctrl-C (SIGINT to a stage, a fault injected at the lock write) need it delivered: a suite
+# started in the background of a non-interactive shell (`make test &` in a script) inherits SIGINT ignored,
+# an ignored signal stays ignored across exec in every child, and Python then installs no KeyboardInterrupt.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 BIN = Path(sys.executable).parent  # dvc and snakemake live next to the interpreter running pytest
 
 # Copied into the temporary project: the pipeline's sources, never its outputs or caches.
