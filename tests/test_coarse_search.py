@@ -14,7 +14,7 @@ from stages.search.coarse import (Target, clearly_behind, extrapolate_steps, gri
                                   rung_search, rung_steps)
 from stages.search.pool import TrialPool
 from stages.search.trial import LiveTrial, TrialResult, eval_schedule
-from stages.search.tune import Prior, coarse, make_pool, search_range
+from stages.search.tune import Prior, coarse, finish, make_pool, search_range
 from tests.curve_workload import CurveWorkload
 from tests.scripted_workload import ScriptedWorkload
 
@@ -89,6 +89,25 @@ def test_a_prior_costs_less_and_lands_within_a_grid_step_of_the_optimum():
         assert best.result.steps_to_target <= w.steps_to_target(b, best.learning_rate) * 1.06 + 1
     assert len(guided) < len(blind)
     assert sum(t.result.examples_run for t in guided) < sum(t.result.examples_run for t in blind)
+
+
+@pytest.mark.parametrize("batch_size, off", [(64, 1.0), (256, 1.1), (1024, 0.9)])
+def test_a_rerun_from_a_finely_resolved_answer_starts_no_finer_than_the_refinement_stops(batch_size, off):
+    """A rerun's prior is the previous study's answer with the bracket its refinement reached -- a few
+    percent, where every rate ties on steps. Started that narrow, the search could only widen, trial by
+    trial (6 trials on this bowl); started at scaling.lr_refine_ratio either side it is resolved by its
+    three coarse rates: no widening, no rate between, and its best within lr_refine_ratio of the optimum."""
+    w, s = CurveWorkload(s_min=20.0, b_crit=100.0), ScalingSettings()
+    optimum = w.lr0 * math.sqrt(batch_size / 16)
+    prior = Prior(optimum * off, w.steps_to_target(batch_size, optimum), "the previous study", spacing=1.03)
+    pool = curve_pool(w, batch_size, s=s)
+    trials = finish(coarse(pool, w, s, "sgd", 0, 4000, prior=prior), pool, w, s, "sgd", 0, 4000, seeds=False)
+    assert sorted(t.learning_rate for t in trials) == pytest.approx(
+        [optimum * off / s.lr_refine_ratio, optimum * off, optimum * off * s.lr_refine_ratio])
+    best = min((t for t in trials if t.result.outcome == "reached"), key=lambda t: t.result.steps_to_target)
+    assert 1 / s.lr_refine_ratio < best.learning_rate / optimum < s.lr_refine_ratio
+    assert best.result.steps_to_target <= w.steps_to_target(batch_size, optimum) * 1.06 + 1
+    assert sum(t.result.examples_run for t in trials) < 3.6 * w.steps_to_target(batch_size, optimum) * batch_size
 
 
 def test_a_rate_pruned_at_a_rung_is_resumed_where_it_stopped_when_the_leaders_fail():

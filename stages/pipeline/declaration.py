@@ -100,8 +100,8 @@ GPU_JOB = {"mem_mb": 8000, "runtime": 60, "gpu": 1}
 # refinement's and the seeds' (its third); the family stage searches exactly as the scaling study does.
 COARSE_KEYS = ("scaling.lr_min", "scaling.lr_max", "scaling.lr_points", "scaling.lr_grid", "scaling.eval_resolution",
                "scaling.early_stopping", "scaling.hold_factor", "scaling.lr_widen_factor", "scaling.plateau_tolerance",
-               "scaling.pilot_steps", "scaling.prune_margin")
-REFINE_KEYS = ("scaling.seeds", "scaling.rerun_top", "scaling.lr_refine_ratio", "scaling.lr_refine_trials")
+               "scaling.pilot_steps", "scaling.prune_margin", "scaling.lr_refine_ratio")  # the last: a prior's bracket
+REFINE_KEYS = ("scaling.seeds", "scaling.rerun_top", "scaling.lr_refine_trials")
 SEARCH_KEYS = COARSE_KEYS + REFINE_KEYS
 # The stages that train the chosen model read reports/family/model.yaml and check it was chosen from
 # these values -- so changing the candidates or the rule marks them stale at once, in both tools.

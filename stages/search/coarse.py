@@ -180,13 +180,15 @@ def _at(result: TrialResult, step: Steps, target: Target) -> str:
 def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, *, first_rung: Steps,
                 max_steps: Steps, resolution: float, margin: float, widen_step: float, low_limit: float,
                 high_limit: float, hint: float | None = None, early_stopping: bool = True, max_widen: float | None = None,
+                resolved: float | None = None,
                 on_rung: Callable[[Steps, list[Trial]], None] | None = None,
                 out_of_budget: Callable[[list[Trial]], bool] | None = None) -> list[Trial]:
     """The coarse search (above) over `rates`; one Trial per rate tried, in the order started, each
     with its last result (`pruned` for a trial left behind at a rung). `hint`: the rate expected to be
     best (the first to train at each rung); `on_rung(step, trials)` after each rung (a progress line);
     `out_of_budget(trials)`: True once the search has spent its share of scaling.budget_seconds -- the
-    race stops at that rung, its trials left `paused` with the reason."""
+    race stops at that rung, its trials left `paused` with the reason. `resolved`: a ratio
+    (scaling.lr_refine_ratio) within which the best's neighbours need no rate between them."""
     rungs = rung_steps(first_rung, max_steps, resolution)
     trials: dict[float, Trial] = {}
     alive: list[float] = []
@@ -295,11 +297,12 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
                                           (distance(trials[r].result, common, target) if common else None) or math.inf, r))
         if trials[lead].result.fell_back_at is not None and sides[0] < lead:
             other = sides[0]  # a leader that crossed and fell back is at the edge of stability: the optimum is below it
-        mid = math.sqrt(lead * other)
-        trials[mid] = Trial(mid, seed, "refine", len(trials), best(), trials[lead].result, True)
-        result, replayed = rung_trial(pool, mid, seed, target, rungs=rungs, give_up_after=best(),
-                                      reference=trials[lead].result, reference_rate=lead, margin=margin)
-        trials[mid].result, trials[mid].resumed = result, replayed
+        if resolved is None or max(lead, other) / min(lead, other) > resolved:  # else already as fine as refinement gets
+            mid = math.sqrt(lead * other)
+            trials[mid] = Trial(mid, seed, "refine", len(trials), best(), trials[lead].result, True)
+            result, replayed = rung_trial(pool, mid, seed, target, rungs=rungs, give_up_after=best(),
+                                          reference=trials[lead].result, reference_rate=lead, margin=margin)
+            trials[mid].result, trials[mid].resumed = result, replayed
     if best() is None and not budget_cut:
         # No rate reached within max_steps. The grid is coarse (a factor ~3 between rates) and the best rate
         # may lie between the two that came closest: try there once, from the start, to the end.

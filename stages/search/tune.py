@@ -125,12 +125,16 @@ def coarse(pool: TrialPool, workload: Workload, s: ScalingSettings, optimizer: s
     r = search_range(s, optimizer)
     grid = learning_rate_grid(r.low, r.high, s.lr_points, s.lr_grid, seed)
     step = grid_ratio(r.low, r.high, s.lr_points)
-    near = step if prior is None or not prior.spacing or not 1 < prior.spacing < step else prior.spacing
+    # a prior's rate a step either side: the grid's step, or how finely the previous study knew the rate --
+    # but no finer than scaling.lr_refine_ratio, the resolution the search stops at (a previous refined
+    # bracket of a few percent ties on steps everywhere and would only widen, trial by trial)
+    near = step if prior is None or not prior.spacing else min(step, max(prior.spacing, s.lr_refine_ratio))
     rates = grid if prior is None else [prior.rate / near, prior.rate, prior.rate * near]
     return rung_search(pool, rates, seed, target_of(workload), first_rung=first_rung(s, max_steps, prior),
                        max_steps=max_steps, resolution=s.eval_resolution, margin=s.prune_margin, widen_step=near,
                        max_widen=step, low_limit=r.low / s.lr_widen_factor, high_limit=r.high * s.lr_widen_factor,
                        hint=prior.rate if prior else None, early_stopping=s.early_stopping, on_rung=on_rung,
+                       resolved=s.lr_refine_ratio,
                        out_of_budget=None if allowance_s is None else lambda trials: pool.seconds >= allowance_s)
 
 
