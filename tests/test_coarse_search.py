@@ -131,6 +131,28 @@ def test_a_rate_pruned_at_a_rung_is_resumed_where_it_stopped_when_the_leaders_fa
     assert slow.steps_run < 1.3 * slow.steps_to_target + 10
 
 
+def test_a_crossing_early_in_a_rung_stops_the_trial_ahead_of_it_there_not_at_the_rung_end():
+    """lr 0.1 leads at every rung and crosses first, but falls back (the edge of stability) and crosses
+    again only at step 110; lr 0.03 crosses at step 70 and holds. The trials race in one process, lr 0.1
+    trained first at each rung: it must give up just past step 70 (as in a race run side by side), not
+    run on to the rung's end, recross and hold there."""
+    def script(step, lr):
+        if lr > 0.05:
+            if step < 60:
+                return 0.1 + 0.85 * step / 60
+            return 0.96 if step < 64 or step >= 110 else 0.94
+        return 0.1 + 0.85 * step / 70 if step < 70 else 0.96
+
+    w = ScriptedWorkload(script)
+    pool = TrialPool(lambda lr, seed: LiveTrial(w, PLAIN, lr, 1, seed, CPU, 1000, hold_factor=1.25))
+    trials = rung_search(pool, [0.03, 0.1], 0, TARGET, first_rung=16, max_steps=1000, resolution=0.05,
+                         margin=0.5, widen_step=3.0, low_limit=0.03, high_limit=0.1)
+    outcome = {t.learning_rate: t.result for t in trials}
+    assert outcome[0.03].outcome == "reached" and 70 <= outcome[0.03].steps_to_target <= 74
+    assert outcome[0.1].outcome == "stopped_early", outcome[0.1]
+    assert outcome[0.1].steps_run <= 70 * 1.1 * 1.06 + 1  # one lockstep past the crossing, on the schedule
+
+
 def test_nothing_reached_tries_between_the_two_closest_rates_once():
     """A grid that straddles a narrow optimum: no grid rate reaches in max_steps, the rate between the two
     that came closest does."""

@@ -10,7 +10,9 @@ long. At every rung each trial still in the race is evaluated at the same step, 
   (paused, its state kept: should every trial ahead of it fail -- diverge, stall, never reach -- the
   best pruned one is resumed where it stopped, never restarted);
 - once a trial reached the target, the others give up when they pass its steps (they cannot beat it:
-  early stopping, so the best steps and rate are those of running every trial to the end);
+  early stopping, so the best steps and rate are those of running every trial to the end) -- within a
+  rung the racing trials advance together, about 10% of steps at a time (`lockstep`), so a crossing
+  early in a rung stops the others there, not at the rung's end;
 - a leader at the edge of what was tried widens the search one grid step further out (down to
   lr_min / lr_widen_factor, up to lr_max x lr_widen_factor): a best rate at an edge says nothing about
   the rates beyond it.
@@ -35,6 +37,7 @@ if TYPE_CHECKING:  # the pool trains (torch); these modules only pass it on
     from stages.search.pool import TrialPool
 
 RUNG_FACTOR = 2  # each rung is this many times the last one's steps
+LOCKSTEP_FACTOR = 1.1  # within a rung the racing trials advance together, this factor of steps at a time
 
 
 def learning_rate_grid(lr_min: float, lr_max: float, points: int, kind: Literal["log", "sobol"] = "log",
@@ -147,6 +150,20 @@ def rung_steps(first: Steps, max_steps: Steps, resolution: float) -> list[Steps]
     return rungs + [max_steps] if not rungs or rungs[-1] < max_steps else rungs
 
 
+def lockstep(previous: Steps, rung: Steps, max_steps: Steps, resolution: float) -> list[Steps]:
+    """The steps the racing trials advance to together between two rungs: evaluation steps (so no
+    evaluation is added) about LOCKSTEP_FACTOR apart, ending at the rung. Trained one after another,
+    in a race run in one process, each trial would otherwise run the whole rung before the next one
+    starts -- past a crossing another trial makes early in the rung, which gives it up there (as a
+    race run side by side would)."""
+    points, last = [], previous
+    for step in eval_schedule(max_steps, resolution):
+        if previous < step < rung and step >= LOCKSTEP_FACTOR * last:
+            points.append(step)
+            last = step
+    return points + [rung]
+
+
 def extrapolate_steps(result: TrialResult, target: Target, max_steps: Steps) -> float | None:
     """Where the trial's learning curve points: the step at which its metric, fitted as a straight line
     in the log of the step over the second half of its evaluations, meets the target (capped at
@@ -234,8 +251,10 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
             for lr in sorted(rates, key=lambda r: (abs(math.log(r / centre)), r)):
                 start(lr, "coarse", k)
         else:
-            for lr in sorted(alive, key=lambda r: (gap(r, previous), r)):
-                train(lr, k)
+            order = sorted(alive, key=lambda r: (gap(r, previous), r))
+            for point in lockstep(previous, k, max_steps, resolution):
+                for lr in [r for r in order if r in alive]:
+                    train(lr, point)
         while (lead := leader(k)) is not None:  # a leader at an edge of what was tried: look beyond it
             tried = sorted(trials)
             # one step as wide as the last, squared (a prior's narrow bracket widens fast), up to max_widen
