@@ -104,3 +104,18 @@ def test_a_give_up_point_that_moves_between_rungs_is_the_one_in_force(workload):
     trial.advance(20, give_up_after=400)
     result = trial.advance(give_up_after=45)
     assert result.outcome == "stopped_early" and result.steps_run == 45
+
+
+def test_a_crossing_after_a_give_up_point_learnt_late_cannot_beat_it():
+    """Paused at step 56 just after falling back from a crossing at 47, the trial learns that the best
+    reached at 53: its recrossing at its next evaluation (59) cannot beat that -- stopped there, not
+    counted as reached at 59 and held on."""
+    from tests.scripted_workload import ScriptedWorkload
+
+    w = ScriptedWorkload(lambda s: 0.96 if 47 <= s < 56 or s >= 59 else 0.9)
+    trial = LiveTrial(w, SGD, 0.01, 4, 0, CPU, 500, hold_factor=1.25, resolution=0.05)
+    paused = trial.advance(56)
+    assert (paused.outcome, paused.fell_back_at) == ("paused", 56)
+    result = trial.advance(give_up_after=53)
+    assert (result.outcome, result.steps_to_target) == ("stopped_early", None)
+    assert result.steps_run == 59 and "crossed the target only at step 59, past 53 steps" in result.reason

@@ -533,6 +533,8 @@ def test_a_crossing_that_falls_back_does_not_count_and_the_one_that_holds_does()
     assert "after falling back below the target 1 time(s)" in held.reason and "held to step 100" in held.reason
     gives_up = _train(rises_then_dips, hold_factor=2.0, give_up_after=40)  # early stopping still applies after a fall
     assert (gives_up.outcome, gives_up.steps_run) == ("stopped_early", 40)
+    late = _train(dips_then_holds, hold_factor=2.0, give_up_after=40)  # its crossing at 50 cannot beat 40
+    assert (late.outcome, late.steps_to_target, late.steps_run) == ("stopped_early", None, 40)
     steady = _train(lambda s: 0.96 if s >= 20 else 0.9, hold_factor=1.55)
     assert (steady.steps_to_target, steady.fell_back_at, steady.steps_run) == (20, None, 31)  # ceil(20 x 1.55)
     assert steady.curve[-1]["step"] == 31 and "held to step 31" in steady.reason

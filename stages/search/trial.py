@@ -3,7 +3,8 @@
 `train_to_target` runs `stages.core.train.train_step` and `evaluate`:
 evaluate on a geometric schedule (steps to target resolved within `resolution`), stop when the
 target is reached, when the loss or metric is not finite (diverged), at `max_steps` (censored),
-when `give_up_after` steps pass without reaching it (stopped early: it can no longer win), or, with a
+when `give_up_after` steps pass without reaching it (stopped early: it can no longer win; a crossing
+first seen past that point -- a paused trial told of it late -- is stopped early too), or, with a
 `plateau_tolerance`, when it makes no progress towards the target (`plateaued`): its metric has stalled
 short of the target (a noise floor), or it keeps crossing the target and falling back while its
 typical level (the median over a doubling of steps) no longer improves (oscillation, e.g. at the edge
@@ -192,6 +193,13 @@ class LiveTrial:
         if not finite:
             self.outcome = "diverged"
             self.reason = f"non-finite {'train loss' if not math.isfinite(train_loss) else workload.target_metric} at step {step}"
+            return True
+        if self.steps_to_target is None and met and give_up_after is not None and step > limit and limit < max_steps:
+            # a crossing past the give-up point (the trial fell back, or the point was learnt late -- a
+            # race in one process) cannot beat it: stopped there, as if the point had been known all along
+            self.outcome = "stopped_early"
+            self.reason = (f"crossed the target only at step {step}, past {give_up_after} steps: it cannot beat them"
+                           + (f" ({give_up_reason})" if give_up_reason else ""))
             return True
         if self.steps_to_target is None and met:
             self.steps_to_target = step
