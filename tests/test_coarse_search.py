@@ -153,6 +153,26 @@ def test_a_crossing_early_in_a_rung_stops_the_trial_ahead_of_it_there_not_at_the
     assert outcome[0.1].steps_run <= 70 * 1.1 * 1.06 + 1  # one lockstep past the crossing, on the schedule
 
 
+def test_a_best_rate_next_to_one_that_diverged_also_tries_the_rate_towards_it():
+    """Steps to target are fewest at lr 1.5, just below the edge of stability (2.0). Of the grid 0.2, 0.75,
+    3.0 the largest diverges and 0.75 leads: the rate between 0.75 and 0.2 is the better-neighbour guess,
+    but a diverged neighbour says nothing about the rates just inside it -- the rate towards it (1.5) is
+    tried too and is the coarse answer."""
+    def script(step, lr):
+        if lr > 2.0:
+            return float("nan") if step > 3 else 0.2
+        needed = 40 * (1 + 4 * math.log(lr / 1.5) ** 2)
+        return 0.96 if step >= needed else 0.1 + 0.8 * step / needed
+
+    w = ScriptedWorkload(script)
+    pool = TrialPool(lambda lr, seed: LiveTrial(w, PLAIN, lr, 1, seed, CPU, 2000, hold_factor=1.25))
+    trials = rung_search(pool, [0.2, 0.75, 3.0], 0, TARGET, first_rung=16, max_steps=2000, resolution=0.05,
+                         margin=0.5, widen_step=3.9, low_limit=0.2, high_limit=3.0, resolved=1.3)
+    best = min((t for t in trials if t.result.outcome == "reached"), key=lambda t: t.result.steps_to_target)
+    assert 1.0 < best.learning_rate < 2.0 and best.result.steps_to_target <= 45, [
+        (t.learning_rate, t.result.outcome, t.result.steps_to_target) for t in trials]
+
+
 def test_nothing_reached_tries_between_the_two_closest_rates_once():
     """A grid that straddles a narrow optimum: no grid rate reaches in max_steps, the rate between the two
     that came closest does."""

@@ -248,8 +248,13 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
 
     for k in rungs:
         if not trials:  # the pilot: every candidate's first rung, the expected best first
-            for lr in sorted(rates, key=lambda r: (abs(math.log(r / centre)), r)):
-                start(lr, "coarse", k)
+            order = sorted(rates, key=lambda r: (abs(math.log(r / centre)), r))
+            points = lockstep(k // 4, k, max_steps, resolution)  # together from a quarter of the rung on
+            for lr in order:
+                start(lr, "coarse", points[0])
+            for point in points[1:]:
+                for lr in [r for r in order if r in alive]:
+                    train(lr, point)
         else:
             order = sorted(alive, key=lambda r: (gap(r, previous), r))
             for point in lockstep(previous, k, max_steps, resolution):
@@ -302,7 +307,7 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
         pool.release(lr, seed)
     if best() is not None and len(trials) > 1 and not budget_cut:
         # The race's best is a grid rate, up to half a grid step from the optimum: once, the rate between it
-        # and its better neighbour (pruned against its curve, giving up at its steps) -- a coarse answer
+        # and its better neighbour (pruned against its curve, giving up at the best's steps) -- a coarse answer
         # within a quarter of the grid's ratio, which the predictions and B_crit's fit read.
         lead = leader(rungs[-1])
         tried = sorted(trials)
@@ -316,8 +321,13 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
                                           (distance(trials[r].result, common, target) if common else None) or math.inf, r))
         if trials[lead].result.fell_back_at is not None and sides[0] < lead:
             other = sides[0]  # a leader that crossed and fell back is at the edge of stability: the optimum is below it
-        if resolved is None or max(lead, other) / min(lead, other) > resolved:  # else already as fine as refinement gets
-            mid = math.sqrt(lead * other)
+        # A neighbour that diverged says nothing of the rates just inside it -- steps to target are often
+        # fewest just below the edge of stability -- so the rate towards it is tried as well.
+        towards = [other] + [r for r in sides if r != other and trials[r].result.outcome == "diverged"]
+        for side in towards:
+            if resolved is not None and max(lead, side) / min(lead, side) <= resolved:
+                continue  # already as fine as refinement gets
+            mid = math.sqrt(lead * side)
             trials[mid] = Trial(mid, seed, "refine", len(trials), best(), trials[lead].result, True)
             result, replayed = rung_trial(pool, mid, seed, target, rungs=rungs, give_up_after=best(),
                                           reference=trials[lead].result, reference_rate=lead, margin=margin)
