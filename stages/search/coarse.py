@@ -252,14 +252,13 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
             points = lockstep(k // 4, k, max_steps, resolution)  # together from a quarter of the rung on
             for lr in order:
                 start(lr, "coarse", points[0])
-            for point in points[1:]:
-                for lr in [r for r in order if r in alive]:
-                    train(lr, point)
+            points = points[1:]
         else:
             order = sorted(alive, key=lambda r: (gap(r, previous), r))
-            for point in lockstep(previous, k, max_steps, resolution):
-                for lr in [r for r in order if r in alive]:
-                    train(lr, point)
+            points = lockstep(previous, k, max_steps, resolution)
+        for point in points:
+            for lr in [r for r in order if r in alive]:
+                train(lr, point)
         while (lead := leader(k)) is not None:  # a leader at an edge of what was tried: look beyond it
             tried = sorted(trials)
             # one step as wide as the last, squared (a prior's narrow bracket widens fast), up to max_widen
