@@ -38,6 +38,7 @@ from typing import Any, TextIO
 from stages.core import outputs as out
 from stages.core.config import PARAMS_FILE, Params, default_value, read_file, validate
 from stages.core.errors import ConfigError
+from stages.core.io import write_cache
 from stages.core.profile import flatten, merge, profile_files, profiles_in, read_profile
 from stages.core.yamlfile import dump, parse
 
@@ -109,13 +110,7 @@ def check_static(settings: Settings, root: Path, key: str | None = None) -> None
 
 def remember(marker: Path, key: str) -> None:
     """Write a check's cache marker whole; a cache, so a failure to write it costs only time."""
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(f"{marker.name}.{os.getpid()}.tmp")
-        tmp.write_text(key)
-        os.replace(tmp, marker)
-    except OSError:
-        pass
+    write_cache(marker, key)
 
 
 def effective_text(params: Params) -> str:

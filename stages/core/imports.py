@@ -21,6 +21,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from stages.core.io import write_cache
+
 ROOT = Path(__file__).resolve().parents[2]  # the project root, holding the `stages` package
 PACKAGE = "stages"
 
@@ -57,13 +59,7 @@ def _cached_names(source: bytes) -> tuple[str, list[str] | None]:
 def _remember_names(key: str, names: list[str]) -> None:
     assert _parsed is not None
     _parsed[key] = names
-    try:
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = CACHE.with_name(f"{CACHE.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(_parsed))
-        os.replace(tmp, CACHE)
-    except OSError:
-        pass
+    write_cache(CACHE, json.dumps(_parsed))
 
 
 @lru_cache(maxsize=None)

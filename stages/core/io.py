@@ -181,6 +181,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_cache(path: Path, text: str) -> None:
+    """Write a cache file whole (temp file beside it, then rename); a cache, so a failure to write it costs
+    only time and is not raised."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def _jsonable(value: Any) -> Any:
     """NaN/inf are not JSON: write them as null so DVC and browsers can read the file."""
     if isinstance(value, float) and not math.isfinite(value):
