@@ -25,6 +25,7 @@ from tests.conftest import ROOT, run, write_params
 
 pytestmark = pytest.mark.e2e
 
+EFFECTIVE = "reports/settings/effective.yaml"  # the settings in force, where every stage tracks its keys
 TINY_FULL = {**yaml.safe_load((ROOT / "params.yaml").read_text()), **TINY}
 WAVE1, WAVE2 = pipeline.wave_sizes(TINY["scaling"]["batch_sizes"])
 FANOUT = ([f"scaling_wave1@{b}" for b in WAVE1] + [f"scaling_wave2@{b}" for b in WAVE2]
@@ -172,30 +173,52 @@ def test_a_job_that_fails_keeps_the_committed_outputs_and_stays_stale(clones):
 
 def test_a_profile_changes_no_params_yaml_and_both_tools_plan_its_stages(clones):
     """`python -m stages.pipeline --profile NAME` leaves params.yaml byte for byte; the stages track their
-    keys in the settings in force, so only the stages whose values the profile changes are stale -- once
-    the settings stage has run: `dvc status` lists it alone before, Snakemake runs it before it plans."""
+    keys in the settings in force, so only the stages whose values the profile changes are stale: the render
+    brings the settings in force up to date, as Snakemake does before it plans and `dvc repro` by running the
+    settings stage first, so `dvc status` lists them at once."""
     root = clones["fresh clone"]
     (root / "profiles/tiny").mkdir()
     (root / "profiles/tiny/params.yaml").write_text("select:\n  objective: resource\n")
     params_before = (root / "params.yaml").read_bytes()
+    readers = jobs_reading("select.objective")  # select, and which sizes contend in the study
     try:
         with restored(root):
             run([sys.executable, "-m", "stages.pipeline", "--add-profile", "tiny"], root)  # on top of ci
             assert (root / "params.yaml").read_bytes() == params_before
-            assert dvc_stale(root) == {"settings"}  # DVC decides the rest when `dvc repro` has run it
+            assert dvc_stale(root) == {"settings", *readers}  # the effective file holds the profile's values
             proc = run([sys.executable, "-m", "snakemake", "-n"], root)
             said = (f"kickoff: {PROFILE}, profiles/tiny/params.yaml override 2 params.yaml keys: probe.steps 1 -> 2 "
                     f"({PROFILE}); select.objective time -> resource (profiles/tiny/params.yaml) (")
             assert said in proc.stderr, proc.stderr  # where Snakemake starts, which keys the profiles override
-            readers = jobs_reading("select.objective")  # select, and which sizes contend in the study
             assert snakemake_plan(root) == downstream(root, {"settings", *readers})
-            assert dvc_stale(root) == {"settings", *readers}  # the effective file now holds the profile's values
+            assert dvc_stale(root) == {"settings", *readers}
             run([sys.executable, "-m", "stages.pipeline", "--check"], root)  # the profile is what dvc.yaml records
             proc = run([sys.executable, "-m", "stages"], root)  # the stages read params.yaml + the profiles
             assert "objective: resource" in proc.stdout and proc.stderr.startswith(said), proc.stderr
     finally:
         shutil.rmtree(root / "profiles/tiny")  # first: every profile's file is a dependency of the settings stage
         run([sys.executable, "-m", "stages.pipeline", "--profile", "ci"], root)
+    assert dvc_stale(root) == set()
+
+
+def test_switching_to_a_profile_already_in_the_project_reruns_what_it_changes_under_dvc_repro(clones):
+    """The settings stage depends on every profile file, active or not, so turning one that is already there
+    off (or on) changes none of its dependencies: the render brings the settings in force up to date, so
+    `dvc status` lists the stages whose values change and `dvc repro` runs them with those values -- rather
+    than skip the settings stage and stop at the first stage that reads the settings it left behind."""
+    root = clones["fresh clone"]
+    readers = jobs_reading("probe.steps")  # the ci profile sets probe.steps 2; params.yaml says 1
+    try:
+        proc = run([sys.executable, "-m", "stages.pipeline", "--no-profile"], root)
+        assert f"brought {EFFECTIVE} up to date with the active profiles" in proc.stderr, proc.stderr
+        assert dvc_stale(root) == {"settings", *readers}
+        assert snakemake_plan(root) == downstream(root, {"settings", *readers})
+        proc = run(["dvc", "repro", "probe"], root)
+        assert _dvc_ran(proc.stdout) == {"settings", *readers}, proc.stdout
+        assert yaml.safe_load((root / EFFECTIVE).read_text())["probe"]["steps"] == 1
+    finally:
+        run([sys.executable, "-m", "stages.pipeline", "--profile", "ci"], root)
+        run(["git", "checkout", "--", "."], root)  # the committed results and dvc.lock, as the other tests expect
     assert dvc_stale(root) == set()
 
 

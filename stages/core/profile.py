@@ -8,7 +8,9 @@
 in the rendered dvc.yaml (`vars: [{kickoff_profiles: [...]}]`). The pipeline's first stage, settings,
 depends on params.yaml and the profile files and writes the merged values in force, where every other
 stage tracks its keys (stages/core/effective.py) -- so DVC (and Snakemake, which follows dvc.lock)
-reruns exactly the stages whose values a profile changes, keys it adds later included, and `dvc exp
+reruns exactly the stages whose values a profile changes, keys it adds later included (a render that
+turns a profile on or off brings that file up to date itself: no file the stage depends on says which
+profiles are active), and `dvc exp
 run -S profiles/small/params.yaml:scaling.seeds=2` edits the profile, never params.yaml. Every stage
 reads params.yaml merged with the active profiles (`load_params` in stages/core/config.py).
 

@@ -678,6 +678,7 @@ def main(argv: list[str] | None = None, after_write: Callable[[Path], None] | No
         check_workload(args.root, import_it=False, profiles=profiles)
     text = rendered_text(args.root, profiles)
     target = args.root / DVC_FILE
+    before = profiles_in(args.root)
     if args.check:
         if not target.exists() or target.read_text() != text:
             print(f"{target} is out of date: run `python -m stages.pipeline`", file=sys.stderr)
@@ -691,4 +692,16 @@ def main(argv: list[str] | None = None, after_write: Callable[[Path], None] | No
           file=sys.stderr)
     if after_write is not None:
         after_write(args.root)
+    if profiles_in(args.root) != before:
+        # The settings in force changed with the active profiles, which no file the settings stage lists as a
+        # dependency records (it depends on every profile file, active or not): its outputs are brought up to
+        # date now, as the Snakefile does before it plans, so that `dvc status` and `dvc repro` see the change
+        # and rerun exactly the stages whose values it changes -- not skip the settings stage and stop at the
+        # first stage that finds the settings in force newer than the file it tracks them in.
+        from stages.core import effective
+
+        settings = effective.resolve(args.root)
+        if not effective.is_current(args.root, settings) and effective.refresh(args.root, settings):
+            print(f"brought {out.SETTINGS_EFFECTIVE.path} up to date with the active profiles: `dvc status` lists "
+                  f"the stages whose values they change, and `dvc repro` or `snakemake` reruns them", file=sys.stderr)
     return 0
