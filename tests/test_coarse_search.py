@@ -153,6 +153,33 @@ def test_a_crossing_early_in_a_rung_stops_the_trial_ahead_of_it_there_not_at_the
     assert outcome[0.1].steps_run <= 70 * 1.1 * 1.06 + 1  # one lockstep past the crossing, on the schedule
 
 
+@pytest.mark.parametrize("low_rate_reaches, widened", [("overtaking", False), ("slowly", True)])
+def test_a_rate_at_the_edge_widens_the_search_only_once_it_is_clearly_ahead(low_rate_reaches, widened):
+    """Short-horizon bias: the larger rate, lr 0.1 at the top of what was tried, starts faster but reaches
+    the target only at step 100, while lr 0.03 overtakes it and reaches at step 70. While lr 0.1 leads by
+    less than scaling.prune_margin, nothing beyond it is tried: a rate there would race and lose (digits'
+    reference spent 10% of its examples on such widened trials). Where lr 0.03 is slow (it would reach at step 300), lr 0.1
+    is clearly ahead by step 64 and the search looks beyond it from there."""
+    def script(step, lr):
+        if lr > 0.15:  # beyond the edge: slower still
+            return min(0.96, 0.1 + 0.85 * step / 200)
+        if lr > 0.05:
+            return min(0.96, 0.1 + 0.85 * step / 100)
+        if low_rate_reaches == "slowly":
+            return min(0.96, 0.1 + 0.85 * step / 300)
+        return min(0.96, 0.1 + 0.85 * (step / 70) ** 2)
+
+    w = ScriptedWorkload(script)
+    pool = TrialPool(lambda lr, seed: LiveTrial(w, PLAIN, lr, 1, seed, CPU, 1000, hold_factor=1.25))
+    trials = rung_search(pool, [0.03, 0.1], 0, TARGET, first_rung=16, max_steps=1000, resolution=0.05,
+                         margin=0.5, widen_step=3.0, low_limit=0.03, high_limit=0.3)
+    seen = [(t.learning_rate, t.phase, t.result.outcome, t.result.steps_to_target) for t in trials]
+    best = min((t for t in trials if t.result.outcome == "reached"), key=lambda t: t.result.steps_to_target)
+    assert best.learning_rate == (0.03 if low_rate_reaches == "overtaking" else 0.1), seen
+    assert any(t.phase == "widen" for t in trials) == widened, seen
+    if widened:  # looked beyond it, and the rate there lost
+        assert next(t for t in trials if t.phase == "widen").result.outcome != "reached", seen
+
 def test_a_best_rate_next_to_one_that_diverged_also_tries_the_rate_towards_it():
     """Steps to target are fewest at lr 1.5, just below the edge of stability (2.0). Of the grid 0.2, 0.75,
     3.0 the largest diverges and 0.75 leads: the rate between 0.75 and 0.2 is the better-neighbour guess,

@@ -15,7 +15,9 @@ long. At every rung each trial still in the race is evaluated at the same step, 
   early in a rung stops the others there, not at the rung's end;
 - a leader at the edge of what was tried widens the search one grid step further out (down to
   lr_min / lr_widen_factor, up to lr_max x lr_widen_factor): a best rate at an edge says nothing about
-  the rates beyond it.
+  the rates beyond it -- once it has reached the target or is clearly ahead of its neighbour (by the
+  margin above), not while it leads by less: early on the larger rate often leads a little and is then
+  overtaken (short-horizon bias), and a rate beyond it would race only to lose.
 So a bad rate costs a rung or two, and nothing runs to max_steps unless the best rate needs that
 long. The trials advance through a `TrialPool` (stages/search/pool.py): journalled, resumable,
 bit-identical when resumed.
@@ -268,6 +270,9 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
             out = lead / ratio if lead == tried[0] else lead * ratio if lead == tried[-1] else None
             if out is not None:  # no further than the limits: a best rate at a limit is a `boundary` result
                 out = min(max(out, low_limit), high_limit)
+            if (out is not None and inner is not None and trials[lead].result.outcome != "reached"
+                    and not clearly_behind(gap(inner, k), gap(lead, k), margin, start_distance(trials[lead].result, target))):
+                break  # an edge rate only a little ahead early on (short-horizon bias): widen once it is clearly ahead
             if out is None or out in trials or abs(math.log(out / lead)) < 1e-9:
                 break
             start(out, "widen", k)
