@@ -105,12 +105,7 @@ def check_static(settings: Settings, root: Path, key: str | None = None) -> None
     except ConfigError as e:
         raise ConfigError(f"{settings.source}: {e}") from None
     if key is not None:
-        remember(marker, key)
-
-
-def remember(marker: Path, key: str) -> None:
-    """Write a check's cache marker whole; a cache, so a failure to write it costs only time."""
-    write_cache(marker, key)
+        write_cache(marker, key)  # a cache: a failure to write it costs only time
 
 
 def effective_text(params: Params) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -651,9 +650,9 @@ def check_rendered(root: Path) -> None:
                           f"changed: workload.name, workload.sources, optimizer.name, family.candidates, scaling.adaptive or "
                           f"scaling.batch_sizes; or a profile was added or removed); run "
                           f"`python -m stages.pipeline` to re-render it, then rerun")
-    from stages.core.effective import remember
+    from stages.core.io import write_cache
 
-    remember(marker, key)  # for the next process
+    write_cache(marker, key)  # for the next process
 
 
 def main(argv: list[str] | None = None, after_write: Callable[[Path], None] | None = None) -> int:
@@ -678,7 +677,6 @@ def main(argv: list[str] | None = None, after_write: Callable[[Path], None] | No
         check_workload(args.root, import_it=False, profiles=profiles)
     text = rendered_text(args.root, profiles)
     target = args.root / DVC_FILE
-    before = profiles_in(args.root)
     if args.check:
         if not target.exists() or target.read_text() != text:
             print(f"{target} is out of date: run `python -m stages.pipeline`", file=sys.stderr)
@@ -686,6 +684,7 @@ def main(argv: list[str] | None = None, after_write: Callable[[Path], None] | No
         return 0
     from stages.core.io import write_text
 
+    before = profiles_in(args.root)
     write_text(target, text)
     active = active_profile(text)
     print(f"wrote {target}" + (f" (profile: {active}; `--no-profile` to go back to params.yaml alone)" if active else ""),

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -34,7 +33,7 @@ from stages.core.config import OptimizerSettings
 from stages.core.device import synchronize
 from stages.core.optim import build_optimizer
 from stages.core.train import build_model, evaluate, train_step
-from stages.core.types import Steps
+from stages.core.types import Outcome, Steps
 from stages.search.result import (PLATEAU_CHECKS, PLATEAU_MIN_STEPS, TrialResult, eval_schedule,  # noqa: F401
                                   oscillating, plateaued)
 from stages.workloads.base import Workload, target_reached, to_device
