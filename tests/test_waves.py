@@ -93,7 +93,7 @@ PARAMS = {
     "workload": {"name": "tests.curve_workload:make", "kwargs": {"s_min": S_MIN, "b_crit": B_CRIT}},
     "optimizer": {"name": "sgd", "momentum": 0.0},
     "runtime": {"device": "cpu", "seed": 0, "threads": 1},
-    "scaling": {"batch_sizes": SIZES, "max_steps": 4000, "seeds": 1, "bootstrap": 50},
+    "scaling": {"batch_sizes": SIZES, "max_steps": 4000, "seeds": 1, "bootstrap": 50, "fit_refine_trials": 0},
 }
 
 
@@ -172,6 +172,15 @@ def test_the_study_predicts_what_it_can_refines_only_contenders_and_finds_b_crit
     for b in SIZES:
         if not contenders[str(b)].get("refine"):
             assert set(trials.loc[trials["batch_size"] == b, "phase"].dropna()) <= {"coarse", "widen", "refine"}
+    # a size refined only for B_crit's fit spends at most scaling.fit_refine_trials on its rate (it cannot win;
+    # here none, where lr_refine_trials would bisect)
+    fit_only = [int(b) for b, p in contenders.items() if p.get("refine") and not p.get("seeds")]
+    assert fit_only
+    for b in fit_only:
+        wave = "wave1" if (study / f"reports/scaling/wave1/bs_{b}.csv").exists() else "wave2"
+        coarse = pd.read_csv(study / f"reports/scaling/{wave}/bs_{b}.csv")
+        in_wave3 = (trials.loc[trials["batch_size"] == b, "phase"] == "refine").sum() - (coarse["phase"] == "refine").sum()
+        assert in_wave3 <= PARAMS["scaling"]["fit_refine_trials"], b
     # every measured size is within 15% of the closed form (the grid's and refinement's resolution)
     for b in table.index[table["status"] == "reached"]:
         assert table.loc[b, "steps_to_target"] == pytest.approx(truth[b], rel=0.15)

@@ -273,6 +273,7 @@ class ScalingSettings:
     lr_unimodal: bool = setting(True, "no longer read", deprecated="the coarse search always races every grid rate and prunes the ones clearly behind (scaling.prune_margin)")
     lr_refine_ratio: float = setting(1.3, "refine until both tried neighbours of the best rate lie within this factor of it (or steps no longer tell them apart); also the narrowest bracket a rerun starts from around the previous study's rate", min=1.0, min_exclusive=True)
     lr_refine_trials: int = setting(4, "most refinement trials per batch size (bisection in log space around the best rate; 0 = coarse grid only)", min=0)
+    fit_refine_trials: int = setting(1, "most refinement trials at a size wave 3 refines only for B_crit's fit (it cannot win, so it gets no extra seeds): its rate stays as coarse as this leaves it, and the fit's interval carries that resolution; raise it for a tighter B_crit", min=0)
     lr_widen_factor: float = setting(4.0, "a best rate at the edge of [lr_min, lr_max] widens the range that way, at most to [lr_min / this, lr_max x this]; beyond it the size is marked boundary", min=1.0)
     plateau_tolerance: float = setting(0.01, "stop a search trial whose best metric gained less than this fraction of its distance to the target over each of two doublings of steps in a row (from step 64): a noise floor; seed reruns never stop this way; 0 = never", min=0.0, max=1.0)
     lr_grid: Literal["log", "sobol"] = setting("log", "log-spaced grid or scrambled Sobol points in log space")

@@ -218,8 +218,8 @@ _DECLARED: tuple[Stage, ...] = (
     Stage(
         name="scaling_trials",
         cmd=out.SCALING_TRIALS_CMD,
-        params=("workload", "optimizer", "runtime", *SEARCH_KEYS, "scaling.max_steps", "scaling.adaptive", "data",
-                "select.step_budget_margin", *FAMILY_CHOICE_KEYS),  # + the fan-out list; the budget its holds reach
+        params=("workload", "optimizer", "runtime", *SEARCH_KEYS, "scaling.fit_refine_trials", "scaling.max_steps",
+                "scaling.adaptive", "data", "select.step_budget_margin", *FAMILY_CHOICE_KEYS),  # + the fan-out list; the budget its holds reach
         inputs=(out.FAMILY_MODEL, out.SCALING_CONTENDERS, out.SCALING_WAVE1, out.SCALING_WAVE1_CURVES,
                 out.SCALING_WAVE2, out.SCALING_WAVE2_CURVES),
         outputs=(out.SCALING_TRIALS, out.SCALING_TRIAL_CURVES),

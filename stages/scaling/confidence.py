@@ -57,7 +57,8 @@ def confidence_text(fit: dict, table: pd.DataFrame, resolution: float) -> str:
                          "dominates the width.")
         else:
             lines.append("To tighten it: resolve the learning rate more finely (lower scaling.lr_refine_ratio or raise "
-                         "scaling.lr_refine_trials) -- the rate's resolution dominates the width.")
+                         "scaling.lr_refine_trials, or scaling.fit_refine_trials at the sizes refined only for the fit) -- the "
+                         "rate's resolution dominates the width.")
     if kind in ("lower_bound", "upper_bound"):
         lines.append("To pin it: study " + ("larger" if kind == "lower_bound" else "smaller") + " batch sizes.")
     if not boundary.empty:

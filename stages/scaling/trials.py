@@ -383,7 +383,9 @@ def main_trials(batch_size: int) -> None:
         count[0] += 1
         log.info(STAGE, f"bs {batch_size} {trial_text(t)} [wave 3, trial {count[0]}]")
 
-    trials = finish(found, pool, w, s, ctx.params.optimizer.name, seed, s.max_steps, seeds=plan.get("seeds", True),
+    seeds = plan.get("seeds", True)  # False: refined only for B_crit's fit -- it cannot win
+    trials = finish(found, pool, w, s, ctx.params.optimizer.name, seed, s.max_steps, seeds=seeds,
+                    refine_trials=s.lr_refine_trials if seeds else s.fit_refine_trials,
                     budget_margin=ctx.params.select.step_budget_margin, on_trial=line,
                     allowance_s=plan.get("budget_seconds"))
     log.info(STAGE, f"bs {batch_size}: {len(trials)} trials, {sum(t.result.examples_run for t in trials)} examples "

@@ -139,13 +139,15 @@ def coarse(pool: TrialPool, workload: Workload, s: ScalingSettings, optimizer: s
 
 
 def finish(coarse_trials: list[Trial], pool: TrialPool, workload: Workload, s: ScalingSettings, optimizer: str,
-           seed: int, max_steps: int, *, seeds: bool = True, budget_margin: float | None = None,
-           on_trial: Callable[[Trial], None] | None = None, allowance_s: float | None = None) -> list[Trial]:
+           seed: int, max_steps: int, *, seeds: bool = True, refine_trials: int | None = None,
+           budget_margin: float | None = None, on_trial: Callable[[Trial], None] | None = None,
+           allowance_s: float | None = None) -> list[Trial]:
     """After the coarse search: refinement around the best rate (pruned against the best's curve), then
     (`seeds`) extra seeds by successive halving, and (`budget_margin`: select.step_budget_margin) the
     hold of every run of the rates select may choose through their step budget -- each step skipped once
-    `allowance_s` seconds of training are spent (scaling.budget_seconds). Returns every trial, the coarse
-    ones included (the held ones with their held result)."""
+    `allowance_s` seconds of training are spent (scaling.budget_seconds). `refine_trials` caps the
+    refinement (None: scaling.lr_refine_trials). Returns every trial, the coarse ones included (the held
+    ones with their held result)."""
     r = search_range(s, optimizer)
     step = grid_ratio(r.low, r.high, s.lr_points)
     start = pool.seconds
@@ -154,7 +156,7 @@ def finish(coarse_trials: list[Trial], pool: TrialPool, workload: Workload, s: S
         return allowance_s is not None and pool.seconds - start >= allowance_s
 
     refined = resolve(coarse_trials, pool, seed, target_of(workload), ratio=s.lr_refine_ratio,
-                      max_trials=s.lr_refine_trials, resolution=s.eval_resolution, low_limit=r.low / s.lr_widen_factor,
+                      max_trials=s.lr_refine_trials if refine_trials is None else refine_trials, resolution=s.eval_resolution, low_limit=r.low / s.lr_widen_factor,
                       high_limit=r.high * s.lr_widen_factor, widen_step=step,
                       rungs=rung_steps(first_rung(s, max_steps, None), max_steps, s.eval_resolution),
                       margin=s.prune_margin, early_stopping=s.early_stopping, on_trial=on_trial, stop=stop)
