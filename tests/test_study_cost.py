@@ -132,6 +132,10 @@ def test_the_plan_counts_the_coarse_search_everywhere_and_refinement_only_where_
     known = plan_table([16, 32, 64], {16: 800.0, 64: 200.0}, {}, s, refined={64}).set_index("batch_size")
     assert known.loc[64, "steps"] == round(search_steps(200, s)) and known.loc[16, "steps"] == round(search_steps(800, s, False))
     assert search_steps(100, s, False) < search_steps(100, s)
+    # a size refined only for B_crit's fit: its few refinement trials, no seeds and no holds
+    fit_only = search_steps(100, s, seeds=False)
+    assert search_steps(100, s, False) < fit_only < search_steps(100, s)
+    assert fit_only < search_steps(100, ScalingSettings(fit_refine_trials=3), seeds=False)
 
 
 def test_the_study_cost_in_training_runs_of_the_chosen_configuration():

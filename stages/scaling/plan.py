@@ -77,12 +77,15 @@ def search_trials(s, refined: bool = True) -> tuple[int, int]:
     return coarse + refine, seeds
 
 
-def search_steps(steps_to_target: float, s, refined: bool = True) -> float:
+def search_steps(steps_to_target: float, s, refined: bool = True, seeds: bool = True) -> float:
     """Training steps one size's search is expected to spend if its best rate needs `steps_to_target`:
     the coarse search, and where the size is refined, the refinement, the hold of the `rerun_top` rates
-    to hold_factor and the seed reruns (each held to hold_factor)."""
+    to hold_factor and the seed reruns (each held to hold_factor); without `seeds` (refined only for
+    B_crit's fit) at most scaling.fit_refine_trials refinement trials and nothing more."""
     if not refined:
         return steps_to_target * COARSE_RUNS
+    if not seeds:
+        return steps_to_target * (COARSE_RUNS + REFINE_RUNS * min(s.fit_refine_trials, 3) / 3)
     _, seeded = search_trials(s)
     holds = s.rerun_top * max(0.0, s.hold_factor - 1.25)
     return steps_to_target * (COARSE_RUNS + REFINE_RUNS + holds + seeded * s.hold_factor)

@@ -305,7 +305,8 @@ def main_contenders() -> None:
         from stages.scaling.plan import search_steps
         from stages.scaling.waves import share_budget
 
-        cost = {b: (search_steps(p["coarse_steps"], s) - search_steps(p["coarse_steps"], s, False)) * timing.get(b, 0.0)
+        cost = {b: (search_steps(p["coarse_steps"], s, seeds=p.get("seeds", True))
+                    - search_steps(p["coarse_steps"], s, False)) * timing.get(b, 0.0)
                 for b, p in plans.items() if p.get("refine")}
         plans = share_budget(plans, s.budget_seconds - spent, cost)
         log.info(STAGE, f"scaling.budget_seconds {s.budget_seconds:g}: the coarse waves spent {spent:.3g} s, "
