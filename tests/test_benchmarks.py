@@ -51,6 +51,21 @@ def test_bench_study_time_times_two_commits_side_by_side_with_tiny_arguments():
     assert "1 slot(s): new / old study wall time" in done.stdout and "same chosen configuration: yes" in done.stdout
 
 
+@pytest.mark.slow  # three tiny studies: left out of `make test-fast`
+def test_bench_rerun_compares_a_rerun_after_a_change_with_a_fresh_study_with_tiny_arguments():
+    done = subprocess.run([sys.executable, "bench/bench_rerun.py", "--profile", "none",
+                           "--change", "optimizer.weight_decay=1e-3", "--set", "scaling.batch_sizes=[64,256]",
+                           "--set", "scaling.max_steps=200", "--set", "scaling.seeds=0", "--set", "scaling.lr_points=3",
+                           "--set", "scaling.bootstrap=10"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "rerun / fresh examples:" in done.stdout
+    rerun = next(line for line in done.stdout.splitlines() if line.startswith(" rerun:"))
+    assert "started from the previous answer at bs [64, 256]" in rerun  # the rerun was seeded, the fresh one not
+    fresh = next(line for line in done.stdout.splitlines() if line.startswith(" fresh:"))
+    assert "previous answer" not in fresh
+
+
 @pytest.mark.slurm  # a SLURM of its own and minutes of polling: `make test-slurm`, not `make test`
 def test_bench_cluster_times_the_pipeline_on_one_and_two_slurm_slots_with_tiny_arguments():
     done = subprocess.run([sys.executable, "bench/bench_cluster.py", "--tiny", "--set", "family.candidates=null",
