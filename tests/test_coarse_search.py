@@ -131,6 +131,30 @@ def test_a_rate_pruned_at_a_rung_is_resumed_where_it_stopped_when_the_leaders_fa
     assert slow.steps_run < 1.3 * slow.steps_to_target + 10
 
 
+def test_a_rate_pruned_early_is_resumed_even_when_the_leaders_fail_only_at_max_steps():
+    """The fast starters keep crossing the target and falling back (the edge of stability) until max_steps,
+    so they fail only at the last rung; the slow one, pruned at an early rung, still goes on from where it
+    stopped, rung by rung, to its crossing -- not left paused at the step it was pruned."""
+    def script(step, lr):
+        if lr > 0.05:  # fast, then on the target's edge: up and down every few steps, never held
+            return 0.8 if step < 40 else (0.96 if (step // 7) % 2 else 0.9)
+        return min(0.96, 0.1 + step / 200)  # slow and steady: at the target at step 170
+
+    w = ScriptedWorkload(script)
+    pool = TrialPool(lambda lr, seed: LiveTrial(w, PLAIN, lr, 1, seed, CPU, 400, hold_factor=1.25,
+                                                plateau_tolerance=0.0))
+    trials = rung_search(pool, [0.01, 0.1, 0.3], 0, TARGET, first_rung=16, max_steps=400, resolution=0.05,
+                         margin=0.5, widen_step=3.0, low_limit=0.01, high_limit=0.3)
+    outcome = {t.learning_rate: t.result for t in trials}
+    assert outcome[0.1].outcome == outcome[0.3].outcome == "not_reached"
+    assert all(outcome[r].steps_run == 400 and "no step was left to check that it holds" in outcome[r].reason
+               for r in (0.1, 0.3))
+    slow = outcome[0.01]
+    assert slow.outcome == "reached" and 165 <= slow.steps_to_target <= 180
+    steps = [r["step"] for r in slow.curve]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # one continuous run: resumed, not restarted
+
+
 def test_a_crossing_early_in_a_rung_stops_the_trial_ahead_of_it_there_not_at_the_rung_end():
     """lr 0.1 leads at every rung and crosses first, but falls back (the edge of stability) and crosses
     again only at step 110; lr 0.03 crosses at step 70 and holds. The trials race in one process, lr 0.1

@@ -24,6 +24,7 @@ bit-identical when resumed.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -248,7 +249,9 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
         racing = [lr for lr in trials if lr not in pruned and distance(trials[lr].result, step, target) is not None]
         return min(racing, key=lambda lr: (gap(lr, step), abs(math.log(lr / centre)))) if racing else None
 
-    for k in rungs:
+    i = 0
+    while i < len(rungs):
+        k = rungs[i]
         if not trials:  # the pilot: every candidate's first rung, the expected best first
             order = sorted(rates, key=lambda r: (abs(math.log(r / centre)), r))
             points = lockstep(k // 4, k, max_steps, resolution)  # together from a quarter of the rung on
@@ -301,11 +304,16 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
         if not alive:
             if best() is not None or not pruned:
                 break
-            # every trial ahead failed (diverged, stalled, never reached): resume the best one left behind
+            # every trial ahead failed (diverged, stalled, never reached): resume the best one left behind,
+            # rung by rung from where it stopped -- also when the others failed only at the last rung
             lr = min(pruned, key=lambda r: (gap(r, pruned[r][0]), r))
+            previous = trials[lr].result.steps_run
             del pruned[lr]
             alive.append(lr)
+            i = bisect.bisect_right(rungs, previous)
+            continue
         previous = k
+        i += 1
     for lr, (_, why) in pruned.items():
         trials[lr].result = pruned_result(trials[lr].result, why)
         pool.release(lr, seed)

@@ -208,6 +208,15 @@ class LiveTrial:
             if self.stop_at_target and contender is not None and not contender(step):
                 self.reason += "; not held: at this step the rate cannot become the best at its size"
                 return True
+            if self.stop_at_target and step >= max_steps and math.ceil(step * self.hold_factor - 1e-9) > step:
+                # a hold is asked and the crossing came at the last step: nothing is left to check that it
+                # holds (a rate at the edge of stability crosses and falls back again and again), so it is
+                # censored like a run that never crossed -- not a result that beats one that held
+                self.steps_to_target, self.outcome = None, "not_reached"
+                self.reason = (f"{workload.target_metric} {value:.4g} crossed the target only at step {step}, the last "
+                               f"(max_steps), so no step was left to check that it holds"
+                               + (f" (it had fallen back {self.falls} time(s) before)" if self.falls else ""))
+                return True
             if self.stop_at_target:
                 self.hold_until = min(max_steps, math.ceil(step * self.hold_factor - 1e-9))
                 if self.hold_until <= step:
