@@ -203,3 +203,22 @@ def test_a_coarser_rate_resolution_widens_the_interval():
     coarse = fit_critical_batch_size(b, s, seeds, lr_resolution=np.full(len(b), 1.6), bootstrap=200)
     assert coarse.critical_batch_size == fine.critical_batch_size  # the point estimate is the data's
     assert coarse.ci_high / coarse.ci_low > 1.3 * fine.ci_high / fine.ci_low
+
+
+def test_a_bound_says_to_raise_max_steps_when_the_sizes_that_would_pin_it_were_censored():
+    """B_crit only bounded above (flat from the smallest size that reached): if smaller sizes were studied
+    but did not reach the target within scaling.max_steps, studying smaller sizes would not help -- the
+    advice is to raise max_steps, naming them; with nothing censored below, it is to study smaller sizes."""
+    import pandas as pd
+
+    from stages.scaling.confidence import confidence_text
+
+    fit = {"critical_batch_size_kind": "upper_bound", "critical_batch_size": 1030.0, "ci_low": None, "ci_high": 1030.0,
+           "critical_batch_size_message": "the fit puts B_crit at 172 but its interval reaches 0"}
+    rows = [(4, "not_reached"), (16, "not_reached"), (64, "reached"), (256, "reached"), (1024, "reached")]
+    table = pd.DataFrame({"batch_size": [b for b, _ in rows], "status": [s for _, s in rows],
+                          "seeds_run": 2, "seed_log_spread": 0.2, "lr_resolution_ratio": 1.3})
+    text = confidence_text(fit, table, 0.05)
+    assert "To pin it: raise scaling.max_steps -- batch size(s) 4, 16 were studied" in text
+    text = confidence_text(fit, table[table["status"] == "reached"], 0.05)
+    assert "To pin it: study smaller batch sizes." in text

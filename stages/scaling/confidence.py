@@ -60,7 +60,13 @@ def confidence_text(fit: dict, table: pd.DataFrame, resolution: float) -> str:
                          "scaling.lr_refine_trials, or scaling.fit_refine_trials at the sizes refined only for the fit) -- the "
                          "rate's resolution dominates the width.")
     if kind in ("lower_bound", "upper_bound"):
-        lines.append("To pin it: study " + ("larger" if kind == "lower_bound" else "smaller") + " batch sizes.")
+        edge = reached["batch_size"].min() if kind == "upper_bound" else reached["batch_size"].max()
+        beyond = censored[censored["batch_size"] < edge] if kind == "upper_bound" else censored[censored["batch_size"] > edge]
+        if not beyond.empty:  # sizes on the side that would pin it were studied, but the step cap censored them
+            lines.append(f"To pin it: raise scaling.max_steps -- batch size(s) {', '.join(str(int(b)) for b in beyond['batch_size'])} "
+                         f"were studied but did not reach the target (and hold it) within it.")
+        else:
+            lines.append("To pin it: study " + ("larger" if kind == "lower_bound" else "smaller") + " batch sizes.")
     if not boundary.empty:
         sizes = ", ".join(f"{int(r.batch_size)} ({r.boundary})" for r in boundary.itertuples())
         lines.append(f"Left out of the fit: the best rate sat at the edge of the searched range at batch size(s) {sizes}; "
