@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import os
 import sys
@@ -85,7 +86,7 @@ def study(workdir: Path, raw: dict, label: str) -> dict:
     wall = time.perf_counter() - start
     trials = pd.read_csv(workdir / "reports/scaling/trials.csv")
     table = pd.read_csv(workdir / "reports/scaling/steps_to_target.csv")
-    metrics = yaml.safe_load((workdir / "reports/scaling/metrics.json").read_text())
+    metrics = json.loads((workdir / "reports/scaling/metrics.json").read_text())
     reached = table[table["status"] == "reached"].copy()
     reached["examples_to_target"] = reached["batch_size"] * reached["steps_to_target"]
     best = reached.loc[reached["examples_to_target"].idxmin()] if len(reached) else None
@@ -109,7 +110,7 @@ def report(runs: list[dict]) -> None:
               f"fewest examples to the target at bs {r['best_size']} (lr {_num(r['best_lr'], '.4g')}, "
               f"{_num(r['best_steps'], 'g')} steps); B_crit {_num(r['b_crit'])} ({_num(r['ci'][0])}-{_num(r['ci'][1])})"
               + (f"; started from the previous answer at bs {r['reused']}" if r["reused"] else ""))
-    before, rerun, fresh = runs
+    _, rerun, fresh = runs
     print("per size (best rate / steps to target):")
     for b in fresh["table"].index:
         cells = []
