@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr-max", type=float, default=3.0)
     ap.add_argument("--max-steps", type=int, default=8000)
     ap.add_argument("--seeds", type=int, default=None, help="scaling.seeds (default: params.yaml's)")
+    ap.add_argument("--keep", type=Path, default=None, help="copy the study's reports/scaling/ here (trials.csv, notes.md, ...)")
     args = ap.parse_args(argv)
 
     model = NqmModel.from_workload(dim=args.dim, momentum=args.momentum)
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         resolution, hold_factor = scaling.get("eval_resolution", 0.05), 2.0  # the yardstick holds to 2x: a settled crossing
         confidence = (workdir / "reports/scaling/notes.md").read_text()
         trials = pd.read_csv(workdir / "reports/scaling/trials.csv")
+        if args.keep is not None:
+            shutil.copytree(workdir / "reports/scaling", args.keep, dirs_exist_ok=True)
 
     # The sustained statistic has its own best rate (a smaller one holds below the target sooner under
     # noise), so the yardstick is tuned for it too: the best median over rates at and below the

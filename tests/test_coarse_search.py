@@ -208,7 +208,7 @@ def test_a_best_rate_next_to_one_that_diverged_also_tries_the_rate_towards_it():
     """Steps to target are fewest at lr 1.5, just below the edge of stability (2.0). Of the grid 0.2, 0.75,
     3.0 the largest diverges and 0.75 leads: the rate between 0.75 and 0.2 is the better-neighbour guess,
     but a diverged neighbour says nothing about the rates just inside it -- the rate towards it (1.5) is
-    tried too and is the coarse answer."""
+    tried too, in the race as soon as 3.0 diverged, and is the coarse answer."""
     def script(step, lr):
         if lr > 2.0:
             return float("nan") if step > 3 else 0.2
@@ -220,8 +220,45 @@ def test_a_best_rate_next_to_one_that_diverged_also_tries_the_rate_towards_it():
     trials = rung_search(pool, [0.2, 0.75, 3.0], 0, TARGET, first_rung=16, max_steps=2000, resolution=0.05,
                          margin=0.5, widen_step=3.9, low_limit=0.2, high_limit=3.0, resolved=1.3)
     best = min((t for t in trials if t.result.outcome == "reached"), key=lambda t: t.result.steps_to_target)
-    assert 1.0 < best.learning_rate < 2.0 and best.result.steps_to_target <= 45, [
-        (t.learning_rate, t.result.outcome, t.result.steps_to_target) for t in trials]
+    seen = [(t.learning_rate, t.phase, t.result.outcome, t.result.steps_to_target, t.result.steps_run) for t in trials]
+    assert 1.0 < best.learning_rate < 2.0 and best.result.steps_to_target <= 45, seen
+    # tried in the race as soon as 3.0 diverged: 0.75 (117 steps to the target) is left behind by the new rate
+    # instead of running to its own crossing and hold (146 steps) first
+    assert best.phase == "refine" and best.order == 3, seen
+    grid = next(t for t in trials if t.learning_rate == 0.75)
+    assert grid.result.outcome in ("stopped_early", "pruned") and grid.result.steps_run <= 60, seen
+
+
+@pytest.mark.parametrize("prune_from", [8, 10**9])
+def test_a_first_rung_longer_than_the_race_leaves_hopeless_rates_behind_within_it(prune_from):
+    """No prior: the pilot rung is max_steps / 64 = 200 steps, the best rate (0.3) reaches at step 100. The
+    rates far below it barely move: within the rung, from `prune_from` on, each is left behind (`pruned`,
+    resumable) as soon as it is clearly behind by twice the margin -- not trained on to the best's steps,
+    where nothing would have pruned it (nqm at batch 4096 spent 40% of its study's examples there) --, and
+    successive halving keeps its pace within the rung: each time the steps double, half of the field still
+    racing may be left behind. The rate just below the best (0.1, reaching at 140) stays in the better
+    half: it races on and gives up at the best's steps. With within-rung pruning off (prune_from past the
+    race), every rate runs to there."""
+    needed = {0.001: 30_000, 0.003: 10_000, 0.01: 3_000, 0.03: 1_000, 0.1: 140, 0.3: 100}
+
+    def script(step, lr):
+        nearest = min(needed, key=lambda r: abs(math.log(r / lr)))  # the trial's rate is a float32
+        return min(0.96, 0.1 + 0.85 * step / needed[nearest])
+
+    w = ScriptedWorkload(script)
+    pool = TrialPool(lambda lr, seed: LiveTrial(w, PLAIN, lr, 1, seed, CPU, 12_800, hold_factor=1.25))
+    trials = rung_search(pool, sorted(needed), 0, TARGET, first_rung=200, max_steps=12_800, resolution=0.05,
+                         margin=0.5, widen_step=3.0, low_limit=0.001, high_limit=0.3, prune_from=prune_from)
+    outcome = {t.learning_rate: t.result for t in trials if t.phase == "coarse"}
+    assert outcome[0.3].outcome == "reached" and 100 <= outcome[0.3].steps_to_target <= 105
+    assert outcome[0.1].outcome == "stopped_early"
+    slow = [outcome[lr] for lr in (0.001, 0.003, 0.01)]
+    if prune_from == 8:
+        assert all(r.outcome == "pruned" and r.steps_run <= 70 and "within a rung" in r.reason for r in slow), slow
+        # 0.03 was in the better half of the first field; once the steps doubled, in the worse half of the next
+        assert outcome[0.03].outcome == "pruned" and outcome[0.03].steps_run < 100, outcome[0.03]
+    else:
+        assert all(r.outcome == "stopped_early" and r.steps_run >= 100 for r in slow + [outcome[0.03]]), slow
 
 
 def test_nothing_reached_tries_between_the_two_closest_rates_once():

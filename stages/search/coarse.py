@@ -17,7 +17,12 @@ long. At every rung each trial still in the race is evaluated at the same step, 
   lr_min / lr_widen_factor, up to lr_max x lr_widen_factor): a best rate at an edge says nothing about
   the rates beyond it -- once it has reached the target or is clearly ahead of its neighbour (by the
   margin above), not while it leads by less: early on the larger rate often leads a little and is then
-  overtaken (short-horizon bias), and a rate beyond it would race only to lose.
+  overtaken (short-horizon bias), and a rate beyond it would race only to lose;
+- a leader next to a rate that diverged brings the rate between the two into the race, once, as soon as
+  that is seen (the optimum is often just below the edge of stability);
+- the pruning test also runs within a rung, at each lockstep, with the margin doubled, at successive
+  halving's pace (each time the steps double, at most half of those racing are left behind): a first
+  rung can be longer than the whole race.
 So a bad rate costs a rung or two, and nothing runs to max_steps unless the best rate needs that
 long. The trials advance through a `TrialPool` (stages/search/pool.py): journalled, resumable,
 bit-identical when resumed.
@@ -41,6 +46,10 @@ if TYPE_CHECKING:  # the pool trains (torch); these modules only pass it on
 
 RUNG_FACTOR = 2  # each rung is this many times the last one's steps
 LOCKSTEP_FACTOR = 1.1  # within a rung the racing trials advance together, this factor of steps at a time
+# Within a rung a trial is left behind only this many times further behind than at the rung's end: checked
+# every lockstep (~10% of steps), a margin that holds at a few rungs would now and then catch a slower start
+# just before the leader's crossing -- one that may fall back.
+WITHIN_RUNG_MARGIN = 2.0
 
 
 def learning_rate_grid(lr_min: float, lr_max: float, points: int, kind: Literal["log", "sobol"] = "log",
@@ -131,6 +140,15 @@ def clearly_behind(gap: float, leader_gap: float, margin: float, start: float) -
     return gap - leader_gap > margin * max(leader_gap, FLOOR * start)
 
 
+def diverging(result: TrialResult, target: Target) -> bool:
+    """Did the trial diverge, or was it moving away from the target when it stopped (left behind within a
+    rung before its metric stopped being finite: farther from the target than where it started)?"""
+    if result.outcome == "diverged":
+        return True
+    last = _final_distance(result, target) if result.curve else None
+    return last is not None and last > start_distance(result, target)
+
+
 def start_distance(result: TrialResult | None, target: Target) -> float:
     """The distance to the target at the trial's first evaluation (its start: the scale of the race)."""
     if result is None or not result.curve:
@@ -167,6 +185,19 @@ def lockstep(previous: Steps, rung: Steps, max_steps: Steps, resolution: float) 
     return points + [rung]
 
 
+def check_points(rungs: list[Steps], resolution: float, prune_from: Steps = 8) -> list[tuple[Steps, float]]:
+    """Where a new rate trained against a known curve (rung_trial) is compared with it, each with the factor
+    on the margin there: the rungs (1), and the lockstep points between them from `prune_from` on
+    (WITHIN_RUNG_MARGIN) -- a first rung longer than the best's whole run would compare nothing before the
+    new rate gives up at the best's steps."""
+    points, previous = [], 0
+    for k in rungs:
+        points += [(p, 1.0 if p == k else WITHIN_RUNG_MARGIN) for p in lockstep(previous, k, rungs[-1], resolution)
+                   if p >= prune_from or p == k]
+        previous = k
+    return points
+
+
 def extrapolate_steps(result: TrialResult, target: Target, max_steps: Steps) -> float | None:
     """Where the trial's learning curve points: the step at which its metric, fitted as a straight line
     in the log of the step over the second half of its evaluations, meets the target (capped at
@@ -186,6 +217,10 @@ def extrapolate_steps(result: TrialResult, target: Target, max_steps: Steps) -> 
     return float(min(max(step, rows[-1]["step"]), max_steps))
 
 
+def within(factor: float) -> str:
+    return f" x {factor:g} within a rung" if factor != 1.0 else ""
+
+
 def pruned_result(result: TrialResult, why: str) -> TrialResult:
     return replace(result, outcome="pruned", reason=why)
 
@@ -200,7 +235,7 @@ def _at(result: TrialResult, step: Steps, target: Target) -> str:
 def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, *, first_rung: Steps,
                 max_steps: Steps, resolution: float, margin: float, widen_step: float, low_limit: float,
                 high_limit: float, hint: float | None = None, early_stopping: bool = True, max_widen: float | None = None,
-                resolved: float | None = None,
+                resolved: float | None = None, prune_from: Steps = 8,
                 on_rung: Callable[[Steps, list[Trial]], None] | None = None,
                 out_of_budget: Callable[[list[Trial]], bool] | None = None) -> list[Trial]:
     """The coarse search (above) over `rates`; one Trial per rate tried, in the order started, each
@@ -249,21 +284,81 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
         racing = [lr for lr in trials if lr not in pruned and distance(trials[lr].result, step, target) is not None]
         return min(racing, key=lambda lr: (gap(lr, step), abs(math.log(lr / centre)))) if racing else None
 
+    def prune_behind(step: Steps, entered: list[float], factor: float = 1.0) -> None:
+        """Successive halving at `step`: the better half of the rung's field (`entered`, less the trials that
+        ended in it) races on whatever its distance -- an early leader is often a rate at the edge of
+        stability that a slower start overtakes --, and of the other half only the trials not clearly
+        behind the leader. Applied at the rung's end and at its lockstep points (from `prune_from` on): a
+        first rung longer than the whole race (no prior: max_steps / 64) would otherwise prune nothing."""
+        lead = leader(step)
+        if lead is None or trials[lead].result.steps_to_target is not None:
+            return
+        lead_gap, scale = gap(lead, step), start_distance(trials[lead].result, target)
+        field = [lr for lr in trials if lr in alive or lr in entered and lr in pruned]  # less those that ended
+        racing = sorted(alive, key=lambda r: (gap(r, step), r))
+        # the better half of the field is still racing (those left behind were the worse): of the rest,
+        # the trials clearly behind -- so at most half the field is left behind in one rung
+        for lr in racing[math.ceil(len(field) / 2):]:
+            g = gap(lr, step)
+            if clearly_behind(g, lead_gap, margin * factor, scale):
+                alive.remove(lr)
+                pruned[lr] = (step, f"pruned at step {step}: {_at(trials[lr].result, step, target)} was clearly behind "
+                                    f"lr {lead:.4g}'s {_at(trials[lead].result, step, target)} at the same step (distance "
+                                    f"to the target {g:.3g} against {lead_gap:.3g}, scaling.prune_margin "
+                                    f"{margin:g}{within(factor)})")
+
+    def towards_the_edge(step: Steps) -> float | None:
+        """The rate between the leader and a neighbour that diverged (or was left behind moving away from
+        the target): steps to target are often fewest just below the edge of stability, so a grid rate next
+        to a diverged one may be far from its size's optimum (nqm at batch 4096: 0.75 next to 3.0 needs 108
+        steps, 1.5 needs 53). Tried in the race, once, as soon as that is known, so the grid rate gives up at
+        its steps instead of running its own to the end. None: no such neighbour, or already as fine as
+        `resolved`."""
+        lead = leader(step)
+        if lead is None:
+            return None
+        tried = sorted(trials)
+        i = tried.index(lead)
+        for side in [tried[j] for j in (i - 1, i + 1) if 0 <= j < len(tried)]:
+            if side in alive or not diverging(trials[side].result, target):
+                continue
+            if resolved is not None and max(lead, side) / min(lead, side) <= resolved:
+                continue
+            if (mid := math.sqrt(lead * side)) not in trials:
+                return mid
+        return None
+
+    inserted = False  # the rate towards a diverged neighbour, tried once in the race
     i = 0
     while i < len(rungs):
         k = rungs[i]
         if not trials:  # the pilot: every candidate's first rung, the expected best first
             order = sorted(rates, key=lambda r: (abs(math.log(r / centre)), r))
-            points = lockstep(k // 4, k, max_steps, resolution)  # together from a quarter of the rung on
+            # together from a quarter of the rung on, or from `prune_from` if sooner: a size whose best rate
+            # reaches in a few steps (a large batch) stops the others there, not at a quarter of a long pilot
+            points = lockstep(min(k // 4, prune_from), k, max_steps, resolution)
             for lr in order:
                 start(lr, "coarse", points[0])
-            points = points[1:]
+            since, points = points[0], points[1:]
         else:
             order = sorted(alive, key=lambda r: (gap(r, previous), r))
-            points = lockstep(previous, k, max_steps, resolution)
+            since, points = previous, lockstep(previous, k, max_steps, resolution)
+        entered = [lr for lr in alive]  # the rung's field: at most half of it is left behind in the rung
         for point in points:
             for lr in [r for r in order if r in alive]:
                 train(lr, point)
+            if point >= RUNG_FACTOR * max(since, prune_from) and point < k:
+                # a rung longer than the race (the pilot without a prior): successive halving's own pace
+                # within it -- a new field, of which half may be left behind, each time the steps double
+                entered, since = [lr for lr in alive], point
+            if prune_from <= point < k and (lead := leader(point)) is not None and gap(lead, point) > 0:
+                # clearly behind early in a long rung: left there, not at the rung's end -- but not against a
+                # leader in an unheld crossing, which may fall back (the others give up at its steps once it holds)
+                prune_behind(point, entered, WITHIN_RUNG_MARGIN)
+            if not inserted and (mid := towards_the_edge(point)) is not None:
+                start(mid, "refine", point)  # catches up to the race at once, then races on with it
+                order.append(mid)
+                inserted = True
         while (lead := leader(k)) is not None:  # a leader at an edge of what was tried: look beyond it
             tried = sorted(trials)
             # one step as wide as the last, squared (a prior's narrow bracket widens fast), up to max_widen
@@ -279,20 +374,7 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
             if out is None or out in trials or abs(math.log(out / lead)) < 1e-9:
                 break
             start(out, "widen", k)
-        lead = leader(k)
-        if lead is not None and trials[lead].result.steps_to_target is None:
-            lead_gap, scale = gap(lead, k), start_distance(trials[lead].result, target)
-            # successive halving: the better half of the rung races on whatever its distance (an early
-            # leader is often a rate at the edge of stability that a slower start overtakes), and of the
-            # other half only the trials not clearly behind the leader
-            racing = sorted(alive, key=lambda r: (gap(r, k), r))
-            for lr in racing[math.ceil(len(racing) / 2):]:
-                g = gap(lr, k)
-                if clearly_behind(g, lead_gap, margin, scale):
-                    alive.remove(lr)
-                    pruned[lr] = (k, f"pruned at step {k}: {_at(trials[lr].result, k, target)} was clearly behind "
-                                     f"lr {lead:.4g}'s {_at(trials[lead].result, k, target)} at the same step (distance "
-                                     f"to the target {g:.3g} against {lead_gap:.3g}, scaling.prune_margin {margin:g})")
+        prune_behind(k, entered)
         if on_rung:
             on_rung(k, sorted(trials.values(), key=lambda t: t.order))
         if alive and out_of_budget is not None and out_of_budget(list(trials.values())):
@@ -335,13 +417,16 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
             other = sides[0]  # a leader that crossed and fell back is at the edge of stability: the optimum is below it
         # A neighbour that diverged says nothing of the rates just inside it -- steps to target are often
         # fewest just below the edge of stability -- so the rate towards it is tried as well.
-        towards = [other] + [r for r in sides if r != other and trials[r].result.outcome == "diverged"]
+        towards = [other] + [r for r in sides if r != other and diverging(trials[r].result, target)]
         for side in towards:
             if resolved is not None and max(lead, side) / min(lead, side) <= resolved:
                 continue  # already as fine as refinement gets
             mid = math.sqrt(lead * side)
+            if mid in trials:
+                continue  # tried in the race already
             trials[mid] = Trial(mid, seed, "refine", len(trials), best(), trials[lead].result, True)
-            result, replayed = rung_trial(pool, mid, seed, target, rungs=rungs, give_up_after=best(),
+            result, replayed = rung_trial(pool, mid, seed, target, rungs=check_points(rungs, resolution, prune_from),
+                                          give_up_after=best(),
                                           reference=trials[lead].result, reference_rate=lead, margin=margin)
             trials[mid].result, trials[mid].resumed = result, replayed
     if best() is None and not budget_cut:
@@ -365,14 +450,15 @@ def _final_distance(result: TrialResult, target: Target) -> float:
     return math.inf if d is None else d
 
 
-def rung_trial(pool: TrialPool, learning_rate: float, seed: int, target: Target, *, rungs: list[Steps],
+def rung_trial(pool: TrialPool, learning_rate: float, seed: int, target: Target, *, rungs: list[tuple[Steps, float]],
                give_up_after: Steps | None, reference: TrialResult | None, reference_rate: float | None,
                margin: float, contender: Callable[[Steps], bool] | None = None) -> tuple[TrialResult, bool]:
     """One new rate (a refinement) trained rung by rung against the best trial so far (`reference`,
-    whose curve is known): pruned at the first rung where it is clearly behind it, else trained to its
+    whose curve is known): pruned at the first of `rungs` ((step, factor on `margin`): check_points) where it
+    is clearly behind it, else trained to its
     end (reaching the target, or giving up at `give_up_after`). Returns (result, answered by the journal)."""
     replayed = True
-    for k in [r for r in rungs if give_up_after is None or r < give_up_after]:
+    for k, factor in [(r, f) for r, f in rungs if give_up_after is None or r < give_up_after]:
         result, from_journal = pool.advance(learning_rate, seed, until=k, give_up_after=give_up_after,
                                             contender=contender)
         replayed = replayed and from_journal
@@ -381,12 +467,12 @@ def rung_trial(pool: TrialPool, learning_rate: float, seed: int, target: Target,
                 pool.release(learning_rate, seed)
             return result, replayed
         ref, g = distance(reference, k, target), distance(result, k, target)
-        if ref is not None and g is not None and clearly_behind(g, ref, margin, start_distance(reference, target)):
+        if ref is not None and g is not None and clearly_behind(g, ref, margin * factor, start_distance(reference, target)):
             pool.release(learning_rate, seed)
             return pruned_result(result, f"pruned at step {k}: {_at(result, k, target)} was clearly behind the best "
                                          f"rate{f' {reference_rate:.4g}' if reference_rate else ''}'s "
                                          f"{_at(reference, k, target)} at the same step (scaling.prune_margin "
-                                         f"{margin:g})"), replayed
+                                         f"{margin:g}{within(factor)})"), replayed
     result, from_journal = pool.advance(learning_rate, seed, give_up_after=give_up_after, contender=contender)
     if result.outcome != "reached":
         pool.release(learning_rate, seed)

@@ -134,7 +134,7 @@ def coarse(pool: TrialPool, workload: Workload, s: ScalingSettings, optimizer: s
                        max_steps=max_steps, resolution=s.eval_resolution, margin=s.prune_margin, widen_step=near,
                        max_widen=step, low_limit=r.low / s.lr_widen_factor, high_limit=r.high * s.lr_widen_factor,
                        hint=prior.rate if prior else None, early_stopping=s.early_stopping, on_rung=on_rung,
-                       resolved=s.lr_refine_ratio,
+                       resolved=s.lr_refine_ratio, prune_from=MIN_PILOT,
                        out_of_budget=None if allowance_s is None else lambda trials: pool.seconds >= allowance_s)
 
 
@@ -159,7 +159,8 @@ def finish(coarse_trials: list[Trial], pool: TrialPool, workload: Workload, s: S
                       max_trials=s.lr_refine_trials if refine_trials is None else refine_trials, resolution=s.eval_resolution, low_limit=r.low / s.lr_widen_factor,
                       high_limit=r.high * s.lr_widen_factor, widen_step=step,
                       rungs=rung_steps(first_rung(s, max_steps, None), max_steps, s.eval_resolution),
-                      margin=s.prune_margin, early_stopping=s.early_stopping, on_trial=on_trial, stop=stop)
+                      margin=s.prune_margin, early_stopping=s.early_stopping, prune_from=MIN_PILOT, on_trial=on_trial,
+                      stop=stop)
     searched = coarse_trials + refined
     if not seeds:
         return searched
