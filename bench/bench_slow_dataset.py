@@ -75,7 +75,18 @@ def run(params: dict, root: Path, log=print) -> dict:
         again = {**params, "data": {**params["data"], "num_workers": figures["recommended_num_workers"]}}
         (root / "params.yaml").write_text(yaml.safe_dump(again))
         throughput()
-        select()
+        # select on the first run's study: a shortcut (the pipeline would rerun the study, which reads throughput's
+        # verdict) -- so when the new verdict puts every size the study could use past the largest useful one,
+        # select refuses, and that is recorded, with throughput's new verdict, instead of a second choice
+        from stages.select.decide import NotReasonable
+
+        try:
+            select()
+        except NotReasonable as e:
+            thr = json.loads((root / "reports/throughput/metrics.json").read_text())
+            figures.update({"batch_size_when_started_with_them": None, "refused_when_started_with_them": str(e),
+                            "largest_useful_when_started_with_them": thr.get("largest_useful_batch_size")})
+            return figures
         second = read(root)
         figures["batch_size_when_started_with_them"] = second["batch_size"]
         figures["tied_batch_sizes_when_started_with_them"] = second["tied_batch_sizes"]
