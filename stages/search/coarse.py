@@ -50,6 +50,8 @@ LOCKSTEP_FACTOR = 1.1  # within a rung the racing trials advance together, this 
 # every lockstep (~10% of steps), a margin that holds at a few rungs would now and then catch a slower start
 # just before the leader's crossing -- one that may fall back.
 WITHIN_RUNG_MARGIN = 2.0
+MIN_PILOT = 8  # fewest steps of the first rung, and the first step any trial is compared at: fewer tell rates
+               # apart only by their first noisy steps
 
 
 def learning_rate_grid(lr_min: float, lr_max: float, points: int, kind: Literal["log", "sobol"] = "log",
@@ -185,7 +187,7 @@ def lockstep(previous: Steps, rung: Steps, max_steps: Steps, resolution: float) 
     return points + [rung]
 
 
-def check_points(rungs: list[Steps], resolution: float, prune_from: Steps = 8) -> list[tuple[Steps, float]]:
+def check_points(rungs: list[Steps], resolution: float, prune_from: Steps = MIN_PILOT) -> list[tuple[Steps, float]]:
     """Where a new rate trained against a known curve (rung_trial) is compared with it, each with the factor
     on the margin there: the rungs (1), and the lockstep points between them from `prune_from` on
     (WITHIN_RUNG_MARGIN) -- a first rung longer than the best's whole run would compare nothing before the
@@ -235,7 +237,7 @@ def _at(result: TrialResult, step: Steps, target: Target) -> str:
 def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, *, first_rung: Steps,
                 max_steps: Steps, resolution: float, margin: float, widen_step: float, low_limit: float,
                 high_limit: float, hint: float | None = None, early_stopping: bool = True, max_widen: float | None = None,
-                resolved: float | None = None, prune_from: Steps = 8,
+                resolved: float | None = None, prune_from: Steps = MIN_PILOT,
                 on_rung: Callable[[Steps, list[Trial]], None] | None = None,
                 out_of_budget: Callable[[list[Trial]], bool] | None = None) -> list[Trial]:
     """The coarse search (above) over `rates`; one Trial per rate tried, in the order started, each
@@ -343,14 +345,14 @@ def rung_search(pool: TrialPool, rates: list[float], seed: int, target: Target, 
         else:
             order = sorted(alive, key=lambda r: (gap(r, previous), r))
             since, points = previous, lockstep(previous, k, max_steps, resolution)
-        entered = [lr for lr in alive]  # the rung's field: at most half of it is left behind in the rung
+        entered = list(alive)  # the rung's field: at most half of it is left behind in the rung
         for point in points:
             for lr in [r for r in order if r in alive]:
                 train(lr, point)
             if point >= RUNG_FACTOR * max(since, prune_from) and point < k:
                 # a rung longer than the race (the pilot without a prior): successive halving's own pace
                 # within it -- a new field, of which half may be left behind, each time the steps double
-                entered, since = [lr for lr in alive], point
+                entered, since = list(alive), point
             if prune_from <= point < k and (lead := leader(point)) is not None and gap(lead, point) > 0:
                 # clearly behind early in a long rung: left there, not at the rung's end -- but not against a
                 # leader in an unheld crossing, which may fall back (the others give up at its steps once it holds)

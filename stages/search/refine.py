@@ -28,7 +28,7 @@ import numpy as np
 from dataclasses import replace
 
 from stages.search.result import TrialResult
-from stages.search.coarse import Target, Trial, best_steps, check_points, measurably_worse, rung_trial
+from stages.search.coarse import MIN_PILOT, Target, Trial, best_steps, check_points, measurably_worse, rung_trial
 from stages.search.ranking import can_be_chosen, rank_key, step_budget
 
 if TYPE_CHECKING:  # the pool trains (torch); these modules only pass it on
@@ -77,7 +77,7 @@ def next_rate(tried: dict[float, TrialResult], *, ratio: float, resolution: floa
 
 def resolve(coarse: list[Trial], pool: TrialPool, seed: int, target: Target, *, ratio: float, max_trials: int,
             resolution: float, low_limit: float, high_limit: float, widen_step: float, rungs: list[int],
-            margin: float, early_stopping: bool = True, prune_from: int = 8, on_trial: OnTrial = None,
+            margin: float, early_stopping: bool = True, prune_from: int = MIN_PILOT, on_trial: OnTrial = None,
             stop: Callable[[], bool] | None = None) -> list[Trial]:
     """Widen and refine after the coarse trials (same seed); returns the new trials only. Each new rate
     trains rung by rung against the best trial so far and is pruned where it is clearly behind it

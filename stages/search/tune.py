@@ -22,7 +22,7 @@ from stages.core.context import Context
 from stages.core.imports import code_hash, user_code
 from stages.core.io import content_hash
 from stages.core.types import Steps
-from stages.search.coarse import Target, Trial, grid_ratio, learning_rate_grid, rung_search, rung_steps
+from stages.search.coarse import MIN_PILOT, Target, Trial, grid_ratio, learning_rate_grid, rung_search, rung_steps
 from stages.search.journal import Journal
 from stages.search.pool import TrialPool
 from stages.search.refine import hold_to_budget, resolve, successive_halving
@@ -30,7 +30,6 @@ from stages.search.trial import LiveTrial
 from stages.workloads.base import Workload
 
 TRIAL_CODE = "stages.search.trial"  # a trial's result depends on this module and everything it imports
-MIN_PILOT = 8  # fewest steps of the first rung: fewer tell rates apart only by their first noisy steps
 
 
 @dataclass(frozen=True)
@@ -134,7 +133,7 @@ def coarse(pool: TrialPool, workload: Workload, s: ScalingSettings, optimizer: s
                        max_steps=max_steps, resolution=s.eval_resolution, margin=s.prune_margin, widen_step=near,
                        max_widen=step, low_limit=r.low / s.lr_widen_factor, high_limit=r.high * s.lr_widen_factor,
                        hint=prior.rate if prior else None, early_stopping=s.early_stopping, on_rung=on_rung,
-                       resolved=s.lr_refine_ratio, prune_from=MIN_PILOT,
+                       resolved=s.lr_refine_ratio,
                        out_of_budget=None if allowance_s is None else lambda trials: pool.seconds >= allowance_s)
 
 
@@ -159,8 +158,7 @@ def finish(coarse_trials: list[Trial], pool: TrialPool, workload: Workload, s: S
                       max_trials=s.lr_refine_trials if refine_trials is None else refine_trials, resolution=s.eval_resolution, low_limit=r.low / s.lr_widen_factor,
                       high_limit=r.high * s.lr_widen_factor, widen_step=step,
                       rungs=rung_steps(first_rung(s, max_steps, None), max_steps, s.eval_resolution),
-                      margin=s.prune_margin, early_stopping=s.early_stopping, prune_from=MIN_PILOT, on_trial=on_trial,
-                      stop=stop)
+                      margin=s.prune_margin, early_stopping=s.early_stopping, on_trial=on_trial, stop=stop)
     searched = coarse_trials + refined
     if not seeds:
         return searched
